@@ -1,0 +1,142 @@
+"""Pure-PyTorch LCSA: the block-mask builder and a dense-SDPA block-sparse attention.
+
+The mask follows FlashVSR's ``generate_draft_block_mask_sage`` with the "normal slide" local window
+(`build_local_block_mask_shifted_vec_normal_slide`): Q is mean-pooled per 128-token window, K per
+64-token half window, scores are computed in the input dtype and divided by sqrt(D), windows outside the
+``local_range`` neighbourhood get -inf, a softmax runs per query window over all key half windows, and per
+(batch, head, query time slice) the entries strictly greater than the (topk+1)-th largest value of the
+flattened (windows of the slice x key half windows) map are kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+Q_BLOCK = 128
+K_BLOCK = 64
+# Bound on elements of the token-level boolean mask materialised at once by the SDPA path.
+_SDPA_CHUNK_ELEMENTS = 1 << 26
+
+
+def local_window_mask(grid: tuple[int, int], local_range: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(N, N)`` bool, N = win_h * win_w: key window j is inside query window i's neighbourhood.
+
+    "Normal slide": the window starts ``local_range // 2`` before the query window and is not clamped
+    at the borders, so edge windows see fewer neighbours.
+    """
+    win_h, win_w = grid
+    rows = torch.arange(win_h, device=device).repeat_interleave(win_w)
+    cols = torch.arange(win_w, device=device).repeat(win_h)
+    half = local_range // 2
+    start_r = rows - half
+    start_c = cols - half
+    in_row = (rows[None, :] >= start_r[:, None]) & (rows[None, :] <= start_r[:, None] + local_range - 1)
+    in_col = (cols[None, :] >= start_c[:, None]) & (cols[None, :] <= start_c[:, None] + local_range - 1)
+    return in_row & in_col
+
+
+@functools.lru_cache(maxsize=16)
+def local_score_bias(grid: tuple[int, int], local_range: int, key_slices: int, device: torch.device) -> torch.Tensor:
+    """``(N, key_slices * N * 2)`` fp32 additive bias: 0 inside the neighbourhood, -inf outside (cached, read-only).
+
+    Column order is (key time slice, key window, half), the order of the 64-token K blocks.
+    """
+    local = local_window_mask(grid, local_range, device)
+    n = local.shape[0]
+    cols = local[:, None, :, None].expand(n, key_slices, n, 2).reshape(n, key_slices * n * 2)
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    return torch.where(cols, zero, torch.tensor(-math.inf, device=device))
+
+
+def check_mask_inputs(q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -> tuple[int, int]:
+    """Validate LCSA shapes; return (query time slices, key time slices)."""
+    if q.dim() != 4 or k.dim() != 4 or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must be (B, H, L, D) with equal B, H, D")
+    per_slice = grid[0] * grid[1] * Q_BLOCK
+    if q.shape[2] % per_slice or k.shape[2] % per_slice:
+        raise ValueError(
+            f"Lq={q.shape[2]} and Lk={k.shape[2]} must be multiples of win_h*win_w*128={per_slice} (grid={grid})"
+        )
+    return q.shape[2] // per_slice, k.shape[2] // per_slice
+
+
+def block_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Pooled scores ``(B, H, Lq/128, Lk/64)`` in the input dtype, as the reference computes them."""
+    d = q.shape[-1]
+    q_pool = q.unflatten(2, (-1, Q_BLOCK)).mean(dim=3)
+    k_pool = k.unflatten(2, (-1, K_BLOCK)).mean(dim=3)
+    return torch.matmul(q_pool, k_pool.transpose(-1, -2)) / math.sqrt(d)
+
+
+def topk_threshold_mask(prob: torch.Tensor, topk: int, query_slices: int) -> torch.Tensor:
+    """Keep entries strictly above the (topk+1)-th largest value per (B, H, query time slice).
+
+    ``prob`` is ``(B, H, Lq/128, Lk/64)``; ``topk <= 0`` keeps nothing.
+    """
+    b, h, nq, nk = prob.shape
+    flat = prob.reshape(b, h, query_slices, (nq // query_slices) * nk)
+    apply_topk = min(flat.shape[-1] - 1, topk)
+    if apply_topk <= 0:
+        return torch.zeros(prob.shape, dtype=torch.bool, device=prob.device)
+    # The (k+1)-th largest value; unsorted top-k and a min give the same value as a sorted top-k.
+    threshold = torch.topk(flat, apply_topk + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    return (flat > threshold).reshape(b, h, nq, nk)
+
+
+def block_probabilities(
+    q: torch.Tensor, k: torch.Tensor, *, local_range: int, grid: tuple[int, int]
+) -> tuple[torch.Tensor, int]:
+    """fp32 softmax of the locally masked pooled scores ``(B, H, Lq/128, Lk/64)`` and the query slice count."""
+    query_slices, key_slices = check_mask_inputs(q, k, grid)
+    scores = block_scores(q, k)
+    bias = local_score_bias(tuple(grid), local_range, key_slices, q.device)
+    prob = torch.softmax(scores.float().unflatten(2, (query_slices, -1)) + bias, dim=-1)
+    return prob.flatten(2, 3), query_slices
+
+
+def lcsa_block_mask_torch(
+    q: torch.Tensor, k: torch.Tensor, *, local_range: int, topk: int, grid: tuple[int, int]
+) -> torch.Tensor:
+    """LCSA block mask ``(B, H, Lq/128, Lk/64)`` computed with PyTorch ops (any device)."""
+    prob, query_slices = block_probabilities(q, k, local_range=local_range, grid=grid)
+    return topk_threshold_mask(prob, topk, query_slices)
+
+
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor) -> None:
+    """Validate shapes of a block-sparse attention call."""
+    b, h, lq, d = q.shape
+    lk = k.shape[2]
+    if k.shape != (b, h, lk, d) or v.shape != (b, h, lk, v.shape[3]):
+        raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not match q {tuple(q.shape)}")
+    if lq % Q_BLOCK or lk % K_BLOCK:
+        raise ValueError(f"Lq={lq} must be a multiple of {Q_BLOCK} and Lk={lk} of {K_BLOCK}")
+    expected = (b, h, lq // Q_BLOCK, lk // K_BLOCK)
+    if tuple(block_mask.shape) != expected or block_mask.dtype != torch.bool:
+        raise ValueError(f"block_mask must be bool {expected}, got {block_mask.dtype} {tuple(block_mask.shape)}")
+
+
+def sparse_attention_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *, scale: float | None = None
+) -> torch.Tensor:
+    """Block-sparse attention by dense SDPA with the mask expanded to tokens (query blocks in chunks).
+
+    Query blocks without any kept key block give zeros.
+    """
+    check_attention_inputs(q, k, v, block_mask)
+    lk = k.shape[2]
+    nq = block_mask.shape[2]
+    out = torch.empty(q.shape[:3] + (v.shape[3],), dtype=q.dtype, device=q.device)
+    blocks_per_chunk = max(1, _SDPA_CHUNK_ELEMENTS // (q.shape[0] * q.shape[1] * Q_BLOCK * lk))
+    for start in range(0, nq, blocks_per_chunk):
+        stop = min(nq, start + blocks_per_chunk)
+        chunk = block_mask[:, :, start:stop]
+        token_mask = chunk.repeat_interleave(Q_BLOCK, dim=2).repeat_interleave(K_BLOCK, dim=3)
+        rows = slice(start * Q_BLOCK, stop * Q_BLOCK)
+        part = F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=token_mask, scale=scale)
+        empty = ~chunk.any(dim=-1).repeat_interleave(Q_BLOCK, dim=2)
+        out[:, :, rows] = part.masked_fill(empty[..., None], 0)
+    return out

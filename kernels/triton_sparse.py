@@ -1,0 +1,187 @@
+"""Triton block-sparse attention over kept (128 query x 64 key) blocks.
+
+Each query block's kept key blocks are first compacted into a per-row list (indices + count), so the
+attention kernel iterates only over kept blocks. Rows with nothing kept are launched last (they only
+write zeros); the others run either in mask order (neighbouring windows share key blocks in L2) or
+longest-first. Softmax is online in fp32 (exp2), ``tl.dot`` runs in the input dtype.
+With ``BLOCK_N = 128`` one iteration gathers two kept 64-key blocks into a single tile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.reference import K_BLOCK, Q_BLOCK, check_attention_inputs
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+# Used where autotuning is impossible (the CPU interpreter) or unwanted (explicit config).
+DEFAULT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+
+
+@triton.jit
+def _compact_rows_kernel(MASK, IDX, CNT, NK, CHUNK: tl.constexpr):
+    """Per mask row: write the kept column indices (ascending) to IDX[row, :count] and count to CNT."""
+    row = tl.program_id(0).to(tl.int64)
+    total = 0
+    for start in range(0, NK, CHUNK):
+        cols = start + tl.arange(0, CHUNK)
+        kept = tl.load(MASK + row * NK + cols, mask=cols < NK, other=0).to(tl.int32)
+        slot = tl.cumsum(kept, 0) - 1 + total
+        tl.store(IDX + row * NK + slot, cols, mask=kept > 0)
+        total += tl.sum(kept, 0)
+    tl.store(CNT + row, total)
+
+
+@triton.jit
+def _sparse_attn_fwd(
+    Q, K, V, O, IDX, CNT, ORDER, qk_scale,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    H, NQ, NK,
+    ARCH: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list."""
+    SPLIT: tl.constexpr = 128 // BLOCK_M
+    PAIRS: tl.constexpr = BLOCK_N // 64
+    pid = tl.program_id(0)
+    row = tl.load(ORDER + pid // SPLIT).to(tl.int64)  # row = (b * H + h) * NQ + q block
+    sub = pid % SPLIT
+    bh = row // NQ
+    q_block = row % NQ
+    b = bh // H
+    h = bh % H
+    count = tl.load(CNT + row)
+    idx_row = IDX + row * NK
+
+    offs_m = q_block * 128 + sub * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=(count > 0) & (offs_d[None, :] >= 0), other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for j in range(0, count, PAIRS):
+        if PAIRS == 1:
+            key_rows = tl.load(idx_row + j).to(tl.int64) * 64 + offs_n
+            k = tl.load(k_base + key_rows[:, None] * stride_kn)
+            v = tl.load(v_base + key_rows[:, None] * stride_vn)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            slot = j + offs_n // 64
+            valid = slot < count
+            key_rows = tl.load(idx_row + slot, mask=valid, other=0).to(tl.int64) * 64 + offs_n % 64
+            k = tl.load(k_base + key_rows[:, None] * stride_kn, mask=valid[:, None], other=0.0)
+            v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
+            s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision="ieee"), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha
+        acc = acc * alpha[:, None]
+        m_i = m_new
+        p = tl.math.exp2(s * qk_scale - m_i[:, None])
+        l_i += tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+             out.to(O.dtype.element_ty))
+
+
+def _autotune_configs() -> list[triton.Config]:
+    # Measured on an H100 at the LCSA shapes: one warpgroup on 128 x 64 tiles wins (docs/attention.md).
+    return [
+        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+        for block_m, block_n, warps, stages in (
+            (128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3),
+            (128, 64, 8, 3), (64, 64, 4, 3),
+        )
+    ]
+
+
+_sparse_attn_fwd_tuned = triton.autotune(configs=_autotune_configs(), key=["ARCH", "HEAD_DIM"])(_sparse_attn_fwd)
+
+
+def compact_block_lists(
+    block_mask: torch.Tensor, schedule: str = "locality"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kept-block lists of a ``(B, H, NQ, NK)`` mask.
+
+    Returns ``idx`` int32 ``(B*H*NQ, NK)`` (row r's kept key blocks in ``idx[r, :cnt[r]]``, ascending),
+    ``cnt`` int32 ``(B*H*NQ,)`` and ``order`` int32, the launch order of the rows:
+    ``"locality"`` keeps non-empty rows in (batch, head, query block) order, so neighbouring query windows
+    that share key blocks run together (L2 reuse), and puts empty rows last; ``"lpt"`` sorts rows by
+    descending count (longest first, for the tail).
+    """
+    nk = block_mask.shape[-1]
+    rows = block_mask.reshape(-1, nk).contiguous().view(torch.uint8)
+    idx = torch.empty(rows.shape, dtype=torch.int32, device=rows.device)
+    cnt = torch.empty(rows.shape[0], dtype=torch.int32, device=rows.device)
+    _compact_rows_kernel[(rows.shape[0],)](rows, idx, cnt, nk, CHUNK=min(1024, triton.next_power_of_2(nk)))
+    if schedule == "lpt":
+        order = torch.argsort(cnt, descending=True)
+    elif schedule == "locality":
+        order = torch.argsort((cnt == 0).to(torch.int8), stable=True)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}: expected 'locality' or 'lpt'")
+    return idx, cnt, order.to(torch.int32)
+
+
+def _arch(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
+def sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    *,
+    scale: float | None = None,
+    config: dict | None = None,
+    schedule: str = "locality",
+) -> torch.Tensor:
+    """Block-sparse attention with the Triton kernel.
+
+    ``config`` fixes BLOCK_M/BLOCK_N/num_warps/num_stages (default: autotuned on CUDA,
+    :data:`DEFAULT_CONFIG` elsewhere, e.g. under ``TRITON_INTERPRET=1``); ``schedule`` is the row launch
+    order (see :func:`compact_block_lists`).
+    """
+    check_attention_inputs(q, k, v, block_mask)
+    d = q.shape[-1]
+    if d not in SUPPORTED_HEAD_DIMS or v.shape[-1] != d:
+        raise ValueError(f"Triton sparse attention supports head dim {SUPPORTED_HEAD_DIMS}, got q {d} / v {v.shape[-1]}")
+    b, h, lq, _ = q.shape
+    nq, nk = lq // Q_BLOCK, k.shape[2] // K_BLOCK
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    idx, cnt, order = compact_block_lists(block_mask, schedule)
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    args = (
+        q, k, v, out, idx, cnt, order, scale * math.log2(math.e),
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        h, nq, nk,
+    )
+    arch = _arch(q.device)
+    if config is None and q.is_cuda:
+        grid = lambda meta: (b * h * nq * (128 // meta["BLOCK_M"]),)  # noqa: E731
+        _sparse_attn_fwd_tuned[grid](*args, ARCH=arch, HEAD_DIM=d)
+    else:
+        cfg = dict(DEFAULT_CONFIG, **(config or {}))
+        grid = (b * h * nq * (128 // cfg["BLOCK_M"]),)
+        _sparse_attn_fwd[grid](*args, ARCH=arch, HEAD_DIM=d, **cfg)
+    return out

@@ -1,0 +1,85 @@
+"""``flashvsr-miner``: run the Vidaio miner (HTTP server, GPU workers, storage).
+
+    flashvsr-miner --config configs/local.toml --no-chain --weights random-small --port 8091
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import uvicorn
+
+from miner.config import CONFIG_ENV, MinerConfig, load_miner_config
+from miner.log import setup_logging
+
+log = logging.getLogger("miner")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="flashvsr-miner", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.environ.get(CONFIG_ENV), help="TOML file overriding configs/miner.toml")
+    parser.add_argument("--no-chain", action="store_true", default=None,
+                        help="accept only chain.allow_list hotkeys; never contact the chain")
+    parser.add_argument("--host", help="listen address (server.host)")
+    parser.add_argument("--port", type=int, help="listen port (server.port)")
+    parser.add_argument("--public-url", help="URL validators reach us at (server.public_url)")
+    parser.add_argument("--weights", help="upscaler weights: a model dir, auto, random, random-small")
+    parser.add_argument("--device", action="append", dest="devices", help="worker device (repeatable), e.g. cuda:0")
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per device)")
+    parser.add_argument("--storage", choices=("local", "s3"), help="result storage backend")
+    parser.add_argument("--publish", action="store_true", default=None, help="publish our endpoint on chain (ServeAxon)")
+    parser.add_argument("--allow-private-urls", action="store_true", default=None,
+                        help="let downloads reach loopback/private addresses (a local validator)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    parser.add_argument("--log-format", choices=("kv", "json"))
+    return parser.parse_args(argv)
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Nested configuration tables from the flags that were given."""
+    flags = {
+        ("chain", "no_chain"): args.no_chain, ("server", "host"): args.host, ("server", "port"): args.port,
+        ("server", "public_url"): args.public_url, ("upscaler", "weights"): args.weights,
+        ("jobs", "devices"): args.devices, ("jobs", "workers"): args.workers, ("storage", "backend"): args.storage,
+        ("chain", "publish"): args.publish, ("fetch", "allow_private_urls"): args.allow_private_urls,
+        ("log", "level"): args.log_level, ("log", "format"): args.log_format,
+    }
+    tables: dict[str, Any] = {}
+    for (section, key), value in flags.items():
+        if value is not None:
+            tables.setdefault(section, {})[key] = value
+    return tables
+
+
+def serve(config: MinerConfig) -> None:
+    """Run until SIGTERM/SIGINT; uvicorn stops accepting, then the lifespan drains the workers."""
+    from miner.server.app import create_app
+    from miner.server.wiring import auth_dependencies
+
+    app = create_app(config, auth_dependencies(config))
+    server = config.section("server")
+    uvicorn.run(
+        app, host=server["host"], port=int(server["port"]), log_config=None, access_log=False,
+        timeout_graceful_shutdown=int(server["shutdown_grace_s"]) + 5,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_miner_config(args.config, overrides=cli_overrides(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"flashvsr-miner: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.get("log.level"), config.get("log.format"))
+    log.info("configuration", extra={"fields": {"source": config.source, "merged": config.as_json()}})
+    serve(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

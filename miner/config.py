@@ -1,0 +1,186 @@
+"""The miner's settings: ``configs/miner.toml`` defaults, an optional file, environment, CLI flags.
+
+Precedence (lowest first): the embedded ``configs/miner.toml``; a file passed with ``--config``
+(any subset of keys); environment variables ``FLASHVSR_MINER_<SECTION>_<KEY>`` and the reference
+miner's ``MINER_STORAGE_S3_*`` names; explicit overrides (CLI flags).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from upscaler.configfiles import config_path, load_config
+
+ENV_PREFIX = "FLASHVSR_MINER_"
+CONFIG_ENV = "FLASHVSR_MINER_CONFIG"  # a config file path, read by the CLI (not a key)
+
+# The reference Vidaio miner's environment names, mapped onto our keys.
+REFERENCE_ENV = {
+    "MINER_STORAGE_S3_BUCKET_NAME": ("storage", "s3", "bucket"),
+    "MINER_STORAGE_S3_ENDPOINT_URL": ("storage", "s3", "endpoint_url"),
+    "MINER_STORAGE_S3_ENDPOINT": ("storage", "s3", "endpoint_url"),
+    "MINER_STORAGE_S3_REGION": ("storage", "s3", "region"),
+    "MINER_STORAGE_S3_ACCESS_KEY_ID": ("storage", "s3", "access_key_id"),
+    "MINER_STORAGE_S3_SECRET_ACCESS_KEY": ("storage", "s3", "secret_access_key"),
+    "MINER_STORAGE_S3_PRESIGNED_EXPIRY": ("storage", "url_expiry_s"),
+    "MINER_STORAGE_OBJECT_TTL_SECONDS": ("storage", "retention_s"),
+}
+
+
+@dataclass(frozen=True)
+class TaskGeometry:
+    """Output size and upscale factor of one Vidaio task type."""
+
+    width: int
+    height: int
+    scale: int
+
+
+@dataclass(frozen=True)
+class MinerConfig:
+    """The merged configuration as nested plain tables, with typed accessors for hot paths."""
+
+    raw: dict[str, Any]
+    source: str = "embedded"
+    tasks: dict[str, TaskGeometry] = field(default_factory=dict)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One top-level table (``server``, ``jobs``, ...)."""
+        return self.raw[name]
+
+    def get(self, dotted: str) -> Any:
+        """A value by dotted path, e.g. ``config.get("storage.s3.bucket")``."""
+        node: Any = self.raw
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    @property
+    def public_url(self) -> str:
+        """Base URL validators use to reach this miner."""
+        server = self.raw["server"]
+        if server["public_url"]:
+            return str(server["public_url"]).rstrip("/")
+        host = "127.0.0.1" if server["host"] in ("0.0.0.0", "::", "") else server["host"]
+        return f"http://{host}:{server['port']}"
+
+    def as_json(self) -> str:
+        """The merged configuration with secrets masked (for the start-up log)."""
+        masked = copy.deepcopy(self.raw)
+        masked["storage"]["local"]["secret"] = "***" if masked["storage"]["local"]["secret"] else ""
+        masked["storage"]["s3"]["secret_access_key"] = "***" if masked["storage"]["s3"]["secret_access_key"] else ""
+        return json.dumps(masked, sort_keys=True)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> None:
+    """Deep-merge ``update`` into ``base``; unknown keys are an error (typos must not pass silently)."""
+    for key, value in update.items():
+        path = f"{where}.{key}" if where else key
+        if key not in base and where != "tasks":
+            raise ValueError(f"unknown miner configuration key {path!r}")
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value, path)
+        else:
+            base[key] = _coerce(base.get(key), value, path)
+
+
+def _coerce(default: Any, value: Any, path: str) -> Any:
+    """Convert ``value`` (possibly an environment string) to the type of ``default``."""
+    if default is None or not isinstance(value, str) or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if value.strip().lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.strip().lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            return [item.strip() for item in value.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"configuration key {path}: cannot read {value!r} as {type(default).__name__}") from None
+    return value
+
+
+def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Tables of overrides read from ``FLASHVSR_MINER_*`` and ``MINER_STORAGE_*`` variables."""
+    overrides: dict[str, Any] = {}
+
+    def put(path: tuple[str, ...], value: str) -> None:
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+
+    for name, path in REFERENCE_ENV.items():
+        if environ.get(name, "").strip():
+            put(path, environ[name].strip())
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = _env_path(raw, name[len(ENV_PREFIX):].lower())
+        if path is None:
+            raise ValueError(f"environment variable {name} names no miner configuration key")
+        put(path, value)
+    return overrides
+
+
+def _env_path(raw: dict[str, Any], rest: str) -> tuple[str, ...] | None:
+    """Match ``server_port`` / ``storage_s3_bucket`` against the key tree (keys contain ``_``)."""
+    for key, value in raw.items():
+        if rest == key.lower() and not isinstance(value, dict):
+            return (key,)
+        if isinstance(value, dict) and rest.startswith(key.lower() + "_"):
+            tail = _env_path(value, rest[len(key) + 1:])
+            if tail is not None:
+                return (key, *tail)
+    return None
+
+
+def load_miner_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> MinerConfig:
+    """Merge the embedded defaults, ``path``, the environment and ``overrides`` (nested tables)."""
+    raw = copy.deepcopy(load_config(config_path("miner")))
+    source = "embedded"
+    if path is not None:
+        _merge(raw, load_config(Path(path).expanduser()))
+        source = str(path)
+    _merge(raw, _env_overrides(raw, os.environ if environ is None else environ))
+    if overrides:
+        _merge(raw, overrides)
+    workers = raw["jobs"]["workers"]
+    if isinstance(workers, str) and workers.isdigit():
+        raw["jobs"]["workers"] = int(workers)
+    tasks = {name: TaskGeometry(**spec) for name, spec in raw["tasks"].items()}
+    config = MinerConfig(raw=raw, source=source, tasks=tasks)
+    _validate(config)
+    return config
+
+
+def _validate(config: MinerConfig) -> None:
+    """Raise ``ValueError`` on values that would only fail later, at the first request."""
+    storage = config.section("storage")
+    if storage["backend"] not in ("local", "s3"):
+        raise ValueError(f"storage.backend must be 'local' or 's3', got {storage['backend']!r}")
+    if storage["backend"] == "s3" and not storage["s3"]["bucket"]:
+        raise ValueError("storage.backend = 's3' needs storage.s3.bucket (or MINER_STORAGE_S3_BUCKET_NAME)")
+    if config.get("log.format") not in ("kv", "json"):
+        raise ValueError("log.format must be 'kv' or 'json'")
+    workers = config.get("jobs.workers")
+    if workers != "auto" and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}")
+    if storage["retention_s"] < storage["url_expiry_s"]:
+        raise ValueError("storage.retention_s must be at least storage.url_expiry_s (URLs must not outlive files)")

@@ -1,0 +1,62 @@
+"""What the scheduler sends to a worker process and what comes back (picklable, file paths only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+class ErrorKind:
+    """Short reasons carried by failed outcomes (also the ``result`` label of task metrics)."""
+
+    INPUT = "input_error"          # corrupt, empty, zero-frame or non-video input
+    OOM = "out_of_memory"
+    CANCELLED = "cancelled"        # the caller went away
+    DEADLINE = "deadline"          # could not finish before the caller's timeout
+    TOO_LARGE = "output_too_large"
+    CRASH = "worker_crash"
+    REFUSED = "refused"            # admission control or a full queue
+    SHUTDOWN = "shutdown"
+    ERROR = "error"                # anything else (a bug): logged with a traceback
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One clip to upscale on a worker: ``src`` -> ``dst`` at exactly ``width x height``."""
+
+    task_id: str
+    task_type: str
+    src: str
+    dst: str
+    width: int
+    height: int
+    frames: int
+    variant: str
+    tile_size: int
+    max_bytes: int
+    deadline: float              # wall-clock (time.time()) seconds; the worker cancels past it
+    crf: int
+    est_seconds: float = 0.0
+    attempt: int = 0
+
+    def retry_tiled(self, tile_size: int) -> "TaskSpec":
+        """The same task, second attempt, with spatial tiling."""
+        return replace(self, tile_size=tile_size, attempt=self.attempt + 1)
+
+
+@dataclass
+class TaskOutcome:
+    """The result of one task: ``report`` is ``UpscaleReport.as_dict()`` on success."""
+
+    task_id: str
+    ok: bool
+    error_kind: str | None = None
+    message: str = ""
+    report: dict[str, Any] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    out_bytes: int = 0
+    attempts: int = 1
+
+    @classmethod
+    def failed(cls, task_id: str, kind: str, message: str) -> "TaskOutcome":
+        return cls(task_id=task_id, ok=False, error_kind=kind, message=message)

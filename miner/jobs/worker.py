@@ -1,0 +1,180 @@
+"""One worker process per GPU: loads the upscaler once, then runs tasks sent over a pipe.
+
+Messages (parent -> worker): ``("task", TaskSpec)``, ``("stop", None)``.
+Messages (worker -> parent): ``("ready", info)`` once the model is loaded, ``("done", TaskOutcome)``
+per task, or ``("load_failed", message)``. A cancel ``Event`` shared with the parent stops the
+running task at the next chunk boundary.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
+from miner.log import setup_logging
+from upscaler.api import Upscaler
+from upscaler.errors import InputVideoError, OutputTooLargeError, UpscaleCancelled
+from upscaler.report import UpscaleReport
+from upscaler.settings import TilingSettings, load_settings
+from upscaler.video import fit_to_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerHooks:
+    """Fault injection for tests (``[jobs.test_hooks]``); all off by default."""
+
+    oom_if_src_contains: str = ""
+    crash_if_src_contains: str = ""
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs to start (picklable; sent once at spawn)."""
+
+    index: int
+    device: str
+    upscaler_config: str
+    upscaler_overrides: dict[str, Any]
+    log_level: str = "INFO"
+    log_format: str = "kv"
+    hooks: WorkerHooks = field(default_factory=WorkerHooks)
+
+
+def device_class(device: str) -> str:
+    """The planner's name for this device: ``cpu``, or the GPU model (``h100``, ``a100``, ...)."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    name = torch.cuda.get_device_name(torch.device(device))
+    match = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?)\b", name)
+    return match.group(1).lower() if match else name.lower()
+
+
+def free_vram(device: str) -> int | None:
+    """Free bytes on a CUDA device (None on the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
+
+
+def worker_main(config: WorkerConfig, conn: Connection, cancel: Event) -> None:
+    """Process entry point (spawn start method)."""
+    setup_logging(config.log_level, config.log_format)
+    try:
+        runner = _Runner(config, cancel)
+    except Exception as exc:  # reported to the parent, which logs it and gives up on this device
+        conn.send(("load_failed", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
+        return
+    conn.send(("ready", {"device": config.device, "device_class": device_class(config.device),
+                         "free_vram_bytes": free_vram(config.device), "pid": os.getpid()}))
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            return
+        if kind == "stop":
+            return
+        conn.send(("done", runner.run(payload)))
+
+
+class _Runner:
+    """Holds the warm ``Upscaler`` of this process."""
+
+    def __init__(self, config: WorkerConfig, cancel: Event) -> None:
+        if config.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(config.device))
+        self.config = config
+        self.cancel = cancel
+        self.base_settings = load_settings(config.upscaler_config, device=config.device, **config.upscaler_overrides)
+        self.upscaler = Upscaler.load(self.base_settings)
+
+    def run(self, spec: TaskSpec) -> TaskOutcome:
+        """Upscale one clip and fit it under the size cap; every failure becomes an outcome."""
+        began = time.perf_counter()
+        try:
+            report = self._upscale(spec)
+            fit_began = time.perf_counter()
+            self._fit(spec)
+            seconds = dict(report.seconds, fit=time.perf_counter() - fit_began)
+            return TaskOutcome(spec.task_id, True, report=report.as_dict(), seconds=seconds,
+                               out_bytes=Path(spec.dst).stat().st_size, attempts=spec.attempt + 1)
+        except torch.OutOfMemoryError as exc:
+            self._free_memory()
+            return self._failed(spec, ErrorKind.OOM, f"out of memory: {str(exc).splitlines()[0]}")
+        except InputVideoError as exc:
+            return self._failed(spec, ErrorKind.INPUT, str(exc))
+        except UpscaleCancelled:
+            kind = ErrorKind.DEADLINE if time.time() >= spec.deadline else ErrorKind.CANCELLED
+            return self._failed(spec, kind, f"stopped after {time.perf_counter() - began:.1f}s")
+        except OutputTooLargeError as exc:
+            return self._failed(spec, ErrorKind.TOO_LARGE, str(exc))
+        except Exception as exc:
+            log.exception("task failed", extra={"fields": {"task_id": spec.task_id}})
+            self._free_memory()
+            return self._failed(spec, ErrorKind.ERROR, f"{exc.__class__.__name__}: {exc}")
+        finally:
+            self.upscaler.settings = self.base_settings
+
+    def _should_cancel(self, spec: TaskSpec) -> bool:
+        return self.cancel.is_set() or time.time() >= spec.deadline
+
+    def _upscale(self, spec: TaskSpec) -> UpscaleReport:
+        self._apply_hooks(spec)
+        if spec.tile_size:
+            overlap = min(self.base_settings.tiling.tile_overlap, spec.tile_size // 2)
+            self.upscaler.settings = self.base_settings.with_overrides(
+                tiling=TilingSettings(tile_size=spec.tile_size, tile_overlap=overlap)).validate()
+        with torch.inference_mode():
+            return self.upscaler.upscale_file(
+                spec.src, spec.dst, width=spec.width, height=spec.height, variant=spec.variant, crf=spec.crf,
+                should_cancel=lambda: self._should_cancel(spec),
+            )
+
+    def _apply_hooks(self, spec: TaskSpec) -> None:
+        """Test fault injection: a hard crash, a real OOM on the first attempt, a cancellable delay."""
+        hooks = self.config.hooks
+        name = Path(spec.src).name
+        if hooks.crash_if_src_contains and hooks.crash_if_src_contains in name:
+            os._exit(70)
+        if hooks.oom_if_src_contains and hooks.oom_if_src_contains in name and spec.attempt == 0:
+            raise torch.OutOfMemoryError(f"injected out-of-memory for {name} (test hook)")
+        until = time.time() + hooks.delay_s
+        while time.time() < until:
+            if self._should_cancel(spec):
+                raise UpscaleCancelled("cancelled during the test delay")
+            time.sleep(0.05)
+
+    def _fit(self, spec: TaskSpec) -> None:
+        if Path(spec.dst).stat().st_size > spec.max_bytes:
+            fit_to_size(spec.dst, spec.max_bytes)
+        size = Path(spec.dst).stat().st_size
+        if size > spec.max_bytes:
+            raise OutputTooLargeError(f"output is {size} bytes, cap {spec.max_bytes}")
+
+    @staticmethod
+    def _free_memory() -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def _failed(spec: TaskSpec, kind: str, message: str) -> TaskOutcome:
+        Path(spec.dst).unlink(missing_ok=True)
+        outcome = TaskOutcome.failed(spec.task_id, kind, message)
+        outcome.attempts = spec.attempt + 1
+        return outcome

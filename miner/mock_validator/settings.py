@@ -1,0 +1,62 @@
+"""Settings of the mock validator: ``configs/mock_validator.toml``, an optional file, then overrides."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from upscaler.configfiles import load_config
+
+DEFAULTS = "mock_validator"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one clip: the high-resolution reference (= expected output) and the low-resolution input."""
+
+    task: str
+    out_width: int
+    out_height: int
+    scale: int
+
+    @property
+    def in_width(self) -> int:
+        return self.out_width // self.scale
+
+    @property
+    def in_height(self) -> int:
+        return self.out_height // self.scale
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> None:
+    for key, value in update.items():
+        if key not in base:
+            raise KeyError(f"unknown mock validator setting {where}{key}")
+        if isinstance(base[key], dict) and isinstance(value, Mapping):
+            _merge(base[key], value, f"{where}{key}.")
+        else:
+            base[key] = value
+
+
+def load_settings(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Embedded defaults, then the tables of ``path`` (any subset of keys), then ``overrides``."""
+    settings = copy.deepcopy(load_config(DEFAULTS))
+    if path:
+        _merge(settings, load_config(path))
+    if overrides:
+        _merge(settings, overrides)
+    return settings
+
+
+def task_geometry(settings: Mapping[str, Any], task: str, *, small: bool = False) -> Geometry:
+    """Output size and scale of ``task``; with ``small`` the ``[small]`` preset's output size."""
+    tasks = settings["tasks"]
+    if task not in tasks:
+        raise ValueError(f"unknown task type {task!r}; choose one of {', '.join(tasks)}")
+    size = settings["small"][task] if small else tasks[task]
+    scale = int(tasks[task]["scale"])
+    width, height = int(size["width"]), int(size["height"])
+    if width % (2 * scale) or height % (2 * scale):
+        raise ValueError(f"{task}: {width}x{height} must be divisible by {2 * scale} (yuv420p input)")
+    return Geometry(task, width, height, scale)

@@ -1,0 +1,96 @@
+"""btauth/1 JSON routes: the same operations as the legacy synapse routes, for bittensor-11 validators.
+
+Every route takes the ``Caller`` of the btauth dependency (401/403 before any work). Failed clips
+are ``""`` in ``urls`` with their reason in ``results`` (as on the legacy route); a request where
+every clip failed answers 422.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+
+from miner.jobs.round import Clip, ClipResult, RoundRejected
+from miner.server.service import CallerGone, MinerService, until_disconnected
+
+CLIENT_CLOSED = 499  # nginx's status for a client that went away; logged and counted, never read
+
+
+class UpscaleBody(BaseModel):
+    """A round of clips; ``task_types`` has one entry per URL, or one for all."""
+
+    reference_video_urls: list[str] = Field(default_factory=list)
+    task_types: list[str] = Field(default_factory=list)
+    maximum_optimized_size_mb: int = Field(default=100, gt=0)
+    round_id: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0, description="seconds the caller waits; default server.default_timeout_s")
+
+    @model_validator(mode="after")
+    def _task_per_url(self) -> "UpscaleBody":
+        if len(self.task_types) == 1 and len(self.reference_video_urls) > 1:
+            self.task_types = self.task_types * len(self.reference_video_urls)
+        if len(self.task_types) != len(self.reference_video_urls):
+            raise ValueError("task_types must have one entry per reference_video_urls entry (or exactly one)")
+        return self
+
+    def clips(self) -> list[Clip]:
+        return [Clip(url, task) for url, task in zip(self.reference_video_urls, self.task_types)]
+
+
+class JobBody(UpscaleBody):
+    """An organic job: the same inputs plus the validator's ``job_id``."""
+
+    job_id: str
+
+
+def results_json(results: list[ClipResult]) -> dict[str, Any]:
+    """``urls`` (``""`` for failures) and per-clip ``results``."""
+    return {
+        "urls": [r.url for r in results],
+        "results": [{"url": r.url, "error_kind": r.error_kind, "error": r.error} for r in results],
+    }
+
+
+def btauth_router(service: MinerService, auth: Callable[..., Any], default_timeout_s: float) -> APIRouter:
+    """``/v1/*`` routes guarded by the ``auth`` dependency (returns a ``Caller``)."""
+    router = APIRouter(prefix="/v1")
+
+    @router.post("/upscale")
+    async def upscale(body: UpscaleBody, request: Request, caller: Any = Depends(auth)) -> JSONResponse:
+        deadline = time.time() + (body.timeout_s or default_timeout_s)
+        try:
+            results = await until_disconnected(request, service.upscale(
+                body.clips(), max_size_mb=body.maximum_optimized_size_mb, deadline=deadline, stake=caller.stake,
+                caller=caller.hotkey, round_id=body.round_id))
+        except RoundRejected as exc:
+            return JSONResponse({"error": exc.reason}, status_code=exc.status)
+        except CallerGone:
+            return JSONResponse({"error": "caller went away"}, status_code=CLIENT_CLOSED)
+        return JSONResponse(results_json(results), status_code=200 if any(r.ok for r in results) else 422)
+
+    @router.post("/length")
+    async def length(caller: Any = Depends(auth)) -> dict[str, int]:
+        return {"max_content_length": service.max_content_length()}
+
+    @router.post("/warrant")
+    async def warrant(caller: Any = Depends(auth)) -> dict[str, int]:
+        return {"warrant_task": service.warrant_task()}
+
+    @router.post("/jobs")
+    async def start_job(body: JobBody, caller: Any = Depends(auth)) -> JSONResponse:
+        refusal = service.start_job(body.job_id, body.clips(), max_size_mb=body.maximum_optimized_size_mb,
+                                    stake=caller.stake, caller=caller.hotkey)
+        if refusal:
+            return JSONResponse({"accepted": False, "error": refusal}, status_code=400)
+        return JSONResponse({"accepted": True, "job_id": body.job_id}, status_code=202)
+
+    @router.api_route("/jobs/{job_id}", methods=["GET", "POST"])
+    async def poll(job_id: str, caller: Any = Depends(auth)) -> dict[str, Any]:
+        status = service.poll(job_id)
+        return {"job_id": job_id, "status": status.status, "urls": status.urls, "errors": status.errors}
+
+    return router

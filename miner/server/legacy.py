@@ -1,0 +1,106 @@
+"""Legacy synapse routes, wire-compatible with a bittensor 10.1.0 ``Dendrite``.
+
+``miner.protocol`` parses the synapse JSON and builds the answer with the status headers the
+dendrite reads; the ``auth`` dependency has already verified the ``bt_header_*`` signature, nonce,
+receiver and caller before a handler runs. Failed clips are ``""`` URLs (see docs/miner.md).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from miner.jobs.round import Clip, RoundRejected
+from miner.protocol import (
+    LengthCheckProtocol, TaskWarrantProtocol, VideoUpscalingJobProtocol, VideoUpscalingPollProtocol,
+    VideoUpscalingProtocol, answer_synapse, parse_synapse, request_timeout,
+)
+from miner.server.btauth import CLIENT_CLOSED
+from miner.server.service import CallerGone, MinerService, until_disconnected
+
+NOT_SERVED = ("VideoCompressionProtocol", "VideoCompressionJobProtocol", "VideoCompressionPollProtocol",
+              "CompetitionInvitationProtocol", "CompetitionSubmissionProtocol")
+
+
+def _clips(payload: Any) -> list[Clip]:
+    urls = list(payload.reference_video_urls)
+    tasks = list(payload.task_types) or [payload.task_type]
+    if len(tasks) == 1 and len(urls) > 1:
+        tasks = tasks * len(urls)
+    return [Clip(url, task) for url, task in zip(urls, tasks)]
+
+
+def legacy_router(service: MinerService, auth: Callable[..., Any], default_timeout_s: float) -> APIRouter:
+    """The five served synapse routes and the not-served ones."""
+    router = APIRouter()
+
+    @router.post("/VideoUpscalingProtocol")
+    async def upscale(request: Request, caller: Any = Depends(auth)) -> Response:
+        synapse = parse_synapse(VideoUpscalingProtocol, await request.body())
+        timeout = request_timeout(request.headers) or default_timeout_s
+        clips = _clips(synapse.miner_payload)
+        try:
+            results = await until_disconnected(request, service.upscale(
+                clips, max_size_mb=synapse.miner_payload.maximum_optimized_size_mb,
+                deadline=time.time() + timeout, stake=caller.stake, caller=caller.hotkey, round_id=synapse.round_id))
+        except RoundRejected as exc:
+            return answer_synapse(synapse, status_code=exc.status, message=exc.reason)
+        except CallerGone:
+            return answer_synapse(synapse, status_code=CLIENT_CLOSED, message="caller went away")
+        urls = [r.url for r in results]
+        synapse.miner_response.optimized_video_urls = urls
+        synapse.miner_response.optimized_video_url = urls[0] if urls else ""
+        if any(r.ok for r in results):
+            return answer_synapse(synapse, status_code=200, message="Success")
+        reasons = "; ".join(f"clip {i}: {r.error_kind}: {r.error}" for i, r in enumerate(results))
+        return answer_synapse(synapse, status_code=422, message=f"every clip failed: {reasons}")
+
+    @router.post("/LengthCheckProtocol")
+    async def length(request: Request, caller: Any = Depends(auth)) -> Response:
+        synapse = parse_synapse(LengthCheckProtocol, await request.body())
+        synapse.max_content_length = service.max_content_length()
+        return answer_synapse(synapse, status_code=200, message="Success")
+
+    @router.post("/TaskWarrantProtocol")
+    async def warrant(request: Request, caller: Any = Depends(auth)) -> Response:
+        synapse = parse_synapse(TaskWarrantProtocol, await request.body())
+        synapse.warrant_task = service.warrant_task()
+        return answer_synapse(synapse, status_code=200, message="Success")
+
+    @router.post("/VideoUpscalingJobProtocol")
+    async def start_job(request: Request, caller: Any = Depends(auth)) -> Response:
+        synapse = parse_synapse(VideoUpscalingJobProtocol, await request.body())
+        refusal = service.start_job(synapse.job_id, _clips(synapse.miner_payload),
+                                    max_size_mb=synapse.miner_payload.maximum_optimized_size_mb,
+                                    stake=caller.stake, caller=caller.hotkey)
+        synapse.job_response.accepted = refusal is None
+        return answer_synapse(synapse, status_code=200, message=refusal or "Success")
+
+    @router.post("/VideoUpscalingPollProtocol")
+    async def poll(request: Request, caller: Any = Depends(auth)) -> Response:
+        synapse = parse_synapse(VideoUpscalingPollProtocol, await request.body())
+        status = service.poll(synapse.job_id)
+        synapse.poll_response.job_id = synapse.job_id
+        synapse.poll_response.status = status.status
+        synapse.poll_response.optimized_video_urls = status.urls
+        synapse.poll_response.optimized_video_url = status.urls[0] if status.urls else ""
+        return answer_synapse(synapse, status_code=200, message="Success")
+
+    for name in NOT_SERVED:
+        router.add_api_route(f"/{name}", _not_served(name), methods=["POST"])
+    return router
+
+
+def _not_served(name: str) -> Callable[[], Response]:
+    async def handler() -> Response:
+        return Response(
+            content=f'{{"message": "{name} is not served by this miner (upscaling only)"}}', status_code=501,
+            media_type="application/json",
+            headers={"bt_header_axon_status_code": "501",
+                     "bt_header_axon_status_message": f"{name} is not served by this miner (upscaling only)"},
+        )
+
+    handler.__name__ = f"not_served_{name}"
+    return handler

@@ -1,0 +1,250 @@
+"""Benchmark LCSA block-sparse attention at FlashVSR's real shapes on a CUDA GPU.
+
+For each case (first step: 3 query time slices x 3 key slices; steady step: 1 query slice x 3 cached + 1
+current key slices; outputs 1920x1080 and 3840x2160 padded to multiples of 128) it builds the real LCSA
+mask from random q/k (sparse_ratio 2, local_range 11) and times, with ``triton.testing.do_bench``
+(median): our Triton kernel, compiled flex_attention with the same mask, dense SDPA (flash backend) on
+the full sequence, and the mask builder. Prints a markdown table; ``--out`` (or ``$OUT``) gets JSON.
+
+    PYTHONUNBUFFERED=1 python scripts/bench_attention.py --check --out $OUT/attn.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import triton  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+from kernels import triton_sparse  # noqa: E402
+from kernels.flex import _compiled_flex, to_flex_block_mask  # noqa: E402
+from kernels.reference import block_probabilities, block_scores, lcsa_block_mask_torch  # noqa: E402
+from kernels.triton_sparse import compact_block_lists, sparse_attention_triton  # noqa: E402
+
+HEADS, HEAD_DIM = 12, 128
+SPARSE_RATIO, LOCAL_RANGE = 2.0, 11
+BASE_PIXELS = 768 * 1280
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    width: int
+    height: int
+    query_slices: int
+    key_slices: int
+
+    @property
+    def padded_height(self) -> int:
+        return math.ceil(self.height / 128) * 128
+
+    @property
+    def padded_width(self) -> int:
+        return math.ceil(self.width / 128) * 128
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        return self.padded_height // 16, self.padded_width // 16
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.patch_grid
+        return h // 8, w // 8
+
+    @property
+    def topk(self) -> int:
+        h, w = self.patch_grid
+        square_num = (2 * h * w // 128) ** 2
+        ratio = SPARSE_RATIO * BASE_PIXELS / (self.padded_height * self.padded_width)
+        return int(square_num * ratio) - 1
+
+
+# The target case (steady 3840x2160) first.
+CASES = (
+    Case("steady 3840x2160", 3840, 2160, 1, 4),
+    Case("first 3840x2160", 3840, 2160, 3, 3),
+    Case("steady 1920x1080", 1920, 1080, 1, 4),
+    Case("first 1920x1080", 1920, 1080, 3, 3),
+)
+
+
+def bench(fn, rep: int = 200) -> float:
+    return float(do_bench(fn, warmup=25, rep=rep, return_mode="median"))
+
+
+def reference_rows(q, k, v, mask, heads: list[int], n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 attention for a subset of (head, query block) rows (longest, shortest and spread rows)."""
+    counts = mask[0].sum(-1)
+    picks = []
+    for h in heads:
+        order = torch.argsort(counts[h], descending=True)
+        sel = torch.cat([order[: n_rows // 2], order[-n_rows // 4:], order[torch.randperm(order.numel())[: n_rows // 4]]])
+        picks += [(h, int(r)) for r in sel]
+    outs = []
+    for h, r in picks:
+        cols = mask[0, h, r].nonzero().flatten()
+        rows = slice(r * 128, (r + 1) * 128)
+        if cols.numel() == 0:
+            outs.append(torch.zeros(128, v.shape[-1], device=q.device))
+            continue
+        keys = (cols[:, None] * 64 + torch.arange(64, device=q.device)).flatten()
+        s = q[0, h, rows].float() @ k[0, h, keys].float().T / math.sqrt(q.shape[-1])
+        outs.append(torch.softmax(s, -1) @ v[0, h, keys].float())
+    index = torch.tensor(picks, device=q.device)
+    return index, torch.stack(outs)
+
+
+def max_err(out: torch.Tensor, index: torch.Tensor, ref: torch.Tensor) -> float:
+    got = torch.stack([out[0, h, r * 128:(r + 1) * 128].float() for h, r in index.tolist()])
+    return float((got - ref).abs().max())
+
+
+def run_case(case: Case, args) -> dict:
+    torch.manual_seed(0)
+    nw = case.grid[0] * case.grid[1]
+    lq, lk = case.query_slices * nw * 128, case.key_slices * nw * 128
+    dev = "cuda"
+    # (B, L, H, D) memory viewed as (B, H, L, D): the layout the DiT passes
+    q = torch.randn(1, lq, HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.randn(1, lk, HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    v = torch.randn(1, lk, HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    margs = {"local_range": LOCAL_RANGE, "topk": case.topk, "grid": case.grid}
+    mask = lcsa_block_mask_torch(q, k, **margs)
+    counts = mask.sum(-1).float()
+    kept = int(mask.sum())
+    res = {
+        **asdict(case), "grid": case.grid, "topk": case.topk, "lq": lq, "lk": lk,
+        "kept_pairs": kept, "kept_fraction": kept / mask.numel(),
+        "row_count_mean": float(counts.mean()), "row_count_max": int(counts.max()),
+        "row_count_min": int(counts.min()), "empty_rows": int((counts == 0).sum()),
+    }
+    res["row_imbalance_max_over_mean"] = res["row_count_max"] / max(res["row_count_mean"], 1e-9)
+    flops = 4.0 * 128 * 64 * HEAD_DIM * kept
+    res["mask_torch_ms"] = bench(lambda: lcsa_block_mask_torch(q, k, **margs))
+    res["mask_pool_scores_ms"] = bench(lambda: block_scores(q, k))
+    res["mask_probabilities_ms"] = bench(lambda: block_probabilities(q, k, local_range=LOCAL_RANGE, grid=case.grid))
+    res["lists_ms"] = bench(lambda: compact_block_lists(mask))
+
+    out = sparse_attention_triton(q, k, v, mask)  # autotunes
+    res["triton_config"] = str(triton_sparse._sparse_attn_fwd_tuned.best_config)
+    res["triton_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask))
+    res["triton_tflops"] = flops / res["triton_ms"] * 1e-9
+    res["triton_lpt_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask, schedule="lpt"))
+    if args.sweep:
+        sweep = {}
+        for cfg in triton_sparse._autotune_configs():
+            conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            for schedule in ("locality", "lpt"):
+                try:
+                    ms = bench(lambda: sparse_attention_triton(q, k, v, mask, config=conf, schedule=schedule), rep=100)
+                except Exception as exc:  # noqa: BLE001 - a config may not fit shared memory
+                    ms = f"failed: {type(exc).__name__}"
+                sweep[f"{conf} {schedule}"] = ms
+        res["triton_sweep_ms"] = sweep
+
+    block_mask = to_flex_block_mask(mask, lq, lk)
+    flex = _compiled_flex()
+    out_flex = flex(q, k, v, block_mask=block_mask)
+    res["flex_ms"] = bench(lambda: flex(q, k, v, block_mask=block_mask))
+    res["flex_mask_convert_ms"] = bench(lambda: to_flex_block_mask(mask, lq, lk))
+    res["flex_tflops"] = flops / res["flex_ms"] * 1e-9
+
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        res["sdpa_dense_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v), rep=300)
+    res["sdpa_dense_tflops"] = 4.0 * lq * lk * HEAD_DIM * HEADS / res["sdpa_dense_ms"] * 1e-9
+
+    index, ref = reference_rows(q, k, v, mask, heads=[0, HEADS - 1], n_rows=48)
+    res["triton_max_abs_err"] = max_err(out, index, ref)
+    res["flex_max_abs_err"] = max_err(out_flex, index, ref)
+    res["speedup_vs_flex"] = res["flex_ms"] / res["triton_ms"]
+    res["speedup_vs_sdpa"] = res["sdpa_dense_ms"] / res["triton_ms"]
+    res["mask_fraction_of_attention"] = res["mask_torch_ms"] / res["triton_ms"]
+    del q, k, v, out, out_flex
+    torch.cuda.empty_cache()
+    return res
+
+
+def small_checks() -> list[dict]:
+    """bf16/fp16 correctness of the kernel on small shapes vs float64, D 64 and 128, empty and full rows."""
+    results = []
+    for dtype in (torch.bfloat16, torch.float16):
+        for d in (64, 128):
+            g = torch.Generator(device="cuda").manual_seed(d)
+            q = torch.randn(2, 3, 4 * 128, d, device="cuda", generator=g).to(dtype)
+            k = torch.randn(2, 3, 24 * 64, d, device="cuda", generator=g).to(dtype)
+            v = torch.randn(2, 3, 24 * 64, d, device="cuda", generator=g).to(dtype)
+            mask = torch.rand(2, 3, 4, 24, device="cuda", generator=g) < 0.3
+            mask[0, 0, 0] = False
+            mask[1, 2, 3] = True
+            tm = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)
+            s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d)
+            ref = torch.softmax(s.masked_fill(~tm, -math.inf), -1).nan_to_num(0) @ v.double()
+            configs = triton_sparse._autotune_configs()
+            # every config for the production combination, two (BLOCK_N 64 and 128) for the others
+            for cfg in configs if (dtype, d) == (torch.bfloat16, 128) else configs[:3:2]:
+                conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                out = sparse_attention_triton(q, k, v, mask, config=conf)
+                err = float((out.double() - ref).abs().max())
+                results.append({"dtype": str(dtype), "d": d, "config": str(conf), "max_abs_err": err,
+                                "ok": err < (2e-2 if dtype == torch.bfloat16 else 4e-3)})
+    return results
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| case | Lq x Lk | kept | imbalance max/mean | ours ms | TFLOP/s | flex ms | TFLOP/s | dense SDPA ms"
+            " | mask ms | mask / ours | x flex | x SDPA | err ours | err flex |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['lq']} x {r['lk']} | {100 * r['kept_fraction']:.2f}% |"
+            f" {r['row_imbalance_max_over_mean']:.2f} | {r['triton_ms']:.2f} | {r['triton_tflops']:.0f} |"
+            f" {r['flex_ms']:.2f} | {r['flex_tflops']:.0f} | {r['sdpa_dense_ms']:.1f} | {r['mask_torch_ms']:.2f} |"
+            f" {100 * r['mask_fraction_of_attention']:.0f}% | {r['speedup_vs_flex']:.2f} | {r['speedup_vs_sdpa']:.1f} |"
+            f" {r['triton_max_abs_err']:.1e} | {r['flex_max_abs_err']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="small-shape bf16/fp16 correctness of every config first")
+    parser.add_argument("--sweep", action="store_true", help="also time every kernel config explicitly")
+    parser.add_argument("--cases", default="all", help="comma-separated case indices (default: all)")
+    parser.add_argument("--out", default=os.path.join(os.environ["OUT"], "attn.json") if os.environ.get("OUT") else None)
+    args = parser.parse_args()
+    env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "date": time.strftime("%Y-%m-%d")}
+    print(env, flush=True)
+    report: dict = {"env": env}
+    if args.check:
+        report["checks"] = small_checks()
+        bad = [c for c in report["checks"] if not c["ok"]]
+        print(f"small checks: {len(report['checks']) - len(bad)} ok, {len(bad)} failed", bad, flush=True)
+    picks = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
+    report["cases"] = []
+    for case in picks:
+        t0 = time.time()
+        res = run_case(case, args)
+        report["cases"].append(res)
+        print(json.dumps(res), f"({time.time() - t0:.0f} s)", flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(report, indent=1))
+    print(table(report["cases"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Block-sparse attention: Triton kernel (CPU interpreter), flex and SDPA paths vs a float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.flex import sparse_attention_flex
+from kernels.reference import sparse_attention_sdpa
+from kernels.triton_sparse import compact_block_lists, sparse_attention_triton
+from tests.kernels.helpers import dense_block_sparse_attention
+
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 3e-3}
+
+
+def _qkv(n_q: int, n_k: int, d: int, dtype: torch.dtype, *, seed: int, heads: int = 2):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, heads, n_q * 128, d, generator=gen).to(dtype)
+    k = torch.randn(1, heads, n_k * 64, d, generator=gen).to(dtype)
+    v = torch.randn(1, heads, n_k * 64, d, generator=gen).to(dtype)
+    return q, k, v
+
+
+def _masks(kind: str, heads: int, n_q: int, n_k: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(1, heads, n_q, n_k, generator=gen) < 0.35
+    if kind == "empty_rows":
+        mask[:, 0, 0] = False
+        mask[:, -1, -1] = False
+    elif kind == "full_rows":
+        mask[:, :, 1] = True
+    elif kind == "single":
+        mask[:] = False
+        cols = torch.randint(0, n_k, (heads, n_q), generator=gen)
+        mask[0, torch.arange(heads)[:, None], torch.arange(n_q)[None, :], cols] = True
+    return mask
+
+
+CASES = [
+    # (mask kind, n_q blocks, n_k blocks (several key time slices), D, dtype, kernel config)
+    ("random", 2, 8, 64, torch.float32, {"BLOCK_M": 64, "BLOCK_N": 64}),
+    ("empty_rows", 2, 8, 128, torch.float32, {"BLOCK_M": 128, "BLOCK_N": 128}),
+    ("full_rows", 3, 6, 64, torch.float16, {"BLOCK_M": 64, "BLOCK_N": 128}),
+    ("single", 2, 12, 128, torch.float16, {"BLOCK_M": 128, "BLOCK_N": 64}),
+    ("empty_rows", 2, 7, 128, torch.float16, {"BLOCK_M": 64, "BLOCK_N": 128}),
+]
+
+
+@pytest.mark.parametrize(("kind", "n_q", "n_k", "d", "dtype", "config"), CASES)
+def test_triton_kernel_matches_float64_reference(kind, n_q, n_k, d, dtype, config):
+    q, k, v = _qkv(n_q, n_k, d, dtype, seed=n_k + d)
+    mask = _masks(kind, 2, n_q, n_k, seed=n_q)
+    out = sparse_attention_triton(q, k, v, mask, config=config)
+    expected = dense_block_sparse_attention(q, k, v, mask)
+    assert out.dtype == dtype and out.shape == q.shape
+    torch.testing.assert_close(out.double(), expected, atol=TOLERANCE[dtype], rtol=0)
+    empty = ~mask.any(-1).repeat_interleave(128, dim=2)
+    assert torch.all(out[empty] == 0)
+
+
+def test_triton_kernel_custom_scale_and_strided_inputs():
+    """q/k/v as (B, L, H, D) memory viewed as (B, H, L, D), the layout the DiT passes."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 256, 2, 64, generator=gen).transpose(1, 2)
+    k = torch.randn(1, 384, 2, 64, generator=gen).transpose(1, 2)
+    v = torch.randn(1, 384, 2, 64, generator=gen).transpose(1, 2)
+    mask = _masks("random", 2, 2, 6, seed=1)
+    out = sparse_attention_triton(q, k, v, mask, scale=0.3)
+    torch.testing.assert_close(out.double(), dense_block_sparse_attention(q, k, v, mask, scale=0.3), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("schedule", "order"), [("locality", [0, 2, 3, 1]), ("lpt", [2, 0, 3, 1])])
+def test_compact_block_lists_and_schedules(schedule, order):
+    mask = torch.tensor([[[[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 1, 0]]]], dtype=torch.bool)
+    idx, cnt, got_order = compact_block_lists(mask, schedule)
+    assert cnt.tolist() == [2, 0, 5, 1]
+    assert got_order.tolist() == order
+    assert idx[0, :2].tolist() == [0, 2]
+    assert idx[2].tolist() == [0, 1, 2, 3, 4]
+    assert idx[3, :1].tolist() == [3]
+
+
+def test_triton_kernel_lpt_schedule():
+    q, k, v = _qkv(3, 8, 64, torch.float32, seed=11)
+    mask = _masks("empty_rows", 2, 3, 8, seed=12)
+    config = {"BLOCK_M": 128, "BLOCK_N": 128}
+    out = sparse_attention_triton(q, k, v, mask, config=config, schedule="lpt")
+    torch.testing.assert_close(out.double(), dense_block_sparse_attention(q, k, v, mask), atol=2e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("path", [sparse_attention_sdpa, sparse_attention_flex], ids=["sdpa", "flex"])
+def test_pytorch_paths_match_float64_reference(path):
+    q, k, v = _qkv(2, 8, 32, torch.float32, seed=3)
+    mask = _masks("empty_rows", 2, 2, 8, seed=4)
+    out = path(q, k, v, mask)
+    torch.testing.assert_close(out.double(), dense_block_sparse_attention(q, k, v, mask), atol=2e-5, rtol=0)
+    assert torch.all(out[:, 0, :128] == 0)
+
+
+def test_shape_errors_are_reported():
+    q, k, v = _qkv(2, 4, 64, torch.float32, seed=5)
+    with pytest.raises(ValueError, match="block_mask"):
+        sparse_attention_triton(q, k, v, torch.ones(1, 2, 2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="head dim"):
+        q2, k2, v2 = _qkv(2, 4, 32, torch.float32, seed=5)
+        sparse_attention_triton(q2, k2, v2, torch.ones(1, 2, 2, 4, dtype=torch.bool))

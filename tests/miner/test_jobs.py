@@ -1,0 +1,145 @@
+"""The job system for real: the priority queue, admission arithmetic, and the scheduler driving a
+spawned worker process that runs the real upscaler (random-small weights, CPU) on real clips."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from miner.config import load_miner_config
+from miner.jobs.admission import Backlog, admit, predict_finishes
+from miner.jobs.queue import PriorityTaskQueue, QueueFull
+from miner.jobs.spec import ErrorKind, TaskSpec
+from miner.metrics import MinerMetrics
+
+SRC_W, SRC_H, FRAMES = 64, 36, 9
+OUT_W, OUT_H = 128, 72
+
+
+def make_clip(path: Path, width: int = SRC_W, height: int = SRC_H, frames: int = FRAMES) -> Path:
+    """A short H.264 clip of moving gradients (30 fps, yuv420p, like Vidaio's inputs)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(30))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        ys, xs = np.mgrid[0:height, 0:width]
+        for i in range(frames):
+            rgb = np.stack([(xs * 4 + i * 8) % 256, (ys * 6) % 256, (xs + ys + i * 16) % 256], -1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def video_shape(path: Path) -> tuple[int, int, int]:
+    """(width, height, decoded frames)."""
+    with av.open(str(path)) as container:
+        frames = [f for f in container.decode(video=0)]
+        return frames[0].width, frames[0].height, len(frames)
+
+
+def test_queue_orders_by_stake_then_fifo() -> None:
+    async def go() -> list[str]:
+        queue: PriorityTaskQueue[str] = PriorityTaskQueue(maxsize=10)
+        for item, stake in (("a", 1.0), ("b", 5.0), ("c", 1.0), ("d", 5.0)):
+            await queue.put(item, stake)
+        return [await queue.get() for _ in range(4)]
+
+    assert asyncio.run(go()) == ["b", "d", "a", "c"]
+
+
+def test_full_queue_displaces_lower_stake_or_refuses() -> None:
+    async def go() -> None:
+        queue: PriorityTaskQueue[str] = PriorityTaskQueue(maxsize=2)
+        await queue.put("low", 1.0)
+        await queue.put("mid", 2.0)
+        with pytest.raises(QueueFull):
+            await queue.put("same-as-low", 1.0)
+        assert await queue.put("high", 3.0) == "low"
+        assert queue.items() == ["high", "mid"]
+        assert queue.remove("mid") and queue.items() == ["high"]
+
+    asyncio.run(go())
+
+
+def test_admission_predicts_from_backlog() -> None:
+    backlog = Backlog(busy_for=(4.0, 0.0), queued=(6.0,))
+    assert predict_finishes(backlog, [2.0, 2.0]) == [6.0, 8.0]
+    decisions = admit(backlog, [2.0, 2.0, 30.0], seconds_left=9.0)
+    assert decisions[:2] == [None, None]
+    assert "exceeds the 9.0s left" in decisions[2]
+
+
+def _config(tmp_path: Path):
+    return load_miner_config(overrides={
+        "upscaler": {"weights": "random-small"},
+        "jobs": {"devices": ["cpu"], "workers": 1, "oom_retry_tile_size": 128, "work_dir": str(tmp_path),
+                 "test_hooks": {"oom_if_src_contains": "oom", "crash_if_src_contains": "crash"}},
+        "tasks": {"SD2HD": {"width": OUT_W, "height": OUT_H, "scale": 2}},
+    }, environ={})
+
+
+def _spec(tmp_path: Path, name: str, deadline_s: float = 120.0) -> TaskSpec:
+    src = make_clip(tmp_path / f"{name}.mp4")
+    return TaskSpec(task_id=name, task_type="SD2HD", src=str(src), dst=str(tmp_path / f"{name}.out.mp4"),
+                    width=OUT_W, height=OUT_H, frames=FRAMES, variant="tiny", tile_size=0,
+                    max_bytes=50 * 1024 * 1024, deadline=time.time() + deadline_s, crf=23, est_seconds=5.0)
+
+
+@pytest.mark.slow
+def test_scheduler_with_real_worker(tmp_path: Path) -> None:
+    from miner.jobs.scheduler import Scheduler
+
+    metrics = MinerMetrics()
+
+    async def go() -> None:
+        scheduler = Scheduler(_config(tmp_path), metrics)
+        await scheduler.start()
+        try:
+            ok = await scheduler.run(_spec(tmp_path, "plain"), priority=1.0)
+            assert ok.ok, ok.message
+            assert video_shape(Path(tmp_path / "plain.out.mp4")) == (OUT_W, OUT_H, FRAMES)
+            assert ok.report["frames"] == FRAMES and ok.attempts == 1
+
+            # A real torch.OutOfMemoryError on the first attempt: freed, retried once tiled, succeeds.
+            oom = await scheduler.run(_spec(tmp_path, "oom-clip"), priority=1.0)
+            assert oom.ok, oom.message
+            assert oom.attempts == 2 and oom.report["tiled"] is True
+            assert video_shape(Path(tmp_path / "oom-clip.out.mp4")) == (OUT_W, OUT_H, FRAMES)
+
+            # The worker process dies mid-task: only that task fails; the worker is restarted.
+            crash = await scheduler.run(_spec(tmp_path, "crash-clip"), priority=1.0)
+            assert not crash.ok and crash.error_kind == ErrorKind.CRASH
+            after = await scheduler.run(_spec(tmp_path, "after-crash"), priority=1.0)
+            assert after.ok, after.message
+            assert metrics.worker_restarts._value.get() == 1
+
+            # Corrupt input: a clear input error, the worker keeps serving.
+            corrupt = tmp_path / "corrupt.mp4"
+            corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(2000))
+            bad = await scheduler.run(TaskSpec(**{**_spec(tmp_path, "x").__dict__, "src": str(corrupt)}), 1.0)
+            assert not bad.ok and bad.error_kind == ErrorKind.INPUT
+
+            # Admission: an estimate that cannot finish before the deadline is refused with a reason.
+            plan = scheduler.plan(OUT_W, OUT_H, 300, None)
+            refusal = scheduler.admit([plan.est_seconds], time.time() + 0.5, priority=1.0)[0]
+            assert refusal and "exceeds" in refusal
+
+            # Caller gone: cancelling the awaiting task stops the work; the worker stays usable.
+            running = asyncio.create_task(scheduler.run(_spec(tmp_path, "abandoned"), priority=1.0))
+            await asyncio.sleep(0.3)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            again = await scheduler.run(_spec(tmp_path, "again"), priority=1.0)
+            assert again.ok, again.message
+        finally:
+            await scheduler.stop(grace_s=5.0)
+
+    asyncio.run(go())

@@ -1,0 +1,82 @@
+"""LQ projection: official keys, stream == one-shot, v1 vs v1.1 time context."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from upscaler.models.config import LQProjConfig
+from upscaler.models.lq_proj import BufferLQProj, CausalLQProj
+
+CFG = LQProjConfig(hidden_dim1=16, hidden_dim2=24, out_dim=32, layer_num=2)
+CLASSES = (BufferLQProj, CausalLQProj)
+
+
+def _model(cls):
+    torch.manual_seed(0)
+    model = cls(CFG).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # non-trivial norm gains
+    return model
+
+
+def _clip(frames: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, frames, 32, 48, generator=g) * 2 - 1
+
+
+def _stream(model, clip):
+    model.reset()
+    outputs = [model.stream(clip[:, :, :1])]
+    outputs += [model.stream(clip[:, :, s:s + 4]) for s in range(1, clip.shape[2], 4)]
+    return outputs
+
+
+def test_keys_are_the_official_ones():
+    keys = set(BufferLQProj(CFG).state_dict())
+    assert keys == {
+        "conv1.weight", "conv1.bias", "norm1.gamma", "conv2.weight", "conv2.bias", "norm2.gamma",
+        "linear_layers.0.weight", "linear_layers.0.bias", "linear_layers.1.weight", "linear_layers.1.bias",
+    }
+    assert BufferLQProj(CFG).state_dict()["norm1.gamma"].shape == (16, 1, 1, 1)
+    assert set(CausalLQProj(CFG).state_dict()) == keys
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@torch.no_grad()
+def test_stream_equals_one_shot(cls):
+    model = _model(cls)
+    clip = _clip(13)
+    outputs = _stream(model, clip)
+    assert outputs[0] is None
+    for out in outputs[1:]:
+        assert len(out) == 2 and out[0].shape == (1, 2 * 3, 32)
+    streamed = [torch.cat([o[i] for o in outputs[1:]], dim=1) for i in range(2)]
+    one_shot = model(clip)
+    for a, b in zip(streamed, one_shot):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_v1_calls_are_independent_and_v11_calls_are_causal():
+    clip = _clip(9)
+    changed = clip.clone()
+    changed[:, :, 1:5] = _clip(4, seed=7)
+    for cls, independent in ((BufferLQProj, True), (CausalLQProj, False)):
+        model = _model(cls)
+        last = _stream(model, clip)[-1][0]
+        last_changed = _stream(model, changed)[-1][0]
+        assert torch.allclose(last, last_changed) == independent, cls.__name__
+
+
+def test_frame_counts_are_checked():
+    model = _model(CausalLQProj)
+    with pytest.raises(ValueError, match="takes 1 frame"):
+        model.stream(_clip(4))
+    model.reset()
+    assert model.stream(_clip(1)) is None
+    with pytest.raises(ValueError, match="takes 4 frame"):
+        model.stream(_clip(2))
+    with pytest.raises(ValueError, match="1 \\+ 4n"):
+        model(_clip(6))

@@ -1,0 +1,46 @@
+"""Planner choices follow the measured table, memory and deadline."""
+
+from upscaler.planner import GIB, Measurement, ThroughputTable, estimate_seconds, max_content_length, plan
+
+
+def _table() -> ThroughputTable:
+    rows = (
+        Measurement("h100", "tiny", 3840, 2160, 12.0, 40.0),
+        Measurement("h100", "tiny", 1920, 1080, 45.0, 12.0),
+        Measurement("h100", "full", 1920, 1080, 10.0, 20.0),
+    )
+    return ThroughputTable(rows, unknown_gpu_factor=0.5, safety_margin=1.0, clip_overhead_s=0.0)
+
+
+def test_estimates_scale_with_pixels_and_unknown_gpus_are_slower() -> None:
+    table = _table()
+    assert estimate_seconds(3840, 2160, 120, table, "tiny", "h100") == 10.0
+    w = (2560 * 1440 - 1920 * 1080) / (3840 * 2160 - 1920 * 1080)
+    expected_spf = (1 - w) / 45.0 + w / 12.0
+    assert abs(table.frames_per_second("h100", "tiny", 2560, 1440) - 1 / expected_spf) < 1e-9
+    assert abs(table.frames_per_second("h100", "tiny", 7680, 4320) - 3.0) < 1e-9
+    assert table.frames_per_second("rtx4090", "tiny", 3840, 2160) == 6.0
+
+
+def test_plan_prefers_full_only_when_it_fits() -> None:
+    table = _table()
+    fast = plan(1920, 1080, 150, free_vram_bytes=70 * GIB, deadline_s=60, table=table, device="h100", prefer_quality=True)
+    assert fast.variant == "full" and fast.tile_size == 0
+    late = plan(1920, 1080, 300, free_vram_bytes=70 * GIB, deadline_s=20, table=table, device="h100", prefer_quality=True)
+    assert late.variant == "tiny" and "full skipped" in late.reason
+
+
+def test_plan_tiles_when_memory_is_short_and_long_clips_stream() -> None:
+    table = _table()
+    small_gpu = plan(3840, 2160, 150, free_vram_bytes=20 * GIB, deadline_s=None, table=table, device="h100")
+    assert small_gpu.tile_size > 0 and "tiled" in small_gpu.reason
+    long_clip = plan(1920, 1080, 5000, free_vram_bytes=None, deadline_s=None, table=table, device="h100")
+    assert long_clip.variant == "tiny-long"
+
+
+def test_length_check_answers_ten_only_when_five_clips_fit() -> None:
+    table = _table()
+    assert max_content_length(table, 1920, 1080, device="h100") == 10
+    assert max_content_length(table, 3840, 2160, device="h100") == 10  # 5 x 300 / 12 = 125 s
+    slow = ThroughputTable(table.entries, 0.5, 1.2, 1.5)
+    assert max_content_length(slow, 3840, 2160, device="h100") == 5

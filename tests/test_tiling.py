@@ -1,0 +1,99 @@
+"""Tile grid coverage and alignment; feathered blending reproduces images and hides seams."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from upscaler.tiling import FeatherBlender, Tile, axis_spans, tile_grid
+
+GRIDS = [
+    # (height, width, tile, overlap, multiple)
+    (2160, 3840, 512, 128, 128),
+    (1000, 700, 512, 128, 128),
+    (300, 256, 256, 128, 128),
+    (135, 240, 32, 8, 8),
+    (17, 50, 16, 4, 1),
+    (64, 64, 128, 32, 8),
+]
+
+
+@pytest.mark.parametrize(("height", "width", "tile", "overlap", "multiple"), GRIDS)
+def test_grid_covers_the_plane_aligned_and_overlapping(height: int, width: int, tile: int, overlap: int, multiple: int) -> None:
+    tiles = tile_grid(height, width, tile, overlap, multiple)
+    cover = torch.zeros(height, width, dtype=torch.int32)
+    for t in tiles:
+        assert t.y % multiple == 0 and t.x % multiple == 0
+        assert 0 < t.height <= tile and 0 < t.width <= tile
+        assert t.y + t.height <= height and t.x + t.width <= width
+        cover[t.rows, t.cols] += 1
+    assert cover.min() >= 1
+    for length in (height, width):
+        spans = axis_spans(length, tile, overlap, multiple)
+        assert spans[0][0] == 0 and sum(spans[-1]) == length
+        for (a, na), (b, _) in zip(spans, spans[1:]):
+            assert a < b and a + na - b >= overlap
+            assert na == tile  # only the last span along an axis may be shorter
+
+
+def test_plane_smaller_than_a_tile_is_one_tile() -> None:
+    assert tile_grid(100, 90, 128, 32, 8) == [Tile(0, 0, 100, 90)]
+
+
+def test_invalid_grid_arguments() -> None:
+    with pytest.raises(ValueError, match="multiple"):
+        tile_grid(100, 100, 100, 16, 64)
+    with pytest.raises(ValueError, match="no stride"):
+        tile_grid(1000, 1000, 256, 200, 128)
+
+
+def _blend(image: torch.Tensor, tiles: list[Tile], ramp: int, offsets: list[float] | None = None) -> torch.Tensor:
+    blender = FeatherBlender(tuple(image.shape), ramp)
+    for k, t in enumerate(tiles):
+        crop = image[..., t.rows, t.cols]
+        blender.add(t, crop + (offsets[k] if offsets else 0.0))
+    return blender.result()
+
+
+def test_constant_and_arbitrary_images_are_reproduced() -> None:
+    tiles = tile_grid(135, 240, 64, 16, 8)
+    constant = torch.full((1, 3, 2, 135, 240), 0.37)
+    torch.testing.assert_close(_blend(constant, tiles, 16), constant, atol=1e-6, rtol=0)
+    image = torch.rand(1, 3, 2, 135, 240, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_blend(image, tiles, 16), image, atol=1e-6, rtol=0)
+
+
+def test_feathering_hides_disagreement_between_tiles() -> None:
+    """Tiles that disagree by a constant each (as tiled models do) blend without visible seams."""
+    h, w, ramp = 96, 160, 16
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    smooth = (0.5 + 0.3 * torch.sin(3 * xs) * torch.cos(2 * ys)).view(1, 1, 1, h, w)
+    tiles = tile_grid(h, w, 48, ramp, 8)
+    offsets = [0.02 * ((k * 7) % 5 - 2) for k in range(len(tiles))]  # within +-0.04
+    out = _blend(smooth, tiles, ramp, offsets)
+    error = out - smooth
+    assert error.abs().max() <= 0.04 + 1e-6
+    spread = max(offsets) - min(offsets)
+    steps = torch.cat([error.diff(dim=-1).abs().flatten(), error.diff(dim=-2).abs().flatten()])
+    assert steps.max() <= 2 * spread / ramp  # a hard seam would jump by up to `spread`
+    # without feathering (ramp 1) the same tiles leave seams
+    hard = _blend(smooth, tiles, 1, offsets) - smooth
+    assert hard.diff(dim=-1).abs().max() > 4 * spread / ramp
+
+
+def test_weights_ramp_only_on_interior_edges_and_padding_is_cropped() -> None:
+    blender = FeatherBlender((1, 40, 40), ramp=8)
+    corner, middle = Tile(0, 0, 24, 24), Tile(16, 16, 24, 24)
+    wc = blender.weights(corner)
+    assert wc[0, 0] == 1 and wc[:16, :16].min() == 1  # plane borders keep full weight
+    assert wc[0, -1] < 0.1 and wc[-1, 0] < 0.1  # inner edges fade out
+    wm = blender.weights(middle)
+    assert wm[-1, -1] == 1 and wm[0, 0] < 0.01
+    blender.add(corner, torch.ones(1, 32, 32))  # e.g. a tile padded up to a multiple
+    blender.add(middle, torch.ones(1, 24, 24))
+    out = blender.result()
+    assert out.shape == (1, 40, 40)
+    torch.testing.assert_close(out[0, :24, :24], torch.ones(24, 24))
+    assert out[0, 0, 39] == 0  # uncovered pixels stay 0
+    with pytest.raises(ValueError, match="smaller than the tile"):
+        blender.add(middle, torch.ones(1, 10, 10))

@@ -1,0 +1,83 @@
+"""Model input/output conversion: bicubic to [-1, 1], back to uint8, padding to a multiple."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from upscaler.resize import crop_to, pad_to_multiple, to_model_input, to_uint8_frames
+
+
+def _frames(t: int = 3, h: int = 19, w: int = 33) -> torch.Tensor:
+    return torch.randint(0, 256, (t, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_bicubic_matches_the_reference_formulation() -> None:
+    frames = _frames()
+    x = to_model_input(frames.numpy(), size=(66, 38))
+    assert x.shape == (1, 3, 3, 38, 66) and x.dtype == torch.float32 and x.is_contiguous()
+    # reference: per frame, [0, 1] -> bicubic (align_corners=False, no antialias) -> * 2 - 1
+    ref = F.interpolate(frames.permute(0, 3, 1, 2).float() / 255, size=(38, 66), mode="bicubic", align_corners=False)
+    ref = (ref * 2 - 1).permute(1, 0, 2, 3).unsqueeze(0)
+    torch.testing.assert_close(x, ref, atol=1e-5, rtol=0)
+    assert x.min() < -1 or x.max() > 1  # bicubic overshoot is kept, as the reference does
+
+
+def test_same_size_round_trips_exactly_and_dtype_is_honoured() -> None:
+    frames = _frames()
+    x = to_model_input(frames, size=(33, 19), dtype=torch.bfloat16)
+    assert x.dtype == torch.bfloat16
+    back = to_uint8_frames(to_model_input(frames, size=(33, 19)))
+    assert back.dtype == torch.uint8 and back.shape == frames.shape
+    torch.testing.assert_close(back, frames, atol=0, rtol=0)
+
+
+def test_to_uint8_clamps_and_rounds() -> None:
+    x = torch.tensor([-3.0, -1.0, 0.0, 0.004, 1.0, 2.5]).view(1, 1, 1, 1, 6).expand(1, 3, 1, 1, 6)
+    out = to_uint8_frames(x)
+    assert out.shape == (1, 1, 6, 3)
+    assert out[0, 0, :, 0].tolist() == [0, 0, 128, 128, 255, 255]
+
+
+def test_shape_errors() -> None:
+    with pytest.raises(ValueError, match="T, H, W, 3"):
+        to_model_input(np.zeros((4, 4, 3), np.uint8), size=(4, 4))
+    with pytest.raises(TypeError, match="uint8"):
+        to_model_input(torch.zeros(1, 4, 4, 3), size=(4, 4))
+    with pytest.raises(ValueError, match="1, 3, T, H, W"):
+        to_uint8_frames(torch.zeros(2, 3, 1, 4, 4))
+
+
+@pytest.mark.parametrize("mode", ["replicate", "reflect"])
+def test_pad_to_multiple_and_crop_back(mode: str) -> None:
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(1, 2, 3, 5, 7)
+    padded, size = pad_to_multiple(x, 4, mode)
+    assert padded.shape == (1, 2, 3, 8, 8) and size == (5, 7)
+    torch.testing.assert_close(crop_to(padded, size), x)
+    if mode == "replicate":
+        torch.testing.assert_close(padded[..., 5:, :7], x[..., 4:5, :].expand(-1, -1, -1, 3, -1))
+    else:
+        torch.testing.assert_close(padded[..., 5, :7], x[..., 3, :])  # mirrored about the last row
+    same, _ = pad_to_multiple(x[..., :4, :4], 4, mode)
+    assert same.shape[-2:] == (4, 4)
+
+
+def test_reflect_falls_back_to_replicate_when_the_pad_is_too_large() -> None:
+    x = torch.rand(1, 3, 1, 2, 2)
+    padded, _ = pad_to_multiple(x, 8, "reflect")
+    torch.testing.assert_close(padded[..., 7, 7], x[..., 1, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_path_matches_cpu_and_returns_pinned_frames() -> None:
+    frames = _frames(4, 54, 96)
+    on_gpu = to_model_input(frames, size=(384, 216), device="cuda", dtype=torch.bfloat16)
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.bfloat16
+    on_cpu = to_model_input(frames, size=(384, 216))
+    torch.testing.assert_close(on_gpu.float().cpu(), on_cpu, atol=1e-2, rtol=0)  # bf16 rounding
+    back = to_uint8_frames(on_gpu)
+    assert back.device.type == "cpu" and back.is_pinned() and back.shape == (4, 216, 384, 3)
+    torch.testing.assert_close(back, to_uint8_frames(on_cpu), atol=2, rtol=0)

@@ -1,0 +1,177 @@
+"""The upscaler's public entry point: load once, upscale many files.
+
+    upscaler = Upscaler.load(load_settings(weights="random-small", device="cpu"))
+    report = upscaler.upscale_file("in.mp4", "out.mp4", width=640, height=360)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from upscaler.engine import EngineModels, EngineOptions, StreamingEngine
+from upscaler.frame_source import lq_batches
+from upscaler.geometry import Geometry
+from upscaler.lq_frames import LQFrames
+from upscaler.models.config import SparsityParams
+from upscaler.report import Progress, UpscaleReport
+from upscaler.resize import to_uint8_frames
+from upscaler.settings import UpscalerSettings, VariantSettings
+from upscaler.tiled import TiledRun
+from upscaler.timing import StageTimer
+from upscaler.video import FrameReader, FrameWriter, probe
+from upscaler.components import load_components
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype; the CPU always runs fp32 (bf16/fp16 convolutions are slow or missing there)."""
+    return torch.float32 if device.type == "cpu" else _DTYPES[name]
+
+
+class Upscaler:
+    """Holds the loaded models (kept warm) and runs upscales with them."""
+
+    def __init__(self, settings: UpscalerSettings, device: torch.device, dtype: torch.dtype) -> None:
+        self.settings = settings
+        self.device = device
+        self.dtype = dtype
+        self._components = load_components(settings, device, dtype)
+
+    @classmethod
+    def load(cls, settings: UpscalerSettings) -> "Upscaler":
+        """Resolve the device and weights and load the DiT and LQ projection (decoders load on first use)."""
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        began = time.perf_counter()
+        upscaler = cls(settings, device, dtype)
+        log.info(
+            "upscaler loaded weights=%s version=%s device=%s dtype=%s seconds=%.1f",
+            upscaler.weights_label, settings.model_version, device, str(dtype).removeprefix("torch."),
+            time.perf_counter() - began,
+        )
+        return upscaler
+
+    @property
+    def weights_label(self) -> str:
+        """Where the weights came from (a path, or ``random``/``random-small``)."""
+        return self._components.label
+
+    def engine(self, variant: VariantSettings) -> StreamingEngine:
+        """The streaming engine configured for ``variant`` (its decoder is loaded on first use)."""
+        models = EngineModels(
+            dit=self._components.dit,
+            lq_proj=self._components.lq_proj,
+            decoder=self._components.decoder(variant.decoder, frames_per_pass=variant.decoder_frames_per_pass),
+            decoder_kind=variant.decoder,
+        )
+        sparsity = SparsityParams(
+            sparse_ratio=self.settings.sparsity.sparse_ratio,
+            kv_ratio=self.settings.sparsity.kv_ratio,
+            local_range=self.settings.sparsity.local_range,
+        )
+        options = EngineOptions(sparsity=sparsity, color_fix=self.settings.color_fix, seed=self.settings.seed)
+        return StreamingEngine(models, options, self.device, self.dtype)
+
+    def upscale_frames(
+        self,
+        path: str | Path,
+        geometry: Geometry,
+        variant: VariantSettings,
+        *,
+        timer: StageTimer,
+        should_cancel: CancelFn | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the upscaled frames of the video at ``path`` as uint8 ``(t, H, W, 3)`` CPU tensors."""
+        engine = self.engine(variant)
+        if self.settings.tiling.enabled:
+            tiled = TiledRun(engine, self.settings, geometry, variant, self.device, self.dtype)
+            yield from tiled.frames(path, timer=timer, should_cancel=should_cancel)
+            return
+        reader = FrameReader(path, prefetch=variant.input_prefetch)
+        batches = lq_batches(
+            reader, geometry, device=self.device, dtype=self.dtype,
+            pad_mode=self.settings.pad_mode, multiple=self.settings.spatial_multiple,
+        )
+        lq = LQFrames(batches)
+        for chunk in engine.run(lq, geometry.out_size, geometry.model_size, timer=timer, should_cancel=should_cancel):
+            with timer.stage("to_uint8"):
+                frames = to_uint8_frames(chunk)
+            yield frames
+
+    def upscale_file(
+        self,
+        src: str | Path,
+        dst: str | Path,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        scale: int | None = None,
+        variant: str = "tiny",
+        codec: str | None = None,
+        crf: int | None = None,
+        progress: ProgressFn | None = None,
+        should_cancel: CancelFn | None = None,
+    ) -> UpscaleReport:
+        """Upscale ``src`` into the MP4 ``dst``: exact target size, one output frame per input frame."""
+        began = time.perf_counter()
+        info = probe(src)
+        in_size = (info.width, info.height)
+        multiple = self.settings.spatial_multiple
+        if scale is not None:
+            geometry = Geometry.for_scale(in_size, scale, multiple)
+        elif width is not None and height is not None:
+            geometry = Geometry.for_target(in_size, (width, height), multiple)
+        else:
+            raise ValueError("give either scale or both width and height")
+        chosen = self.settings.variant(variant)
+        timer = StageTimer(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        log.info(
+            "upscale start src=%s frames~%d %dx%d->%dx%d model=%dx%d variant=%s",
+            Path(src).name, info.frames, *in_size, *geometry.out_size, *geometry.model_size, chosen.name,
+        )
+        frames_done = 0
+        writer_opts = {k: v for k, v in {"codec": codec, "crf": crf}.items() if v is not None}
+        with FrameWriter(
+            dst, geometry.out_width, geometry.out_height, info.fps,
+            audio_from=src if info.has_audio else None, **writer_opts,
+        ) as writer:
+            for frames in self.upscale_frames(src, geometry, chosen, timer=timer, should_cancel=should_cancel):
+                write_began = time.perf_counter()
+                writer.write(frames)
+                timer.add_wall("encode_submit", time.perf_counter() - write_began)
+                frames_done += frames.shape[0]
+                if progress is not None:
+                    progress(Progress(frames_done, max(info.frames, frames_done), time.perf_counter() - began))
+        seconds = timer.seconds()
+        seconds["total"] = time.perf_counter() - began
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
+        report = UpscaleReport(
+            frames=frames_done, fps=info.fps, in_size=in_size, out_size=geometry.out_size,
+            variant=chosen.name, tiled=self.settings.tiling.enabled, weights_label=self.weights_label,
+            seconds=seconds, peak_vram_bytes=peak,
+        )
+        log.info("upscale done %s", report.summary())
+        return report

@@ -1,0 +1,93 @@
+"""``flashvsr-upscale``: upscale one video file from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from upscaler.api import Upscaler
+from upscaler.errors import UpscalerError
+from upscaler.report import Progress
+from upscaler.settings import VARIANTS, TilingSettings, load_settings
+
+log = logging.getLogger("flashvsr-upscale")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments; defaults not given here come from configs/upscaler.toml."""
+    p = argparse.ArgumentParser(prog="flashvsr-upscale", description="Upscale a video with FlashVSR.")
+    p.add_argument("input", type=Path, help="input video file")
+    p.add_argument("output", type=Path, help="output MP4 file")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--scale", type=int, choices=(2, 4), help="upscale factor")
+    size.add_argument("--width", type=int, help="exact output width (with --height)")
+    p.add_argument("--height", type=int, help="exact output height (with --width)")
+    p.add_argument("--variant", choices=VARIANTS, default="tiny", help="pipeline (default: tiny)")
+    p.add_argument("--model-version", choices=("v1", "v1.1"), help="FlashVSR weights version")
+    p.add_argument("--weights", help="model dir, 'auto', 'random' (real shapes) or 'random-small' (CPU demo)")
+    p.add_argument("--vae-path", help="an existing Wan2.1_VAE.pth to reuse for the full variant")
+    p.add_argument("--device", help="auto, cuda, cuda:N or cpu")
+    p.add_argument("--dtype", choices=("bf16", "fp16"), help="GPU compute dtype")
+    p.add_argument("--tile-size", type=int, help="spatial tile side in output pixels (multiple of 128; 0 = off)")
+    p.add_argument("--tile-overlap", type=int, help="tile overlap in output pixels")
+    p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), help="colour correction")
+    p.add_argument("--seed", type=int, help="noise seed")
+    p.add_argument("--codec", choices=("h264", "hevc"), help="output codec")
+    p.add_argument("--crf", type=int, help="encoder quality (lower is better)")
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--log-level", default="INFO", help="logging level")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if (args.width is None) != (args.height is None) or (args.scale is not None and args.height is not None):
+        print("error: give --scale, or both --width and --height", file=sys.stderr)
+        return 2
+    settings = load_settings(
+        weights=args.weights, model_version=args.model_version, device=args.device, dtype=args.dtype,
+        color_fix=args.color_fix, seed=args.seed, vae_path=args.vae_path,
+    )
+    if args.tile_size is not None or args.tile_overlap is not None:
+        tiling = TilingSettings(
+            tile_size=settings.tiling.tile_size if args.tile_size is None else args.tile_size,
+            tile_overlap=settings.tiling.tile_overlap if args.tile_overlap is None else args.tile_overlap,
+        )
+        settings = settings.with_overrides(tiling=tiling).validate()
+    bar = tqdm(unit="frame", dynamic_ncols=True, disable=None)
+
+    def on_progress(p: Progress) -> None:
+        bar.total = p.frames_total
+        bar.n = p.frames_done
+        eta = f"{p.eta_s:.0f}s" if p.eta_s is not None else "?"
+        bar.set_postfix_str(f"{p.frames_per_second:.2f} fps, eta {eta}")
+
+    try:
+        upscaler = Upscaler.load(settings)
+        report = upscaler.upscale_file(
+            args.input, args.output, width=args.width, height=args.height, scale=args.scale,
+            variant=args.variant, codec=args.codec, crf=args.crf, progress=on_progress,
+        )
+    except (UpscalerError, ValueError, FileNotFoundError, RuntimeError) as err:
+        bar.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    bar.close()
+    if args.report:
+        args.report.write_text(json.dumps(report.as_dict(), indent=2))
+    print(
+        f"done: {report.frames} frames in {report.seconds['total']:.2f} s = {report.frames_per_second:.2f} frames/s, "
+        f"peak GPU memory {report.peak_vram_bytes / 1024**3:.2f} GiB -> {args.output}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

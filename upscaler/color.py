@@ -1,0 +1,78 @@
+"""Colour correction of upscaled frames against the bicubic-upscaled input (the "style").
+
+``wavelet``: keep the content's high frequencies and take the style's low frequencies, where the
+low band is five successive 3x3 Gaussian blurs with dilation 1, 2, 4, 8, 16 (replicate padding).
+``adain``: per frame and channel, give the content the style's mean and standard deviation.
+Both match FlashVSR's colour corrector and clamp to [-1, 1]. Every operation is per frame, so the
+result does not depend on how a clip is cut into chunks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("wavelet", "adain", "none")
+_EPS = 1e-5
+_GAUSS = ((0.0625, 0.125, 0.0625), (0.125, 0.25, 0.125), (0.0625, 0.125, 0.0625))
+
+
+def wavelet_low(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """Low-frequency band of ``x (..., H, W)``: ``levels`` dilated 3x3 Gaussian blurs (float32)."""
+    height, width = x.shape[-2:]
+    planes = x.reshape(-1, 1, height, width).float()
+    kernel = torch.tensor(_GAUSS, dtype=planes.dtype, device=planes.device).view(1, 1, 3, 3)
+    for level in range(levels):
+        dilation = 2**level
+        padded = F.pad(planes, (dilation, dilation, dilation, dilation), mode="replicate")
+        planes = F.conv2d(padded, kernel, dilation=dilation)
+    return planes.view(x.shape)
+
+
+def wavelet_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """``content``'s high band plus ``style``'s low band (float32).
+
+    ``content - low(content) + low(style)`` is computed as ``content - low(content - style)``: the
+    band split is linear (replicate padding included), so one blur pass serves both inputs.
+    """
+    content = content.float()
+    return content - wavelet_low(content - style.float(), levels)
+
+
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (biased variance + eps) over the last two dims, kept for broadcasting."""
+    flat = x.flatten(-2)
+    var, mean = torch.var_mean(flat, dim=-1, unbiased=False, keepdim=True)
+    return mean.unsqueeze(-1), (var + _EPS).sqrt().unsqueeze(-1)
+
+
+def adain_fix(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """``content`` normalised per frame and channel, then given ``style``'s mean and std (float32)."""
+    c_mean, c_std = _mean_std(content.float())
+    s_mean, s_std = _mean_std(style.float())
+    return (content.float() - c_mean) / c_std * s_std + s_mean
+
+
+class ColorFix:
+    """``ColorFix(method)(frames, style)`` for ``(B, 3, T, H, W)`` tensors in [-1, 1].
+
+    ``method`` is ``"wavelet"``, ``"adain"`` or ``"none"`` (frames returned unchanged). The output
+    has the frames' dtype and is clamped to [-1, 1].
+    """
+
+    def __init__(self, method: str = "wavelet", levels: int = 5) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown colour fix {method!r}; expected one of {METHODS}")
+        self.method = method
+        self.levels = levels
+
+    def __call__(self, frames: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if self.method == "none":
+            return frames
+        if frames.shape != style.shape:
+            raise ValueError(f"frames {tuple(frames.shape)} and style {tuple(style.shape)} differ in shape")
+        if self.method == "wavelet":
+            fixed = wavelet_fix(frames, style, self.levels)
+        else:
+            fixed = adain_fix(frames, style)
+        return fixed.clamp_(-1.0, 1.0).to(frames.dtype)

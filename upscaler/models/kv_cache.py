@@ -1,0 +1,103 @@
+"""The DiT's streaming self-attention K/V cache: one preallocated ring buffer per block.
+
+FlashVSR keeps, per block, the K/V windows of the last ``kv_ratio`` time slices (a slice = 2 latent
+frames = one row of LCSA windows) and attends over those plus the current step's slices. The
+reference concatenates the cache with the new windows every step; here each block owns a buffer of
+``slots`` slices in ``(B, H, slots * S, D)`` layout that is written in place, and attention reads the
+filled prefix. The slot order of cached slices does not change the result: the LCSA mask is
+threshold based per query slice and attention sums over keys.
+
+Retention matches the reference exactly: it keeps 3 slices after step 0 (2 when ``kv_ratio`` < 3),
+then adds one per step and drops the oldest once more than ``max(kv_ratio, 2)`` would remain, so
+attention at step n >= 1 sees ``min(3 + n, max(kv_ratio, 2) + 1)`` slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from upscaler.models.config import DiTConfig
+
+FIRST_STEP_SLICES = 3
+MIN_RETAINED_SLICES = 2
+
+
+def ring_slots(kv_ratio: float) -> int:
+    """Slices a block's ring must hold: the retained cache plus the current step's slice."""
+    return max(int(kv_ratio), MIN_RETAINED_SLICES) + 1
+
+
+def slice_tokens(latent_hw: tuple[int, int], cfg: DiTConfig) -> int:
+    """Tokens in one time slice (``window[0]`` latent frames) of a ``latent_hw`` latent."""
+    _, ph, pw = cfg.patch_size
+    return cfg.window[0] * (latent_hw[0] // ph) * (latent_hw[1] // pw)
+
+
+def kv_cache_bytes(
+    cfg: DiTConfig, latent_hw: tuple[int, int], kv_ratio: float, dtype: torch.dtype, batch: int = 1
+) -> int:
+    """Bytes of a fully allocated :class:`DiTStreamCache` (K and V of every block)."""
+    elements = 2 * cfg.num_layers * batch * cfg.dim * ring_slots(kv_ratio) * slice_tokens(latent_hw, cfg)
+    return elements * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class DiTStreamCache:
+    """Per-block K/V ring buffers, allocated on the first step (when the latent size is known).
+
+    ``dtype`` None stores K/V in the model's compute dtype.
+    """
+
+    dtype: torch.dtype | None = None
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    slots: int = 0
+    slice_len: int = 0
+    filled: int = 0
+    next_slot: int = 0
+    steps: int = 0
+    _write: tuple[int, int] = (0, 0)
+
+    @property
+    def allocated(self) -> bool:
+        return bool(self.keys)
+
+    def nbytes(self) -> int:
+        """Bytes currently held by the buffers."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    def allocate(self, cfg: DiTConfig, batch: int, slice_len: int, kv_ratio: float, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        """Create the ring buffers (called by the DiT on step 0)."""
+        store = self.dtype or dtype
+        self.slots = ring_slots(kv_ratio)
+        self.slice_len = slice_len
+        shape = (batch, cfg.num_heads, self.slots * slice_len, cfg.head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
+        self.filled = self.next_slot = self.steps = 0
+
+    def begin_step(self, new_slices: int) -> None:
+        """Reserve the slots the current step writes (the oldest ones once the ring is full)."""
+        first = self.steps == 0
+        if first and new_slices != FIRST_STEP_SLICES:
+            raise ValueError(f"the first streaming step takes {FIRST_STEP_SLICES} time slices, got {new_slices}")
+        if not first and new_slices != 1:
+            raise ValueError(f"streaming steps after the first take 1 time slice, got {new_slices}")
+        start = self.next_slot
+        self._write = (start * self.slice_len, (start + new_slices) * self.slice_len)
+        self.next_slot = (start + new_slices) % self.slots
+        self.filled = min(self.filled + new_slices, self.slots)
+
+    def end_step(self) -> None:
+        self.steps += 1
+
+    def store(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's ``(B, H, L, D)`` K/V of ``block``; returns K/V views over the filled slots."""
+        lo, hi = self._write
+        self.keys[block][:, :, lo:hi].copy_(k)
+        self.values[block][:, :, lo:hi].copy_(v)
+        end = self.filled * self.slice_len
+        return self.keys[block][:, :, :end], self.values[block][:, :, :end]

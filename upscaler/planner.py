@@ -1,0 +1,166 @@
+"""Choosing a pipeline for a task from measured throughput, GPU memory and the deadline."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from upscaler.configfiles import load_config
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+VIDAIO_CLIPS_PER_ROUND = 5
+VIDAIO_ROUND_SECONDS = 135.0
+VIDAIO_FPS = 30
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured operating point."""
+
+    device: str
+    variant: str
+    width: int
+    height: int
+    fps: float
+    peak_gib: float
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass(frozen=True)
+class ThroughputTable:
+    """Measured throughput, with pixel-count scaling between operating points."""
+
+    entries: tuple[Measurement, ...]
+    unknown_gpu_factor: float
+    safety_margin: float
+    clip_overhead_s: float
+
+    @classmethod
+    def load(cls, path: str = "throughput") -> "ThroughputTable":
+        """Read ``configs/throughput.toml`` (or another file)."""
+        raw = load_config(path)
+        return cls(
+            entries=tuple(Measurement(**e) for e in raw.get("entry", [])),
+            unknown_gpu_factor=float(raw.get("unknown_gpu_factor", 0.5)),
+            safety_margin=float(raw.get("safety_margin", 1.15)),
+            clip_overhead_s=float(raw.get("clip_overhead_s", 1.5)),
+        )
+
+    def _rows(self, device: str, variant: str) -> tuple[list[Measurement], float]:
+        rows = [e for e in self.entries if e.device == device and e.variant == variant]
+        if rows:
+            return sorted(rows, key=lambda e: e.pixels), 1.0
+        fallback = [e for e in self.entries if e.device == "h100" and e.variant == variant] or [
+            e for e in self.entries if e.device == "h100" and e.variant == "tiny"
+        ]
+        if not fallback:
+            raise LookupError(f"no throughput measurement for variant {variant!r}")
+        return sorted(fallback, key=lambda e: e.pixels), self.unknown_gpu_factor
+
+    @staticmethod
+    def _interpolate(rows: list[Measurement], pixels: int, value) -> float:
+        """Linear in pixels between the bracketing rows; proportional to pixels outside them."""
+        if pixels <= rows[0].pixels:
+            return value(rows[0]) * pixels / rows[0].pixels
+        if pixels >= rows[-1].pixels:
+            return value(rows[-1]) * pixels / rows[-1].pixels
+        for lo, hi in zip(rows, rows[1:]):
+            if lo.pixels <= pixels <= hi.pixels:
+                w = (pixels - lo.pixels) / (hi.pixels - lo.pixels)
+                return value(lo) * (1 - w) + value(hi) * w
+        raise AssertionError("unreachable: rows are sorted")
+
+    def frames_per_second(self, device: str, variant: str, width: int, height: int) -> float:
+        """Expected frames/s at ``width x height`` (seconds per frame interpolated in pixels)."""
+        rows, factor = self._rows(device, variant)
+        seconds_per_frame = self._interpolate(rows, width * height, lambda e: 1.0 / e.fps)
+        return factor / seconds_per_frame
+
+    def peak_bytes(self, device: str, variant: str, width: int, height: int) -> int:
+        """Expected peak GPU memory (interpolated in pixels)."""
+        rows, _ = self._rows(device, variant)
+        return int(self._interpolate(rows, width * height, lambda e: e.peak_gib) * GIB)
+
+
+def estimate_seconds(width: int, height: int, frames: int, table: ThroughputTable, variant: str, device: str) -> float:
+    """Wall seconds to upscale one clip, safety margin and per-clip overhead included."""
+    fps = table.frames_per_second(device, variant, width, height)
+    return (frames / fps) * table.safety_margin + table.clip_overhead_s
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The pipeline chosen for a task and why."""
+
+    variant: str
+    tile_size: int
+    est_seconds: float
+    peak_vram_bytes: int
+    reason: str
+
+
+def plan(
+    width: int,
+    height: int,
+    frames: int,
+    *,
+    free_vram_bytes: int | None,
+    deadline_s: float | None,
+    table: ThroughputTable,
+    device: str,
+    variant: str = "auto",
+    prefer_quality: bool = False,
+    long_clip_frames: int = 600,
+    tile_size: int = 512,
+) -> Plan:
+    """Pick Full, Tiny or Tiny-Long, and tiling, for one clip.
+
+    ``auto``: Full when quality is preferred and it fits both memory and deadline; else Tiny, or
+    Tiny-Long for clips longer than ``long_clip_frames``; tiled when the untiled estimate does not
+    fit in ``free_vram_bytes``.
+    """
+    candidates = [variant] if variant != "auto" else (["full"] if prefer_quality else []) + [
+        "tiny-long" if frames > long_clip_frames else "tiny"
+    ]
+    reasons = []
+    for name in candidates:
+        seconds = estimate_seconds(width, height, frames, table, name, device)
+        peak = table.peak_bytes(device, name, width, height)
+        fits_memory = free_vram_bytes is None or peak <= free_vram_bytes
+        on_time = deadline_s is None or seconds <= deadline_s
+        if name == "full" and variant == "auto" and not (fits_memory and on_time):
+            reasons.append(f"full skipped (est {seconds:.1f}s, {peak / GIB:.1f} GiB)")
+            continue
+        tile = 0 if fits_memory else tile_size
+        why = "; ".join(
+            reasons
+            + [f"{name}: est {seconds:.1f}s for {frames} frames at {width}x{height}"]
+            + ([f"tiled {tile}px: needs {peak / GIB:.1f} GiB, {free_vram_bytes / GIB:.1f} free"] if tile else [])
+            + ([f"deadline {deadline_s:.0f}s at risk"] if not on_time else [])
+        )
+        chosen = Plan(name, tile, seconds, peak, why)
+        log.info("plan variant=%s tile=%d est_s=%.1f reason=%r", chosen.variant, tile, seconds, why)
+        return chosen
+    raise AssertionError("unreachable: the last candidate always returns")
+
+
+def max_content_length(
+    table: ThroughputTable,
+    width: int,
+    height: int,
+    *,
+    device: str,
+    clips: int = VIDAIO_CLIPS_PER_ROUND,
+    round_s: float = VIDAIO_ROUND_SECONDS,
+    fps: int = VIDAIO_FPS,
+) -> int:
+    """Answer to LengthCheck: 10 s clips only if ``clips`` x 10 s fit the round, else 5 s."""
+    ten_second_round = clips * estimate_seconds(width, height, 10 * fps, table, "tiny", device)
+    answer = 10 if ten_second_round <= round_s else 5
+    log.info("length check est_round_s=%.1f budget_s=%.0f answer=%d", ten_second_round, round_s, answer)
+    return answer

@@ -1,0 +1,90 @@
+"""Moving frames between uint8 RGB (decoder/encoder side) and model tensors in [-1, 1] on the device.
+
+Input side: bicubic resize to the model's working size (``F.interpolate``, ``align_corners=False``,
+no antialiasing, as the reference pipeline), done on the GPU when ``device`` is CUDA. Output side:
+clamp, scale and permute on the GPU, then a single copy to pinned host memory.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PadMode = Literal["replicate", "reflect"]
+
+
+def _upload(frames: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    """``uint8 (T, H, W, 3)`` frames on ``device`` (pinned, asynchronous upload for CUDA)."""
+    tensor = torch.as_tensor(frames)
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory()
+        return tensor.to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def to_model_input(
+    frames: torch.Tensor | np.ndarray,
+    size: tuple[int, int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Resize ``uint8 (T, H, W, 3)`` RGB frames to ``size = (W', H')`` with bicubic interpolation.
+
+    Returns ``(1, 3, T, H', W')`` in ``dtype`` scaled to [-1, 1] (bicubic overshoot is kept, as the
+    reference does). The interpolation runs in float32 on ``device`` (default: the frames' device).
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames (T, H, W, 3), got shape {tuple(frames.shape)}")
+    device = torch.device(device) if device is not None else torch.as_tensor(frames).device
+    x = _upload(frames, device)
+    if x.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 frames, got {x.dtype}")
+    # (3, T, H, W): colour as the batch and time as the channels of a 2D resize, so the
+    # result is already in (C, T, H, W) order, contiguous.
+    x = x.permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+    width, height = size
+    if (height, width) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False)
+    return x.to(dtype).unsqueeze(0)
+
+
+def to_uint8_frames(x: torch.Tensor) -> torch.Tensor:
+    """``(1, 3, T, H, W)`` in [-1, 1] -> ``uint8 (T, H, W, 3)`` CPU tensor (pinned when ``x`` is on CUDA)."""
+    if x.ndim != 5 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ValueError(f"expected (1, 3, T, H, W), got shape {tuple(x.shape)}")
+    frames = x[0].float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
+    frames = frames.permute(1, 2, 3, 0).contiguous()
+    if frames.device.type != "cuda":
+        return frames
+    host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+    host.copy_(frames)  # blocking: the encoder thread reads it right away
+    return host
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: PadMode = "replicate") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the last two dims of ``x`` (bottom/right) up to multiples of ``multiple``.
+
+    Returns the padded tensor and the original ``(H, W)`` for :func:`crop_to`. ``reflect`` falls
+    back to ``replicate`` when the pad is not smaller than the frame (reflection cannot reach it).
+    """
+    height, width = x.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x, (height, width)
+    if mode == "reflect" and (pad_h >= height or pad_w >= width):
+        mode = "replicate"
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, 1, height, width)
+    padded = F.pad(flat, (0, pad_w, 0, pad_h), mode=mode)
+    return padded.reshape(*lead, height + pad_h, width + pad_w), (height, width)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The top-left ``(H, W)`` of the last two dims of ``x`` (undoes :func:`pad_to_multiple`)."""
+    height, width = size
+    return x[..., :height, :width]

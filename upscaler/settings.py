@@ -1,0 +1,116 @@
+"""Typed upscaler settings, read from ``configs/upscaler.toml`` and overridden by callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from upscaler.configfiles import load_config
+
+VARIANTS = ("tiny", "tiny-long", "full")
+DECODERS = ("tcdecoder", "wan-vae")
+COLOR_FIXES = ("wavelet", "adain", "none")
+
+
+@dataclass(frozen=True)
+class SparsitySettings:
+    """LCSA parameters (FlashVSR defaults: sparse_ratio 2, kv_ratio 3, local_range 11)."""
+
+    sparse_ratio: float = 2.0
+    kv_ratio: int = 3
+    local_range: int = 11
+
+
+@dataclass(frozen=True)
+class VariantSettings:
+    """What distinguishes Tiny, Tiny-Long and Full: the decoder and how much is buffered."""
+
+    name: str
+    decoder: str
+    input_prefetch: int
+    output_queue: int
+    decoder_frames_per_pass: int
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    """Spatial tiling of the whole model (0 = off)."""
+
+    tile_size: int = 0
+    tile_overlap: int = 128
+
+    @property
+    def enabled(self) -> bool:
+        return self.tile_size > 0
+
+
+@dataclass(frozen=True)
+class UpscalerSettings:
+    """Everything needed to load the models and run the engine."""
+
+    weights: str = "auto"
+    model_version: str = "v1.1"
+    device: str = "auto"
+    dtype: str = "bf16"
+    color_fix: str = "wavelet"
+    seed: int = 0
+    spatial_multiple: int = 128
+    pad_mode: str = "replicate"
+    vae_path: str | None = None
+    sparsity: SparsitySettings = field(default_factory=SparsitySettings)
+    tiling: TilingSettings = field(default_factory=TilingSettings)
+    variants: dict[str, VariantSettings] = field(default_factory=dict)
+
+    def variant(self, name: str) -> VariantSettings:
+        """Settings of one variant; a clear error for unknown names."""
+        if name not in self.variants:
+            raise ValueError(f"unknown variant {name!r}; choose one of {', '.join(self.variants)}")
+        return self.variants[name]
+
+    def with_overrides(self, **overrides: Any) -> "UpscalerSettings":
+        """A copy with the given non-None top-level fields replaced."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def validate(self) -> "UpscalerSettings":
+        """Raise ``ValueError`` on inconsistent values; returns self."""
+        if self.model_version not in ("v1", "v1.1"):
+            raise ValueError(f"model_version must be 'v1' or 'v1.1', got {self.model_version!r}")
+        if self.dtype not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
+        if self.color_fix not in COLOR_FIXES:
+            raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
+        if self.pad_mode not in ("replicate", "reflect"):
+            raise ValueError(f"pad_mode must be 'replicate' or 'reflect', got {self.pad_mode!r}")
+        if self.tiling.enabled and self.tiling.tile_size % self.spatial_multiple:
+            raise ValueError(f"tile_size must be a multiple of {self.spatial_multiple}, got {self.tiling.tile_size}")
+        if self.tiling.enabled and not 0 <= self.tiling.tile_overlap < self.tiling.tile_size:
+            raise ValueError("tile_overlap must be >= 0 and smaller than tile_size")
+        for variant in self.variants.values():
+            if variant.decoder not in DECODERS:
+                raise ValueError(f"variant {variant.name}: decoder must be one of {DECODERS}")
+        return self
+
+
+def _pick(cls: type, table: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    unknown = set(table) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys in configuration: {sorted(unknown)}")
+    return dict(table)
+
+
+def load_settings(config: str = "upscaler", **overrides: Any) -> UpscalerSettings:
+    """Read ``configs/upscaler.toml`` (or another file) and apply non-None overrides."""
+    raw = load_config(config)
+    defaults = _pick(UpscalerSettings, raw.get("defaults", {}))
+    variants = {
+        name: VariantSettings(name=name, **_pick(VariantSettings, table))
+        for name, table in raw.get("variants", {}).items()
+    }
+    settings = UpscalerSettings(
+        **defaults,
+        sparsity=SparsitySettings(**_pick(SparsitySettings, raw.get("sparsity", {}))),
+        tiling=TilingSettings(**_pick(TilingSettings, raw.get("tiling", {}))),
+        variants=variants,
+    )
+    return settings.with_overrides(**overrides).validate()

@@ -1,0 +1,112 @@
+"""Overlapping spatial tiles and feathered blending of per-tile results.
+
+``tile_grid`` cuts a plane into tiles whose offsets are multiples of ``multiple`` and which overlap
+by at least ``overlap``; ``FeatherBlender`` sums tile outputs weighted by linear ramps on the edges
+shared with a neighbour (plane borders keep full weight) and divides by the summed weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A rectangle of the plane: rows ``[y, y + height)``, columns ``[x, x + width)``."""
+
+    y: int
+    x: int
+    height: int
+    width: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.y, self.y + self.height)
+
+    @property
+    def cols(self) -> slice:
+        return slice(self.x, self.x + self.width)
+
+
+def axis_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[tuple[int, int]]:
+    """``(start, size)`` spans covering ``[0, length)``: starts at multiples of ``multiple``, sizes at
+    most ``tile``, neighbours sharing at least ``overlap``; the stride is balanced so that the last
+    span is not a sliver. One span when ``length <= tile``."""
+    if tile % multiple or tile <= 0:
+        raise ValueError(f"tile size {tile} must be a positive multiple of {multiple}")
+    stride = (tile - overlap) // multiple * multiple
+    if overlap < 0 or stride <= 0:
+        raise ValueError(f"overlap {overlap} leaves no stride of {multiple} px within tile {tile}")
+    if length <= tile:
+        return [(0, length)]
+    count = 1 + math.ceil((length - tile) / stride)
+    stride = math.ceil(math.ceil((length - tile) / (count - 1)) / multiple) * multiple
+    spans: list[tuple[int, int]] = []
+    for index in range(count):
+        start = index * stride
+        end = min(start + tile, length)
+        if spans and end <= spans[-1][0] + spans[-1][1]:
+            continue  # fully inside the previous span
+        spans.append((start, end - start))
+        if end == length:
+            break
+    return spans
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> list[Tile]:
+    """Row-major tiles covering a ``height`` x ``width`` plane (see :func:`axis_spans`)."""
+    return [
+        Tile(y, x, h, w)
+        for y, h in axis_spans(height, tile, overlap, multiple)
+        for x, w in axis_spans(width, tile, overlap, multiple)
+    ]
+
+
+def _ramp(length: int, lead: bool, trail: bool, ramp: int) -> torch.Tensor:
+    """1D weight: rises linearly over ``ramp`` px from an inner leading/trailing edge, 1 elsewhere."""
+    pos = torch.arange(length, dtype=torch.float32)
+    weight = torch.ones(length)
+    if lead:
+        weight = torch.minimum(weight, (pos + 0.5) / ramp)
+    if trail:
+        weight = torch.minimum(weight, (length - pos - 0.5) / ramp)
+    return weight
+
+
+class FeatherBlender:
+    """Accumulates tile results into a ``(..., height, width)`` float32 plane and normalises.
+
+    Each tile's weight ramps linearly over ``ramp`` pixels at its edges that are interior to the
+    plane; every weight is positive, so the normalisation is defined everywhere a tile landed and a
+    constant input is reproduced exactly (to float rounding).
+    """
+
+    def __init__(self, shape: tuple[int, ...], ramp: int, device: torch.device | str | None = None) -> None:
+        if ramp <= 0:
+            raise ValueError(f"ramp must be positive, got {ramp}")
+        self.height, self.width = shape[-2:]
+        self.ramp = ramp
+        self._sum = torch.zeros(shape, dtype=torch.float32, device=device)
+        self._weight = torch.zeros(self.height, self.width, dtype=torch.float32, device=device)
+
+    def weights(self, tile: Tile) -> torch.Tensor:
+        """The ``(tile.height, tile.width)`` blend weights of ``tile`` in this plane."""
+        rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < self.height, self.ramp)
+        cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < self.width, self.ramp)
+        return (rows[:, None] * cols[None, :]).to(self._weight.device)
+
+    def add(self, tile: Tile, values: torch.Tensor) -> None:
+        """Add ``values (..., tile.height, tile.width)`` (extra rows/columns, e.g. padding, are cropped)."""
+        values = values[..., : tile.height, : tile.width]
+        if values.shape[-2:] != (tile.height, tile.width):
+            raise ValueError(f"tile values {tuple(values.shape)} smaller than the tile {tile}")
+        weight = self.weights(tile)
+        self._sum[..., tile.rows, tile.cols] += values.float() * weight
+        self._weight[tile.rows, tile.cols] += weight
+
+    def result(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The blended plane (pixels no tile covered are 0)."""
+        return (self._sum / self._weight.clamp_min(1e-12)).to(dtype)
