@@ -21,10 +21,11 @@ from upscaler.models.config import SparsityParams
 from upscaler.report import Progress, UpscaleReport
 from upscaler.resize import to_uint8_frames
 from upscaler.settings import UpscalerSettings, VariantSettings
+from upscaler.components import load_components
+from upscaler.models.tiled_decode import TiledDecoder, TileSpec
 from upscaler.tiled import TiledRun
 from upscaler.timing import StageTimer
 from upscaler.video import FrameReader, FrameWriter, probe
-from upscaler.components import load_components
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +78,30 @@ class Upscaler:
         """Where the weights came from (a path, or ``random``/``random-small``)."""
         return self._components.label
 
-    def engine(self, variant: VariantSettings) -> StreamingEngine:
-        """The streaming engine configured for ``variant`` (its decoder is loaded on first use)."""
+    @property
+    def is_random(self) -> bool:
+        """True when running random-weight checkpoints (speed and plumbing only)."""
+        return self._components.is_random
+
+    def engine(self, variant: VariantSettings, model_pixels: int) -> StreamingEngine:
+        """The streaming engine configured for ``variant`` at frames of ``model_pixels`` (the decoder
+        is loaded on first use and tiled when the variant asks for it at that size)."""
+        decoder = self._components.decoder(variant.decoder)
+        if variant.tiles_decoder(model_pixels):
+            margin = variant.decoder_tile_overlap // 4
+            decoder = TiledDecoder(decoder, TileSpec.from_pixels(variant.decoder_tile_size, variant.decoder_tile_overlap, margin))
         models = EngineModels(
-            dit=self._components.dit,
-            lq_proj=self._components.lq_proj,
-            decoder=self._components.decoder(variant.decoder, frames_per_pass=variant.decoder_frames_per_pass),
-            decoder_kind=variant.decoder,
+            dit=self._components.dit, lq_proj=self._components.lq_proj, decoder=decoder, decoder_kind=variant.decoder,
         )
         sparsity = SparsityParams(
             sparse_ratio=self.settings.sparsity.sparse_ratio,
             kv_ratio=self.settings.sparsity.kv_ratio,
             local_range=self.settings.sparsity.local_range,
         )
-        options = EngineOptions(sparsity=sparsity, color_fix=self.settings.color_fix, seed=self.settings.seed)
+        options = EngineOptions(
+            sparsity=sparsity, color_fix=self.settings.color_fix, seed=self.settings.seed,
+            decoder_frames_per_pass=variant.decoder_frames_per_pass,
+        )
         return StreamingEngine(models, options, self.device, self.dtype)
 
     def upscale_frames(
@@ -103,11 +114,13 @@ class Upscaler:
         should_cancel: CancelFn | None = None,
     ) -> Iterator[torch.Tensor]:
         """Yield the upscaled frames of the video at ``path`` as uint8 ``(t, H, W, 3)`` CPU tensors."""
-        engine = self.engine(variant)
         if self.settings.tiling.enabled:
+            tile = self.settings.tiling.tile_size
+            engine = self.engine(variant, tile * tile)
             tiled = TiledRun(engine, self.settings, geometry, variant, self.device, self.dtype)
             yield from tiled.frames(path, timer=timer, should_cancel=should_cancel)
             return
+        engine = self.engine(variant, geometry.model_width * geometry.model_height)
         reader = FrameReader(path, prefetch=variant.input_prefetch)
         batches = lq_batches(
             reader, geometry, device=self.device, dtype=self.dtype,

@@ -30,9 +30,11 @@ NoiseFn = Callable[[int, tuple[int, ...]], torch.Tensor]
 
 
 class StreamingDecoder(Protocol):
-    """What the engine needs from a decoder (TCDecoder or Wan VAE decoder)."""
+    """What the engine needs from a decoder (TCDecoder, Wan VAE decoder, or a tiled wrapper)."""
 
-    def new_state(self) -> object: ...
+    def new_state(self, *, frames_per_pass: int) -> object: ...
+
+    def decode(self, latents: torch.Tensor, *args: object) -> torch.Tensor: ...
 
 
 @dataclass
@@ -41,7 +43,7 @@ class EngineModels:
 
     dit: torch.nn.Module
     lq_proj: torch.nn.Module
-    decoder: torch.nn.Module
+    decoder: StreamingDecoder
     decoder_kind: str  # "tcdecoder" (conditioned on LQ frames) or "wan-vae"
 
 
@@ -52,6 +54,7 @@ class EngineOptions:
     sparsity: SparsityParams
     color_fix: str = "wavelet"
     seed: int = 0
+    decoder_frames_per_pass: int = 4
 
 
 def seeded_noise(device: torch.device, dtype: torch.dtype, seed: int) -> NoiseFn:
@@ -105,7 +108,7 @@ class StreamingEngine:
         dit, lq_proj, decoder = self.models.dit, self.models.lq_proj, self.models.decoder
         lq_proj.reset()
         cache = dit.new_cache()
-        state = decoder.new_state()
+        state = decoder.new_state(frames_per_pass=self.options.decoder_frames_per_pass)
         latent_hw = (model_h // LATENT_STRIDE, model_w // LATENT_STRIDE)
         index = 0
         while True:

@@ -30,6 +30,15 @@ class VariantSettings:
     input_prefetch: int
     output_queue: int
     decoder_frames_per_pass: int
+    decoder_tile_size: int = 0
+    """Decode in spatial tiles of this many output pixels (0: never)..."""
+    decoder_tile_overlap: int = 256
+    decoder_tile_above_pixels: int = 0
+    """...when the model frame has more pixels than this."""
+
+    def tiles_decoder(self, model_pixels: int) -> bool:
+        """Whether the decoder runs tiled for frames of ``model_pixels``."""
+        return self.decoder_tile_size > 0 and model_pixels > self.decoder_tile_above_pixels
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class UpscalerSettings:
     spatial_multiple: int = 128
     pad_mode: str = "replicate"
     vae_path: str | None = None
+    model_preset: str = "wan2.1-1.3b"
     sparsity: SparsitySettings = field(default_factory=SparsitySettings)
     tiling: TilingSettings = field(default_factory=TilingSettings)
     variants: dict[str, VariantSettings] = field(default_factory=dict)

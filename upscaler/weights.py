@@ -65,6 +65,10 @@ class WeightFiles:
     tcdecoder: Path | None = None
     vae: Path | None = None
 
+    def decoder_file_or_none(self, kind: str) -> Path | None:
+        """Checkpoint of decoder ``kind`` if it was resolved."""
+        return getattr(self, DECODER_FILE[kind])
+
     def decoder_file(self, kind: str) -> Path:
         """Checkpoint of decoder ``kind`` ("tcdecoder" or "wan-vae"); error when it was not resolved."""
         path = getattr(self, DECODER_FILE[kind])

@@ -80,15 +80,15 @@ def _config(tmp_path: Path):
     return load_miner_config(overrides={
         "upscaler": {"weights": "random-small"},
         "jobs": {"devices": ["cpu"], "workers": 1, "oom_retry_tile_size": 128, "work_dir": str(tmp_path),
-                 "test_hooks": {"oom_if_src_contains": "oom", "crash_if_src_contains": "crash"}},
+                 "test_hooks": {"oom_if_src_contains": "oom", "crash_if_src_contains": "crash-clip"}},
         "tasks": {"SD2HD": {"width": OUT_W, "height": OUT_H, "scale": 2}},
     }, environ={})
 
 
-def _spec(tmp_path: Path, name: str, deadline_s: float = 120.0) -> TaskSpec:
-    src = make_clip(tmp_path / f"{name}.mp4")
+def _spec(tmp_path: Path, name: str, deadline_s: float = 120.0, frames: int = FRAMES) -> TaskSpec:
+    src = make_clip(tmp_path / f"{name}.mp4", frames=frames)
     return TaskSpec(task_id=name, task_type="SD2HD", src=str(src), dst=str(tmp_path / f"{name}.out.mp4"),
-                    width=OUT_W, height=OUT_H, frames=FRAMES, variant="tiny", tile_size=0,
+                    width=OUT_W, height=OUT_H, frames=frames, variant="tiny", tile_size=0,
                     max_bytes=50 * 1024 * 1024, deadline=time.time() + deadline_s, crf=23, est_seconds=5.0)
 
 
@@ -116,7 +116,7 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             # The worker process dies mid-task: only that task fails; the worker is restarted.
             crash = await scheduler.run(_spec(tmp_path, "crash-clip"), priority=1.0)
             assert not crash.ok and crash.error_kind == ErrorKind.CRASH
-            after = await scheduler.run(_spec(tmp_path, "after-crash"), priority=1.0)
+            after = await scheduler.run(_spec(tmp_path, "after"), priority=1.0)
             assert after.ok, after.message
             assert metrics.worker_restarts._value.get() == 1
 
@@ -132,13 +132,18 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             assert refusal and "exceeds" in refusal
 
             # Caller gone: cancelling the awaiting task stops the work; the worker stays usable.
-            running = asyncio.create_task(scheduler.run(_spec(tmp_path, "abandoned"), priority=1.0))
-            await asyncio.sleep(0.3)
+            # (600 frames take tens of seconds here; the cancel lands within one engine step.)
+            running = asyncio.create_task(scheduler.run(_spec(tmp_path, "abandoned", frames=600), priority=1.0))
+            await asyncio.sleep(1.0)
+            assert not running.done(), running.result()
             running.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await running
+            cancelled_at = time.perf_counter()
             again = await scheduler.run(_spec(tmp_path, "again"), priority=1.0)
             assert again.ok, again.message
+            assert time.perf_counter() - cancelled_at < 10.0
+            assert not (tmp_path / "abandoned.out.mp4").exists()
         finally:
             await scheduler.stop(grace_s=5.0)
 
