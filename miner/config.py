@@ -40,6 +40,15 @@ class TaskGeometry:
     height: int
     scale: int
 
+    def target_for(self, in_width: int, in_height: int, tolerance: int = 8) -> tuple[int, int]:
+        """The output size for an input clip: the task's nominal size when ``input x scale`` is
+        within ``tolerance`` pixels of it (the validator's reference), else ``input x scale``
+        (a non-standard source, or the local demo's small clips)."""
+        scaled = (in_width * self.scale, in_height * self.scale)
+        if abs(scaled[0] - self.width) <= tolerance and abs(scaled[1] - self.height) <= tolerance:
+            return (self.width, self.height)
+        return scaled
+
 
 @dataclass(frozen=True)
 class MinerConfig:

@@ -143,6 +143,7 @@ class Upscaler:
         variant: str = "tiny",
         codec: str | None = None,
         crf: int | None = None,
+        preset: str | None = None,
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
     ) -> UpscaleReport:
@@ -166,7 +167,7 @@ class Upscaler:
             Path(src).name, info.frames, *in_size, *geometry.out_size, *geometry.model_size, chosen.name,
         )
         frames_done = 0
-        writer_opts = {k: v for k, v in {"codec": codec, "crf": crf}.items() if v is not None}
+        writer_opts = {k: v for k, v in {"codec": codec, "crf": crf, "preset": preset}.items() if v is not None}
         with FrameWriter(
             dst, geometry.out_width, geometry.out_height, info.fps,
             audio_from=src if info.has_audio else None, **writer_opts,

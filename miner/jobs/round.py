@@ -69,6 +69,7 @@ class _ClipState:
     est_seconds: float = 0.0
     variant: str = ""
     tile_size: int = 0
+    target: tuple[int, int] = (0, 0)
     seconds: dict[str, float] | None = None
     outcome: TaskOutcome | None = None
 
@@ -133,8 +134,8 @@ class RoundRunner:
             if info.frames <= 0:
                 raise InputVideoError("the video has no frames")
             state.frames = info.frames
-            geometry = self.config.tasks[state.clip.task_type]
-            plan = self.scheduler.plan(geometry.width, geometry.height, info.frames, None)
+            state.target = self.config.tasks[state.clip.task_type].target_for(info.width, info.height)
+            plan = self.scheduler.plan(*state.target, info.frames, None)
             state.est_seconds, state.variant, state.tile_size = plan.est_seconds, plan.variant, plan.tile_size
         except FetchError as exc:
             self._fail(state, f"download_{exc.kind}", str(exc))
@@ -153,12 +154,13 @@ class RoundRunner:
                 self._fail(state, ErrorKind.REFUSED, refusal)
 
     async def _process(self, state: _ClipState, max_bytes: int, deadline: float, priority: float) -> None:
-        geometry = self.config.tasks[state.clip.task_type]
+        width, height = state.target
         spec = TaskSpec(
             task_id=state.task_id, task_type=state.clip.task_type, src=str(state.folder / "input.mp4"),
-            dst=str(state.folder / "output.mp4"), width=geometry.width, height=geometry.height,
+            dst=str(state.folder / "output.mp4"), width=width, height=height,
             frames=state.frames, variant=state.variant, tile_size=state.tile_size, max_bytes=max_bytes,
-            deadline=deadline, crf=int(self.config.get("upscaler.crf")), est_seconds=state.est_seconds,
+            deadline=deadline, crf=int(self.config.get("upscaler.crf")),
+            codec=str(self.config.get("upscaler.codec")), preset=str(self.config.get("upscaler.preset")), est_seconds=state.est_seconds,
         )
         outcome = await self.scheduler.run(spec, priority)
         state.seconds.update(outcome.seconds)

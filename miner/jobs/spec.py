@@ -36,6 +36,8 @@ class TaskSpec:
     max_bytes: int
     deadline: float              # wall-clock (time.time()) seconds; the worker cancels past it
     crf: int
+    codec: str = "hevc"
+    preset: str = ""             # encoder preset ("" = configs/video.toml)
     est_seconds: float = 0.0
     attempt: int = 0
 

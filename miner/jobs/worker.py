@@ -142,6 +142,7 @@ class _Runner:
         with torch.inference_mode():
             return self.upscaler.upscale_file(
                 spec.src, spec.dst, width=spec.width, height=spec.height, variant=spec.variant, crf=spec.crf,
+                codec=spec.codec, preset=spec.preset or None,
                 should_cancel=lambda: self._should_cancel(spec),
             )
 

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", choices=TRANSPORTS, default="legacy", help="bittensor-10 synapses or btauth/1")
     p.add_argument("--source", type=Path, help="directory of videos to cut reference clips from (else procedural)")
     p.add_argument("--no-organic", action="store_true", help="skip the organic job + poll flow")
+    p.add_argument("--no-quality-gate", action="store_true",
+                   help="report VMAF and chroma but do not fail clips on them (a miner on random weights)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bicubic baseline")
     p.add_argument("--max-size-mb", type=int, help="maximum_optimized_size_mb of the payload")
     p.add_argument("--wallet-path", type=Path, help="validator wallets directory (created; default: a temp dir)")
@@ -64,7 +66,8 @@ def options(args: argparse.Namespace, settings: dict) -> RunOptions:
         transport=args.transport, timeout_s=args.timeout or float(settings["timeouts"]["upscale_s"]),
         max_size_mb=args.max_size_mb or int(rnd["maximum_optimized_size_mb"]),
         seed=int(rnd["seed"]) if args.seed is None else args.seed,
-        baseline=bool(settings["metrics"]["baseline"]) and not args.no_baseline, sources=sources)
+        baseline=bool(settings["metrics"]["baseline"]) and not args.no_baseline, sources=sources,
+        quality_gate=not args.no_quality_gate)
 
 
 def execute(args: argparse.Namespace) -> Report:

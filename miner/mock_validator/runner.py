@@ -43,6 +43,7 @@ class RunOptions:
     max_size_mb: int = 100
     seed: int = 0
     baseline: bool = True
+    quality_gate: bool = True
     sources: tuple[Path, ...] = field(default_factory=tuple)
 
 
@@ -164,7 +165,8 @@ class MockValidator:
                     clip.error = error
                 else:
                     clip.score = await asyncio.to_thread(score_clip, dest, ref, self.settings,
-                                                         max_size_mb=self.opts.max_size_mb, seed=self.opts.seed + i)
+                                                         max_size_mb=self.opts.max_size_mb, seed=self.opts.seed + i,
+                                                         quality_gate=self.opts.quality_gate)
             if self.opts.baseline:
                 base = await asyncio.to_thread(bicubic_baseline, ref, self.settings)
                 clip.baseline = await asyncio.to_thread(score_clip, base, ref, self.settings,
@@ -178,7 +180,7 @@ async def run_validators(wallets: Sequence[bt.Wallet], opts: RunOptions, setting
     """All validators at once (one per wallet) against the miner; the combined report."""
     report = Report(label, {
         "miner_url": opts.miner_url, "task": opts.task, "clips": opts.clips, "clip_seconds": opts.seconds,
-        "small": opts.small, "rounds": opts.rounds, "organic": opts.organic, "transport": opts.transport,
+        "small": opts.small, "rounds": opts.rounds, "organic": opts.organic, "transport": opts.transport, "quality_gate": opts.quality_gate,
         "timeout_s": opts.timeout_s, "validators": len(wallets),
         "geometry": "{0.in_width}x{0.in_height} -> {0.out_width}x{0.out_height}".format(
             task_geometry(settings, opts.task, small=opts.small)),

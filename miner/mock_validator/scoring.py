@@ -28,6 +28,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    enforced: bool = True
+    """False for quality checks reported but not enforced (a miner running random weights)."""
 
 
 @dataclass
@@ -46,7 +48,7 @@ class ClipScore:
 
     def failed(self) -> list[str]:
         """Names and details of the failed checks."""
-        return [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
+        return [f"{c.name}: {c.detail}" + ("" if c.enforced else " (not enforced)") for c in self.checks if not c.ok]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,8 +131,12 @@ def chroma_check(ref_stats: list[tuple[float, float]], out_stats: list[tuple[flo
     return Check("chroma", ratio_ok and grey_ok, detail), ratio, f"{grey}/{checked}"
 
 
-def score_clip(output: Path, ref: Reference, settings: Mapping[str, Any], *, max_size_mb: int, seed: int) -> ClipScore:
-    """Every hard check and metric of ``output`` against ``ref``; never raises on a bad output file."""
+def score_clip(output: Path, ref: Reference, settings: Mapping[str, Any], *, max_size_mb: int, seed: int,
+               quality_gate: bool = True) -> ClipScore:
+    """Every hard check and metric of ``output`` against ``ref``; never raises on a bad output file.
+
+    ``quality_gate=False`` still measures the quality checks (chroma, VMAF threshold) but does not
+    fail the clip on them: a miner running random weights cannot pass them."""
     start = time.perf_counter()
     cfg, mcfg = settings["checks"], settings["metrics"]
     try:
@@ -148,6 +154,7 @@ def score_clip(output: Path, ref: Reference, settings: Mapping[str, Any], *, max
     ref_y, ref_stats = _collect(ref.path, indices, stats_frames)
     out_y, out_stats = _collect(output, indices, stats_frames)
     chroma, score.chroma_ratio, score.grey_frames = chroma_check(ref_stats, out_stats, cfg)
+    chroma.enforced = quality_gate
     checks.append(chroma)
     if (out.width, out.height) == (ref.info.width, ref.info.height):
         device = metrics.pick_device(mcfg["device"])
@@ -158,8 +165,9 @@ def score_clip(output: Path, ref: Reference, settings: Mapping[str, Any], *, max
             score.vmaf = metrics.vmaf(ry, oy)
             if score.vmaf is not None:
                 threshold = float(cfg["vmaf_threshold"])
-                checks.append(Check("vmaf", score.vmaf >= threshold, f"{score.vmaf:.2f} (threshold {threshold})"))
-    score.ok = all(c.ok for c in checks)
+                checks.append(Check("vmaf", score.vmaf >= threshold, f"{score.vmaf:.2f} (threshold {threshold})",
+                                    enforced=quality_gate))
+    score.ok = all(c.ok for c in checks if c.enforced)
     score.scoring_s = time.perf_counter() - start
     log.info("clip scored output=%s ok=%s vmaf=%s psnr=%.2f failed=%s", output.name, score.ok, score.vmaf,
              score.psnr or 0.0, score.failed())
