@@ -2,6 +2,9 @@
 
 The backend is chosen once (first use) and logged; ``FLASHVSR_ATTENTION=triton|flex|sdpa`` forces one.
 Tensors on the CPU always take the SDPA path, whatever backend is active.
+
+``dense`` (benchmarks only, never chosen automatically) ignores the mask and runs full attention with
+PyTorch's flash SDPA: the cost of attention without LCSA sparsity, as a speed baseline.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("triton", "flex", "sdpa")
+BACKENDS = ("triton", "flex", "sdpa", "dense")
 ENV_VAR = "FLASHVSR_ATTENTION"
 
 
@@ -41,6 +44,17 @@ def select_backend(forced: str | None, cuda: bool, triton: bool, flex: bool) -> 
     if flex:
         return "flex", "Triton unavailable, flex_attention available"
     return "sdpa", "neither Triton nor flex_attention available"
+
+
+def set_backend(name: str | None) -> None:
+    """Force backend ``name`` for this process from now on (None: choose again from the environment)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    active_backend.cache_clear()
+    if name is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = name
 
 
 @functools.cache
@@ -93,6 +107,8 @@ def sparse_attention(
         from kernels.flex import sparse_attention_flex
 
         return sparse_attention_flex(q, k, v, block_mask, scale=scale)
+    if backend == "dense" and q.is_cuda:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     from kernels.reference import sparse_attention_sdpa
 
     return sparse_attention_sdpa(q, k, v, block_mask, scale=scale)

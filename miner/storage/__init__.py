@@ -5,9 +5,8 @@ from __future__ import annotations
 from miner.config import MinerConfig
 from miner.storage.base import Storage, new_key
 from miner.storage.local import InvalidSignature, LocalStorage
-from miner.storage.s3 import S3Storage
 
-__all__ = ["InvalidSignature", "LocalStorage", "S3Storage", "Storage", "make_storage", "new_key"]
+__all__ = ["InvalidSignature", "LocalStorage", "Storage", "make_storage", "new_key"]
 
 
 def make_storage(config: MinerConfig) -> Storage:
@@ -15,6 +14,8 @@ def make_storage(config: MinerConfig) -> Storage:
     table = config.section("storage")
     common = {"expiry_s": int(table["url_expiry_s"]), "retention_s": int(table["retention_s"])}
     if table["backend"] == "s3":
+        from miner.storage.s3 import S3Storage  # boto3 is imported only when S3 is configured
+
         s3 = table["s3"]
         return S3Storage(
             bucket=s3["bucket"], region=s3["region"], endpoint_url=s3["endpoint_url"],

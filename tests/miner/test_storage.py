@@ -15,7 +15,8 @@ from fastapi import FastAPI
 
 from miner.config import load_miner_config
 from miner.server.files import files_router
-from miner.storage import LocalStorage, S3Storage, make_storage, new_key
+from miner.storage import LocalStorage, make_storage, new_key
+from miner.storage.s3 import S3Storage
 
 PAYLOAD = os.urandom(4096)
 
