@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="variant:TASK:frames[:tile] (repeatable; default tiny:SD2HD:300 and tiny:SD24K:300)")
     p.add_argument("--weights", default="random", help="weights spec (default: random weights of the real shapes)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    p.add_argument("--kv-cache", choices=("model", "fp8"), default="model", help="K/V cache storage")
     p.add_argument("--codec", default="hevc", choices=("h264", "hevc"), help="output codec (Vidaio scores HEVC)")
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
     p.add_argument("--compare-sdpa", action="store_true", help="also run each case with dense flash SDPA attention")
@@ -151,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print("flashvsr-bench measures GPU speed: no CUDA device here")
         return 2
     cases = args.cases or [Case("tiny", UpscalingTask.SD2HD, 300), Case("tiny", UpscalingTask.SD24K, 300)]
-    upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype))
+    upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
+                                             kv_cache_dtype=args.kv_cache))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="flashvsr-bench-") as tmp:
         work = Path(tmp)
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d"), "gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "weights": upscaler.weights_label, "dtype": args.dtype, "codec": args.codec, "decode_fps": decode, "rows": rows,
+        "weights": upscaler.weights_label, "dtype": args.dtype, "kv_cache": args.kv_cache, "codec": args.codec, "decode_fps": decode, "rows": rows,
     }
     print()
     print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {upscaler.weights_label}, "

@@ -100,7 +100,8 @@ class Upscaler:
         )
         options = EngineOptions(
             sparsity=sparsity, color_fix=self.settings.color_fix, seed=self.settings.seed,
-            decoder_frames_per_pass=variant.decoder_frames_per_pass,
+            decoder_frames_per_pass=variant.frames_per_pass(model_pixels),
+            kv_cache_dtype=torch.float8_e4m3fn if self.settings.kv_cache_dtype == "fp8" else None,
         )
         return StreamingEngine(models, options, self.device, self.dtype)
 

@@ -55,6 +55,7 @@ class EngineOptions:
     color_fix: str = "wavelet"
     seed: int = 0
     decoder_frames_per_pass: int = 4
+    kv_cache_dtype: torch.dtype | None = None  # None: the model dtype
 
 
 def seeded_noise(device: torch.device, dtype: torch.dtype, seed: int) -> NoiseFn:
@@ -107,7 +108,7 @@ class StreamingEngine:
         noise = noise or seeded_noise(self.device, self.dtype, self.options.seed)
         dit, lq_proj, decoder = self.models.dit, self.models.lq_proj, self.models.decoder
         lq_proj.reset()
-        cache = dit.new_cache()
+        cache = dit.new_cache(self.options.kv_cache_dtype)
         state = decoder.new_state(frames_per_pass=self.options.decoder_frames_per_pass)
         latent_hw = (model_h // LATENT_STRIDE, model_w // LATENT_STRIDE)
         index = 0

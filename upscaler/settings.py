@@ -10,6 +10,7 @@ from upscaler.configfiles import load_config
 VARIANTS = ("tiny", "tiny-long", "full")
 DECODERS = ("tcdecoder", "wan-vae")
 COLOR_FIXES = ("wavelet", "adain", "none")
+KV_CACHE_DTYPES = ("model", "fp8")
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,20 @@ class VariantSettings:
     input_prefetch: int
     output_queue: int
     decoder_frames_per_pass: int
+    decoder_pass_pixels: int = 0
+    """When > 0, frames per decoder pass = max(1, decoder_pass_pixels // model pixels), capped by
+    ``decoder_frames_per_pass``: bounds the decoder's full-resolution activations at large sizes."""
     decoder_tile_size: int = 0
     """Decode in spatial tiles of this many output pixels (0: never)..."""
     decoder_tile_overlap: int = 256
     decoder_tile_above_pixels: int = 0
     """...when the model frame has more pixels than this."""
+
+    def frames_per_pass(self, model_pixels: int) -> int:
+        """Decoder frames per pass for frames of ``model_pixels``."""
+        if self.decoder_pass_pixels <= 0:
+            return self.decoder_frames_per_pass
+        return max(1, min(self.decoder_frames_per_pass, self.decoder_pass_pixels // model_pixels))
 
     def tiles_decoder(self, model_pixels: int) -> bool:
         """Whether the decoder runs tiled for frames of ``model_pixels``."""
@@ -67,6 +77,7 @@ class UpscalerSettings:
     pad_mode: str = "replicate"
     vae_path: str | None = None
     model_preset: str = "wan2.1-1.3b"
+    kv_cache_dtype: str = "model"
     sparsity: SparsitySettings = field(default_factory=SparsitySettings)
     tiling: TilingSettings = field(default_factory=TilingSettings)
     variants: dict[str, VariantSettings] = field(default_factory=dict)
@@ -87,6 +98,8 @@ class UpscalerSettings:
             raise ValueError(f"model_version must be 'v1' or 'v1.1', got {self.model_version!r}")
         if self.dtype not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
         if self.color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
         if self.pad_mode not in ("replicate", "reflect"):

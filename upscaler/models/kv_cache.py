@@ -22,6 +22,29 @@ from upscaler.models.config import DiTConfig
 
 FIRST_STEP_SLICES = 3
 MIN_RETAINED_SLICES = 2
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def is_fp8(dtype: torch.dtype | None) -> bool:
+    """Whether ``dtype`` is one of the FP8 storage formats (scaled per slice and head)."""
+    return dtype in FP8_DTYPES
+
+
+def _quantize(x: torch.Tensor, slice_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (B, H, n*S, D)`` -> FP8 values and float32 scales ``(n, H)``, one per slice and head."""
+    b, h, length, d = x.shape
+    slices = x.view(b, h, length // slice_len, slice_len, d)
+    amax = slices.abs().amax(dim=(0, 3, 4)).float().clamp_min(1e-12)  # (H, n)
+    scale = amax / torch.finfo(dtype).max
+    values = (slices / scale.to(x.dtype)[None, :, :, None, None]).to(dtype).view(b, h, length, d)
+    return values, scale.t().contiguous()
+
+
+def _dequantize(x: torch.Tensor, scales: torch.Tensor, slice_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`_quantize` for the first ``scales.shape[0]`` slots."""
+    b, h, length, d = x.shape
+    slices = x.view(b, h, length // slice_len, slice_len, d).to(dtype)
+    return (slices * scales.t().to(dtype)[None, :, :, None, None]).view(b, h, length, d)
 
 
 def ring_slots(kv_ratio: float) -> int:
@@ -53,6 +76,8 @@ class DiTStreamCache:
     dtype: torch.dtype | None = None
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    key_scales: list[torch.Tensor] = field(default_factory=list)
+    value_scales: list[torch.Tensor] = field(default_factory=list)
     slots: int = 0
     slice_len: int = 0
     filled: int = 0
@@ -77,6 +102,10 @@ class DiTStreamCache:
         shape = (batch, cfg.num_heads, self.slots * slice_len, cfg.head_dim)
         self.keys = [torch.empty(shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
         self.values = [torch.empty(shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
+        if is_fp8(store):
+            scales = (self.slots, cfg.num_heads)
+            self.key_scales = [torch.ones(scales, device=device) for _ in range(cfg.num_layers)]
+            self.value_scales = [torch.ones(scales, device=device) for _ in range(cfg.num_layers)]
         self.filled = self.next_slot = self.steps = 0
 
     def begin_step(self, new_slices: int) -> None:
@@ -95,9 +124,19 @@ class DiTStreamCache:
         self.steps += 1
 
     def store(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's ``(B, H, L, D)`` K/V of ``block``; returns K/V views over the filled slots."""
+        """Write this step's ``(B, H, L, D)`` K/V of ``block``; returns K/V over the filled slots (views,
+        or dequantized copies in ``k.dtype`` for FP8 storage)."""
         lo, hi = self._write
-        self.keys[block][:, :, lo:hi].copy_(k)
-        self.values[block][:, :, lo:hi].copy_(v)
         end = self.filled * self.slice_len
-        return self.keys[block][:, :, :end], self.values[block][:, :, :end]
+        if not self.key_scales:
+            self.keys[block][:, :, lo:hi].copy_(k)
+            self.values[block][:, :, lo:hi].copy_(v)
+            return self.keys[block][:, :, :end], self.values[block][:, :, :end]
+        slots = slice(lo // self.slice_len, hi // self.slice_len)
+        for buffer, scales, x in ((self.keys, self.key_scales, k), (self.values, self.value_scales, v)):
+            quantized, scale = _quantize(x, self.slice_len, buffer[block].dtype)
+            buffer[block][:, :, lo:hi].copy_(quantized)
+            scales[block][slots].copy_(scale)
+        filled = slice(0, self.filled)
+        return (_dequantize(self.keys[block][:, :, :end], self.key_scales[block][filled], self.slice_len, k.dtype),
+                _dequantize(self.values[block][:, :, :end], self.value_scales[block][filled], self.slice_len, k.dtype))
