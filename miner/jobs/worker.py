@@ -74,6 +74,9 @@ def free_vram(device: str) -> int | None:
 
 def worker_main(config: WorkerConfig, conn: Connection, cancel: Event) -> None:
     """Process entry point (spawn start method)."""
+    # Before CUDA initialises: the streaming buffers change size between the first and later steps,
+    # and expandable segments keep that from fragmenting the 4K working set (measured: fits in 80 GB).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     setup_logging(config.log_level, config.log_format)
     try:
         runner = _Runner(config, cancel)
