@@ -110,6 +110,14 @@ class Scheduler:
         self._threads.shutdown(wait=False, cancel_futures=True)
         self.metrics.workers_ready.set(0)
 
+    def _warmup_shapes(self, task_types: list[str]) -> tuple[tuple[int, int, int, int], ...]:
+        """(in_w, in_h, out_w, out_h) of each warm-up task type (input = nominal output / scale)."""
+        shapes = []
+        for name in task_types:
+            task = self.config.tasks[name]
+            shapes.append((task.width // task.scale, task.height // task.scale, task.width, task.height))
+        return tuple(dict.fromkeys(shapes))
+
     async def _spawn(self, slot: _Slot) -> None:
         jobs = self.config.section("jobs")
         upscaler = self.config.section("upscaler")
@@ -121,6 +129,7 @@ class Scheduler:
             log_level=self.config.get("log.level"),
             log_format=self.config.get("log.format"),
             hooks=WorkerHooks(**jobs["test_hooks"]),
+            warmup=self._warmup_shapes(jobs["warmup_tasks"]),
         )
         parent, child = self._ctx.Pipe()
         slot.cancel = self._ctx.Event()

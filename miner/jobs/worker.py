@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import re
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
+import av
+import numpy as np
 import torch
 
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
@@ -42,6 +45,21 @@ class WorkerHooks:
     delay_s: float = 0.0
 
 
+WARMUP_FRAMES = 29
+
+
+def write_gray_clip(path: Path, width: int, height: int, frames: int) -> Path:
+    """A short mid-grey H.264 clip (warm-up input)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="rgb24")
+        for _ in range(frames):
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """Everything a worker needs to start (picklable; sent once at spawn)."""
@@ -53,6 +71,9 @@ class WorkerConfig:
     log_level: str = "INFO"
     log_format: str = "kv"
     hooks: WorkerHooks = field(default_factory=WorkerHooks)
+    warmup: tuple[tuple[int, int, int, int], ...] = ()
+    """(in_w, in_h, out_w, out_h) shapes upscaled once at start on a GPU (kernel autotuning, cuDNN
+    plans), so the first real round does not pay for them."""
 
 
 def device_class(device: str) -> str:
@@ -105,6 +126,20 @@ class _Runner:
         self.cancel = cancel
         self.base_settings = load_settings(config.upscaler_config, device=config.device, **config.upscaler_overrides)
         self.upscaler = Upscaler.load(self.base_settings)
+        if config.device.startswith("cuda"):
+            self._warm_up(config.warmup)
+
+    def _warm_up(self, shapes: tuple[tuple[int, int, int, int], ...]) -> None:
+        """Upscale a short generated clip at each shape (29 frames: the first and one steady step)."""
+        with tempfile.TemporaryDirectory(prefix="flashvsr-warmup-") as tmp:
+            for in_w, in_h, out_w, out_h in shapes:
+                began = time.perf_counter()
+                src = write_gray_clip(Path(tmp) / f"warm-{in_w}x{in_h}.mp4", in_w, in_h, WARMUP_FRAMES)
+                with torch.inference_mode():
+                    self.upscaler.upscale_file(src, Path(tmp) / "out.mp4", width=out_w, height=out_h, variant="tiny")
+                torch.cuda.empty_cache()
+                log.info("warm-up done", extra={"fields": {"shape": f"{in_w}x{in_h}->{out_w}x{out_h}",
+                                                           "seconds": round(time.perf_counter() - began, 1)}})
 
     def run(self, spec: TaskSpec) -> TaskOutcome:
         """Upscale one clip and fit it under the size cap; every failure becomes an outcome."""
