@@ -176,10 +176,14 @@ class Upscaler:
             for frames in self.upscale_frames(src, geometry, chosen, timer=timer, should_cancel=should_cancel):
                 write_began = time.perf_counter()
                 writer.write(frames)
-                timer.add_wall("encode_submit", time.perf_counter() - write_began)
+                timer.add_wall("encode_wait", time.perf_counter() - write_began)
                 frames_done += frames.shape[0]
                 if progress is not None:
                     progress(Progress(frames_done, max(info.frames, frames_done), time.perf_counter() - began))
+            tail_began = time.perf_counter()
+            writer.close()
+            timer.add_wall("encode_tail", time.perf_counter() - tail_began)
+        timer.add_wall("encode", writer.encode_seconds)
         seconds = timer.seconds()
         seconds["total"] = time.perf_counter() - began
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0

@@ -89,6 +89,8 @@ class FrameWriter:
         self.encoder = choose_encoder(codec, width, height, self.pix_fmt, prefer_nvenc=wcfg.prefer_nvenc)
         self._tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.part.mp4")
         self.frames_written = 0
+        self.encode_seconds = 0.0
+        """Seconds the encoder thread spent converting, encoding and muxing (busy time)."""
         self._error: BaseException | None = None
         self._done = False
         self._began = time.perf_counter()
@@ -123,15 +125,19 @@ class FrameWriter:
     def _encode_loop(self) -> None:
         try:
             for index, array in enumerate(self._channel):
+                began = time.perf_counter()
                 frame = av.VideoFrame.from_ndarray(array, format="rgb24")
                 frame.pts = index
                 self._container.mux(self._video.encode(frame))
                 if self._audio is not None:
                     self._audio.pump((index + 1) / self.fps)
+                self.encode_seconds += time.perf_counter() - began
+            began = time.perf_counter()
             self._container.mux(self._video.encode(None))
             if self._audio is not None:
                 self._audio.finish()
             self._container.close()
+            self.encode_seconds += time.perf_counter() - began
         except ChannelAborted:
             self._close_quietly()
         except BaseException as exc:  # reported to the caller by write()/close()
