@@ -7,24 +7,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from upscaler.geometry import Geometry, round_up
-from upscaler.resize import to_model_input
+from upscaler.resize import pad_to_size, to_model_input
 from upscaler.tiling import Tile
-
-
-def pad_to_size(x: torch.Tensor, height: int, width: int, mode: str) -> torch.Tensor:
-    """Pad ``(1, 3, t, h, w)`` at the bottom/right up to ``(height, width)``."""
-    pad_h, pad_w = height - x.shape[-2], width - x.shape[-1]
-    if pad_h == 0 and pad_w == 0:
-        return x
-    if mode == "reflect" and (pad_h >= x.shape[-2] or pad_w >= x.shape[-1]):
-        mode = "replicate"  # reflection cannot pad past the frame's own size
-    b, c, t, h, w = x.shape
-    flat = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-    flat = F.pad(flat, (0, pad_w, 0, pad_h), mode=mode)
-    return flat.reshape(b, t, c, height, width).permute(0, 2, 1, 3, 4)
 
 
 def lq_batches(

@@ -66,25 +66,18 @@ def to_uint8_frames(x: torch.Tensor) -> torch.Tensor:
     return host
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int, mode: PadMode = "replicate") -> tuple[torch.Tensor, tuple[int, int]]:
-    """Pad the last two dims of ``x`` (bottom/right) up to multiples of ``multiple``.
-
-    Returns the padded tensor and the original ``(H, W)`` for :func:`crop_to`. ``reflect`` falls
-    back to ``replicate`` when the pad is not smaller than the frame (reflection cannot reach it).
-    """
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
+def pad_to_size(x: torch.Tensor, height: int, width: int, mode: PadMode = "replicate") -> torch.Tensor:
+    """Pad the last two dims of ``x`` at the bottom/right up to ``(height, width)`` (crop back with
+    ``x[..., :h, :w]``). ``reflect`` falls back to ``replicate`` when the pad is not smaller than the
+    frame (reflection cannot reach it)."""
+    rows, cols = x.shape[-2:]
+    pad_h, pad_w = height - rows, width - cols
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f"cannot pad {rows}x{cols} down to {height}x{width}")
     if pad_h == 0 and pad_w == 0:
-        return x, (height, width)
-    if mode == "reflect" and (pad_h >= height or pad_w >= width):
+        return x
+    if mode == "reflect" and (pad_h >= rows or pad_w >= cols):
         mode = "replicate"
     lead = x.shape[:-2]
-    flat = x.reshape(-1, 1, height, width)
-    padded = F.pad(flat, (0, pad_w, 0, pad_h), mode=mode)
-    return padded.reshape(*lead, height + pad_h, width + pad_w), (height, width)
-
-
-def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The top-left ``(H, W)`` of the last two dims of ``x`` (undoes :func:`pad_to_multiple`)."""
-    height, width = size
-    return x[..., :height, :width]
+    flat = x.reshape(-1, 1, rows, cols)
+    return F.pad(flat, (0, pad_w, 0, pad_h), mode=mode).reshape(*lead, height, width)

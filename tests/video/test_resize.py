@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upscaler.resize import crop_to, pad_to_multiple, to_model_input, to_uint8_frames
+from upscaler.resize import pad_to_size, to_model_input, to_uint8_frames
 
 
 def _frames(t: int = 3, h: int = 19, w: int = 33) -> torch.Tensor:
@@ -51,22 +51,23 @@ def test_shape_errors() -> None:
 
 
 @pytest.mark.parametrize("mode", ["replicate", "reflect"])
-def test_pad_to_multiple_and_crop_back(mode: str) -> None:
+def test_pad_to_size_and_crop_back(mode: str) -> None:
     x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(1, 2, 3, 5, 7)
-    padded, size = pad_to_multiple(x, 4, mode)
-    assert padded.shape == (1, 2, 3, 8, 8) and size == (5, 7)
-    torch.testing.assert_close(crop_to(padded, size), x)
+    padded = pad_to_size(x, 8, 8, mode)
+    assert padded.shape == (1, 2, 3, 8, 8)
+    torch.testing.assert_close(padded[..., :5, :7], x)
     if mode == "replicate":
         torch.testing.assert_close(padded[..., 5:, :7], x[..., 4:5, :].expand(-1, -1, -1, 3, -1))
     else:
         torch.testing.assert_close(padded[..., 5, :7], x[..., 3, :])  # mirrored about the last row
-    same, _ = pad_to_multiple(x[..., :4, :4], 4, mode)
-    assert same.shape[-2:] == (4, 4)
+    assert pad_to_size(x[..., :4, :4], 4, 4, mode).shape[-2:] == (4, 4)
+    with pytest.raises(ValueError):
+        pad_to_size(x, 4, 8, mode)
 
 
 def test_reflect_falls_back_to_replicate_when_the_pad_is_too_large() -> None:
     x = torch.rand(1, 3, 1, 2, 2)
-    padded, _ = pad_to_multiple(x, 8, "reflect")
+    padded = pad_to_size(x, 8, 8, "reflect")
     torch.testing.assert_close(padded[..., 7, 7], x[..., 1, 1])
 
 
