@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="variant:TASK:frames[:tile] (repeatable; default tiny:SD2HD:300 and tiny:SD24K:300)")
     p.add_argument("--weights", default="random", help="weights spec (default: random weights of the real shapes)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT's element-wise chains")
     p.add_argument("--kv-cache", choices=("model", "fp8"), default="model", help="K/V cache storage")
     p.add_argument("--codec", default="hevc", choices=("h264", "hevc"), help="output codec (Vidaio scores HEVC)")
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cases = args.cases or [Case("tiny", UpscalingTask.SD2HD, 300), Case("tiny", UpscalingTask.SD24K, 300)]
     upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
-                                             kv_cache_dtype=args.kv_cache))
+                                             kv_cache_dtype=args.kv_cache, compile=args.compile))
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="flashvsr-bench-") as tmp:
         work = Path(tmp)
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d"), "gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "weights": upscaler.weights_label, "dtype": args.dtype, "kv_cache": args.kv_cache, "codec": args.codec, "decode_fps": decode, "rows": rows,
+        "weights": upscaler.weights_label, "dtype": args.dtype, "kv_cache": args.kv_cache, "compile": args.compile, "codec": args.codec, "decode_fps": decode, "rows": rows,
     }
     print()
     print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {upscaler.weights_label}, "

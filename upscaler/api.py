@@ -17,6 +17,7 @@ from upscaler.engine import EngineModels, EngineOptions, StreamingEngine
 from upscaler.frame_source import lq_batches
 from upscaler.geometry import Geometry
 from upscaler.lq_frames import LQFrames
+from upscaler.models import fusion
 from upscaler.models.config import SparsityParams
 from upscaler.report import Progress, UpscaleReport
 from upscaler.resize import to_uint8_frames
@@ -64,6 +65,7 @@ class Upscaler:
         """Resolve the device and weights and load the DiT and LQ projection (decoders load on first use)."""
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
+        fusion.set_enabled(settings.compile and device.type == "cuda")
         began = time.perf_counter()
         upscaler = cls(settings, device, dtype)
         log.info(

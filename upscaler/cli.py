@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-path", help="an existing Wan2.1_VAE.pth to reuse for the full variant")
     p.add_argument("--device", help="auto, cuda, cuda:N or cpu")
     p.add_argument("--dtype", choices=("bf16", "fp16"), help="GPU compute dtype")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the DiT's element-wise chains")
     p.add_argument("--kv-cache", choices=("model", "fp8"), dest="kv_cache_dtype",
                    help="K/V cache storage: the compute dtype, or fp8 (half the memory)")
     p.add_argument("--tile-size", type=int, help="spatial tile side in output pixels (multiple of 128; 0 = off)")
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(
         weights=args.weights, model_version=args.model_version, device=args.device, dtype=args.dtype,
         color_fix=args.color_fix, seed=args.seed, vae_path=args.vae_path, kv_cache_dtype=args.kv_cache_dtype,
+        compile=args.compile,
     )
     if args.tile_size is not None or args.tile_overlap is not None:
         tiling = TilingSettings(

@@ -78,6 +78,7 @@ class UpscalerSettings:
     vae_path: str | None = None
     model_preset: str = "wan2.1-1.3b"
     kv_cache_dtype: str = "model"
+    compile: bool = False
     sparsity: SparsitySettings = field(default_factory=SparsitySettings)
     tiling: TilingSettings = field(default_factory=TilingSettings)
     variants: dict[str, VariantSettings] = field(default_factory=dict)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from upscaler.models.fusion import fusable
 from upscaler.models.kv_cache import DiTStreamCache
 from upscaler.models.rope import apply_rope
 
@@ -22,9 +23,24 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
+
+
+@fusable
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise in fp32, scale in the input dtype (as Wan)."""
+    xf = x.float()
+    normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return normed.to(x.dtype) * weight
+
+
+@fusable
+def _norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, heads: int, cos: torch.Tensor,
+               sin: torch.Tensor) -> torch.Tensor:
+    """RMSNorm of a q/k projection ``(B, L, dim)`` then RoPE, as ``(B, H, L, D)``."""
+    b, length, dim = x.shape
+    normed = rms_norm.__wrapped__(x, weight, eps).view(b, length, heads, dim // heads)
+    return apply_rope(normed, cos, sin).transpose(1, 2)
 
 
 @dataclass(frozen=True)
@@ -57,8 +73,8 @@ class SelfAttention(nn.Module):
         """``x`` ``(B, L, dim)`` in window order; writes this step's K/V into the cache."""
         b, length, dim = x.shape
         heads = (b, length, self.num_heads, self.head_dim)
-        q = apply_rope(self.norm_q(self.q(x)).view(heads), step.cos, step.sin).transpose(1, 2)
-        k = apply_rope(self.norm_k(self.k(x)).view(heads), step.cos, step.sin).transpose(1, 2)
+        q = _norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, self.num_heads, step.cos, step.sin)
+        k = _norm_rope(self.k(x), self.norm_k.weight, self.norm_k.eps, self.num_heads, step.cos, step.sin)
         v = self.v(x).view(heads).transpose(1, 2)
         keys, values = step.cache.store(block, k, v)
         keys, values = keys.to(q.dtype), values.to(q.dtype)

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from upscaler.models.attention import CrossAttention, LCSAStep, SelfAttention
 from upscaler.models.config import DiTConfig, SparsityParams
+from upscaler.models.fusion import fusable
 from upscaler.models.kv_cache import DiTStreamCache
 from upscaler.models.rope import Rope3D
 from upscaler.models.windows import (
@@ -78,11 +80,22 @@ class DiTBlock(nn.Module):
         index: int,
         step: LCSAStep,
     ) -> torch.Tensor:
-        attn = self.self_attn(self.norm1(x) * mod.scale_msa + mod.shift_msa, index, step)
-        x = x + mod.gate_msa * attn
+        eps = self.norm1.eps
+        attn = self.self_attn(_norm_modulate(x, mod.scale_msa, mod.shift_msa, eps), index, step)
+        x = _gated_add(x, mod.gate_msa, attn)
         x = x + self.cross_attn(self.norm3(x), cross_kv)
-        x = x + mod.gate_mlp * self.ffn(self.norm2(x) * mod.scale_mlp + mod.shift_mlp)
-        return x
+        return _gated_add(x, mod.gate_mlp, self.ffn(_norm_modulate(x, mod.scale_mlp, mod.shift_mlp, eps)))
+
+
+@fusable
+def _norm_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm without affine, then the timestep modulation."""
+    return F.layer_norm(x, (x.shape[-1],), eps=eps) * scale + shift
+
+
+@fusable
+def _gated_add(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    return x + gate * update
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+"""GPU-only checks (skipped on CPU-only machines such as CI): the optimised paths keep the output of
+the plain path. Run on a GPU with ``pytest -q -m gpu``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.media import make_clip
+from upscaler.api import Upscaler
+from upscaler.geometry import Geometry
+from upscaler.models import fusion
+from upscaler.settings import load_settings
+from upscaler.timing import StageTimer
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.fixture(scope="module")
+def upscaler(small_checkpoints) -> Upscaler:
+    files = small_checkpoints("v1.1")
+    return Upscaler.load(load_settings(weights=str(files.dit.parent), model_preset="small", device="cuda"))
+
+
+def _run(upscaler: Upscaler, src) -> torch.Tensor:
+    geometry = Geometry.for_target((160, 96), (640, 384), 128)
+    frames = upscaler.upscale_frames(src, geometry, upscaler.settings.variant("tiny"), timer=StageTimer(upscaler.device))
+    return torch.cat(list(frames)).float()
+
+
+def test_compiled_elementwise_chains_keep_the_output(upscaler, tmp_path):
+    src = make_clip(tmp_path / "in.mp4", width=160, height=96, frames=29)
+    eager = _run(upscaler, src)
+    fusion.set_enabled(True)
+    try:
+        compiled = _run(upscaler, src)
+    finally:
+        fusion.set_enabled(False)
+    diff = (compiled - eager).abs()
+    assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean().item(), diff.max().item())  # uint8 levels, bf16 noise
+
+
+def test_fp8_cache_stays_close_to_bf16(upscaler, tmp_path):
+    src = make_clip(tmp_path / "in.mp4", width=160, height=96, frames=29)
+    reference = _run(upscaler, src)
+    base = upscaler.settings
+    try:
+        upscaler.settings = replace(base, kv_cache_dtype="fp8")
+        fp8 = _run(upscaler, src)
+    finally:
+        upscaler.settings = base
+    diff = (fp8 - reference).abs()
+    print(f"fp8 vs bf16 K/V cache, uint8 levels: mean {diff.mean():.3f} max {diff.max():.0f}")
+    assert diff.mean() < 2.0, diff.mean().item()
