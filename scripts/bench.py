@@ -95,7 +95,8 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
     """Warm up, then time one upscale; a dict of the results (or of the error)."""
     width, height = case.task.output_size
     base = upscaler.settings
-    upscaler.settings = base.with_overrides(tiling=TilingSettings(case.tile_size, min(base.tiling.tile_overlap, case.tile_size // 2) if case.tile_size else base.tiling.tile_overlap)).validate()
+    overlap = min(base.tiling.tile_overlap, case.tile_size // 2) if case.tile_size else base.tiling.tile_overlap
+    upscaler.settings = base.with_overrides(tiling=TilingSettings(case.tile_size, overlap)).validate()
     try:
         upscaler.upscale_file(warm, out_dir / "warm.mp4", width=width, height=height, variant=case.variant, codec=codec, preset=preset)
         torch.cuda.empty_cache()
