@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from miner.protocol.tasks import UpscalingTask
 from upscaler.configfiles import config_path, load_config
 
 ENV_PREFIX = "FLASHVSR_MINER_"
@@ -163,6 +164,10 @@ def load_miner_config(
 ) -> MinerConfig:
     """Merge the embedded defaults, ``path``, the environment and ``overrides`` (nested tables)."""
     raw = copy.deepcopy(load_config(config_path("miner")))
+    raw["tasks"] = {  # Vidaio's task geometry lives in the protocol; [tasks] in a config file may override it
+        task.value: {"width": task.output_size[0], "height": task.output_size[1], "scale": task.scale}
+        for task in UpscalingTask
+    }
     source = "embedded"
     if path is not None:
         _merge(raw, load_config(Path(path).expanduser()))
