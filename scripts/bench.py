@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import torch
 
 import kernels
@@ -33,6 +31,7 @@ from upscaler.api import Upscaler
 from upscaler.report import GIB, UpscaleReport
 from upscaler.settings import TilingSettings, load_settings
 from upscaler.video import FrameReader
+from upscaler.video.synthetic import write_test_clip
 
 log = logging.getLogger("flashvsr-bench")
 
@@ -63,25 +62,6 @@ class Case:
     @property
     def name(self) -> str:
         return f"{self.variant}:{self.task.value}:{self.frames}" + (f":tile{self.tile_size}" if self.tile_size else "")
-
-
-def make_input(path: Path, width: int, height: int, frames: int, fps: int = 30) -> Path:
-    """An H.264 yuv420p clip with moving structure (gradients, a grating, noise) at ``width x height``."""
-    rng = np.random.default_rng(0)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    grain = rng.integers(0, 24, size=(height, width, 3), dtype=np.uint8)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.options = {"preset": "ultrafast", "crf": "18"}
-        for i in range(frames):
-            r = (xs * 0.5 + i * 3) % 256
-            g = 128 + 100 * np.sin((xs + ys + i * 4) / 9.0)
-            b = (ys * 0.7 + i * 2) % 256
-            rgb = np.stack([r, g, b], -1).astype(np.uint8) + grain
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode(None))
-    return path
 
 
 def decode_fps(path: Path) -> float:
@@ -166,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         def clip(task: UpscalingTask, frames: int) -> Path:
             if (task, frames) not in inputs:
                 w, h = task.input_size
-                inputs[(task, frames)] = make_input(work / f"{task.value}-{frames}.mp4", w, h, frames)
+                inputs[(task, frames)] = write_test_clip(work / f"{task.value}-{frames}.mp4", w, h, frames)
             return inputs[(task, frames)]
 
         decode = {c.task.value: round(decode_fps(clip(c.task, c.frames)), 1) for c in cases}

@@ -80,11 +80,6 @@ class Upscaler:
         """Where the weights came from (a path, or ``random``/``random-small``)."""
         return self._components.label
 
-    @property
-    def is_random(self) -> bool:
-        """True when running random-weight checkpoints (speed and plumbing only)."""
-        return self._components.is_random
-
     def engine(self, variant: VariantSettings, model_pixels: int) -> StreamingEngine:
         """The streaming engine configured for ``variant`` at frames of ``model_pixels`` (the decoder
         is loaded on first use and tiled when the variant asks for it at that size)."""

@@ -49,11 +49,6 @@ class Components:
         """Where the weights came from (``hf:<repo>``, a directory, ``random:<preset>``)."""
         return self.files.label
 
-    @property
-    def is_random(self) -> bool:
-        """True for random-weight checkpoints (output is noise-like; only speed and plumbing are real)."""
-        return self.files.label.startswith("random")
-
     def decoder(self, kind: str) -> nn.Module:
         """Decoder ``kind`` ("tcdecoder" or "wan-vae"), loaded (strictly) on first use."""
         if kind not in self._decoders:

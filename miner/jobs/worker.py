@@ -21,8 +21,6 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 import torch
 
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
@@ -32,6 +30,7 @@ from upscaler.errors import InputVideoError, OutputTooLargeError, UpscaleCancell
 from upscaler.report import UpscaleReport
 from upscaler.settings import TilingSettings, load_settings
 from upscaler.video import fit_to_size
+from upscaler.video.synthetic import write_test_clip
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +45,6 @@ class WorkerHooks:
 
 
 WARMUP_FRAMES = 29
-
-
-def write_gray_clip(path: Path, width: int, height: int, frames: int) -> Path:
-    """A short mid-grey H.264 clip (warm-up input)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="rgb24")
-        for _ in range(frames):
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
 
 
 @dataclass(frozen=True)
@@ -134,7 +121,7 @@ class _Runner:
         with tempfile.TemporaryDirectory(prefix="flashvsr-warmup-") as tmp:
             for in_w, in_h, out_w, out_h in shapes:
                 began = time.perf_counter()
-                src = write_gray_clip(Path(tmp) / f"warm-{in_w}x{in_h}.mp4", in_w, in_h, WARMUP_FRAMES)
+                src = write_test_clip(Path(tmp) / f"warm-{in_w}x{in_h}.mp4", in_w, in_h, WARMUP_FRAMES)
                 with torch.inference_mode():
                     self.upscaler.upscale_file(src, Path(tmp) / "out.mp4", width=out_w, height=out_h, variant="tiny")
                 torch.cuda.empty_cache()

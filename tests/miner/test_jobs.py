@@ -152,9 +152,9 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
 
 def test_warmup_shapes_come_from_the_task_table(tmp_path: Path) -> None:
     from miner.jobs.scheduler import Scheduler
-    from miner.jobs.worker import write_gray_clip
+    from upscaler.video.synthetic import write_test_clip
 
     config = load_miner_config(overrides={"jobs": {"warmup_tasks": ["SD24K", "SD2HD", "SD24K"]}}, environ={})
     scheduler = Scheduler(config, MinerMetrics())
     assert scheduler._warmup_shapes(config.get("jobs.warmup_tasks")) == ((960, 540, 3840, 2160), (960, 540, 1920, 1080))
-    assert video_shape(write_gray_clip(tmp_path / "warm.mp4", 64, 36, 29)) == (64, 36, 29)
+    assert video_shape(write_test_clip(tmp_path / "warm.mp4", 64, 36, 29)) == (64, 36, 29)
