@@ -1,0 +1,170 @@
+"""``flashvsr-profile``: where the GPU time and memory of one streaming upscale go.
+
+    flashvsr-profile --weights random --case tiny:SD24K:61 --kv-cache fp8 --compile --top 12 --memory
+
+Runs one case twice (a warm-up, then the measured run) without encoding, and prints for the
+measured run: per engine stage the GPU milliseconds per frame, the memory held when the stage
+starts and its peak inside the stage; then, per stage, the CUDA kernels that take the most time,
+from the PyTorch profiler over the steady steps (the first step, which is longer, is left out).
+``--memory`` also records every allocation of the measured run and lists the tensors alive at its
+peak by the line of our code that made them. This is the profile that explains the numbers of
+``flashvsr-bench``; it is not a benchmark itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from scripts.bench import Case
+from upscaler.api import Upscaler
+from upscaler.geometry import Geometry
+from upscaler.report import GIB
+from upscaler.settings import load_settings
+from upscaler.timing import StageTimer
+from upscaler.video.synthetic import write_test_clip
+
+
+STAGE_PREFIX = "stage:"
+OUR_CODE = ("upscaler/", "kernels/")
+
+
+class MemoryStageTimer(StageTimer):
+    """A :class:`StageTimer` that also records, per stage, the memory held at entry and the peak inside."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__(device)
+        self.entry_bytes: dict[str, int] = defaultdict(int)
+        self.peak_bytes: dict[str, int] = defaultdict(int)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        torch.cuda.reset_peak_memory_stats()
+        self.entry_bytes[name] = max(self.entry_bytes[name], torch.cuda.memory_allocated())
+        with super().stage(name), record_function(STAGE_PREFIX + name):
+            yield
+        self.peak_bytes[name] = max(self.peak_bytes[name], torch.cuda.max_memory_allocated())
+
+
+def _run(upscaler: Upscaler, src: Path, case: Case, timer: StageTimer, prof: profile | None) -> int:
+    """Upscale ``src`` without encoding; start ``prof`` after the first chunk. Returns frames."""
+    width, height = case.task.output_size
+    geometry = Geometry.for_target(case.task.input_size, (width, height), upscaler.settings.spatial_multiple)
+    variant = upscaler.settings.variant(case.variant)
+    frames = 0
+    for chunk in upscaler.upscale_frames(src, geometry, variant, timer=timer):
+        frames += chunk.shape[0]
+        if prof is not None and frames == chunk.shape[0]:
+            torch.cuda.synchronize()
+            prof.start()
+    torch.cuda.synchronize()
+    return frames
+
+
+def kernels_by_stage(prof: profile) -> dict[str, dict[str, list[float]]]:
+    """``{stage: {kernel: [milliseconds, calls]}}`` from the profiler's CPU-op tree."""
+    table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+
+    def collect(event: object, into: dict[str, list[float]]) -> None:
+        for kernel in event.kernels:  # type: ignore[attr-defined]
+            into[kernel.name][0] += kernel.duration / 1000
+            into[kernel.name][1] += 1
+        for child in event.cpu_children:  # type: ignore[attr-defined]
+            collect(child, into)
+
+    for event in prof.events():
+        if event.name.startswith(STAGE_PREFIX) and event.cpu_parent is None:
+            collect(event, table[event.name.removeprefix(STAGE_PREFIX)])
+    return table
+
+
+def live_at_peak(snapshot: dict) -> tuple[int, dict[str, int]]:
+    """Replay the allocator trace; the peak bytes and the live bytes at the peak by allocating line."""
+    live: dict[int, tuple[int, str]] = {}
+    total = peak = 0
+    at_peak: dict[int, tuple[int, str]] = {}
+    for trace in snapshot["device_traces"]:
+        for event in trace:
+            if event["action"] == "alloc":
+                where = next((f"{f['filename'].split('/site-packages/')[-1]}:{f['line']} {f['name']}"
+                              for f in event.get("frames", []) if any(c in f["filename"] for c in OUR_CODE)), "?")
+                live[event["addr"]] = (event["size"], where)
+                total += event["size"]
+                if total > peak:
+                    peak, at_peak = total, dict(live)
+            elif event["action"] == "free_completed" and event["addr"] in live:
+                total -= live.pop(event["addr"])[0]
+    by_line: dict[str, int] = defaultdict(int)
+    for size, where in at_peak.values():
+        by_line[where] += size
+    return peak, by_line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    p = argparse.ArgumentParser(prog="flashvsr-profile", description=__doc__.splitlines()[0])
+    p.add_argument("--case", type=Case.parse, default=Case.parse("tiny:SD24K:61"), help="variant:TASK:frames[:tile]")
+    p.add_argument("--weights", default="random")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--kv-cache", choices=("model", "fp8"), default="model")
+    p.add_argument("--top", type=int, default=12, help="kernels to list per stage")
+    p.add_argument("--memory", action="store_true", help="list the allocations alive at the memory peak")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if not torch.cuda.is_available():
+        print("flashvsr-profile needs a CUDA device")
+        return 2
+    upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", kv_cache_dtype=args.kv_cache,
+                                           compile=args.compile))
+    with tempfile.TemporaryDirectory(prefix="flashvsr-profile-") as tmp:
+        w, h = args.case.task.input_size
+        src = write_test_clip(Path(tmp) / "in.mp4", w, h, args.case.frames)
+        try:
+            _run(upscaler, src, args.case, StageTimer(upscaler.device), None)
+        except torch.OutOfMemoryError as exc:
+            print(f"warm-up out of memory: {str(exc).splitlines()[0]}")
+        torch.cuda.empty_cache()
+        held_before = torch.cuda.memory_allocated()
+        timer = MemoryStageTimer(upscaler.device)
+        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        if args.memory:
+            torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
+        try:
+            frames = _run(upscaler, src, args.case, timer, prof)
+        except torch.OutOfMemoryError as exc:
+            print(f"out of memory: {str(exc).splitlines()[0]}")
+            frames = 0
+        if args.memory:
+            snapshot = torch.cuda.memory._snapshot()
+            torch.cuda.memory._record_memory_history(enabled=None)
+        prof.stop()
+    seconds = timer.seconds()
+    print(f"{args.case.name}: {frames} frames, kv-cache {args.kv_cache}, compile {args.compile}")
+    print(f"{'stage':12} {'ms/frame':>9} {'held GiB':>9} {'peak GiB':>9}")
+    for name, s in seconds.items():
+        print(f"{name:12} {1000 * s / max(frames, 1):9.2f} {timer.entry_bytes[name] / GIB:9.2f} "
+              f"{timer.peak_bytes[name] / GIB:9.2f}")
+    for stage, kernels in kernels_by_stage(prof).items():
+        total = sum(ms for ms, _ in kernels.values())
+        print(f"\n{stage}: {total:.1f} ms of kernels in the steady steps; top {args.top}:")
+        for name, (ms, calls) in sorted(kernels.items(), key=lambda kv: kv[1][0], reverse=True)[: args.top]:
+            print(f"{100 * ms / total:5.1f}% {ms:9.2f} {int(calls):6d}  {name[:110]}")
+    if args.memory:
+        peak, by_line = live_at_peak(snapshot)
+        print(f"\nmemory peak {(held_before + peak) / GIB:.2f} GiB = {held_before / GIB:.2f} GiB held before the run "
+              f"(weights) + {peak / GIB:.2f} GiB; alive at the peak, by allocating line:")
+        for where, size in sorted(by_line.items(), key=lambda kv: kv[1], reverse=True)[:25]:
+            print(f"{size / GIB:8.2f} GiB  {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
