@@ -69,6 +69,11 @@ def _run(upscaler: Upscaler, src: Path, case: Case, timer: StageTimer, prof: pro
     return frames
 
 
+def started(prof: profile) -> bool:
+    """Whether ``prof`` was started (a run that fails before its first chunk never starts it)."""
+    return prof.profiler is not None
+
+
 def kernels_by_stage(prof: profile) -> dict[str, dict[str, list[float]]]:
     """``{stage: {kernel: [milliseconds, calls]}}`` from the profiler's CPU-op tree."""
     table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
@@ -145,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.memory:
             snapshot = torch.cuda.memory._snapshot()
             torch.cuda.memory._record_memory_history(enabled=None)
-        prof.stop()
+        if started(prof):
+            prof.stop()
     seconds = timer.seconds()
     print(f"{args.case.name}: {frames} frames, kv-cache {args.kv_cache}, compile {args.compile}")
     print(f"{'stage':12} {'ms/frame':>9} {'held GiB':>9} {'peak GiB':>9}")
     for name, s in seconds.items():
         print(f"{name:12} {1000 * s / max(frames, 1):9.2f} {timer.entry_bytes[name] / GIB:9.2f} "
               f"{timer.peak_bytes[name] / GIB:9.2f}")
-    for stage, kernels in kernels_by_stage(prof).items():
+    for stage, kernels in (kernels_by_stage(prof) if started(prof) else {}).items():
         total = sum(ms for ms, _ in kernels.values())
         print(f"\n{stage}: {total:.1f} ms of kernels in the steady steps; top {args.top}:")
         for name, (ms, calls) in sorted(kernels.items(), key=lambda kv: kv[1][0], reverse=True)[: args.top]:

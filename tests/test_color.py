@@ -36,9 +36,10 @@ def _per_frame_wavelet(content: torch.Tensor, style: torch.Tensor, levels: int =
     return out
 
 
-def test_wavelet_equals_the_per_frame_definition() -> None:
-    content = torch.rand(2, 3, 4, 40, 56, generator=_gen(0)) * 2 - 1
-    style = torch.rand(2, 3, 4, 40, 56, generator=_gen(1)) * 2 - 1
+@pytest.mark.parametrize("size", [(40, 56), (5, 17), (16, 1)], ids=["frame", "smaller-than-dilation", "one-column"])
+def test_wavelet_equals_the_per_frame_definition(size: tuple[int, int]) -> None:
+    content = torch.rand(2, 3, 4, *size, generator=_gen(0)) * 2 - 1
+    style = torch.rand(2, 3, 4, *size, generator=_gen(1)) * 2 - 1
     torch.testing.assert_close(ColorFix("wavelet")(content, style), _per_frame_wavelet(content, style), atol=1e-5, rtol=0)
 
 

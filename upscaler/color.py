@@ -10,23 +10,34 @@ result does not depend on how a clip is cut into chunks.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 METHODS = ("wavelet", "adain", "none")
 _EPS = 1e-5
-_GAUSS = ((0.0625, 0.125, 0.0625), (0.125, 0.25, 0.125), (0.0625, 0.125, 0.0625))
+
+
+def _blur_axis(x: torch.Tensor, dim: int, dilation: int) -> torch.Tensor:
+    """``[1, 2, 1] / 4`` along ``dim`` with taps ``dilation`` apart, replicate padding."""
+    length = x.shape[dim]
+    first, last = x.narrow(dim, 0, 1), x.narrow(dim, length - 1, 1)
+    if dilation >= length:
+        # Every tap lands beyond an edge and reads that edge (replicate padding).
+        before, after = first.expand_as(x), last.expand_as(x)
+    else:
+        edge = x.narrow(dim, 0, dilation)
+        before = torch.cat([first.expand_as(edge), x.narrow(dim, 0, length - dilation)], dim)
+        after = torch.cat([x.narrow(dim, dilation, length - dilation), last.expand_as(edge)], dim)
+    return (before + after).mul_(0.25).add_(x, alpha=0.5)
 
 
 def wavelet_low(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
-    """Low-frequency band of ``x (..., H, W)``: ``levels`` dilated 3x3 Gaussian blurs (float32)."""
-    height, width = x.shape[-2:]
-    planes = x.reshape(-1, 1, height, width).float()
-    kernel = torch.tensor(_GAUSS, dtype=planes.dtype, device=planes.device).view(1, 1, 3, 3)
+    """Low-frequency band of ``x (..., H, W)``: ``levels`` 3x3 Gaussian blurs ``[1,2,1]^T [1,2,1] / 16``
+    with dilation 1, 2, 4, ... and replicate padding, in float32. The blur is separable, and so is
+    the clamping of replicate padding, so each level is a horizontal then a vertical 3-tap pass."""
+    planes = x.float()
     for level in range(levels):
         dilation = 2**level
-        padded = F.pad(planes, (dilation, dilation, dilation, dilation), mode="replicate")
-        planes = F.conv2d(padded, kernel, dilation=dilation)
-    return planes.view(x.shape)
+        planes = _blur_axis(_blur_axis(planes, -1, dilation), -2, dilation)
+    return planes
 
 
 def wavelet_fix(content: torch.Tensor, style: torch.Tensor, levels: int = 5) -> torch.Tensor:
