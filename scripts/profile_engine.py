@@ -14,6 +14,7 @@ peak by the line of our code that made them. This is the profile that explains t
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import tempfile
 from collections import defaultdict
@@ -74,20 +75,25 @@ def started(prof: profile) -> bool:
     return prof.profiler is not None
 
 
-def kernels_by_stage(prof: profile) -> dict[str, dict[str, list[float]]]:
-    """``{stage: {kernel: [milliseconds, calls]}}`` from the profiler's CPU-op tree."""
+def kernels_by_stage(prof: profile, by_op: bool = False) -> dict[str, dict[str, list[float]]]:
+    """``{stage: {kernel: [milliseconds, calls]}}`` from the profiler's CPU-op tree; with ``by_op``
+    the key is the chain of ops that launched the kernel (below the stage) and the launching op's
+    input shapes instead of the kernel name."""
     table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
 
-    def collect(event: object, into: dict[str, list[float]]) -> None:
+    def collect(event: object, into: dict[str, list[float]], path: tuple[str, ...]) -> None:
         for kernel in event.kernels:  # type: ignore[attr-defined]
-            into[kernel.name][0] += kernel.duration / 1000
-            into[kernel.name][1] += 1
+            key = kernel.name
+            if by_op:
+                key = f"{' > '.join(path[-3:])} {getattr(event, 'input_shapes', '')}"
+            into[key][0] += kernel.duration / 1000
+            into[key][1] += 1
         for child in event.cpu_children:  # type: ignore[attr-defined]
-            collect(child, into)
+            collect(child, into, path + (child.name,))
 
     for event in prof.events():
         if event.name.startswith(STAGE_PREFIX) and event.cpu_parent is None:
-            collect(event, table[event.name.removeprefix(STAGE_PREFIX)])
+            collect(event, table[event.name.removeprefix(STAGE_PREFIX)], ())
     return table
 
 
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-cache", choices=("model", "fp8"), default="model")
     p.add_argument("--top", type=int, default=12, help="kernels to list per stage")
     p.add_argument("--memory", action="store_true", help="list the allocations alive at the memory peak")
+    p.add_argument("--by-op", action="store_true", help="group kernel time by the ops that launched it (and shapes)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not torch.cuda.is_available():
@@ -136,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             _run(upscaler, src, args.case, StageTimer(upscaler.device), None)
         except torch.OutOfMemoryError as exc:
             print(f"warm-up out of memory: {str(exc).splitlines()[0]}")
+        gc.collect()  # an out-of-memory warm-up leaves reference cycles holding its tensors
         torch.cuda.empty_cache()
         held_before = torch.cuda.memory_allocated()
         timer = MemoryStageTimer(upscaler.device)
-        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=args.by_op)
         if args.memory:
             torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
         try:
@@ -158,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in seconds.items():
         print(f"{name:12} {1000 * s / max(frames, 1):9.2f} {timer.entry_bytes[name] / GIB:9.2f} "
               f"{timer.peak_bytes[name] / GIB:9.2f}")
-    for stage, kernels in (kernels_by_stage(prof) if started(prof) else {}).items():
+    for stage, kernels in (kernels_by_stage(prof, args.by_op) if started(prof) else {}).items():
         total = sum(ms for ms, _ in kernels.values())
         print(f"\n{stage}: {total:.1f} ms of kernels in the steady steps; top {args.top}:")
         for name, (ms, calls) in sorted(kernels.items(), key=lambda kv: kv[1][0], reverse=True)[: args.top]:
-            print(f"{100 * ms / total:5.1f}% {ms:9.2f} {int(calls):6d}  {name[:110]}")
+            print(f"{100 * ms / total:5.1f}% {ms:9.2f} {int(calls):6d}  {name[:160 if args.by_op else 110]}")
     if args.memory:
         peak, by_line = live_at_peak(snapshot)
         print(f"\nmemory peak {(held_before + peak) / GIB:.2f} GiB = {held_before / GIB:.2f} GiB held before the run "

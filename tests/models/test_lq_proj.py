@@ -80,3 +80,21 @@ def test_frame_counts_are_checked():
         model.stream(_clip(2))
     with pytest.raises(ValueError, match="1 \\+ 4n"):
         model(_clip(6))
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+@torch.no_grad()
+def test_causal_conv_equals_the_padded_conv3d(with_context):
+    """The stacked-taps 2D conv computes the reference's replicate-padded Conv3d."""
+    conv = _model(CausalLQProj).conv1
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, conv.in_channels, 4, 5, 7, generator=g)
+    context = torch.randn(2, conv.in_channels, 2, 5, 7, generator=g) if with_context else None
+    padded = torch.cat([context, x], 2) if with_context else torch.cat([x[:, :, :1], x[:, :, :1], x], 2)
+    padded = torch.nn.functional.pad(padded, (1, 1, 1, 1, 0, 0), mode="replicate")
+    expected = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, stride=(2, 1, 1))
+    torch.testing.assert_close(conv(x, context), expected, rtol=1e-4, atol=2e-3)  # sums of 27648 terms ~ 16
+    with torch.no_grad():
+        conv.weight.mul_(2)  # the cached stacked weight follows in-place changes
+    expected = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, stride=(2, 1, 1))
+    torch.testing.assert_close(conv(x, context), expected, rtol=1e-4, atol=2e-3)  # sums of 27648 terms ~ 16

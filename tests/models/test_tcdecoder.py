@@ -184,3 +184,29 @@ def test_feathered_seams_stay_local() -> None:
         near_seam[max(0, 8 * (edge - radius)) : 8 * (edge + radius)] = True
     assert (~near_seam).sum() >= 8 * 20 and error[~near_seam].max() < 1e-5
     assert 0 < error.max() < 0.01 * expected.abs().max()
+
+
+def test_output_conv_pads_channels_only_for_channels_last_input() -> None:
+    conv = make_decoder().decoder[-1]
+    x = torch.randn(2, conv.in_channels, 6, 7)
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(conv(x), expected)
+    nhwc = conv(x.contiguous(memory_format=torch.channels_last))
+    assert nhwc.shape == expected.shape
+    torch.testing.assert_close(nhwc, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        conv.weight.mul_(-1)  # the cached padded weight follows in-place changes
+    expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_in_preferred_format_restrides_one_frame_channels_last_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    import upscaler.models.frame_groups as frame_groups
+
+    monkeypatch.setattr(frame_groups, "preferred_format", lambda x: torch.channels_last)  # as on CUDA
+    group = torch.randn(1, 3, 4, 5, 8).permute(0, 1, 4, 2, 3)  # (B, T, C, H, W) stored (B, T, H, W, C)
+    frame = group.split(1, dim=1)[1].flatten(0, 1)
+    assert frame.is_contiguous(memory_format=torch.channels_last) and frame.stride(0) == 8  # the ambiguous view
+    fixed = frame_groups.in_preferred_format(frame)
+    assert fixed.stride() == (160, 1, 40, 8) and fixed.data_ptr() == frame.data_ptr()
+    torch.testing.assert_close(fixed, frame)

@@ -1,4 +1,5 @@
-"""Optional ``torch.compile`` of the DiT's memory-bound element-wise chains (norms, modulation, RoPE).
+"""Optional ``torch.compile`` of memory-bound element-wise chains (the DiT's norms, modulation and
+RoPE; the wavelet colour fix).
 
 At 4K a DiT block spends more time in element-wise passes over its 65k x 1536 activations than in its
 matrix products; compiling these small pure functions fuses each chain into one kernel. Off by

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from upscaler.models.config import LQProjConfig
+from upscaler.models.derived_weight import DerivedWeight
 
 CONV_KERNEL = (4, 3, 3)
 CONV_STRIDE = (2, 1, 1)
@@ -41,19 +42,41 @@ class ChannelRMSNorm(nn.Module):
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
 
+def _stack_taps(weight: torch.Tensor) -> torch.Tensor:
+    """``(Cout, Cin, taps, kh, kw)`` -> ``(Cout, taps*Cin, kh, kw)`` channels-last, tap-major channels."""
+    cout, cin, taps, kh, kw = weight.shape
+    stacked = weight.permute(0, 2, 1, 3, 4).reshape(cout, taps * cin, kh, kw)
+    return stacked.contiguous(memory_format=torch.channels_last)
+
+
 class CausalConv(nn.Conv3d):
     """Conv3d padded causally in time (by a given context, or by replicating the first frame) and by
-    replication in space."""
+    replication in space.
+
+    Computed as a 2D conv over the time taps stacked along channels: output frame ``t`` reads input
+    frames ``2t .. 2t+3``, so its input is those 4 frames' channels side by side (channels-last) and
+    the weight ``(Cout, Cin, 4, 3, 3)`` becomes ``(Cout, 4*Cin, 3, 3)``. Same sums as the 3D conv;
+    cuDNN has far faster kernels for this 2D form on recent GPUs (on an H100 the 3D conv fell back
+    to an sm80 kernel). The output is ``(B, Cout, T', h, w)`` stored channels-last (time, rows,
+    columns, channels), which the channel norm and the token projection read without a transpose.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, CONV_KERNEL, stride=CONV_STRIDE)
+        self.stacked_weight = DerivedWeight(_stack_taps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         if context is None:
             x = F.pad(x, (1, 1, 1, 1, TIME_CONTEXT, 0), mode="replicate")
         else:
             x = F.pad(torch.cat([context, x], dim=2), (1, 1, 1, 1, 0, 0), mode="replicate")
-        return super().forward(x)
+        b, c, _, h, w = x.shape
+        taps, stride = self.kernel_size[0], self.stride[0]
+        windows = x.unfold(2, taps, stride)  # (B, C, T', h, w, taps)
+        frames = windows.shape[2]
+        stacked = windows.permute(0, 2, 3, 4, 5, 1).reshape(b * frames, h, w, taps * c).permute(0, 3, 1, 2)
+        out = F.conv2d(stacked, self.stacked_weight(self.weight), self.bias)
+        return out.unflatten(0, (b, frames)).transpose(1, 2)
 
 
 class _LQProj(nn.Module):

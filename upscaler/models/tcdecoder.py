@@ -33,7 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from upscaler.models.config import TCDecoderConfig
-from upscaler.models.frame_groups import StageShape, group_sizes, preferred_format, run_in_frame_groups, zeros_as
+from upscaler.models.derived_weight import DerivedWeight
+from upscaler.models.frame_groups import (
+    StageShape,
+    group_sizes,
+    in_preferred_format,
+    preferred_format,
+    run_in_frame_groups,
+    zeros_as,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +101,11 @@ class TGrow(nn.Module):
         self.conv = nn.Conv2d(n_f, n_f * stride, 1, bias=False)
 
 
-def _grow(x: torch.Tensor, grow: TGrow, upsample: nn.Upsample) -> torch.Tensor:
-    """``grow(upsample(x))`` computed as ``upsample(split(grow.conv(x)))``: a 1x1 conv and the split
-    into frames commute exactly with nearest upsampling, and run on 4x fewer pixels this way; the
-    upsampled tensor is the only full-size allocation."""
+def _grow(x: torch.Tensor, grow: TGrow) -> torch.Tensor:
+    """``grow`` on ``(n, c, h, w)``: a 1x1 conv to ``stride * c`` channels split into ``stride``
+    consecutive frames, ``(n * stride, c, h, w)``. The reference upsamples first; a 1x1 conv and the
+    split into frames commute exactly with nearest upsampling, so this runs on 4x fewer pixels and
+    the upsampling moves to the start of the next stage."""
     y = grow.conv(x)
     if grow.stride > 1:
         n, sc, h, w = y.shape
@@ -107,7 +116,31 @@ def _grow(x: torch.Tensor, grow: TGrow, upsample: nn.Upsample) -> torch.Tensor:
             y = nhwc.reshape(n * grow.stride, h, w, c).permute(0, 3, 1, 2)
         else:
             y = y.reshape(n * grow.stride, c, h, w)
-    return upsample(y)
+    return y
+
+
+class OutputConv(nn.Conv2d):
+    """The last 3x3 conv (to 3 image channels), run with its output channels zero-padded to 8.
+
+    cuDNN has no channels-last kernel for 3 output channels: it converted the 128-channel
+    full-resolution input to NCHW and back on every call (on an H100 at 4K, more time than the
+    conv itself). The padded weight is cached and rebuilt when the weight changes."""
+
+    PADDED_CHANNELS = 8
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__(n_in, n_out, 3, padding=1)
+        pad = self.PADDED_CHANNELS - n_out
+        self._padded_weight = DerivedWeight(
+            lambda w: F.pad(w, (0, 0, 0, 0, 0, 0, 0, pad)).contiguous(memory_format=torch.channels_last)
+        )
+        self._padded_bias = DerivedWeight(lambda b: F.pad(b, (0, pad)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        out = F.conv2d(x, self._padded_weight(self.weight), self._padded_bias(self.bias), padding=1)
+        return out[:, : self.out_channels]
 
 
 @dataclass
@@ -136,22 +169,34 @@ class TCDecoder(nn.Module):
             _conv3x3(c[0], c[0], bias=False),
             nn.ReLU(inplace=True),
         ]
-        stage_starts = [0]
         for i, stride in enumerate(TIME_STRIDES):
             layers += [MemBlock(c[i], c[i]) for _ in range(3)]
-            stage_starts.append(len(layers))
             layers += [nn.Upsample(scale_factor=2), TGrow(c[i], stride), _conv3x3(c[i], c[i + 1], bias=False)]
         layers += [
             nn.ReLU(inplace=True),
             _conv3x3(c[-1], c[-1], bias=False),
             nn.ReLU(inplace=True),
-            _conv3x3(c[-1], IMAGE_CHANNELS),
+            OutputConv(c[-1], IMAGE_CHANNELS),
         ]
         self.decoder = nn.Sequential(*layers)
-        self._stage_bounds = list(zip(stage_starts, stage_starts[1:] + [len(layers)]))
+        self._stages = self._plan_stages()
         self.frames_to_trim = TIME_SCALE - 1
+        # A stage's activations are per input frame (its TGrow runs last, at the low resolution).
         self._stage_shapes = [StageShape(1, 1, max(c[0], cfg.cond_channels + cfg.latent_channels))]
-        self._stage_shapes += [StageShape(s, 4 ** (i + 1), max(c[i], c[i + 1])) for i, s in enumerate(TIME_STRIDES)]
+        self._stage_shapes += [StageShape(1, 4 ** (i + 1), max(c[i], c[i + 1])) for i in range(len(TIME_STRIDES))]
+
+    def _plan_stages(self) -> list[list[int]]:
+        """Layer indices per stage, in execution order: a new stage starts at each Upsample, and the
+        TGrow that follows the Upsample in the checkpoint runs at the end of the stage before."""
+        stages: list[list[int]] = [[]]
+        for index, layer in enumerate(self.decoder):
+            if isinstance(layer, nn.Upsample):
+                stages.append([index])
+            elif isinstance(layer, TGrow):
+                stages[-2].append(index)
+            else:
+                stages[-1].append(index)
+        return stages
 
     def new_state(self, *, frames_per_pass: int = DEFAULT_FRAMES_PER_PASS) -> TCDecoderState:
         """A fresh stream; ``frames_per_pass`` bounds the output frames one full-resolution pass
@@ -176,7 +221,7 @@ class TCDecoder(nn.Module):
         if features.shape[-2:] != latents.shape[-2:]:
             raise ValueError(f"cond {tuple(cond.shape)} does not match latents {tuple(latents.shape)} (8x)")
         x = torch.cat([features, latents.transpose(1, 2)], dim=2)
-        stages = [partial(self._run_stage, bounds=b, state=state) for b in self._stage_bounds]
+        stages = [partial(self._run_stage, layers=layers, state=state) for layers in self._stages]
         sizes = group_sizes(self._stage_shapes, state.frames_per_pass)
         frames = run_in_frame_groups(x, stages, sizes, dim=1)
         if not state.started:
@@ -202,19 +247,15 @@ class TCDecoder(nn.Module):
         packed = packed.permute(0, 2, 1, 3, 5, 7, 4, 6)
         return packed.reshape(b, latent_frames, c * TIME_SCALE * SPACE_SCALE * SPACE_SCALE, hs, ws)
 
-    def _run_stage(self, x: torch.Tensor, bounds: tuple[int, int], state: TCDecoderState) -> torch.Tensor:
-        """Layers ``bounds[0]:bounds[1]`` on ``x (B, T, C, H, W)``; returns ``(B, T', C', H', W')``."""
+    def _run_stage(self, x: torch.Tensor, layers: list[int], state: TCDecoderState) -> torch.Tensor:
+        """Decoder layers ``layers`` (in order) on ``x (B, T, C, H, W)``; returns ``(B, T', C', H', W')``."""
         batch = x.shape[0]
-        h = x.flatten(0, 1)
-        h = h.contiguous(memory_format=preferred_format(h))
-        index, end = bounds
-        while index < end:
+        h = in_preferred_format(x.flatten(0, 1))
+        for index in layers:
             layer = self.decoder[index]
-            if isinstance(layer, nn.Upsample):
-                h = _grow(h, self.decoder[index + 1], layer)
-                index += 2
-                continue
-            if isinstance(layer, MemBlock):
+            if isinstance(layer, TGrow):
+                h = _grow(h, layer)
+            elif isinstance(layer, MemBlock):
                 past = state.past.get(index)
                 if past is None:
                     past = zeros_as(h, (batch, *h.shape[1:]))
@@ -224,5 +265,4 @@ class TCDecoder(nn.Module):
                 h = h.relu_()
             else:
                 h = layer(h)
-            index += 1
         return h.unflatten(0, (batch, -1))
