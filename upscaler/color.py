@@ -92,5 +92,7 @@ class ColorFix:
         if frames.shape != style.shape:
             raise ValueError(f"frames {tuple(frames.shape)} and style {tuple(style.shape)} differ in shape")
         if self.method == "wavelet":
-            return _wavelet_fix_clamped(frames, style, self.levels)
+            # Contiguous inputs: the compiled chain guards on strides, and the style is a view into
+            # the LQ window whose strides change with the window's length (a recompile per step).
+            return _wavelet_fix_clamped(frames.contiguous(), style.contiguous(), self.levels)
         return adain_fix(frames, style).clamp_(-1.0, 1.0).to(frames.dtype)
