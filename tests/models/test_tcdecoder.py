@@ -210,3 +210,15 @@ def test_in_preferred_format_restrides_one_frame_channels_last_views(monkeypatch
     fixed = frame_groups.in_preferred_format(frame)
     assert fixed.stride() == (160, 1, 40, 8) and fixed.data_ptr() == frame.data_ptr()
     torch.testing.assert_close(fixed, frame)
+
+
+def test_output_conv_follows_state_dict_loads_in_inference_mode() -> None:
+    """Weights loaded as inference tensors have no version counter: loading must still refresh."""
+    x = torch.randn(1, SMALL.channels[-1], 5, 6).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        decoder = make_decoder(seed=0)
+        conv = decoder.decoder[-1]
+        conv(x)  # fills the padded-weight cache
+        decoder.load_state_dict(make_decoder(seed=1).state_dict())
+        expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)

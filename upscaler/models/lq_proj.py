@@ -63,7 +63,7 @@ class CausalConv(nn.Conv3d):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, CONV_KERNEL, stride=CONV_STRIDE)
-        self.stacked_weight = DerivedWeight(_stack_taps)
+        self.stacked_weight = DerivedWeight(self, _stack_taps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         if context is None:

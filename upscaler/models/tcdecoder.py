@@ -132,9 +132,9 @@ class OutputConv(nn.Conv2d):
         super().__init__(n_in, n_out, 3, padding=1)
         pad = self.PADDED_CHANNELS - n_out
         self._padded_weight = DerivedWeight(
-            lambda w: F.pad(w, (0, 0, 0, 0, 0, 0, 0, pad)).contiguous(memory_format=torch.channels_last)
+            self, lambda w: F.pad(w, (0, 0, 0, 0, 0, 0, 0, pad)).contiguous(memory_format=torch.channels_last)
         )
-        self._padded_bias = DerivedWeight(lambda b: F.pad(b, (0, pad)))
+        self._padded_bias = DerivedWeight(self, lambda b: F.pad(b, (0, pad)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not x.is_contiguous(memory_format=torch.channels_last):
