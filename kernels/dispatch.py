@@ -83,18 +83,12 @@ def lcsa_block_mask(
 ) -> torch.Tensor:
     """LCSA block mask ``(B, H, Lq/128, Lk/64)`` bool (see :mod:`kernels.reference` for semantics).
 
-    Pooling, scores and softmax are PyTorch ops on every backend; with the Triton backend the top-k
-    threshold is the exact histogram radix select of :mod:`kernels.triton_select` (same value as
-    ``torch.topk``, in 3 passes instead of torch's ~90 launches at 4K).
+    PyTorch ops on every backend: on an H100 they are as fast as a Triton radix-select variant we
+    measured (docs/attention.md), and they are the reference semantics bit for bit.
     """
-    from kernels.reference import kth_largest_torch, lcsa_block_mask_torch
+    from kernels.reference import lcsa_block_mask_torch
 
-    kth_largest = kth_largest_torch
-    if backend_for(q_windows) == "triton":
-        from kernels.triton_select import kth_largest
-    return lcsa_block_mask_torch(
-        q_windows, k_windows, local_range=local_range, topk=topk, grid=grid, kth_largest=kth_largest
-    )
+    return lcsa_block_mask_torch(q_windows, k_windows, local_range=local_range, topk=topk, grid=grid)
 
 
 def sparse_attention(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,18 +72,7 @@ def block_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.matmul(q_pool, k_pool.transpose(-1, -2)) / math.sqrt(d)
 
 
-KthLargest = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def kth_largest_torch(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th largest value of each row of ``x (R, N)``, ``(R, 1)``; an unsorted top-k and a
-    min give the same value as the reference's sorted top-k."""
-    return torch.topk(x, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-
-
-def topk_threshold_mask(
-    prob: torch.Tensor, topk: int, query_slices: int, kth_largest: KthLargest = kth_largest_torch
-) -> torch.Tensor:
+def topk_threshold_mask(prob: torch.Tensor, topk: int, query_slices: int) -> torch.Tensor:
     """Keep entries strictly above the (topk+1)-th largest value per (B, H, query time slice).
 
     ``prob`` is ``(B, H, Lq/128, Lk/64)``; ``topk <= 0`` keeps nothing.
@@ -94,7 +82,8 @@ def topk_threshold_mask(
     apply_topk = min(flat.shape[-1] - 1, topk)
     if apply_topk <= 0:
         return torch.zeros(prob.shape, dtype=torch.bool, device=prob.device)
-    threshold = kth_largest(flat.reshape(-1, flat.shape[-1]), apply_topk + 1).view(b, h, query_slices, 1)
+    # The (k+1)-th largest value; unsorted top-k and a min give the same value as a sorted top-k.
+    threshold = torch.topk(flat, apply_topk + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
     return (flat > threshold).reshape(b, h, nq, nk)
 
 
@@ -110,18 +99,11 @@ def block_probabilities(
 
 
 def lcsa_block_mask_torch(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    *,
-    local_range: int,
-    topk: int,
-    grid: tuple[int, int],
-    kth_largest: KthLargest = kth_largest_torch,
+    q: torch.Tensor, k: torch.Tensor, *, local_range: int, topk: int, grid: tuple[int, int]
 ) -> torch.Tensor:
-    """LCSA block mask ``(B, H, Lq/128, Lk/64)`` computed with PyTorch ops (any device); the top-k
-    threshold comes from ``kth_largest``."""
+    """LCSA block mask ``(B, H, Lq/128, Lk/64)`` computed with PyTorch ops (any device)."""
     prob, query_slices = block_probabilities(q, k, local_range=local_range, grid=grid)
-    return topk_threshold_mask(prob, topk, query_slices, kth_largest)
+    return topk_threshold_mask(prob, topk, query_slices)
 
 
 def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor) -> None:
