@@ -222,3 +222,15 @@ def test_output_conv_follows_state_dict_loads_in_inference_mode() -> None:
         decoder.load_state_dict(make_decoder(seed=1).state_dict())
         expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
         torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_nearest_2x_equals_nn_upsample(channels_last: bool) -> None:
+    from upscaler.models.tcdecoder import upsample_nearest_2x
+
+    x = torch.randn(3, 8, 5, 7)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = upsample_nearest_2x(x)
+    assert torch.equal(out, nn.Upsample(scale_factor=2)(x))
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last

@@ -119,6 +119,21 @@ def _grow(x: torch.Tensor, grow: TGrow) -> torch.Tensor:
     return y
 
 
+def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling of ``(n, c, h, w)`` (``nn.Upsample(scale_factor=2)``).
+
+    Channels-last input is written as one broadcast copy of whole pixels (C contiguous values) into
+    a channels-last output; PyTorch's NHWC nearest kernel ran at ~7 ms per 4K frame of 128 channels
+    on an H100, several times slower than the copy."""
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    pixels = x.permute(0, 2, 3, 1)[:, :, None, :, None, :]  # (n, h, 1, w, 1, c)
+    out.permute(0, 2, 3, 1).view(n, h, 2, w, 2, c).copy_(pixels.expand(n, h, 2, w, 2, c))
+    return out
+
+
 class OutputConv(nn.Conv2d):
     """The last 3x3 conv (to 3 image channels), run with its output channels zero-padded to 8.
 
@@ -255,6 +270,8 @@ class TCDecoder(nn.Module):
             layer = self.decoder[index]
             if isinstance(layer, TGrow):
                 h = _grow(h, layer)
+            elif isinstance(layer, nn.Upsample):
+                h = upsample_nearest_2x(h)
             elif isinstance(layer, MemBlock):
                 past = state.past.get(index)
                 if past is None:
