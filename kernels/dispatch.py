@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from kernels.fp8 import KVScales
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("triton", "flex", "sdpa", "dense")
@@ -79,30 +81,38 @@ def backend_for(tensor: torch.Tensor) -> str:
 
 
 def lcsa_block_mask(
-    q_windows: torch.Tensor, k_windows: torch.Tensor, *, local_range: int, topk: int, grid: tuple[int, int]
+    q_windows: torch.Tensor, k_windows: torch.Tensor, *, local_range: int, topk: int, grid: tuple[int, int],
+    k_pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LCSA block mask ``(B, H, Lq/128, Lk/64)`` bool (see :mod:`kernels.reference` for semantics).
 
+    ``k_pooled`` ``(B, H, Lk/64, D)``: the keys already mean-pooled per 64 tokens (the streaming cache
+    pools each slice once, when it is written); ``k_windows`` then only gives the shape, and may be FP8.
     PyTorch ops on every backend: on an H100 they are as fast as a Triton radix-select variant we
     measured (docs/attention.md), and they are the reference semantics bit for bit.
     """
     from kernels.reference import lcsa_block_mask_torch
 
-    return lcsa_block_mask_torch(q_windows, k_windows, local_range=local_range, topk=topk, grid=grid)
+    return lcsa_block_mask_torch(q_windows, k_windows, local_range=local_range, topk=topk, grid=grid,
+                                 k_pooled=k_pooled)
 
 
 def sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *, scale: float | None = None,
+    kv_scales: KVScales | None = None,
 ) -> torch.Tensor:
     """Block-sparse attention ``(B, H, Lq, D)`` over kept (128 query x 64 key) blocks, in q's dtype.
 
-    A query block with no kept key block gives zeros.
+    A query block with no kept key block gives zeros. ``kv_scales`` marks k/v as FP8 (e4m3) with those
+    dequantisation scales: the Triton kernel reads them as they are, other backends dequantise first.
     """
     backend = backend_for(q)
     if backend == "triton":
         from kernels.triton_sparse import sparse_attention_triton
 
-        return sparse_attention_triton(q, k, v, block_mask, scale=scale)
+        return sparse_attention_triton(q, k, v, block_mask, scale=scale, kv_scales=kv_scales)
+    if kv_scales is not None:
+        k, v = kv_scales.dequantize(k, v, q.dtype)
     if backend == "flex":
         from kernels.flex import sparse_attention_flex
 

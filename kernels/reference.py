@@ -64,11 +64,20 @@ def check_mask_inputs(q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -
     return q.shape[2] // per_slice, k.shape[2] // per_slice
 
 
-def block_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Pooled scores ``(B, H, Lq/128, Lk/64)`` in the input dtype, as the reference computes them."""
+def pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Mean of every ``block`` consecutive tokens of ``(B, H, L, D)``, in the input dtype: ``(B, H, L/block, D)``."""
+    return x.unflatten(2, (-1, block)).mean(dim=3)
+
+
+def block_scores(q: torch.Tensor, k: torch.Tensor, k_pooled: torch.Tensor | None = None) -> torch.Tensor:
+    """Pooled scores ``(B, H, Lq/128, Lk/64)`` in the input dtype, as the reference computes them.
+
+    ``k_pooled`` (``pool_blocks(k, 64)``, e.g. kept from when each key slice was written) replaces the
+    pooling of ``k``, which is then not read.
+    """
     d = q.shape[-1]
-    q_pool = q.unflatten(2, (-1, Q_BLOCK)).mean(dim=3)
-    k_pool = k.unflatten(2, (-1, K_BLOCK)).mean(dim=3)
+    q_pool = pool_blocks(q, Q_BLOCK)
+    k_pool = pool_blocks(k, K_BLOCK) if k_pooled is None else k_pooled.to(q.dtype)
     return torch.matmul(q_pool, k_pool.transpose(-1, -2)) / math.sqrt(d)
 
 
@@ -88,21 +97,23 @@ def topk_threshold_mask(prob: torch.Tensor, topk: int, query_slices: int) -> tor
 
 
 def block_probabilities(
-    q: torch.Tensor, k: torch.Tensor, *, local_range: int, grid: tuple[int, int]
+    q: torch.Tensor, k: torch.Tensor, *, local_range: int, grid: tuple[int, int], k_pooled: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, int]:
     """fp32 softmax of the locally masked pooled scores ``(B, H, Lq/128, Lk/64)`` and the query slice count."""
     query_slices, key_slices = check_mask_inputs(q, k, grid)
-    scores = block_scores(q, k)
+    scores = block_scores(q, k, k_pooled)
     bias = local_score_bias(tuple(grid), local_range, key_slices, q.device)
     prob = torch.softmax(scores.float().unflatten(2, (query_slices, -1)) + bias, dim=-1)
     return prob.flatten(2, 3), query_slices
 
 
 def lcsa_block_mask_torch(
-    q: torch.Tensor, k: torch.Tensor, *, local_range: int, topk: int, grid: tuple[int, int]
+    q: torch.Tensor, k: torch.Tensor, *, local_range: int, topk: int, grid: tuple[int, int],
+    k_pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """LCSA block mask ``(B, H, Lq/128, Lk/64)`` computed with PyTorch ops (any device)."""
-    prob, query_slices = block_probabilities(q, k, local_range=local_range, grid=grid)
+    """LCSA block mask ``(B, H, Lq/128, Lk/64)`` computed with PyTorch ops (any device); ``k_pooled`` as in
+    :func:`block_scores`."""
+    prob, query_slices = block_probabilities(q, k, local_range=local_range, grid=grid, k_pooled=k_pooled)
     return topk_threshold_mask(prob, topk, query_slices)
 
 

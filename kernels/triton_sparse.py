@@ -4,18 +4,28 @@ Each query block's kept key blocks are first compacted into a per-row list (indi
 attention kernel iterates only over kept blocks. Rows with nothing kept are launched last (they only
 write zeros); the others run either in mask order (neighbouring windows share key blocks in L2) or
 longest-first. Softmax is online in fp32 (exp2), ``tl.dot`` runs in the input dtype.
-With ``BLOCK_N = 128`` one iteration gathers two kept 64-key blocks into a single tile.
+
+Two ways to fetch a kept K/V tile, chosen by GPU generation:
+
+- on Hopper and newer, tensor-memory-accelerator (TMA) loads through a 4D tensor descriptor (one
+  64-row tile per kept block: no address arithmetic in the loop, asynchronous copies);
+- elsewhere, pointer gathers; ``BLOCK_N = 128`` then gathers two kept blocks into one tile.
+
+K/V may be FP8 (e4m3) with one float32 scale per (slot of ``scale_tokens`` keys, head), the layout of
+the DiT's FP8 K/V cache: tiles are read as FP8 (half the bytes of bf16) and the scales are applied to
+the scores and probabilities, so no dequantised copy of the cache is ever made. With ``qk_fp8`` the
+Q·K product itself runs on FP8 tensor cores (Q quantised per 128-row tile in the kernel).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-
 import torch
 import triton
 import triton.language as tl
 
+from kernels.fp8 import FP8_DTYPE, KVScales
 from kernels.reference import K_BLOCK, Q_BLOCK, check_attention_inputs
 
 logger = logging.getLogger(__name__)
@@ -23,6 +33,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_HEAD_DIMS = (64, 128)
 # Used where autotuning is impossible (the CPU interpreter) or unwanted (explicit config).
 DEFAULT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+TMA_MIN_ARCH = 90
 
 
 @triton.jit
@@ -41,17 +52,20 @@ def _compact_rows_kernel(MASK, IDX, CNT, NK, CHUNK: tl.constexpr):
 
 @triton.jit
 def _sparse_attn_fwd(
-    Q, K, V, O, IDX, CNT, ORDER, qk_scale,
+    Q, K, V, O, K_SCALE, V_SCALE, IDX, CNT, ORDER, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    H, NQ, NK,
+    B, H, LQ, LK, NQ, NK, SCALE_TOKENS,
     ARCH: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_TMA: tl.constexpr, KV_FP8: tl.constexpr, QK_FP8: tl.constexpr,
 ):
     """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list."""
     SPLIT: tl.constexpr = 128 // BLOCK_M
     PAIRS: tl.constexpr = BLOCK_N // 64
+    tl.static_assert(not USE_TMA or PAIRS == 1, "TMA loads take one 64-key block per iteration")
+    tl.static_assert(KV_FP8 or not QK_FP8, "FP8 Q.K needs FP8 keys")
     pid = tl.program_id(0)
     row = tl.load(ORDER + pid // SPLIT).to(tl.int64)  # row = (b * H + h) * NQ + q block
     sub = pid % SPLIT
@@ -65,53 +79,109 @@ def _sparse_attn_fwd(
     offs_m = q_block * 128 + sub * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=(count > 0) & (offs_d[None, :] >= 0), other=0.0)
+    if USE_TMA:
+        q_desc = tl.make_tensor_descriptor(Q, shape=[B, H, LQ, HEAD_DIM], strides=[stride_qb, stride_qh, stride_qm, 1],
+                                           block_shape=[1, 1, BLOCK_M, HEAD_DIM])
+        k_desc = tl.make_tensor_descriptor(K, shape=[B, H, LK, HEAD_DIM], strides=[stride_kb, stride_kh, stride_kn, 1],
+                                           block_shape=[1, 1, 64, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(V, shape=[B, H, LK, HEAD_DIM], strides=[stride_vb, stride_vh, stride_vn, 1],
+                                           block_shape=[1, 1, 64, HEAD_DIM])
+        b32 = b.to(tl.int32)
+        h32 = h.to(tl.int32)
+        q = q_desc.load([b32, h32, (q_block * 128 + sub * BLOCK_M).to(tl.int32), 0]).reshape([BLOCK_M, HEAD_DIM])
+    else:
+        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=(count > 0) & (offs_d[None, :] >= 0), other=0.0)
     k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
     v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+    scale_row = h  # scales are (slots, H): element [slot, h] at slot * H + h
+    if QK_FP8:
+        q_amax = tl.max(tl.max(tl.abs(q.to(tl.float32)), 1), 0)
+        q_scale = tl.maximum(q_amax, 1e-12) / 448.0  # largest finite e4m3
+        q = (q.to(tl.float32) / q_scale).to(K.dtype.element_ty)
+        qk_scale = qk_scale * q_scale
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for j in range(0, count, PAIRS):
         if PAIRS == 1:
-            key_rows = tl.load(idx_row + j).to(tl.int64) * 64 + offs_n
-            k = tl.load(k_base + key_rows[:, None] * stride_kn)
-            v = tl.load(v_base + key_rows[:, None] * stride_vn)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            block = tl.load(idx_row + j).to(tl.int64)
+            if USE_TMA:
+                first_key = (block * 64).to(tl.int32)
+                k = k_desc.load([b32, h32, first_key, 0]).reshape([64, HEAD_DIM])
+                v = v_desc.load([b32, h32, first_key, 0]).reshape([64, HEAD_DIM])
+            else:
+                key_rows = block * 64 + offs_n
+                k = tl.load(k_base + key_rows[:, None] * stride_kn)
+                v = tl.load(v_base + key_rows[:, None] * stride_vn)
+            if KV_FP8:
+                slot = block * 64 // SCALE_TOKENS
+                col_scale = tl.load(K_SCALE + slot * H + scale_row) * qk_scale
+                p_scale = tl.load(V_SCALE + slot * H + scale_row)
+            else:
+                col_scale = qk_scale
+                p_scale = 1.0
         else:
-            slot = j + offs_n // 64
-            valid = slot < count
-            key_rows = tl.load(idx_row + slot, mask=valid, other=0).to(tl.int64) * 64 + offs_n % 64
+            slot_in_list = j + offs_n // 64
+            valid = slot_in_list < count
+            blocks = tl.load(idx_row + slot_in_list, mask=valid, other=0).to(tl.int64)
+            key_rows = blocks * 64 + offs_n % 64
             k = tl.load(k_base + key_rows[:, None] * stride_kn, mask=valid[:, None], other=0.0)
             v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
-            s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision="ieee"), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            if KV_FP8:
+                slots = key_rows // SCALE_TOKENS
+                col_scale = (tl.load(K_SCALE + slots * H + scale_row) * qk_scale)[None, :]
+                p_scale = tl.load(V_SCALE + slots * H + scale_row)[None, :]
+            else:
+                col_scale = qk_scale
+                p_scale = 1.0
+        if QK_FP8:
+            s = tl.dot(q, tl.trans(k))
+        else:
+            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee")
+        if PAIRS == 1:
+            s = s * col_scale
+        else:
+            s = tl.where(valid[None, :], s * col_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha
         acc = acc * alpha[:, None]
         m_i = m_new
-        p = tl.math.exp2(s * qk_scale - m_i[:, None])
+        p = tl.math.exp2(s - m_i[:, None])
         l_i += tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
+        acc = tl.dot((p * p_scale).to(O.dtype.element_ty), v.to(O.dtype.element_ty), acc, input_precision="ieee")
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
              out.to(O.dtype.element_ty))
 
 
-def _autotune_configs() -> list[triton.Config]:
-    # Measured on an H100 at the LCSA shapes: one warpgroup on 128 x 64 tiles wins (docs/attention.md).
+def _autotune_configs(use_tma: bool) -> list[triton.Config]:
+    """Candidate tile shapes: TMA (one 64-key block per iteration) or pointer gathers (64 or 128 keys)."""
+    if use_tma:
+        shapes = ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3))
+    else:
+        # Measured on an H100 before TMA: one warpgroup on 128 x 64 tiles won (docs/attention.md).
+        shapes = ((128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3),
+                  (128, 64, 8, 3), (64, 64, 4, 3))
     return [
         triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
-        for block_m, block_n, warps, stages in (
-            (128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3),
-            (128, 64, 8, 3), (64, 64, 4, 3),
-        )
+        for block_m, block_n, warps, stages in shapes
     ]
 
 
-_sparse_attn_fwd_tuned = triton.autotune(configs=_autotune_configs(), key=["ARCH", "HEAD_DIM"])(_sparse_attn_fwd)
+_TUNE_KEY = ["ARCH", "HEAD_DIM", "USE_TMA", "KV_FP8", "QK_FP8"]
+_tuned = {
+    use_tma: triton.autotune(configs=_autotune_configs(use_tma), key=_TUNE_KEY)(_sparse_attn_fwd)
+    for use_tma in (False, True)
+}
+
+
+def tuned_kernel(use_tma: bool):
+    """The autotuned launcher for one load path (benchmarks read its ``best_config``)."""
+    return _tuned[use_tma]
 
 
 def compact_block_lists(
@@ -146,6 +216,25 @@ def _arch(device: torch.device) -> int:
     return major * 10 + minor
 
 
+def tma_supported(device: torch.device) -> bool:
+    """Whether the TMA load path is used on ``device`` (Hopper and newer)."""
+    return _arch(device) >= TMA_MIN_ARCH
+
+
+def _scratch_allocator(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global scratch for the kernel's in-kernel tensor descriptors (a few hundred bytes per program)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _check_tma_layout(*tensors: torch.Tensor) -> bool:
+    """TMA needs a unit last stride and 16-byte aligned base and strides."""
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * size) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
 def sparse_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -153,35 +242,54 @@ def sparse_attention_triton(
     block_mask: torch.Tensor,
     *,
     scale: float | None = None,
+    kv_scales: KVScales | None = None,
+    qk_fp8: bool = False,
+    use_tma: bool | None = None,
     config: dict | None = None,
     schedule: str = "locality",
 ) -> torch.Tensor:
-    """Block-sparse attention with the Triton kernel.
+    """Block-sparse attention with the Triton kernel; the output has q's dtype and memory layout.
 
-    ``config`` fixes BLOCK_M/BLOCK_N/num_warps/num_stages (default: autotuned on CUDA,
-    :data:`DEFAULT_CONFIG` elsewhere, e.g. under ``TRITON_INTERPRET=1``); ``schedule`` is the row launch
-    order (see :func:`compact_block_lists`).
+    ``kv_scales`` marks K/V as FP8 with those dequantisation scales; ``qk_fp8`` then also runs Q·K in FP8.
+    ``use_tma`` None picks TMA loads on Hopper and newer when the layout allows (True forces them, e.g.
+    under the interpreter); ``config`` fixes BLOCK_M/BLOCK_N/num_warps/num_stages (default: autotuned
+    on CUDA, :data:`DEFAULT_CONFIG` elsewhere, e.g. under ``TRITON_INTERPRET=1``); ``schedule`` is the row
+    launch order (see :func:`compact_block_lists`).
     """
     check_attention_inputs(q, k, v, block_mask)
     d = q.shape[-1]
     if d not in SUPPORTED_HEAD_DIMS or v.shape[-1] != d:
         raise ValueError(f"Triton sparse attention supports head dim {SUPPORTED_HEAD_DIMS}, got q {d} / v {v.shape[-1]}")
+    kv_fp8 = kv_scales is not None
+    if kv_fp8 and (k.dtype != FP8_DTYPE or v.dtype != FP8_DTYPE or kv_scales.tokens % K_BLOCK):
+        raise ValueError(f"FP8 K/V must be float8_e4m3fn with scales per multiple of {K_BLOCK} keys, got "
+                         f"{k.dtype}/{v.dtype} and {kv_scales.tokens} keys per scale")
+    if not kv_fp8 and (k.dtype != q.dtype or v.dtype != q.dtype):
+        raise ValueError(f"q/k/v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}) and no FP8 scales were given")
+    if qk_fp8 and not kv_fp8:
+        raise ValueError("qk_fp8 needs FP8 K/V (kv_scales)")
     b, h, lq, _ = q.shape
-    nq, nk = lq // Q_BLOCK, k.shape[2] // K_BLOCK
+    lk = k.shape[2]
+    nq, nk = lq // Q_BLOCK, lk // K_BLOCK
     scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if use_tma is None:
+        use_tma = tma_supported(q.device) and _check_tma_layout(q, k, v)
+    if use_tma and q.is_cuda:
+        triton.set_allocator(_scratch_allocator)
     idx, cnt, order = compact_block_lists(block_mask, schedule)
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    out = torch.empty_like(q)  # same strides as q: the DiT's (B, L, H, D) memory needs no transpose after
+    scales = (kv_scales.keys.contiguous(), kv_scales.values.contiguous()) if kv_fp8 else (None, None)
     args = (
-        q, k, v, out, idx, cnt, order, scale * math.log2(math.e),
+        q, k, v, out, *scales, idx, cnt, order, scale * math.log2(math.e),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        h, nq, nk,
+        b, h, lq, lk, nq, nk, kv_scales.tokens if kv_fp8 else K_BLOCK,
     )
-    arch = _arch(q.device)
+    flags = {"ARCH": _arch(q.device), "HEAD_DIM": d, "USE_TMA": use_tma, "KV_FP8": kv_fp8, "QK_FP8": qk_fp8}
     if config is None and q.is_cuda:
         grid = lambda meta: (b * h * nq * (128 // meta["BLOCK_M"]),)  # noqa: E731
-        _sparse_attn_fwd_tuned[grid](*args, ARCH=arch, HEAD_DIM=d)
+        _tuned[use_tma][grid](*args, **flags)
     else:
         cfg = dict(DEFAULT_CONFIG, **(config or {}))
         grid = (b * h * nq * (128 // cfg["BLOCK_M"]),)
-        _sparse_attn_fwd[grid](*args, ARCH=arch, HEAD_DIM=d, **cfg)
+        _sparse_attn_fwd[grid](*args, **flags, **cfg)
     return out

@@ -77,3 +77,16 @@ def test_mask_rejects_lengths_not_matching_the_grid():
     with pytest.raises(ValueError, match="multiples"):
         kernels.lcsa_block_mask(q, q, local_range=3, topk=2, grid=(2, 2))
 
+
+
+def test_mask_from_pooled_keys_equals_pooling_the_keys():
+    """The streaming cache pools each key slice once; the mask from those pooled keys is the same."""
+    from kernels.reference import pool_blocks
+
+    grid = (3, 3)
+    q = _windows(1, grid, 16, seed=8).float()
+    k = _windows(4, grid, 16, seed=9).float()
+    want = kernels.lcsa_block_mask(q, k, local_range=3, topk=30, grid=grid)
+    got = kernels.lcsa_block_mask(q, k.to(torch.float8_e4m3fn), local_range=3, topk=30, grid=grid,
+                                  k_pooled=pool_blocks(k, 64))
+    assert torch.equal(got, want)

@@ -161,8 +161,7 @@ def test_cached_slice_order_does_not_change_the_result(dit):
         dit.stream_step(noise, features, b, step=step, sparsity=SPARSE)
     assert b.filled == b.slots == 4
     others = [s for s in range(b.slots) if s != b.next_slot]  # the next write replaces the oldest slot
-    n = b.slice_len
-    for buffers in (b.keys, b.values):
+    for buffers, n in ((b.keys, b.slice_len), (b.values, b.slice_len), (b.pooled_keys, b.slice_len // 64)):
         for buf in buffers:
             first, second = buf[:, :, others[0] * n:(others[0] + 1) * n].clone(), buf[:, :, others[2] * n:(others[2] + 1) * n].clone()
             buf[:, :, others[0] * n:(others[0] + 1) * n] = second

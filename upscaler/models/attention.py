@@ -76,10 +76,10 @@ class SelfAttention(nn.Module):
         q = _norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, self.num_heads, step.cos, step.sin)
         k = _norm_rope(self.k(x), self.norm_k.weight, self.norm_k.eps, self.num_heads, step.cos, step.sin)
         v = self.v(x).view(heads).transpose(1, 2)
-        keys, values = step.cache.store(block, k, v)
-        keys, values = keys.to(q.dtype), values.to(q.dtype)
-        mask = kernels.lcsa_block_mask(q, keys, local_range=step.local_range, topk=step.topk, grid=step.grid)
-        out = kernels.sparse_attention(q, keys, values, mask)
+        cached = step.cache.store(block, k, v)
+        mask = kernels.lcsa_block_mask(q, cached.keys, local_range=step.local_range, topk=step.topk, grid=step.grid,
+                                       k_pooled=cached.pooled_keys)
+        out = kernels.sparse_attention(q, cached.keys, cached.values, mask, kv_scales=cached.scales)
         return self.o(out.transpose(1, 2).reshape(b, length, dim))
 
 

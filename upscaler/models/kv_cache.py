@@ -18,37 +18,33 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kernels import KVScales, fp8
+from kernels.reference import K_BLOCK, pool_blocks
 from upscaler.models.config import DiTConfig
 from upscaler.models.fusion import fusable
 
 FIRST_STEP_SLICES = 3
 MIN_RETAINED_SLICES = 2
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def is_fp8(dtype: torch.dtype | None) -> bool:
-    """Whether ``dtype`` is one of the FP8 storage formats (scaled per slice and head)."""
-    return dtype in FP8_DTYPES
+    """Whether ``dtype`` is the FP8 storage format (e4m3, scaled per slice and head)."""
+    return dtype == fp8.FP8_DTYPE
 
 
-@fusable
-def _quantize(x: torch.Tensor, slice_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x (B, H, n*S, D)`` -> FP8 values and float32 scales ``(n, H)``, one per slice and head."""
-    b, h, length, d = x.shape
-    slices = x.view(b, h, length // slice_len, slice_len, d)
-    amax = slices.abs().amax(dim=(0, 3, 4)).float().clamp_min(1e-12)  # (H, n)
-    scale = amax / torch.finfo(dtype).max
-    values = (slices / scale.to(x.dtype)[None, :, :, None, None]).to(dtype).view(b, h, length, d)
-    return values, scale.t().contiguous()
+_quantize = fusable(fp8.quantize)  # one pass when compiled (eager: ~19 ms per 4K output frame on an H100)
 
 
-@fusable
-def _dequantize(x: torch.Tensor, scales: torch.Tensor, slice_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """Inverse of :func:`_quantize` for the first ``scales.shape[0]`` slots (one pass when compiled:
-    at 4K, eager conversion then scaling cost an H100 ~19 ms per output frame)."""
-    b, h, length, d = x.shape
-    slices = x.view(b, h, length // slice_len, slice_len, d).to(dtype)
-    return (slices * scales.t().to(dtype)[None, :, :, None, None]).view(b, h, length, d)
+@dataclass(frozen=True)
+class CachedKV:
+    """What a block's attention reads after :meth:`DiTStreamCache.store`: K/V over the filled slots
+    (FP8 with ``scales``, or the model dtype with ``scales`` None) and the keys mean-pooled per 64 tokens
+    (model dtype, pooled before quantisation) for the LCSA mask."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    pooled_keys: torch.Tensor
+    scales: KVScales | None
 
 
 def ring_slots(kv_ratio: float) -> int:
@@ -65,7 +61,8 @@ def slice_tokens(latent_hw: tuple[int, int], cfg: DiTConfig) -> int:
 def kv_cache_bytes(
     cfg: DiTConfig, latent_hw: tuple[int, int], kv_ratio: float, dtype: torch.dtype, batch: int = 1
 ) -> int:
-    """Bytes of a fully allocated :class:`DiTStreamCache` (K and V of every block)."""
+    """Bytes of a fully allocated :class:`DiTStreamCache` (K and V of every block; the pooled keys,
+    1/64 of K in the model dtype, are left out)."""
     elements = 2 * cfg.num_layers * batch * cfg.dim * ring_slots(kv_ratio) * slice_tokens(latent_hw, cfg)
     return elements * torch.empty((), dtype=dtype).element_size()
 
@@ -80,6 +77,7 @@ class DiTStreamCache:
     dtype: torch.dtype | None = None
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    pooled_keys: list[torch.Tensor] = field(default_factory=list)
     key_scales: list[torch.Tensor] = field(default_factory=list)
     value_scales: list[torch.Tensor] = field(default_factory=list)
     slots: int = 0
@@ -106,6 +104,8 @@ class DiTStreamCache:
         shape = (batch, cfg.num_heads, self.slots * slice_len, cfg.head_dim)
         self.keys = [torch.empty(shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
         self.values = [torch.empty(shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
+        pooled = (batch, cfg.num_heads, self.slots * slice_len // K_BLOCK, cfg.head_dim)
+        self.pooled_keys = [torch.empty(pooled, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         if is_fp8(store):
             scales = (self.slots, cfg.num_heads)
             self.key_scales = [torch.ones(scales, device=device) for _ in range(cfg.num_layers)]
@@ -127,20 +127,23 @@ class DiTStreamCache:
     def end_step(self) -> None:
         self.steps += 1
 
-    def store(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's ``(B, H, L, D)`` K/V of ``block``; returns K/V over the filled slots (views,
-        or dequantized copies in ``k.dtype`` for FP8 storage)."""
+    def store(self, block: int, k: torch.Tensor, v: torch.Tensor) -> CachedKV:
+        """Write this step's ``(B, H, L, D)`` K/V of ``block`` (and its pooled keys); returns what attention
+        reads over the filled slots (views of the buffers: FP8 storage is never dequantised here)."""
         lo, hi = self._write
         end = self.filled * self.slice_len
+        self.pooled_keys[block][:, :, lo // K_BLOCK:hi // K_BLOCK].copy_(pool_blocks(k, K_BLOCK))
+        pooled = self.pooled_keys[block][:, :, :end // K_BLOCK]
+        keys, values = self.keys[block], self.values[block]
         if not self.key_scales:
-            self.keys[block][:, :, lo:hi].copy_(k)
-            self.values[block][:, :, lo:hi].copy_(v)
-            return self.keys[block][:, :, :end], self.values[block][:, :, :end]
+            keys[:, :, lo:hi].copy_(k)
+            values[:, :, lo:hi].copy_(v)
+            return CachedKV(keys[:, :, :end], values[:, :, :end], pooled, None)
         slots = slice(lo // self.slice_len, hi // self.slice_len)
-        for buffer, scales, x in ((self.keys, self.key_scales, k), (self.values, self.value_scales, v)):
-            quantized, scale = _quantize(x, self.slice_len, buffer[block].dtype)
-            buffer[block][:, :, lo:hi].copy_(quantized)
-            scales[block][slots].copy_(scale)
+        for buffer, scales, x in ((keys, self.key_scales[block], k), (values, self.value_scales[block], v)):
+            quantized, scale = _quantize(x, self.slice_len, buffer.dtype)
+            buffer[:, :, lo:hi].copy_(quantized)
+            scales[slots].copy_(scale)
         filled = slice(0, self.filled)
-        return (_dequantize(self.keys[block][:, :, :end], self.key_scales[block][filled], self.slice_len, k.dtype),
-                _dequantize(self.values[block][:, :, :end], self.value_scales[block][filled], self.slice_len, k.dtype))
+        scales = KVScales(self.key_scales[block][filled], self.value_scales[block][filled], self.slice_len)
+        return CachedKV(keys[:, :, :end], values[:, :, :end], pooled, scales)
