@@ -4,6 +4,5 @@ Public API (docs/ARCHITECTURE.md): :func:`lcsa_block_mask`, :func:`sparse_attent
 """
 
 from kernels.dispatch import active_backend, lcsa_block_mask, set_backend, sparse_attention
-from kernels.fp8 import KVScales
 
-__all__ = ["KVScales", "active_backend", "lcsa_block_mask", "set_backend", "sparse_attention"]
+__all__ = ["active_backend", "lcsa_block_mask", "set_backend", "sparse_attention"]

@@ -16,8 +16,6 @@ import os
 
 import torch
 
-from kernels.fp8 import KVScales
-
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("triton", "flex", "sdpa", "dense")
@@ -98,21 +96,17 @@ def lcsa_block_mask(
 
 
 def sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *, scale: float | None = None,
-    kv_scales: KVScales | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *, scale: float | None = None
 ) -> torch.Tensor:
     """Block-sparse attention ``(B, H, Lq, D)`` over kept (128 query x 64 key) blocks, in q's dtype.
 
-    A query block with no kept key block gives zeros. ``kv_scales`` marks k/v as FP8 (e4m3) with those
-    dequantisation scales: the Triton kernel reads them as they are, other backends dequantise first.
+    A query block with no kept key block gives zeros.
     """
     backend = backend_for(q)
     if backend == "triton":
         from kernels.triton_sparse import sparse_attention_triton
 
-        return sparse_attention_triton(q, k, v, block_mask, scale=scale, kv_scales=kv_scales)
-    if kv_scales is not None:
-        k, v = kv_scales.dequantize(k, v, q.dtype)
+        return sparse_attention_triton(q, k, v, block_mask, scale=scale)
     if backend == "flex":
         from kernels.flex import sparse_attention_flex
 

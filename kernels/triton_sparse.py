@@ -7,25 +7,21 @@ longest-first. Softmax is online in fp32 (exp2), ``tl.dot`` runs in the input dt
 
 Two ways to fetch a kept K/V tile, chosen by GPU generation:
 
-- on Hopper and newer, tensor-memory-accelerator (TMA) loads through a 4D tensor descriptor (one
-  64-row tile per kept block: no address arithmetic in the loop, asynchronous copies);
+- on Hopper and newer, tensor-memory-accelerator (TMA) loads through 4D tensor descriptors (no address
+  arithmetic in the loop, asynchronous bulk copies); ``BLOCK_N = 128`` takes two kept blocks per
+  iteration (two 64-key tiles, one softmax update);
 - elsewhere, pointer gathers; ``BLOCK_N = 128`` then gathers two kept blocks into one tile.
-
-K/V may be FP8 (e4m3) with one float32 scale per (slot of ``scale_tokens`` keys, head), the layout of
-the DiT's FP8 K/V cache: tiles are read as FP8 (half the bytes of bf16) and the scales are applied to
-the scores and probabilities, so no dequantised copy of the cache is ever made. With ``qk_fp8`` the
-Q·K product itself runs on FP8 tensor cores (Q quantised per 128-row tile in the kernel).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+
 import torch
 import triton
 import triton.language as tl
 
-from kernels.fp8 import FP8_DTYPE, KVScales
 from kernels.reference import K_BLOCK, Q_BLOCK, check_attention_inputs
 
 logger = logging.getLogger(__name__)
@@ -51,21 +47,52 @@ def _compact_rows_kernel(MASK, IDX, CNT, NK, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def _exp2_fma(x):
+    """``2^x`` for ``x <= 0`` without the special-function unit: round-to-nearest split by the 1.5 * 2^23
+    trick, a degree-3 minimax polynomial of ``2^f`` on [-0.5, 0.5] (relative error 7.5e-5, far below
+    bf16 rounding), the integer part added to the exponent bits. Only FMA and integer ops, so it runs
+    beside ``exp2`` on other pipes (FlashAttention-4's trick against the exp2 throughput limit)."""
+    shifted = tl.maximum(x, -126.0) + 12582912.0
+    rounded = shifted - 12582912.0
+    whole = shifted.to(tl.int32, bitcast=True) - 0x4B400000
+    f = tl.maximum(x, -126.0) - rounded
+    poly = (0.05517132143404098 * f + 0.24261054228172063) * f + 0.6932609856052558
+    poly = poly * f + 0.999928109364153
+    return (poly.to(tl.int32, bitcast=True) + (whole << 23)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exp2_tile(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP_SPLIT: tl.constexpr):
+    """``exp2`` of a score tile; ``EXP_SPLIT == 2`` computes every other column with :func:`_exp2_fma`."""
+    if EXP_SPLIT == 2:
+        even, odd = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
+        return tl.reshape(tl.join(tl.math.exp2(even), _exp2_fma(odd)), [BLOCK_M, BLOCK_N])
+    else:
+        return tl.math.exp2(x)
+
+
+@triton.jit
+def _online_softmax_update(s, m_i, l_i, acc):
+    """Rescale the running max/sum/accumulator for scores ``s`` (already in log2 units)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    return m_new, l_i * alpha, acc * alpha[:, None]
+
+
+@triton.jit
 def _sparse_attn_fwd(
-    Q, K, V, O, K_SCALE, V_SCALE, IDX, CNT, ORDER, qk_scale,
+    Q, K, V, O, IDX, CNT, ORDER, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    B, H, LQ, LK, NQ, NK, SCALE_TOKENS,
+    B, H, LQ, LK, NQ, NK,
     ARCH: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, KV_FP8: tl.constexpr, QK_FP8: tl.constexpr,
+    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, EXP_SPLIT: tl.constexpr,
 ):
     """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list."""
     SPLIT: tl.constexpr = 128 // BLOCK_M
     PAIRS: tl.constexpr = BLOCK_N // 64
-    tl.static_assert(not USE_TMA or PAIRS == 1, "TMA loads take one 64-key block per iteration")
-    tl.static_assert(KV_FP8 or not QK_FP8, "FP8 Q.K needs FP8 keys")
     pid = tl.program_id(0)
     row = tl.load(ORDER + pid // SPLIT).to(tl.int64)  # row = (b * H + h) * NQ + q block
     sub = pid % SPLIT
@@ -79,100 +106,89 @@ def _sparse_attn_fwd(
     offs_m = q_block * 128 + sub * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
+    dtype = O.dtype.element_ty
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if USE_TMA:
+        b32, h32 = b.to(tl.int32), h.to(tl.int32)
         q_desc = tl.make_tensor_descriptor(Q, shape=[B, H, LQ, HEAD_DIM], strides=[stride_qb, stride_qh, stride_qm, 1],
                                            block_shape=[1, 1, BLOCK_M, HEAD_DIM])
         k_desc = tl.make_tensor_descriptor(K, shape=[B, H, LK, HEAD_DIM], strides=[stride_kb, stride_kh, stride_kn, 1],
                                            block_shape=[1, 1, 64, HEAD_DIM])
         v_desc = tl.make_tensor_descriptor(V, shape=[B, H, LK, HEAD_DIM], strides=[stride_vb, stride_vh, stride_vn, 1],
                                            block_shape=[1, 1, 64, HEAD_DIM])
-        b32 = b.to(tl.int32)
-        h32 = h.to(tl.int32)
         q = q_desc.load([b32, h32, (q_block * 128 + sub * BLOCK_M).to(tl.int32), 0]).reshape([BLOCK_M, HEAD_DIM])
+        for j in tl.range(0, count, PAIRS, warp_specialize=WARP_SPECIALIZE):
+            first = tl.load(idx_row + j) * 64
+            k = k_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
+            v = v_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            if PAIRS == 1:
+                m_i, l_i, acc = _online_softmax_update(s, m_i, l_i, acc)
+            else:
+                # the second block of the pair; past the end of an odd list it repeats the first, masked
+                has_second = j + 1 < count
+                second = tl.load(idx_row + j + 1, mask=has_second, other=first // 64) * 64
+                k2 = k_desc.load([b32, h32, second, 0]).reshape([64, HEAD_DIM])
+                v2 = v_desc.load([b32, h32, second, 0]).reshape([64, HEAD_DIM])
+                s2 = tl.dot(q, tl.trans(k2), input_precision="ieee") * qk_scale
+                s2 = tl.where(has_second, s2, float("-inf"))
+                m_i, l_i, acc = _online_softmax_update(tl.maximum(s, s2), m_i, l_i, acc)
+                if EXP_SPLIT == 1:  # the pair's second tile on the FMA pipes, the first on exp2
+                    p2 = _exp2_fma(s2 - m_i[:, None])
+                else:
+                    p2 = _exp2_tile(s2 - m_i[:, None], BLOCK_M, 64, EXP_SPLIT)
+                l_i += tl.sum(p2, 1)
+                acc = tl.dot(p2.to(dtype), v2, acc, input_precision="ieee")
+            p = _exp2_tile(s - m_i[:, None], BLOCK_M, 64, EXP_SPLIT)
+            l_i += tl.sum(p, 1)
+            acc = tl.dot(p.to(dtype), v, acc, input_precision="ieee")
     else:
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                     mask=(count > 0) & (offs_d[None, :] >= 0), other=0.0)
-    k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
-    scale_row = h  # scales are (slots, H): element [slot, h] at slot * H + h
-    if QK_FP8:
-        q_amax = tl.max(tl.max(tl.abs(q.to(tl.float32)), 1), 0)
-        q_scale = tl.maximum(q_amax, 1e-12) / 448.0  # largest finite e4m3
-        q = (q.to(tl.float32) / q_scale).to(K.dtype.element_ty)
-        qk_scale = qk_scale * q_scale
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for j in range(0, count, PAIRS):
-        if PAIRS == 1:
-            block = tl.load(idx_row + j).to(tl.int64)
-            if USE_TMA:
-                first_key = (block * 64).to(tl.int32)
-                k = k_desc.load([b32, h32, first_key, 0]).reshape([64, HEAD_DIM])
-                v = v_desc.load([b32, h32, first_key, 0]).reshape([64, HEAD_DIM])
-            else:
-                key_rows = block * 64 + offs_n
+        k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
+        v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
+        for j in range(0, count, PAIRS):
+            if PAIRS == 1:
+                key_rows = tl.load(idx_row + j).to(tl.int64) * 64 + offs_n
                 k = tl.load(k_base + key_rows[:, None] * stride_kn)
                 v = tl.load(v_base + key_rows[:, None] * stride_vn)
-            if KV_FP8:
-                slot = block * 64 // SCALE_TOKENS
-                col_scale = tl.load(K_SCALE + slot * H + scale_row) * qk_scale
-                p_scale = tl.load(V_SCALE + slot * H + scale_row)
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
             else:
-                col_scale = qk_scale
-                p_scale = 1.0
-        else:
-            slot_in_list = j + offs_n // 64
-            valid = slot_in_list < count
-            blocks = tl.load(idx_row + slot_in_list, mask=valid, other=0).to(tl.int64)
-            key_rows = blocks * 64 + offs_n % 64
-            k = tl.load(k_base + key_rows[:, None] * stride_kn, mask=valid[:, None], other=0.0)
-            v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
-            if KV_FP8:
-                slots = key_rows // SCALE_TOKENS
-                col_scale = (tl.load(K_SCALE + slots * H + scale_row) * qk_scale)[None, :]
-                p_scale = tl.load(V_SCALE + slots * H + scale_row)[None, :]
-            else:
-                col_scale = qk_scale
-                p_scale = 1.0
-        if QK_FP8:
-            s = tl.dot(q, tl.trans(k))
-        else:
-            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee")
-        if PAIRS == 1:
-            s = s * col_scale
-        else:
-            s = tl.where(valid[None, :], s * col_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha
-        acc = acc * alpha[:, None]
-        m_i = m_new
-        p = tl.math.exp2(s - m_i[:, None])
-        l_i += tl.sum(p, 1)
-        acc = tl.dot((p * p_scale).to(O.dtype.element_ty), v.to(O.dtype.element_ty), acc, input_precision="ieee")
+                slot = j + offs_n // 64
+                valid = slot < count
+                key_rows = tl.load(idx_row + slot, mask=valid, other=0).to(tl.int64) * 64 + offs_n % 64
+                k = tl.load(k_base + key_rows[:, None] * stride_kn, mask=valid[:, None], other=0.0)
+                v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
+                s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale, float("-inf"))
+            m_i, l_i, acc = _online_softmax_update(s, m_i, l_i, acc)
+            p = _exp2_tile(s - m_i[:, None], BLOCK_M, BLOCK_N, EXP_SPLIT)
+            l_i += tl.sum(p, 1)
+            acc = tl.dot(p.to(dtype), v, acc, input_precision="ieee")
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             out.to(O.dtype.element_ty))
+             out.to(dtype))
 
 
 def _autotune_configs(use_tma: bool) -> list[triton.Config]:
-    """Candidate tile shapes: TMA (one 64-key block per iteration) or pointer gathers (64 or 128 keys)."""
+    """Candidate tile shapes (BLOCK_M, BLOCK_N, warps, stages) of one load path."""
     if use_tma:
-        shapes = ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 4, 4), (128, 64, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3))
+        shapes = ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2),
+                  (128, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2))
     else:
         # Measured on an H100 before TMA: one warpgroup on 128 x 64 tiles won (docs/attention.md).
         shapes = ((128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3),
                   (128, 64, 8, 3), (64, 64, 4, 3))
     return [
-        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPECIALIZE": False, "EXP_SPLIT": 0},
+                      num_warps=warps, num_stages=stages)
         for block_m, block_n, warps, stages in shapes
     ]
 
 
-_TUNE_KEY = ["ARCH", "HEAD_DIM", "USE_TMA", "KV_FP8", "QK_FP8"]
+_TUNE_KEY = ["ARCH", "HEAD_DIM", "USE_TMA"]
 _tuned = {
     use_tma: triton.autotune(configs=_autotune_configs(use_tma), key=_TUNE_KEY)(_sparse_attn_fwd)
     for use_tma in (False, True)
@@ -180,7 +196,7 @@ _tuned = {
 
 
 def tuned_kernel(use_tma: bool):
-    """The autotuned launcher for one load path (benchmarks read its ``best_config``)."""
+    """The autotuned launcher of one load path (benchmarks read its ``best_config``)."""
     return _tuned[use_tma]
 
 
@@ -242,15 +258,12 @@ def sparse_attention_triton(
     block_mask: torch.Tensor,
     *,
     scale: float | None = None,
-    kv_scales: KVScales | None = None,
-    qk_fp8: bool = False,
     use_tma: bool | None = None,
     config: dict | None = None,
     schedule: str = "locality",
 ) -> torch.Tensor:
     """Block-sparse attention with the Triton kernel; the output has q's dtype and memory layout.
 
-    ``kv_scales`` marks K/V as FP8 with those dequantisation scales; ``qk_fp8`` then also runs Q·K in FP8.
     ``use_tma`` None picks TMA loads on Hopper and newer when the layout allows (True forces them, e.g.
     under the interpreter); ``config`` fixes BLOCK_M/BLOCK_N/num_warps/num_stages (default: autotuned
     on CUDA, :data:`DEFAULT_CONFIG` elsewhere, e.g. under ``TRITON_INTERPRET=1``); ``schedule`` is the row
@@ -260,14 +273,8 @@ def sparse_attention_triton(
     d = q.shape[-1]
     if d not in SUPPORTED_HEAD_DIMS or v.shape[-1] != d:
         raise ValueError(f"Triton sparse attention supports head dim {SUPPORTED_HEAD_DIMS}, got q {d} / v {v.shape[-1]}")
-    kv_fp8 = kv_scales is not None
-    if kv_fp8 and (k.dtype != FP8_DTYPE or v.dtype != FP8_DTYPE or kv_scales.tokens % K_BLOCK):
-        raise ValueError(f"FP8 K/V must be float8_e4m3fn with scales per multiple of {K_BLOCK} keys, got "
-                         f"{k.dtype}/{v.dtype} and {kv_scales.tokens} keys per scale")
-    if not kv_fp8 and (k.dtype != q.dtype or v.dtype != q.dtype):
-        raise ValueError(f"q/k/v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}) and no FP8 scales were given")
-    if qk_fp8 and not kv_fp8:
-        raise ValueError("qk_fp8 needs FP8 K/V (kv_scales)")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q/k/v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     b, h, lq, _ = q.shape
     lk = k.shape[2]
     nq, nk = lq // Q_BLOCK, lk // K_BLOCK
@@ -278,18 +285,17 @@ def sparse_attention_triton(
         triton.set_allocator(_scratch_allocator)
     idx, cnt, order = compact_block_lists(block_mask, schedule)
     out = torch.empty_like(q)  # same strides as q: the DiT's (B, L, H, D) memory needs no transpose after
-    scales = (kv_scales.keys.contiguous(), kv_scales.values.contiguous()) if kv_fp8 else (None, None)
     args = (
-        q, k, v, out, *scales, idx, cnt, order, scale * math.log2(math.e),
+        q, k, v, out, idx, cnt, order, scale * math.log2(math.e),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        b, h, lq, lk, nq, nk, kv_scales.tokens if kv_fp8 else K_BLOCK,
+        b, h, lq, lk, nq, nk,
     )
-    flags = {"ARCH": _arch(q.device), "HEAD_DIM": d, "USE_TMA": use_tma, "KV_FP8": kv_fp8, "QK_FP8": qk_fp8}
+    flags = {"ARCH": _arch(q.device), "HEAD_DIM": d, "USE_TMA": use_tma}
     if config is None and q.is_cuda:
         grid = lambda meta: (b * h * nq * (128 // meta["BLOCK_M"]),)  # noqa: E731
         _tuned[use_tma][grid](*args, **flags)
     else:
-        cfg = dict(DEFAULT_CONFIG, **(config or {}))
+        cfg = {**DEFAULT_CONFIG, "WARP_SPECIALIZE": False, "EXP_SPLIT": 0, **(config or {})}
         grid = (b * h * nq * (128 // cfg["BLOCK_M"]),)
         _sparse_attn_fwd[grid](*args, **flags, **cfg)
     return out

@@ -31,7 +31,7 @@ from triton.testing import do_bench  # noqa: E402
 
 from kernels import triton_sparse  # noqa: E402
 from kernels.flex import _compiled_flex, to_flex_block_mask  # noqa: E402
-from kernels.reference import block_probabilities, block_scores, lcsa_block_mask_torch  # noqa: E402
+from kernels.reference import block_probabilities, block_scores, lcsa_block_mask_torch, pool_blocks  # noqa: E402
 from kernels.triton_sparse import compact_block_lists, sparse_attention_triton  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 128
@@ -112,17 +112,44 @@ def max_err(out: torch.Tensor, index: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max())
 
 
-def run_case(case: Case, args) -> dict:
+# Our kernel's load paths: TMA (the default on Hopper) and pointer gathers (the pre-Hopper path).
+VARIANTS = {"tma": {"use_tma": True}, "ptr": {"use_tma": False}}
+
+
+def make_inputs(case: Case):
+    """bf16 q (the DiT's (B, L, H, D) memory) and k/v (the cache's (B, H, L, D) memory) at the case's
+    shape, and the real LCSA mask."""
     torch.manual_seed(0)
     nw = case.grid[0] * case.grid[1]
     lq, lk = case.query_slices * nw * 128, case.key_slices * nw * 128
-    dev = "cuda"
-    # (B, L, H, D) memory viewed as (B, H, L, D): the layout the DiT passes
-    q = torch.randn(1, lq, HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16).transpose(1, 2)
-    k = torch.randn(1, lk, HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16).transpose(1, 2)
-    v = torch.randn(1, lk, HEADS, HEAD_DIM, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    q = torch.randn(1, lq, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    k, v = (torch.randn(1, HEADS, lk, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = lcsa_block_mask_torch(q, k, local_range=LOCAL_RANGE, topk=case.topk, grid=case.grid)
+    return q, k, v, mask
+
+
+def sweep_configs() -> list[tuple[str, dict]]:
+    """Every autotune candidate of both paths; on the TMA path also with part of the exp2 work on the FMA
+    pipes (EXP_SPLIT 2: every other column; 1: a pair's second tile) and with automatic warp
+    specialisation."""
+    picks = []
+    for name, opts in VARIANTS.items():
+        for i, cfg in enumerate(triton_sparse._autotune_configs(opts["use_tma"])):
+            conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            picks.append((name, conf))
+            if opts["use_tma"]:
+                picks.append((name, dict(conf, EXP_SPLIT=2)))
+                if conf["BLOCK_N"] == 128:
+                    picks.append((name, dict(conf, EXP_SPLIT=1)))
+                if i < 2:
+                    picks.append((name, dict(conf, WARP_SPECIALIZE=True)))
+    return picks
+
+
+def run_case(case: Case, args) -> dict:
+    q, k, v, mask = make_inputs(case)
+    lq, lk = q.shape[2], k.shape[2]
     margs = {"local_range": LOCAL_RANGE, "topk": case.topk, "grid": case.grid}
-    mask = lcsa_block_mask_torch(q, k, **margs)
     counts = mask.sum(-1).float()
     kept = int(mask.sum())
     res = {
@@ -133,26 +160,33 @@ def run_case(case: Case, args) -> dict:
     }
     res["row_imbalance_max_over_mean"] = res["row_count_max"] / max(res["row_count_mean"], 1e-9)
     flops = 4.0 * 128 * 64 * HEAD_DIM * kept
+    k_pooled = pool_blocks(k, 64)
     res["mask_torch_ms"] = bench(lambda: lcsa_block_mask_torch(q, k, **margs))
+    res["mask_pooled_keys_ms"] = bench(lambda: lcsa_block_mask_torch(q, k, **margs, k_pooled=k_pooled))
     res["mask_pool_scores_ms"] = bench(lambda: block_scores(q, k))
     res["mask_probabilities_ms"] = bench(lambda: block_probabilities(q, k, local_range=LOCAL_RANGE, grid=case.grid))
     res["lists_ms"] = bench(lambda: compact_block_lists(mask))
 
-    out = sparse_attention_triton(q, k, v, mask)  # autotunes
-    res["triton_config"] = str(triton_sparse._sparse_attn_fwd_tuned.best_config)
-    res["triton_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask))
-    res["triton_tflops"] = flops / res["triton_ms"] * 1e-9
-    res["triton_lpt_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask, schedule="lpt"))
+    index, ref = reference_rows(q, k, v, mask, heads=[0, HEADS - 1], n_rows=48)
+    outs = {}
+    for name, opts in VARIANTS.items():
+        outs[name] = sparse_attention_triton(q, k, v, mask, **opts)  # autotunes on first use
+        res[f"{name}_config"] = str(triton_sparse.tuned_kernel(opts["use_tma"]).best_config)
+        res[f"{name}_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask, **opts))
+        res[f"{name}_tflops"] = flops / res[f"{name}_ms"] * 1e-9
+        res[f"{name}_max_abs_err"] = max_err(outs[name], index, ref)
+    res["triton_ms"], res["triton_tflops"] = res["tma_ms"], res["tma_tflops"]
+    res["triton_max_abs_err"] = res["tma_max_abs_err"]
+    res["triton_lpt_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask, use_tma=True, schedule="lpt"))
     if args.sweep:
         sweep = {}
-        for cfg in triton_sparse._autotune_configs():
-            conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            for schedule in ("locality", "lpt"):
-                try:
-                    ms = bench(lambda: sparse_attention_triton(q, k, v, mask, config=conf, schedule=schedule), rep=100)
-                except Exception as exc:  # noqa: BLE001 - a config may not fit shared memory
-                    ms = f"failed: {type(exc).__name__}"
-                sweep[f"{conf} {schedule}"] = ms
+        for name, conf in sweep_configs():
+            try:
+                ms = bench(lambda: sparse_attention_triton(q, k, v, mask, config=conf, **VARIANTS[name]), rep=100)
+            except Exception as exc:  # noqa: BLE001 - a config may not fit shared memory or not compile
+                ms = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+            sweep[f"{name} {conf}"] = ms
+            print(f"  sweep {name} {conf}: {ms}", flush=True)
         res["triton_sweep_ms"] = sweep
 
     block_mask = to_flex_block_mask(mask, lq, lk)
@@ -161,59 +195,79 @@ def run_case(case: Case, args) -> dict:
     res["flex_ms"] = bench(lambda: flex(q, k, v, block_mask=block_mask))
     res["flex_mask_convert_ms"] = bench(lambda: to_flex_block_mask(mask, lq, lk))
     res["flex_tflops"] = flops / res["flex_ms"] * 1e-9
-
+    res["flex_max_abs_err"] = max_err(out_flex, index, ref)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         res["sdpa_dense_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v), rep=300)
     res["sdpa_dense_tflops"] = 4.0 * lq * lk * HEAD_DIM * HEADS / res["sdpa_dense_ms"] * 1e-9
 
-    index, ref = reference_rows(q, k, v, mask, heads=[0, HEADS - 1], n_rows=48)
-    res["triton_max_abs_err"] = max_err(out, index, ref)
-    res["flex_max_abs_err"] = max_err(out_flex, index, ref)
     res["speedup_vs_flex"] = res["flex_ms"] / res["triton_ms"]
     res["speedup_vs_sdpa"] = res["sdpa_dense_ms"] / res["triton_ms"]
-    res["mask_fraction_of_attention"] = res["mask_torch_ms"] / res["triton_ms"]
-    del q, k, v, out, out_flex
+    res["mask_fraction_of_attention"] = res["mask_pooled_keys_ms"] / res["triton_ms"]
+    del q, k, v, outs, out_flex
     torch.cuda.empty_cache()
     return res
 
 
+def profile_once(case: Case) -> None:
+    """Run both load paths and flex once after a warm-up (autotuning, compilation) inside a profiler
+    range: ``ncu --profile-from-start off ... --profile-once`` sees exactly one launch of each."""
+    q, k, v, mask = make_inputs(case)
+    block_mask = to_flex_block_mask(mask, q.shape[2], k.shape[2])
+    flex = _compiled_flex()
+    calls = [(name, lambda opts=opts: sparse_attention_triton(q, k, v, mask, **opts)) for name, opts in VARIANTS.items()]
+    calls.append(("flex", lambda: flex(q, k, v, block_mask=block_mask)))
+    for _, call in calls:
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for name, call in calls:
+        print("profiled:", name, flush=True)
+        call()
+        torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
 def small_checks() -> list[dict]:
-    """bf16/fp16 correctness of the kernel on small shapes vs float64, D 64 and 128, empty and full rows."""
+    """Small-shape correctness vs float64 on the GPU: bf16/fp16, D 64 and 128, empty and full rows, both
+    load paths with their configs."""
     results = []
     for dtype in (torch.bfloat16, torch.float16):
         for d in (64, 128):
             g = torch.Generator(device="cuda").manual_seed(d)
             q = torch.randn(2, 3, 4 * 128, d, device="cuda", generator=g).to(dtype)
-            k = torch.randn(2, 3, 24 * 64, d, device="cuda", generator=g).to(dtype)
-            v = torch.randn(2, 3, 24 * 64, d, device="cuda", generator=g).to(dtype)
-            mask = torch.rand(2, 3, 4, 24, device="cuda", generator=g) < 0.3
+            k = torch.randn(2, 3, 23 * 64, d, device="cuda", generator=g).to(dtype)
+            v = torch.randn(2, 3, 23 * 64, d, device="cuda", generator=g).to(dtype)
+            mask = torch.rand(2, 3, 4, 23, device="cuda", generator=g) < 0.3
             mask[0, 0, 0] = False
             mask[1, 2, 3] = True
             tm = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)
-            s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d)
-            ref = torch.softmax(s.masked_fill(~tm, -math.inf), -1).nan_to_num(0) @ v.double()
-            configs = triton_sparse._autotune_configs()
-            # every config for the production combination, two (BLOCK_N 64 and 128) for the others
-            for cfg in configs if (dtype, d) == (torch.bfloat16, 128) else configs[:3:2]:
-                conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-                out = sparse_attention_triton(q, k, v, mask, config=conf)
-                err = float((out.double() - ref).abs().max())
-                results.append({"dtype": str(dtype), "d": d, "config": str(conf), "max_abs_err": err,
-                                "ok": err < (2e-2 if dtype == torch.bfloat16 else 4e-3)})
+            s_ = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d)
+            ref = torch.softmax(s_.masked_fill(~tm, -math.inf), -1).nan_to_num(0) @ v.double()
+            for name, opts in VARIANTS.items():
+                configs = triton_sparse._autotune_configs(opts["use_tma"])
+                # every config for the production combination, the first and last for the others
+                picks = configs if (dtype, d) == (torch.bfloat16, 128) else [configs[0], configs[-1]]
+                for cfg in picks:
+                    conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                    out = sparse_attention_triton(q, k, v, mask, config=conf, **opts)
+                    err = float((out.double() - ref).abs().max())
+                    results.append({"dtype": str(dtype), "d": d, "path": name, "config": str(conf),
+                                    "max_abs_err": err, "ok": err < (2e-2 if dtype == torch.bfloat16 else 4e-3)})
     return results
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| case | Lq x Lk | kept | imbalance max/mean | ours ms | TFLOP/s | flex ms | TFLOP/s | dense SDPA ms"
-            " | mask ms | mask / ours | x flex | x SDPA | err ours | err flex |")
+    head = ("| case | Lq x Lk | kept | rows max/mean | ours ms | TFLOP/s | flex ms | TFLOP/s | dense SDPA ms"
+            " | x flex | x SDPA | pointer-load path ms | mask ms | mask / ours | err ours | err flex |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['lq']} x {r['lk']} | {100 * r['kept_fraction']:.2f}% |"
             f" {r['row_imbalance_max_over_mean']:.2f} | {r['triton_ms']:.2f} | {r['triton_tflops']:.0f} |"
-            f" {r['flex_ms']:.2f} | {r['flex_tflops']:.0f} | {r['sdpa_dense_ms']:.1f} | {r['mask_torch_ms']:.2f} |"
-            f" {100 * r['mask_fraction_of_attention']:.0f}% | {r['speedup_vs_flex']:.2f} | {r['speedup_vs_sdpa']:.1f} |"
-            f" {r['triton_max_abs_err']:.1e} | {r['flex_max_abs_err']:.1e} |"
+            f" {r['flex_ms']:.2f} | {r['flex_tflops']:.0f} | {r['sdpa_dense_ms']:.1f} | {r['speedup_vs_flex']:.2f} |"
+            f" {r['speedup_vs_sdpa']:.1f} | {r['ptr_ms']:.2f} | {r['mask_pooled_keys_ms']:.2f} |"
+            f" {100 * r['mask_pooled_keys_ms'] / r['triton_ms']:.0f}% | {r['triton_max_abs_err']:.1e} |"
+            f" {r['flex_max_abs_err']:.1e} |"
         )
     return "\n".join(lines)
 
@@ -223,6 +277,8 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help="small-shape bf16/fp16 correctness of every config first")
     parser.add_argument("--sweep", action="store_true", help="also time every kernel config explicitly")
     parser.add_argument("--cases", default="all", help="comma-separated case indices (default: all)")
+    parser.add_argument("--profile-once", action="store_true",
+                        help="only run each variant and flex twice on the first case (for ncu), no timing")
     parser.add_argument("--out", default=os.path.join(os.environ["OUT"], "attn.json") if os.environ.get("OUT") else None)
     args = parser.parse_args()
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
@@ -234,6 +290,9 @@ def main() -> None:
         bad = [c for c in report["checks"] if not c["ok"]]
         print(f"small checks: {len(report['checks']) - len(bad)} ok, {len(bad)} failed", bad, flush=True)
     picks = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
+    if args.profile_once:
+        profile_once(picks[0])
+        return
     report["cases"] = []
     for case in picks:
         t0 = time.time()

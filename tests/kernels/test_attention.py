@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels import KVScales, fp8
 from kernels.flex import sparse_attention_flex
 from kernels.reference import sparse_attention_sdpa
 from kernels.triton_sparse import compact_block_lists, sparse_attention_triton
@@ -110,80 +108,22 @@ def test_shape_errors_are_reported():
 
 
 TMA_CASES = [
-    # (mask kind, n_q, n_k, D, dtype, BLOCK_M)
-    ("random", 2, 8, 64, torch.float32, 64),
-    ("empty_rows", 2, 7, 128, torch.float16, 128),
-    ("full_rows", 3, 6, 64, torch.float16, 64),
+    # (mask kind, n_q, n_k, D, dtype, BLOCK_M, BLOCK_N); BLOCK_N 128 = two kept blocks per iteration
+    ("random", 2, 8, 64, torch.float32, 64, 64),
+    ("empty_rows", 2, 7, 128, torch.float16, 128, 64),
+    ("full_rows", 3, 6, 64, torch.float16, 64, 128),
+    ("random", 2, 9, 128, torch.float32, 128, 128),
+    ("single", 2, 5, 64, torch.float32, 128, 128),  # odd counts: the pair's second block is masked
 ]
 
 
-@pytest.mark.parametrize(("kind", "n_q", "n_k", "d", "dtype", "block_m"), TMA_CASES)
-def test_triton_kernel_tma_loads_match_float64_reference(kind, n_q, n_k, d, dtype, block_m):
+@pytest.mark.parametrize(("kind", "n_q", "n_k", "d", "dtype", "block_m", "block_n"), TMA_CASES)
+def test_triton_kernel_tma_loads_match_float64_reference(kind, n_q, n_k, d, dtype, block_m, block_n):
     """The tensor-descriptor (TMA) load path, with q in the DiT's (B, L, H, D) memory layout."""
     gen = torch.Generator().manual_seed(n_k)
     q = torch.randn(1, n_q * 128, 2, d, generator=gen).to(dtype).transpose(1, 2)
     _, k, v = _qkv(n_q, n_k, d, dtype, seed=n_k + d)
     mask = _masks(kind, 2, n_q, n_k, seed=n_q)
-    out = sparse_attention_triton(q, k, v, mask, use_tma=True, config={"BLOCK_M": block_m, "BLOCK_N": 64})
+    out = sparse_attention_triton(q, k, v, mask, use_tma=True, config={"BLOCK_M": block_m, "BLOCK_N": block_n})
     assert out.stride() == q.stride()  # written in q's layout: no transpose before the output projection
     torch.testing.assert_close(out.double(), dense_block_sparse_attention(q, k, v, mask), atol=TOLERANCE[dtype], rtol=0)
-
-
-def _fp8_kv(n_k: int, d: int, tokens: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    k = torch.randn(1, 2, n_k * 64, d, generator=gen) * torch.tensor([0.5, 3.0])[None, :, None, None]
-    v = torch.randn(1, 2, n_k * 64, d, generator=gen)
-    k8, k_scales = fp8.quantize(k, tokens)
-    v8, v_scales = fp8.quantize(v, tokens)
-    return k8, v8, KVScales(k_scales, v_scales, tokens)
-
-
-@pytest.mark.parametrize(
-    ("use_tma", "config"),
-    [(False, {"BLOCK_M": 64, "BLOCK_N": 64}), (False, {"BLOCK_M": 128, "BLOCK_N": 128}), (True, {"BLOCK_M": 128, "BLOCK_N": 64})],
-)
-def test_triton_kernel_reads_fp8_kv_with_per_slot_scales(use_tma, config):
-    """FP8 K/V straight from the cache layout (a scale per 128-key slot and head; BLOCK_N 128 gathers
-    blocks of different slots into one tile): equal to attention over the dequantised K/V."""
-    q, _, _ = _qkv(2, 8, 64, torch.float32, seed=21)
-    k8, v8, scales = _fp8_kv(8, 64, 128, seed=22)
-    mask = _masks("empty_rows", 2, 2, 8, seed=23)
-    k, v = scales.dequantize(k8, v8, torch.float32)
-    out = sparse_attention_triton(q, k8, v8, mask, kv_scales=scales, use_tma=use_tma, config=config)
-    assert out.dtype == q.dtype
-    torch.testing.assert_close(out.double(), dense_block_sparse_attention(q, k, v, mask), atol=2e-5, rtol=0)
-
-
-def test_triton_kernel_fp8_qk_is_close():
-    """Q·K on FP8 operands (Q quantised per 128-row tile): close to the exact result, not equal. Head 1's
-    keys are 3x larger, so its softmax is sharp and e4m3's 3 mantissa bits move single weights a lot."""
-    q, _, _ = _qkv(2, 8, 64, torch.float32, seed=31)
-    k8, v8, scales = _fp8_kv(8, 64, 128, seed=32)
-    mask = _masks("random", 2, 2, 8, seed=33)
-    k, v = scales.dequantize(k8, v8, torch.float32)
-    expected = dense_block_sparse_attention(q, k, v, mask)
-    out = sparse_attention_triton(q, k8, v8, mask, kv_scales=scales, qk_fp8=True, config={"BLOCK_M": 128})
-    error = (out.double() - expected).abs()
-    assert 0 < error.max() < 1.0 and error.mean() < 0.02, (error.max().item(), error.mean().item())
-
-
-def test_fp8_inputs_are_checked():
-    q, k, v = _qkv(2, 4, 64, torch.float32, seed=5)
-    k8, v8, scales = _fp8_kv(4, 64, 128, seed=6)
-    mask = torch.ones(1, 2, 2, 4, dtype=torch.bool)
-    with pytest.raises(ValueError, match="no FP8 scales"):
-        sparse_attention_triton(q, k8, v8, mask)
-    with pytest.raises(ValueError, match="float8_e4m3fn"):
-        sparse_attention_triton(q, k, v, mask, kv_scales=scales)
-    with pytest.raises(ValueError, match="qk_fp8"):
-        sparse_attention_triton(q, k, v, mask, qk_fp8=True)
-
-
-def test_fallback_backends_dequantise_fp8_kv():
-    """Through the public API on the CPU (the SDPA path): FP8 K/V are dequantised first."""
-    q, _, _ = _qkv(2, 8, 32, torch.float32, seed=41)
-    k8, v8, scales = _fp8_kv(8, 32, 64, seed=42)
-    mask = _masks("empty_rows", 2, 2, 8, seed=43)
-    k, v = scales.dequantize(k8, v8, torch.float32)
-    out = kernels.sparse_attention(q, k8, v8, mask, kv_scales=scales)
-    torch.testing.assert_close(out.double(), dense_block_sparse_attention(q, k, v, mask), atol=2e-5, rtol=0)
