@@ -62,16 +62,6 @@ def _exp2_fma(x):
 
 
 @triton.jit
-def _exp2_tile(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP_SPLIT: tl.constexpr):
-    """``exp2`` of a score tile; ``EXP_SPLIT == 2`` computes every other column with :func:`_exp2_fma`."""
-    if EXP_SPLIT == 2:
-        even, odd = tl.split(tl.reshape(x, [BLOCK_M, BLOCK_N // 2, 2]))
-        return tl.reshape(tl.join(tl.math.exp2(even), _exp2_fma(odd)), [BLOCK_M, BLOCK_N])
-    else:
-        return tl.math.exp2(x)
-
-
-@triton.jit
 def _online_softmax_update(s, m_i, l_i, acc):
     """Rescale the running max/sum/accumulator for scores ``s`` (already in log2 units)."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -88,9 +78,11 @@ def _sparse_attn_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     B, H, LQ, LK, NQ, NK,
     ARCH: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, EXP_SPLIT: tl.constexpr,
+    USE_TMA: tl.constexpr, FMA_EXP: tl.constexpr,
 ):
-    """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list."""
+    """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list.
+
+    ``FMA_EXP`` (TMA path, two blocks per iteration): the second tile's exp2 runs on the FMA pipes."""
     SPLIT: tl.constexpr = 128 // BLOCK_M
     PAIRS: tl.constexpr = BLOCK_N // 64
     pid = tl.program_id(0)
@@ -119,7 +111,7 @@ def _sparse_attn_fwd(
         v_desc = tl.make_tensor_descriptor(V, shape=[B, H, LK, HEAD_DIM], strides=[stride_vb, stride_vh, stride_vn, 1],
                                            block_shape=[1, 1, 64, HEAD_DIM])
         q = q_desc.load([b32, h32, (q_block * 128 + sub * BLOCK_M).to(tl.int32), 0]).reshape([BLOCK_M, HEAD_DIM])
-        for j in tl.range(0, count, PAIRS, warp_specialize=WARP_SPECIALIZE):
+        for j in range(0, count, PAIRS):
             first = tl.load(idx_row + j) * 64
             k = k_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
             v = v_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
@@ -135,13 +127,13 @@ def _sparse_attn_fwd(
                 s2 = tl.dot(q, tl.trans(k2), input_precision="ieee") * qk_scale
                 s2 = tl.where(has_second, s2, float("-inf"))
                 m_i, l_i, acc = _online_softmax_update(tl.maximum(s, s2), m_i, l_i, acc)
-                if EXP_SPLIT == 1:  # the pair's second tile on the FMA pipes, the first on exp2
+                if FMA_EXP:
                     p2 = _exp2_fma(s2 - m_i[:, None])
                 else:
-                    p2 = _exp2_tile(s2 - m_i[:, None], BLOCK_M, 64, EXP_SPLIT)
+                    p2 = tl.math.exp2(s2 - m_i[:, None])
                 l_i += tl.sum(p2, 1)
                 acc = tl.dot(p2.to(dtype), v2, acc, input_precision="ieee")
-            p = _exp2_tile(s - m_i[:, None], BLOCK_M, 64, EXP_SPLIT)
+            p = tl.math.exp2(s - m_i[:, None])
             l_i += tl.sum(p, 1)
             acc = tl.dot(p.to(dtype), v, acc, input_precision="ieee")
     else:
@@ -163,7 +155,7 @@ def _sparse_attn_fwd(
                 v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
                 s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale, float("-inf"))
             m_i, l_i, acc = _online_softmax_update(s, m_i, l_i, acc)
-            p = _exp2_tile(s - m_i[:, None], BLOCK_M, BLOCK_N, EXP_SPLIT)
+            p = tl.math.exp2(s - m_i[:, None])
             l_i += tl.sum(p, 1)
             acc = tl.dot(p.to(dtype), v, acc, input_precision="ieee")
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -173,18 +165,18 @@ def _sparse_attn_fwd(
 
 
 def _autotune_configs(use_tma: bool) -> list[triton.Config]:
-    """Candidate tile shapes (BLOCK_M, BLOCK_N, warps, stages) of one load path."""
+    """Candidate configs (BLOCK_M, BLOCK_N, FMA_EXP, warps, stages) of one load path."""
     if use_tma:
-        shapes = ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2),
-                  (128, 128, 8, 3), (64, 64, 4, 2), (64, 64, 4, 3), (64, 128, 4, 2))
+        shapes = ((128, 64, False, 4, 2), (128, 64, False, 4, 3), (128, 64, False, 8, 2), (64, 64, False, 4, 2),
+                  (64, 64, False, 4, 3), (128, 128, False, 8, 2), (128, 128, True, 8, 2), (64, 128, False, 4, 2),
+                  (64, 128, True, 4, 2))
     else:
         # Measured on an H100 before TMA: one warpgroup on 128 x 64 tiles won (docs/attention.md).
-        shapes = ((128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3),
-                  (128, 64, 8, 3), (64, 64, 4, 3))
+        shapes = ((128, 64, False, 4, 4), (128, 64, False, 4, 3), (128, 64, False, 4, 2), (128, 128, False, 8, 2),
+                  (128, 128, False, 8, 3), (128, 64, False, 8, 3), (64, 64, False, 4, 3))
     return [
-        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "WARP_SPECIALIZE": False, "EXP_SPLIT": 0},
-                      num_warps=warps, num_stages=stages)
-        for block_m, block_n, warps, stages in shapes
+        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "FMA_EXP": fma_exp}, num_warps=warps, num_stages=stages)
+        for block_m, block_n, fma_exp, warps, stages in shapes
     ]
 
 
@@ -295,7 +287,7 @@ def sparse_attention_triton(
         grid = lambda meta: (b * h * nq * (128 // meta["BLOCK_M"]),)  # noqa: E731
         _tuned[use_tma][grid](*args, **flags)
     else:
-        cfg = {**DEFAULT_CONFIG, "WARP_SPECIALIZE": False, "EXP_SPLIT": 0, **(config or {})}
+        cfg = {**DEFAULT_CONFIG, "FMA_EXP": False, **(config or {})}
         grid = (b * h * nq * (128 // cfg["BLOCK_M"]),)
         _sparse_attn_fwd[grid](*args, **flags, **cfg)
     return out

@@ -129,21 +129,12 @@ def make_inputs(case: Case):
 
 
 def sweep_configs() -> list[tuple[str, dict]]:
-    """Every autotune candidate of both paths; on the TMA path also with part of the exp2 work on the FMA
-    pipes (EXP_SPLIT 2: every other column; 1: a pair's second tile) and with automatic warp
-    specialisation."""
-    picks = []
-    for name, opts in VARIANTS.items():
-        for i, cfg in enumerate(triton_sparse._autotune_configs(opts["use_tma"])):
-            conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-            picks.append((name, conf))
-            if opts["use_tma"]:
-                picks.append((name, dict(conf, EXP_SPLIT=2)))
-                if conf["BLOCK_N"] == 128:
-                    picks.append((name, dict(conf, EXP_SPLIT=1)))
-                if i < 2:
-                    picks.append((name, dict(conf, WARP_SPECIALIZE=True)))
-    return picks
+    """Every autotune candidate of both paths."""
+    return [
+        (name, dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+        for name, opts in VARIANTS.items()
+        for cfg in triton_sparse._autotune_configs(opts["use_tma"])
+    ]
 
 
 def run_case(case: Case, args) -> dict:
