@@ -44,3 +44,10 @@ def test_length_check_answers_ten_only_when_five_clips_fit() -> None:
     assert max_content_length(table, 3840, 2160, device="h100") == 10  # 5 x 300 / 12 = 125 s
     slow = ThroughputTable(table.entries, 0.5, 1.2, 1.5)
     assert max_content_length(slow, 3840, 2160, device="h100") == 5
+
+
+def test_a_measured_gpu_without_tiny_long_rows_uses_its_own_tiny_rows() -> None:
+    rows = _table().entries + (Measurement("h200", "tiny", 3840, 2160, 7.0, 44.0),)
+    table = ThroughputTable(rows, unknown_gpu_factor=0.5, safety_margin=1.0, clip_overhead_s=0.0)
+    assert table.frames_per_second("h200", "tiny-long", 3840, 2160) == 7.0
+    assert table.frames_per_second("h200", "full", 1920, 1080) == 5.0  # no H200 Full row: the H100's, halved

@@ -13,6 +13,7 @@ GIB = 1024**3
 VIDAIO_CLIPS_PER_ROUND = 5
 VIDAIO_ROUND_SECONDS = 135.0
 VIDAIO_FPS = 30
+SAME_ENGINE = {"tiny-long": "tiny"}  # a variant whose speed is its twin's where it was not measured
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,14 @@ class ThroughputTable:
         )
 
     def _rows(self, device: str, variant: str) -> tuple[list[Measurement], float]:
-        rows = [e for e in self.entries if e.device == device and e.variant == variant]
-        if rows:
-            return sorted(rows, key=lambda e: e.pixels), 1.0
-        fallback = [e for e in self.entries if e.device == "h100" and e.variant == variant] or [
-            e for e in self.entries if e.device == "h100" and e.variant == "tiny"
-        ]
-        if not fallback:
-            raise LookupError(f"no throughput measurement for variant {variant!r}")
-        return sorted(fallback, key=lambda e: e.pixels), self.unknown_gpu_factor
+        """Rows for (device, variant); for Tiny-Long without rows, Tiny's (the same engine and decoder with
+        smaller buffers); for an unmeasured device, the H100's scaled by ``unknown_gpu_factor``."""
+        for dev, factor in ((device, 1.0), ("h100", self.unknown_gpu_factor)):
+            for var in dict.fromkeys((variant, SAME_ENGINE.get(variant, variant))):
+                rows = [e for e in self.entries if e.device == dev and e.variant == var]
+                if rows:
+                    return sorted(rows, key=lambda e: e.pixels), factor
+        raise LookupError(f"no throughput measurement for variant {variant!r}")
 
     @staticmethod
     def _interpolate(rows: list[Measurement], pixels: int, value) -> float:
