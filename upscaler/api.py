@@ -20,7 +20,7 @@ from upscaler.lq_frames import LQFrames
 from upscaler.models import fusion
 from upscaler.models.config import SparsityParams
 from upscaler.report import Progress, UpscaleReport
-from upscaler.resize import to_uint8_frames
+from upscaler.resize import frames_to_host
 from upscaler.settings import UpscalerSettings, VariantSettings
 from upscaler.components import load_components
 from upscaler.models.tiled_decode import TiledDecoder, TileSpec
@@ -124,11 +124,9 @@ class Upscaler:
             reader, geometry, device=self.device, dtype=self.dtype,
             pad_mode=self.settings.pad_mode, multiple=self.settings.spatial_multiple,
         )
-        lq = LQFrames(batches)
-        for chunk in engine.run(lq, geometry.out_size, geometry.model_size, timer=timer, should_cancel=should_cancel):
-            with timer.stage("to_uint8"):
-                frames = to_uint8_frames(chunk)
-            yield frames
+        chunks = engine.run(LQFrames(batches), geometry.out_size, geometry.model_size, timer=timer,
+                            should_cancel=should_cancel)
+        yield from frames_to_host(chunks, timer)
 
     def upscale_file(
         self,

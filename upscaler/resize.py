@@ -2,16 +2,20 @@
 
 Input side: bicubic resize to the model's working size (``F.interpolate``, ``align_corners=False``,
 no antialiasing, as the reference pipeline), done on the GPU when ``device`` is CUDA. Output side:
-clamp, scale and permute on the GPU, then a single copy to pinned host memory.
+clamp, scale and permute on the GPU, then a single asynchronous copy to pinned host memory, waited
+for one step later (:func:`frames_to_host`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from upscaler.timing import StageTimer
 
 PadMode = Literal["replicate", "reflect"]
 
@@ -53,17 +57,58 @@ def to_model_input(
     return x.to(dtype).unsqueeze(0)
 
 
-def to_uint8_frames(x: torch.Tensor) -> torch.Tensor:
-    """``(1, 3, T, H, W)`` in [-1, 1] -> ``uint8 (T, H, W, 3)`` CPU tensor (pinned when ``x`` is on CUDA)."""
+@dataclass(frozen=True)
+class HostFrames:
+    """uint8 ``(T, H, W, 3)`` frames on their way to pinned host memory: :meth:`wait` returns them once
+    the device-to-host copy has finished (at once for CPU tensors)."""
+
+    frames: torch.Tensor
+    copied: torch.cuda.Event | None = None
+
+    def wait(self) -> torch.Tensor:
+        """The frames, after the copy has completed."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.frames
+
+
+def start_uint8_copy(x: torch.Tensor) -> HostFrames:
+    """``(1, 3, T, H, W)`` in [-1, 1] -> uint8 ``(T, H, W, 3)``: converted on the tensor's device, then
+    copied to pinned host memory without blocking the host (CUDA)."""
     if x.ndim != 5 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"expected (1, 3, T, H, W), got shape {tuple(x.shape)}")
     frames = x[0].float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
     frames = frames.permute(1, 2, 3, 0).contiguous()
     if frames.device.type != "cuda":
-        return frames
+        return HostFrames(frames)
     host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
-    host.copy_(frames)  # blocking: the encoder thread reads it right away
-    return host
+    host.copy_(frames, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return HostFrames(host, copied)
+
+
+def to_uint8_frames(x: torch.Tensor) -> torch.Tensor:
+    """``(1, 3, T, H, W)`` in [-1, 1] -> ``uint8 (T, H, W, 3)`` CPU tensor (pinned when ``x`` is on CUDA)."""
+    return start_uint8_copy(x).wait()
+
+
+def frames_to_host(chunks: Iterable[torch.Tensor], timer: StageTimer) -> Iterator[torch.Tensor]:
+    """Yield each ``(1, 3, T, H, W)`` chunk as uint8 host frames, one chunk behind.
+
+    The copy of chunk n is waited for only once chunk n+1's GPU work has been queued, so the host
+    never drains the GPU queue at a step boundary: the host-side work of the next step (input frames,
+    launches) overlaps the GPU instead of following it.
+    """
+    pending: HostFrames | None = None
+    for chunk in chunks:
+        with timer.stage("to_uint8"):
+            started = start_uint8_copy(chunk)
+        if pending is not None:
+            yield pending.wait()
+        pending = started
+    if pending is not None:
+        yield pending.wait()
 
 
 def pad_to_size(x: torch.Tensor, height: int, width: int, mode: PadMode = "replicate") -> torch.Tensor:

@@ -21,7 +21,7 @@ from upscaler.engine import StreamingEngine
 from upscaler.frame_source import lq_batches
 from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
-from upscaler.resize import to_uint8_frames
+from upscaler.resize import frames_to_host
 from upscaler.settings import UpscalerSettings, VariantSettings
 from upscaler.tiling import FeatherBlender, Tile, tile_grid
 from upscaler.timing import StageTimer
@@ -104,9 +104,7 @@ class TiledRun:
         out = _TileFile(target, tile)
         chunks = self.engine.run(LQFrames(batches), (tile.width, tile.height), model_size,
                                  timer=timer, should_cancel=should_cancel)
-        for chunk in chunks:
-            with timer.stage("to_uint8"):
-                frames = to_uint8_frames(chunk)
+        for frames in frames_to_host(chunks, timer):
             with timer.stage("tile_store"):
                 out.append(frames)
         log.info("tile done y=%d x=%d size=%dx%d frames=%d", tile.y, tile.x, tile.width, tile.height, out.frames)

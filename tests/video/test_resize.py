@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upscaler.resize import pad_to_size, to_model_input, to_uint8_frames
+from upscaler.resize import frames_to_host, pad_to_size, to_model_input, to_uint8_frames
+from upscaler.timing import StageTimer
 
 
 def _frames(t: int = 3, h: int = 19, w: int = 33) -> torch.Tensor:
@@ -39,6 +40,36 @@ def test_to_uint8_clamps_and_rounds() -> None:
     out = to_uint8_frames(x)
     assert out.shape == (1, 1, 6, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 128, 128, 255, 255]
+
+
+def _chunks(device: str, n: int = 4) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.rand(1, 3, 2 + i, 6, 10, generator=gen) * 2 - 1).to(device) for i in range(n)]
+
+
+def test_frames_to_host_yields_every_chunk_in_order() -> None:
+    """One chunk behind internally, but every chunk comes out, in order, converted like to_uint8_frames."""
+    chunks = _chunks("cpu")
+    out = list(frames_to_host(iter(chunks), StageTimer(torch.device("cpu"))))
+    assert [o.shape[0] for o in out] == [2, 3, 4, 5]
+    for got, chunk in zip(out, chunks):
+        torch.testing.assert_close(got, to_uint8_frames(chunk), atol=0, rtol=0)
+    assert list(frames_to_host(iter([]), StageTimer(torch.device("cpu")))) == []
+
+
+def test_frames_to_host_asks_for_the_next_chunk_before_handing_out_the_previous() -> None:
+    """The consumer gets chunk n only after the producer was asked for chunk n+1 (its GPU work queued)."""
+    produced: list[int] = []
+
+    def producer():
+        for i, chunk in enumerate(_chunks("cpu", 3)):
+            produced.append(i)
+            yield chunk
+
+    seen = []
+    for frames in frames_to_host(producer(), StageTimer(torch.device("cpu"))):
+        seen.append((frames.shape[0], list(produced)))
+    assert seen == [(2, [0, 1]), (3, [0, 1, 2]), (4, [0, 1, 2])]
 
 
 def test_shape_errors() -> None:
@@ -82,3 +113,8 @@ def test_cuda_path_matches_cpu_and_returns_pinned_frames() -> None:
     back = to_uint8_frames(on_gpu)
     assert back.device.type == "cpu" and back.is_pinned() and back.shape == (4, 216, 384, 3)
     torch.testing.assert_close(back, to_uint8_frames(on_cpu), atol=2, rtol=0)
+    chunks = _chunks("cuda")
+    streamed = list(frames_to_host(iter(chunks), StageTimer(torch.device("cuda"))))
+    assert all(f.is_pinned() for f in streamed)
+    for got, chunk in zip(streamed, chunks):
+        torch.testing.assert_close(got, to_uint8_frames(chunk.cpu()), atol=0, rtol=0)
