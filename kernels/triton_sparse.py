@@ -8,8 +8,7 @@ longest-first. Softmax is online in fp32 (exp2), ``tl.dot`` runs in the input dt
 Two ways to fetch a kept K/V tile, chosen by GPU generation:
 
 - on Hopper and newer, tensor-memory-accelerator (TMA) loads through 4D tensor descriptors (no address
-  arithmetic in the loop, asynchronous bulk copies); ``BLOCK_N = 128`` takes two kept blocks per
-  iteration (two 64-key tiles, one softmax update);
+  arithmetic in the loop, asynchronous bulk copies), one kept 64-key block per iteration;
 - elsewhere, pointer gathers; ``BLOCK_N = 128`` then gathers two kept blocks into one tile.
 """
 
@@ -47,21 +46,6 @@ def _compact_rows_kernel(MASK, IDX, CNT, NK, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _exp2_fma(x):
-    """``2^x`` for ``x <= 0`` without the special-function unit: round-to-nearest split by the 1.5 * 2^23
-    trick, a degree-3 minimax polynomial of ``2^f`` on [-0.5, 0.5] (relative error 7.5e-5, far below
-    bf16 rounding), the integer part added to the exponent bits. Only FMA and integer ops, so it runs
-    beside ``exp2`` on other pipes (FlashAttention-4's trick against the exp2 throughput limit)."""
-    shifted = tl.maximum(x, -126.0) + 12582912.0
-    rounded = shifted - 12582912.0
-    whole = shifted.to(tl.int32, bitcast=True) - 0x4B400000
-    f = tl.maximum(x, -126.0) - rounded
-    poly = (0.05517132143404098 * f + 0.24261054228172063) * f + 0.6932609856052558
-    poly = poly * f + 0.999928109364153
-    return (poly.to(tl.int32, bitcast=True) + (whole << 23)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _online_softmax_update(s, m_i, l_i, acc):
     """Rescale the running max/sum/accumulator for scores ``s`` (already in log2 units)."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -78,13 +62,12 @@ def _sparse_attn_fwd(
     stride_ob, stride_oh, stride_om, stride_od,
     B, H, LQ, LK, NQ, NK,
     ARCH: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, FMA_EXP: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
-    """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list.
-
-    ``FMA_EXP`` (TMA path, two blocks per iteration): the second tile's exp2 runs on the FMA pipes."""
+    """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list."""
     SPLIT: tl.constexpr = 128 // BLOCK_M
     PAIRS: tl.constexpr = BLOCK_N // 64
+    tl.static_assert(not USE_TMA or PAIRS == 1, "TMA loads take one 64-key block per iteration")
     pid = tl.program_id(0)
     row = tl.load(ORDER + pid // SPLIT).to(tl.int64)  # row = (b * H + h) * NQ + q block
     sub = pid % SPLIT
@@ -111,28 +94,12 @@ def _sparse_attn_fwd(
         v_desc = tl.make_tensor_descriptor(V, shape=[B, H, LK, HEAD_DIM], strides=[stride_vb, stride_vh, stride_vn, 1],
                                            block_shape=[1, 1, 64, HEAD_DIM])
         q = q_desc.load([b32, h32, (q_block * 128 + sub * BLOCK_M).to(tl.int32), 0]).reshape([BLOCK_M, HEAD_DIM])
-        for j in range(0, count, PAIRS):
+        for j in range(0, count):
             first = tl.load(idx_row + j) * 64
             k = k_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
             v = v_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            if PAIRS == 1:
-                m_i, l_i, acc = _online_softmax_update(s, m_i, l_i, acc)
-            else:
-                # the second block of the pair; past the end of an odd list it repeats the first, masked
-                has_second = j + 1 < count
-                second = tl.load(idx_row + j + 1, mask=has_second, other=first // 64) * 64
-                k2 = k_desc.load([b32, h32, second, 0]).reshape([64, HEAD_DIM])
-                v2 = v_desc.load([b32, h32, second, 0]).reshape([64, HEAD_DIM])
-                s2 = tl.dot(q, tl.trans(k2), input_precision="ieee") * qk_scale
-                s2 = tl.where(has_second, s2, float("-inf"))
-                m_i, l_i, acc = _online_softmax_update(tl.maximum(s, s2), m_i, l_i, acc)
-                if FMA_EXP:
-                    p2 = _exp2_fma(s2 - m_i[:, None])
-                else:
-                    p2 = tl.math.exp2(s2 - m_i[:, None])
-                l_i += tl.sum(p2, 1)
-                acc = tl.dot(p2.to(dtype), v2, acc, input_precision="ieee")
+            m_i, l_i, acc = _online_softmax_update(s, m_i, l_i, acc)
             p = tl.math.exp2(s - m_i[:, None])
             l_i += tl.sum(p, 1)
             acc = tl.dot(p.to(dtype), v, acc, input_precision="ieee")
@@ -165,18 +132,18 @@ def _sparse_attn_fwd(
 
 
 def _autotune_configs(use_tma: bool) -> list[triton.Config]:
-    """Candidate configs (BLOCK_M, BLOCK_N, FMA_EXP, warps, stages) of one load path."""
+    """Candidate configs (BLOCK_M, BLOCK_N, warps, stages) of one load path."""
     if use_tma:
-        shapes = ((128, 64, False, 4, 2), (128, 64, False, 4, 3), (128, 64, False, 8, 2), (64, 64, False, 4, 2),
-                  (64, 64, False, 4, 3), (128, 128, False, 8, 2), (128, 128, True, 8, 2), (64, 128, False, 4, 2),
-                  (64, 128, True, 4, 2))
+        # On an H200 every shape chose (128, 64, 4, 2); two kept blocks per iteration (with or without
+        # part of the exp2 work on the FMA pipes) never won and were removed (docs/attention.md).
+        shapes = ((128, 64, 4, 2), (128, 64, 4, 3), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3))
     else:
         # Measured on an H100 before TMA: one warpgroup on 128 x 64 tiles won (docs/attention.md).
-        shapes = ((128, 64, False, 4, 4), (128, 64, False, 4, 3), (128, 64, False, 4, 2), (128, 128, False, 8, 2),
-                  (128, 128, False, 8, 3), (128, 64, False, 8, 3), (64, 64, False, 4, 3))
+        shapes = ((128, 64, 4, 4), (128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 8, 2), (128, 128, 8, 3),
+                  (128, 64, 8, 3), (64, 64, 4, 3))
     return [
-        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "FMA_EXP": fma_exp}, num_warps=warps, num_stages=stages)
-        for block_m, block_n, fma_exp, warps, stages in shapes
+        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+        for block_m, block_n, warps, stages in shapes
     ]
 
 
@@ -287,7 +254,7 @@ def sparse_attention_triton(
         grid = lambda meta: (b * h * nq * (128 // meta["BLOCK_M"]),)  # noqa: E731
         _tuned[use_tma][grid](*args, **flags)
     else:
-        cfg = {**DEFAULT_CONFIG, "FMA_EXP": False, **(config or {})}
+        cfg = {**DEFAULT_CONFIG, **(config or {})}
         grid = (b * h * nq * (128 // cfg["BLOCK_M"]),)
         _sparse_attn_fwd[grid](*args, **flags, **cfg)
     return out
