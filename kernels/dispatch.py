@@ -85,7 +85,7 @@ def lcsa_block_mask(
     """LCSA block mask ``(B, H, Lq/128, Lk/64)`` bool (see :mod:`kernels.reference` for semantics).
 
     ``k_pooled`` ``(B, H, Lk/64, D)``: the keys already mean-pooled per 64 tokens (the streaming cache
-    pools each slice once, when it is written); ``k_windows`` then only gives the shape, and may be FP8.
+    pools each slice once, when it is written); ``k_windows`` then only gives the shape (any dtype).
     PyTorch ops on every backend: on an H100 they are as fast as a Triton radix-select variant we
     measured (docs/attention.md), and they are the reference semantics bit for bit.
     """

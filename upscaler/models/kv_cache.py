@@ -24,8 +24,6 @@ from upscaler.models.fusion import fusable
 
 FIRST_STEP_SLICES = 3
 MIN_RETAINED_SLICES = 2
-
-
 FP8_DTYPE = torch.float8_e4m3fn
 
 
