@@ -46,11 +46,14 @@ def _compact_rows_kernel(MASK, IDX, CNT, NK, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _online_softmax_update(s, m_i, l_i, acc):
-    """Rescale the running max/sum/accumulator for scores ``s`` (already in log2 units)."""
+def _attend_tile(s, v, m_i, l_i, acc):
+    """One online-softmax step: scores ``s`` (log2 units) of a key tile with values ``v`` update the
+    running max ``m_i``, sum ``l_i`` and fp32 accumulator ``acc``."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.math.exp2(m_i - m_new)
-    return m_new, l_i * alpha, acc * alpha[:, None]
+    p = tl.math.exp2(s - m_new[:, None])
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
+    return m_new, l_i * alpha + tl.sum(p, 1), acc
 
 
 @triton.jit
@@ -81,7 +84,6 @@ def _sparse_attn_fwd(
     offs_m = q_block * 128 + sub * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     offs_n = tl.arange(0, BLOCK_N)
-    dtype = O.dtype.element_ty
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -99,10 +101,7 @@ def _sparse_attn_fwd(
             k = k_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
             v = v_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            m_i, l_i, acc = _online_softmax_update(s, m_i, l_i, acc)
-            p = tl.math.exp2(s - m_i[:, None])
-            l_i += tl.sum(p, 1)
-            acc = tl.dot(p.to(dtype), v, acc, input_precision="ieee")
+            m_i, l_i, acc = _attend_tile(s, v, m_i, l_i, acc)
     else:
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                     mask=(count > 0) & (offs_d[None, :] >= 0), other=0.0)
@@ -121,14 +120,11 @@ def _sparse_attn_fwd(
                 k = tl.load(k_base + key_rows[:, None] * stride_kn, mask=valid[:, None], other=0.0)
                 v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
                 s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale, float("-inf"))
-            m_i, l_i, acc = _online_softmax_update(s, m_i, l_i, acc)
-            p = tl.math.exp2(s - m_i[:, None])
-            l_i += tl.sum(p, 1)
-            acc = tl.dot(p.to(dtype), v, acc, input_precision="ieee")
+            m_i, l_i, acc = _attend_tile(s, v, m_i, l_i, acc)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             out.to(dtype))
+             out.to(O.dtype.element_ty))
 
 
 def _autotune_configs(use_tma: bool) -> list[triton.Config]:

@@ -78,7 +78,6 @@ def test_mask_rejects_lengths_not_matching_the_grid():
         kernels.lcsa_block_mask(q, q, local_range=3, topk=2, grid=(2, 2))
 
 
-
 def test_mask_from_pooled_keys_equals_pooling_the_keys():
     """The streaming cache pools each key slice once; the mask from those pooled keys is the same."""
     from kernels.reference import pool_blocks
