@@ -81,30 +81,64 @@ def block_scores(q: torch.Tensor, k: torch.Tensor, k_pooled: torch.Tensor | None
     return torch.matmul(q_pool, k_pool.transpose(-1, -2)) / math.sqrt(d)
 
 
-def topk_threshold_mask(prob: torch.Tensor, topk: int, query_slices: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def local_candidate_columns(
+    grid: tuple[int, int], local_range: int, key_slices: int, device: torch.device
+) -> torch.Tensor | None:
+    """``(N, key_slices * M * 2)`` long: per query window, the columns of the probability map that can
+    be non-zero (its ``M`` = at most ``local_range**2`` neighbourhood windows, both halves, every key
+    slice); rows with fewer neighbours are padded with columns outside the neighbourhood (probability
+    exactly 0). None when the neighbourhood is more than half the windows (nothing worth skipping).
+    """
+    local = local_window_mask(grid, local_range, device)
+    n = local.shape[0]
+    m = int(local.sum(dim=1).max())
+    if 2 * m > n:
+        return None
+    windows = torch.argsort(local.to(torch.int8), dim=1, descending=True, stable=True)[:, :m]  # neighbours first
+    slices = torch.arange(key_slices, device=device)[None, :, None, None] * n
+    halves = torch.arange(2, device=device)[None, None, None, :]
+    return ((slices + windows[:, None, :, None]) * 2 + halves).reshape(n, key_slices * m * 2)
+
+
+def topk_threshold_mask(
+    prob: torch.Tensor, topk: int, query_slices: int, candidates: torch.Tensor | None = None
+) -> torch.Tensor:
     """Keep entries strictly above the (topk+1)-th largest value per (B, H, query time slice).
 
-    ``prob`` is ``(B, H, Lq/128, Lk/64)``; ``topk <= 0`` keeps nothing.
+    ``prob`` is ``(B, H, Lq/128, Lk/64)``, non-negative; ``topk <= 0`` keeps nothing. ``candidates``
+    (:func:`local_candidate_columns`) restricts the selection to the entries that can be non-zero:
+    the others are zeros, and adding zeros to non-negative values changes the (k+1)-th largest only
+    when fewer than k+1 values are left, where it is 0. Same mask, on a fraction of the values.
     """
     b, h, nq, nk = prob.shape
-    flat = prob.reshape(b, h, query_slices, (nq // query_slices) * nk)
-    apply_topk = min(flat.shape[-1] - 1, topk)
+    row_length = (nq // query_slices) * nk
+    apply_topk = min(row_length - 1, topk)
     if apply_topk <= 0:
         return torch.zeros(prob.shape, dtype=torch.bool, device=prob.device)
-    # The (k+1)-th largest value; unsorted top-k and a min give the same value as a sorted top-k.
-    threshold = torch.topk(flat, apply_topk + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-    return (flat > threshold).reshape(b, h, nq, nk)
+    values = prob
+    if candidates is not None:
+        index = candidates.repeat(query_slices, 1).expand(b, h, nq, candidates.shape[1])
+        values = torch.gather(prob, 3, index)
+    flat = values.reshape(b, h, query_slices, -1)
+    if apply_topk + 1 > flat.shape[-1]:
+        threshold = torch.zeros((b, h, query_slices, 1), dtype=prob.dtype, device=prob.device)
+    else:
+        # The (k+1)-th largest value; unsorted top-k and a min give the same value as a sorted top-k.
+        threshold = torch.topk(flat, apply_topk + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    return (prob.reshape(b, h, query_slices, row_length) > threshold).reshape(b, h, nq, nk)
 
 
 def block_probabilities(
     q: torch.Tensor, k: torch.Tensor, *, local_range: int, grid: tuple[int, int], k_pooled: torch.Tensor | None = None
-) -> tuple[torch.Tensor, int]:
-    """fp32 softmax of the locally masked pooled scores ``(B, H, Lq/128, Lk/64)`` and the query slice count."""
+) -> tuple[torch.Tensor, int, int]:
+    """fp32 softmax of the locally masked pooled scores ``(B, H, Lq/128, Lk/64)``, and the query and key
+    slice counts."""
     query_slices, key_slices = check_mask_inputs(q, k, grid)
     scores = block_scores(q, k, k_pooled)
     bias = local_score_bias(tuple(grid), local_range, key_slices, q.device)
     prob = torch.softmax(scores.float().unflatten(2, (query_slices, -1)) + bias, dim=-1)
-    return prob.flatten(2, 3), query_slices
+    return prob.flatten(2, 3), query_slices, key_slices
 
 
 def lcsa_block_mask_torch(
@@ -113,8 +147,9 @@ def lcsa_block_mask_torch(
 ) -> torch.Tensor:
     """LCSA block mask ``(B, H, Lq/128, Lk/64)`` computed with PyTorch ops (any device); ``k_pooled`` as in
     :func:`block_scores`."""
-    prob, query_slices = block_probabilities(q, k, local_range=local_range, grid=grid, k_pooled=k_pooled)
-    return topk_threshold_mask(prob, topk, query_slices)
+    prob, query_slices, key_slices = block_probabilities(q, k, local_range=local_range, grid=grid, k_pooled=k_pooled)
+    candidates = local_candidate_columns(tuple(grid), local_range, key_slices, q.device)
+    return topk_threshold_mask(prob, topk, query_slices, candidates)
 
 
 def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernels
-from kernels.reference import local_window_mask
+from kernels.reference import local_candidate_columns, local_window_mask, topk_threshold_mask
 from tests.kernels.helpers import loop_lcsa_block_mask
 
 
@@ -23,6 +23,9 @@ def _windows(slices: int, grid: tuple[int, int], d: int, *, seed: int, b: int = 
         ((3, 3), 1, 4, 3, 30),  # steady step: 3 cached key slices + the current one
         ((2, 2), 1, 2, 11, 7),  # neighbourhood wider than the grid
         ((1, 4), 1, 2, 2, 9),  # even local_range: asymmetric window
+        ((4, 5), 1, 3, 3, 40),  # neighbourhood under half the grid: selection among its columns only
+        ((4, 5), 2, 2, 3, 1000),  # ... with a budget above the candidates (threshold 0)
+        ((5, 4), 1, 2, 2, 25),
     ],
 )
 def test_mask_matches_loop_reference(grid, q_slices, k_slices, local_range, topk):
@@ -44,6 +47,36 @@ def test_mask_ties_are_dropped_like_the_reference():
     for topk in (1, 10, 40, 10_000):
         got = kernels.lcsa_block_mask(q, k, local_range=3, topk=topk, grid=grid)
         assert torch.equal(got, loop_lcsa_block_mask(q, k, local_range=3, topk=topk, grid=grid))
+    grid = (4, 5)  # the same with the selection restricted to the neighbourhood columns
+    q = torch.zeros(1, 1, 20 * 128, 16, dtype=torch.float64)
+    k = _windows(2, grid, 16, seed=3, h=1)
+    for topk in (1, 40, 300, 500, 10_000):
+        got = kernels.lcsa_block_mask(q, k, local_range=3, topk=topk, grid=grid)
+        assert torch.equal(got, loop_lcsa_block_mask(q, k, local_range=3, topk=topk, grid=grid))
+
+
+def test_candidate_columns_hold_every_entry_that_can_be_nonzero():
+    grid, local_range, key_slices = (4, 6), 3, 2
+    columns = local_candidate_columns(grid, local_range, key_slices, torch.device("cpu"))
+    local = local_window_mask(grid, local_range)
+    nonzero = local[:, None, :, None].expand(24, key_slices, 24, 2).reshape(24, -1)
+    assert columns.shape == (24, key_slices * 9 * 2)
+    for row in range(24):
+        picked = torch.zeros(nonzero.shape[1], dtype=torch.bool)
+        picked[columns[row]] = True
+        assert (columns[row].unique().numel() == columns.shape[1]) and not (nonzero[row] & ~picked).any()
+    assert local_candidate_columns((3, 3), 3, 1, torch.device("cpu")) is None  # neighbourhood = whole grid
+
+
+def test_restricted_selection_equals_selection_over_the_whole_row():
+    grid, key_slices = (4, 6), 3
+    columns = local_candidate_columns(grid, 3, key_slices, torch.device("cpu"))
+    local = local_window_mask(grid, 3)[:, None, :, None].expand(24, key_slices, 24, 2).reshape(24, -1)
+    gen = torch.Generator().manual_seed(11)
+    prob = torch.rand(2, 3, 2 * 24, key_slices * 48, generator=gen).round(decimals=2)  # many ties
+    prob = prob * local.repeat(2, 1)
+    for topk in (0, 1, 17, 300, 2000, 2591, 5000):
+        assert torch.equal(topk_threshold_mask(prob, topk, 2, columns), topk_threshold_mask(prob, topk, 2)), topk
 
 
 @pytest.mark.parametrize("topk", [0, -1])

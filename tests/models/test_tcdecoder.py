@@ -11,6 +11,7 @@ from torch import nn
 from upscaler.models.config import TCDecoderConfig, load_preset
 from upscaler.models.tcdecoder import TCDecoder
 from upscaler.models.tiled_decode import TiledDecoder, TileSpec, tile_starts
+from upscaler.models.upsampled_conv import UpsampledConv
 
 SMALL = TCDecoderConfig(channels=(32, 16, 16, 16))
 
@@ -62,6 +63,18 @@ def receptive_radius(decoder: TCDecoder) -> int:
 def make_decoder(cfg: TCDecoderConfig = SMALL, seed: int = 0) -> TCDecoder:
     torch.manual_seed(seed)
     return TCDecoder(cfg).eval()
+
+
+def well_scaled(decoder: TCDecoder) -> TCDecoder:
+    """Conv weights of variance 1/fan_in, small biases: PyTorch's default init shrinks the signal at
+    every layer, so the output of a default decoder is almost constant and hides layout mistakes."""
+    with torch.no_grad():
+        for module in decoder.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+                if module.bias is not None:
+                    module.bias.normal_(0, 0.1)
+    return decoder
 
 
 def stream_inputs(steps: int, h: int = 2, w: int = 3, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -224,13 +237,46 @@ def test_output_conv_follows_state_dict_loads_in_inference_mode() -> None:
         torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_upsample_nearest_2x_equals_nn_upsample(channels_last: bool) -> None:
-    from upscaler.models.tcdecoder import upsample_nearest_2x
+def _conv_of_upsampled(conv: nn.Conv2d, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    """The reference order: nearest 2x upsampling, then the 3x3 conv (then the ReLU)."""
+    out = nn.Conv2d.forward(conv, nn.Upsample(scale_factor=2)(x))
+    return out.relu() if relu else out
 
-    x = torch.randn(3, 8, 5, 7)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    out = upsample_nearest_2x(x)
-    assert torch.equal(out, nn.Upsample(scale_factor=2)(x))
-    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_upsampled_conv_equals_conv_of_the_upsampled_image(bias: bool, relu: bool) -> None:
+    torch.manual_seed(0)
+    conv = UpsampledConv(6, 5, bias=bias).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    out = conv(x, relu=relu)
+    assert out.shape == (2, 5, 10, 14)
+    torch.testing.assert_close(out, _conv_of_upsampled(conv, x, relu), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        conv.weight.mul_(-1)  # the cached phase weight follows in-place changes
+    torch.testing.assert_close(conv(x), _conv_of_upsampled(conv, x), rtol=1e-6, atol=1e-6)
+
+
+def test_decoder_with_folded_upsampling_equals_the_reference_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole stream, with every UpsampledConv run as upsample-then-conv instead (float64)."""
+    decoder = well_scaled(make_decoder()).double()
+    chunks = [(lat.double(), cond.double()) for lat, cond in stream_inputs(2)]
+    state = decoder.new_state()
+    folded = [decoder.decode(lat, cond, state) for lat, cond in chunks]
+    monkeypatch.setattr(UpsampledConv, "forward", _conv_of_upsampled)
+    state = decoder.new_state()
+    reference = [decoder.decode(lat, cond, state) for lat, cond in chunks]
+    for got, want in zip(folded, reference):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert reference[0].std(dim=(-2, -1)).mean() > 0.05
+
+
+def test_relus_after_convs_are_fused_into_the_conv_steps() -> None:
+    decoder = make_decoder()
+    steps = [step for stage in decoder._stages for step in stage]
+    assert not any(isinstance(decoder.decoder[step.index], nn.Upsample) for step in steps)
+    assert not any(isinstance(decoder.decoder[step.index], nn.ReLU) for step in steps)
+    assert [step.index for step in steps if step.relu] == [1, 3, 22, 24]
+    assert sorted(step.index for step in steps) == [
+        i for i, layer in enumerate(decoder.decoder) if not isinstance(layer, (nn.Upsample, nn.ReLU))
+    ]

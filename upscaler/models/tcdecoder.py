@@ -9,7 +9,8 @@ whose 27 entries are, by index::
     20 Upsample(2)  21 TGrow(c2, 2)  22 conv(c2 -> c3, no bias)   23 ReLU
     24 conv(c3 -> c3, no bias)   25 ReLU   26 conv(c3 -> 3)
 
-Entries 3 and 24 are the "deepening" 3x3 convs that FlashVSR inserts after every top-level ReLU
+Entries 10, 16 and 22 are :class:`UpsampledConv`: each takes the image before the Upsample in front of
+it (8, 14, 20), which the stream never materialises. Entries 3 and 24 are the "deepening" 3x3 convs that FlashVSR inserts after every top-level ReLU
 (identity-initialised when trained, arbitrary in the checkpoint). The checkpoint holds every
 parameter of this module and nothing else, and its TGrow weights already have their final shape,
 so it loads strictly with no key or shape patching.
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from upscaler.models.config import TCDecoderConfig
+from upscaler.models.conv_fusion import conv_add_relu, conv_relu
 from upscaler.models.derived_weight import DerivedWeight
 from upscaler.models.frame_groups import (
     StageShape,
@@ -42,6 +44,7 @@ from upscaler.models.frame_groups import (
     run_in_frame_groups,
     zeros_as,
 )
+from upscaler.models.upsampled_conv import UpsampledConv
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,9 @@ class MemBlock(nn.Module):
         stacked5 = stacked.unflatten(0, (batch, frames))
         stacked5[:, 0, c:] = past
         stacked5[:, 1:, c:] = x.unflatten(0, (batch, frames))[:, :-1]
-        out = self.conv(stacked)
-        return out.add_(self.skip(x)).relu_()
+        out = conv_relu(stacked, self.conv[0])
+        out = conv_relu(out, self.conv[2])
+        return conv_add_relu(out, self.conv[4], self.skip(x))
 
 
 class TGrow(nn.Module):
@@ -119,21 +123,6 @@ def _grow(x: torch.Tensor, grow: TGrow) -> torch.Tensor:
     return y
 
 
-def upsample_nearest_2x(x: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour 2x upsampling of ``(n, c, h, w)`` (``nn.Upsample(scale_factor=2)``).
-
-    Channels-last input is written as one broadcast copy of whole pixels (C contiguous values) into
-    a channels-last output; PyTorch's NHWC nearest kernel ran at ~7 ms per 4K frame of 128 channels
-    on an H100, several times slower than the copy."""
-    if not x.is_contiguous(memory_format=torch.channels_last):
-        return F.interpolate(x, scale_factor=2, mode="nearest")
-    n, c, h, w = x.shape
-    out = torch.empty((n, c, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    pixels = x.permute(0, 2, 3, 1)[:, :, None, :, None, :]  # (n, h, 1, w, 1, c)
-    out.permute(0, 2, 3, 1).view(n, h, 2, w, 2, c).copy_(pixels.expand(n, h, 2, w, 2, c))
-    return out
-
-
 class OutputConv(nn.Conv2d):
     """The last 3x3 conv (to 3 image channels), run with its output channels zero-padded to 8.
 
@@ -156,6 +145,14 @@ class OutputConv(nn.Conv2d):
             return super().forward(x)
         out = F.conv2d(x, self._padded_weight(self.weight), self._padded_bias(self.bias), padding=1)
         return out[:, : self.out_channels]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of a decoder stage: layer ``index``, with the ReLU that follows it fused in when ``relu``."""
+
+    index: int
+    relu: bool = False
 
 
 @dataclass
@@ -186,7 +183,7 @@ class TCDecoder(nn.Module):
         ]
         for i, stride in enumerate(TIME_STRIDES):
             layers += [MemBlock(c[i], c[i]) for _ in range(3)]
-            layers += [nn.Upsample(scale_factor=2), TGrow(c[i], stride), _conv3x3(c[i], c[i + 1], bias=False)]
+            layers += [nn.Upsample(scale_factor=2), TGrow(c[i], stride), UpsampledConv(c[i], c[i + 1], bias=False)]
         layers += [
             nn.ReLU(inplace=True),
             _conv3x3(c[-1], c[-1], bias=False),
@@ -200,18 +197,30 @@ class TCDecoder(nn.Module):
         self._stage_shapes = [StageShape(1, 1, max(c[0], cfg.cond_channels + cfg.latent_channels))]
         self._stage_shapes += [StageShape(1, 4 ** (i + 1), max(c[i], c[i + 1])) for i in range(len(TIME_STRIDES))]
 
-    def _plan_stages(self) -> list[list[int]]:
-        """Layer indices per stage, in execution order: a new stage starts at each Upsample, and the
-        TGrow that follows the Upsample in the checkpoint runs at the end of the stage before."""
+    def _plan_stages(self) -> list[list[Step]]:
+        """Steps per stage, in execution order: a new stage starts at each Upsample (run by the
+        :class:`UpsampledConv` after it), the TGrow that follows the Upsample in the checkpoint runs at
+        the end of the stage before, and a ReLU right after a conv is fused into that conv."""
         stages: list[list[int]] = [[]]
         for index, layer in enumerate(self.decoder):
             if isinstance(layer, nn.Upsample):
-                stages.append([index])
+                stages.append([])
             elif isinstance(layer, TGrow):
                 stages[-2].append(index)
             else:
                 stages[-1].append(index)
-        return stages
+        return [self._fuse_relus(indices) for indices in stages]
+
+    def _fuse_relus(self, indices: list[int]) -> list[Step]:
+        steps: list[Step] = []
+        for index in indices:
+            layer = self.decoder[index]
+            previous = self.decoder[steps[-1].index] if steps else None
+            if isinstance(layer, nn.ReLU) and type(previous) in (nn.Conv2d, UpsampledConv):
+                steps[-1] = Step(steps[-1].index, relu=True)
+            else:
+                steps.append(Step(index))
+        return steps
 
     def new_state(self, *, frames_per_pass: int = DEFAULT_FRAMES_PER_PASS) -> TCDecoderState:
         """A fresh stream; ``frames_per_pass`` bounds the output frames one full-resolution pass
@@ -236,7 +245,7 @@ class TCDecoder(nn.Module):
         if features.shape[-2:] != latents.shape[-2:]:
             raise ValueError(f"cond {tuple(cond.shape)} does not match latents {tuple(latents.shape)} (8x)")
         x = torch.cat([features, latents.transpose(1, 2)], dim=2)
-        stages = [partial(self._run_stage, layers=layers, state=state) for layers in self._stages]
+        stages = [partial(self._run_stage, steps=steps, state=state) for steps in self._stages]
         sizes = group_sizes(self._stage_shapes, state.frames_per_pass)
         frames = run_in_frame_groups(x, stages, sizes, dim=1)
         if not state.started:
@@ -262,24 +271,26 @@ class TCDecoder(nn.Module):
         packed = packed.permute(0, 2, 1, 3, 5, 7, 4, 6)
         return packed.reshape(b, latent_frames, c * TIME_SCALE * SPACE_SCALE * SPACE_SCALE, hs, ws)
 
-    def _run_stage(self, x: torch.Tensor, layers: list[int], state: TCDecoderState) -> torch.Tensor:
-        """Decoder layers ``layers`` (in order) on ``x (B, T, C, H, W)``; returns ``(B, T', C', H', W')``."""
+    def _run_stage(self, x: torch.Tensor, steps: list[Step], state: TCDecoderState) -> torch.Tensor:
+        """The decoder layers of ``steps`` (in order) on ``x (B, T, C, H, W)``; returns ``(B, T', C', H', W')``."""
         batch = x.shape[0]
         h = in_preferred_format(x.flatten(0, 1))
-        for index in layers:
-            layer = self.decoder[index]
+        for step in steps:
+            layer = self.decoder[step.index]
             if isinstance(layer, TGrow):
                 h = _grow(h, layer)
-            elif isinstance(layer, nn.Upsample):
-                h = upsample_nearest_2x(h)
+            elif isinstance(layer, UpsampledConv):
+                h = layer(h, relu=step.relu)
             elif isinstance(layer, MemBlock):
-                past = state.past.get(index)
+                past = state.past.get(step.index)
                 if past is None:
                     past = zeros_as(h, (batch, *h.shape[1:]))
-                state.past[index] = h.unflatten(0, (batch, -1))[:, -1].clone(memory_format=preferred_format(h))
+                state.past[step.index] = h.unflatten(0, (batch, -1))[:, -1].clone(memory_format=preferred_format(h))
                 h = layer(h, past, batch)
             elif isinstance(layer, nn.ReLU):
                 h = h.relu_()
+            elif step.relu:
+                h = conv_relu(h, layer)
             else:
                 h = layer(h)
         return h.unflatten(0, (batch, -1))
