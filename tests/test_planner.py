@@ -1,5 +1,10 @@
 """Planner choices follow the measured table, memory and deadline."""
 
+from dataclasses import replace
+
+import pytest
+
+from upscaler.calibration import ThroughputCalibration
 from upscaler.planner import GIB, Measurement, ThroughputTable, estimate_seconds, max_content_length, plan
 
 
@@ -51,3 +56,32 @@ def test_a_measured_gpu_without_tiny_long_rows_uses_its_own_tiny_rows() -> None:
     table = ThroughputTable(rows, unknown_gpu_factor=0.5, safety_margin=1.0, clip_overhead_s=0.0)
     assert table.frames_per_second("h200", "tiny-long", 3840, 2160) == 7.0
     assert table.frames_per_second("h200", "full", 1920, 1080) == 5.0  # no H200 Full row: the H100's, halved
+
+
+def test_calibration_moves_estimates_toward_measured_speed() -> None:
+    calibration = ThroughputCalibration(weight=0.5, min_factor=0.25, max_factor=2.0)
+    table = replace(_table(), calibration=calibration)
+    assert table.frames_per_second("h100", "tiny", 3840, 2160) == 12.0  # nothing observed yet
+    assert calibration.observe("tiny", 3840, 2160, measured_fps=9.0, table_fps=12.0) == 0.75
+    assert table.frames_per_second("h100", "tiny", 3840, 2160) == 9.0
+    assert table.frames_per_second("h100", "tiny", 3840, 2160, calibrated=False) == 12.0
+    assert calibration.observe("tiny", 3840, 2160, measured_fps=12.0, table_fps=12.0) == 0.875  # moving average
+    # A size not seen yet takes the variant's smallest factor; another variant is untouched.
+    calibration.observe("tiny", 1920, 1080, measured_fps=54.0, table_fps=45.0)
+    assert calibration.factor("tiny", 2560, 1440) == 0.875
+    assert table.frames_per_second("h100", "full", 1920, 1080) == 10.0
+    # The LengthCheck answer follows: 5 x 300 frames at 4K take 125 s by the table, ~143 s as measured.
+    assert max_content_length(_table(), 3840, 2160, device="h100") == 10
+    assert max_content_length(table, 3840, 2160, device="h100") == 5
+
+
+def test_calibration_clamps_odd_clips_and_rejects_bad_settings() -> None:
+    calibration = ThroughputCalibration(weight=1.0, min_factor=0.5, max_factor=1.5)
+    assert calibration.observe("tiny", 64, 64, measured_fps=0.1, table_fps=10.0) == 0.5
+    assert calibration.observe("tiny", 64, 64, measured_fps=100.0, table_fps=10.0) == 1.5
+    with pytest.raises(ValueError, match="positive"):
+        calibration.observe("tiny", 64, 64, measured_fps=0.0, table_fps=10.0)
+    with pytest.raises(ValueError, match="weight"):
+        ThroughputCalibration(weight=0.0)
+    with pytest.raises(ValueError, match="bounds"):
+        ThroughputCalibration(min_factor=1.5, max_factor=2.0)

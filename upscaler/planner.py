@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from upscaler.calibration import ThroughputCalibration
 from upscaler.configfiles import load_config
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,14 @@ class Measurement:
 
 @dataclass(frozen=True)
 class ThroughputTable:
-    """Measured throughput, with pixel-count scaling between operating points."""
+    """Measured throughput, with pixel-count scaling between operating points, and optionally the
+    machine's own calibration of it (:mod:`upscaler.calibration`)."""
 
     entries: tuple[Measurement, ...]
     unknown_gpu_factor: float
     safety_margin: float
     clip_overhead_s: float
+    calibration: ThroughputCalibration | None = None
 
     @classmethod
     def load(cls, path: str = "throughput") -> "ThroughputTable":
@@ -75,10 +78,15 @@ class ThroughputTable:
                 return value(lo) * (1 - w) + value(hi) * w
         raise AssertionError("unreachable: rows are sorted")
 
-    def frames_per_second(self, device: str, variant: str, width: int, height: int) -> float:
-        """Expected frames/s at ``width x height`` (seconds per frame interpolated in pixels)."""
+    def frames_per_second(
+        self, device: str, variant: str, width: int, height: int, *, calibrated: bool = True
+    ) -> float:
+        """Expected frames/s at ``width x height`` (seconds per frame interpolated in pixels), times the
+        calibration factor unless ``calibrated`` is false (the table's own figure)."""
         rows, factor = self._rows(device, variant)
         seconds_per_frame = self._interpolate(rows, width * height, lambda e: 1.0 / e.fps)
+        if calibrated and self.calibration is not None:
+            factor *= self.calibration.factor(variant, width, height)
         return factor / seconds_per_frame
 
     def peak_bytes(self, device: str, variant: str, width: int, height: int) -> int:

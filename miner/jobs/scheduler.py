@@ -11,7 +11,7 @@ import logging
 import multiprocessing as mp
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -23,6 +23,7 @@ from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_main
 from miner.metrics import MinerMetrics
+from upscaler.calibration import ThroughputCalibration
 from upscaler.planner import Plan, ThroughputTable, plan
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,15 @@ def visible_devices(config: MinerConfig) -> list[str]:
     return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
+def _calibrated(table: ThroughputTable, settings: dict) -> ThroughputTable:
+    """``table`` with a :class:`ThroughputCalibration` from ``[jobs.calibration]`` (unless disabled)."""
+    if not settings["enabled"]:
+        return table
+    return replace(table, calibration=ThroughputCalibration(
+        weight=float(settings["weight"]), min_factor=float(settings["min_factor"]),
+        max_factor=float(settings["max_factor"])))
+
+
 class Scheduler:
     """Owns the worker processes and the queue feeding them."""
 
@@ -76,7 +86,7 @@ class Scheduler:
         self._slots = [_Slot(i, devices[i % len(devices)]) for i in range(count)]
         self._queue: PriorityTaskQueue[_Job] = PriorityTaskQueue(int(jobs["max_queue"]))
         self._ctx = mp.get_context("spawn")
-        self._table = ThroughputTable.load(config.get("upscaler.throughput"))
+        self._table = _calibrated(ThroughputTable.load(config.get("upscaler.throughput")), jobs["calibration"])
         self._threads = ThreadPoolExecutor(max_workers=count + 1, thread_name_prefix="worker-wait")
         self._serve_tasks: list[asyncio.Task[None]] = []
         self._accepting = False
@@ -275,7 +285,20 @@ class Scheduler:
             finally:
                 slot.running = None
                 self.metrics.running.dec()
+            self._calibrate(outcome)
             self._resolve(job, outcome)
+
+    def _calibrate(self, outcome: TaskOutcome) -> None:
+        """Fold a finished untiled clip's measured frames/s into the table's calibration."""
+        calibration, report = self._table.calibration, outcome.report
+        min_frames = int(self.config.get("jobs.calibration.min_frames"))
+        if calibration is None or not outcome.ok or not report or report["tiled"] or report["frames"] < min_frames:
+            return
+        width, height = report["out_size"]
+        variant = report["variant"]
+        table_fps = self._table.frames_per_second(self.device_class, variant, width, height, calibrated=False)
+        factor = calibration.observe(variant, width, height, report["frames_per_second"], table_fps)
+        self.metrics.throughput_factor.labels(variant).set(factor)
 
     async def _retry_tiled(self, slot: _Slot, spec: TaskSpec, first: TaskOutcome) -> TaskOutcome:
         """After an out-of-memory: plan again as if no untiled run fits, and retry once tiled."""

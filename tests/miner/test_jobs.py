@@ -80,7 +80,8 @@ def _config(tmp_path: Path):
     return load_miner_config(overrides={
         "upscaler": {"weights": "random-small"},
         "jobs": {"devices": ["cpu"], "workers": 1, "oom_retry_tile_size": 128, "work_dir": str(tmp_path),
-                 "test_hooks": {"oom_if_src_contains": "oom", "crash_if_src_contains": "crash-clip"}},
+                 "test_hooks": {"oom_if_src_contains": "oom", "crash_if_src_contains": "crash-clip"},
+                 "calibration": {"min_frames": 1}},
         "tasks": {"SD2HD": {"width": OUT_W, "height": OUT_H, "scale": 2}},
     }, environ={})
 
@@ -106,6 +107,12 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             assert ok.ok, ok.message
             assert video_shape(Path(tmp_path / "plain.out.mp4")) == (OUT_W, OUT_H, FRAMES)
             assert ok.report["frames"] == FRAMES and ok.attempts == 1
+            # The measured speed of that clip now scales the planner's estimates (bounded factor).
+            table = scheduler.table
+            factor = table.calibration.factor("tiny", OUT_W, OUT_H)
+            raw_fps = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, calibrated=False)
+            assert factor == min(max(ok.report["frames_per_second"] / raw_fps, 0.25), 2.0)
+            assert metrics.throughput_factor.labels("tiny")._value.get() == factor
 
             # A real torch.OutOfMemoryError on the first attempt: freed, retried once tiled, succeeds.
             oom = await scheduler.run(_spec(tmp_path, "oom-clip"), priority=1.0)
