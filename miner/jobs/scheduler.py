@@ -292,7 +292,8 @@ class Scheduler:
         """Fold a finished untiled clip's measured frames/s into the table's calibration."""
         calibration, report = self._table.calibration, outcome.report
         min_frames = int(self.config.get("jobs.calibration.min_frames"))
-        if calibration is None or not outcome.ok or not report or report["tiled"] or report["frames"] < min_frames:
+        if (calibration is None or not outcome.ok or not report or report["tiled"] or report["frames"] < min_frames
+                or report["frames_per_second"] <= 0):
             return
         width, height = report["out_size"]
         variant = report["variant"]
