@@ -1,8 +1,8 @@
 """A 3x3 convolution of a 2x nearest-upsampled image, computed on the image before upsampling.
 
-With ``u`` the nearest 2x upsampling of ``x`` (``nn.Upsample(scale_factor=2)``), output row ``2i`` of a 3x3 conv (padding 1) of ``u`` reads
-``u`` rows ``2i-1, 2i, 2i+1`` = ``x`` rows ``i-1, i, i``, and row ``2i+1`` reads ``x`` rows
-``i, i, i+1``; columns alike. So each output phase ``(a, b)`` (row and column parity) is a 2x2 conv
+With ``u`` the nearest 2x upsampling of ``x`` (``nn.Upsample(scale_factor=2)``), output row ``2i``
+of a 3x3 conv (padding 1) of ``u`` reads ``u`` rows ``2i-1, 2i, 2i+1`` = ``x`` rows ``i-1, i, i``, and
+row ``2i+1`` reads ``x`` rows ``i, i, i+1``; columns alike. So each output phase ``(a, b)`` (row and column parity) is a 2x2 conv
 of ``x`` whose taps are sums of the 3x3 taps:
 
     phase a = 0: x row i-1 <- w row 0,        x row i   <- w rows 1 + 2
