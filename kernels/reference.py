@@ -118,8 +118,8 @@ def topk_threshold_mask(
         return torch.zeros(prob.shape, dtype=torch.bool, device=prob.device)
     values = prob
     if candidates is not None:
-        index = candidates.repeat(query_slices, 1).expand(b, h, nq, candidates.shape[1])
-        values = torch.gather(prob, 3, index)
+        per_slice = prob.unflatten(2, (query_slices, -1))
+        values = torch.gather(per_slice, 4, candidates.expand(b, h, query_slices, *candidates.shape))
     flat = values.reshape(b, h, query_slices, -1)
     if apply_topk + 1 > flat.shape[-1]:
         threshold = torch.zeros((b, h, query_slices, 1), dtype=prob.dtype, device=prob.device)
