@@ -9,8 +9,9 @@ whose 27 entries are, by index::
     20 Upsample(2)  21 TGrow(c2, 2)  22 conv(c2 -> c3, no bias)   23 ReLU
     24 conv(c3 -> c3, no bias)   25 ReLU   26 conv(c3 -> 3)
 
-Entries 10, 16 and 22 are :class:`UpsampledConv`: each takes the image before the Upsample in front of
-it (8, 14, 20), which the stream never materialises. Entries 3 and 24 are the "deepening" 3x3 convs that FlashVSR inserts after every top-level ReLU
+Entries 10, 16 and 22 are :class:`UpsampledConv`: each takes the image before the Upsample in front
+of it (8, 14, 20), which the stream never materialises; every ReLU runs fused into the conv before it.
+Entries 3 and 24 are the "deepening" 3x3 convs that FlashVSR inserts after every top-level ReLU
 (identity-initialised when trained, arbitrary in the checkpoint). The checkpoint holds every
 parameter of this module and nothing else, and its TGrow weights already have their final shape,
 so it loads strictly with no key or shape patching.
@@ -287,8 +288,6 @@ class TCDecoder(nn.Module):
                     past = zeros_as(h, (batch, *h.shape[1:]))
                 state.past[step.index] = h.unflatten(0, (batch, -1))[:, -1].clone(memory_format=preferred_format(h))
                 h = layer(h, past, batch)
-            elif isinstance(layer, nn.ReLU):
-                h = h.relu_()
             elif step.relu:
                 h = conv_relu(h, layer)
             else:
