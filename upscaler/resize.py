@@ -88,11 +88,6 @@ def start_uint8_copy(x: torch.Tensor) -> HostFrames:
     return HostFrames(host, copied)
 
 
-def to_uint8_frames(x: torch.Tensor) -> torch.Tensor:
-    """``(1, 3, T, H, W)`` in [-1, 1] -> ``uint8 (T, H, W, 3)`` CPU tensor (pinned when ``x`` is on CUDA)."""
-    return start_uint8_copy(x).wait()
-
-
 def frames_to_host(chunks: Iterable[torch.Tensor], timer: StageTimer) -> Iterator[torch.Tensor]:
     """Yield each ``(1, 3, T, H, W)`` chunk as uint8 host frames, one chunk behind.
 

@@ -7,8 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upscaler.resize import frames_to_host, pad_to_size, to_model_input, to_uint8_frames
+from upscaler.resize import frames_to_host, pad_to_size, start_uint8_copy, to_model_input
 from upscaler.timing import StageTimer
+
+
+def _uint8_on_host(x: torch.Tensor) -> torch.Tensor:
+    """uint8 host frames of one chunk, copy waited for."""
+    return start_uint8_copy(x).wait()
 
 
 def _frames(t: int = 3, h: int = 19, w: int = 33) -> torch.Tensor:
@@ -30,14 +35,14 @@ def test_same_size_round_trips_exactly_and_dtype_is_honoured() -> None:
     frames = _frames()
     x = to_model_input(frames, size=(33, 19), dtype=torch.bfloat16)
     assert x.dtype == torch.bfloat16
-    back = to_uint8_frames(to_model_input(frames, size=(33, 19)))
+    back = _uint8_on_host(to_model_input(frames, size=(33, 19)))
     assert back.dtype == torch.uint8 and back.shape == frames.shape
     torch.testing.assert_close(back, frames, atol=0, rtol=0)
 
 
 def test_to_uint8_clamps_and_rounds() -> None:
     x = torch.tensor([-3.0, -1.0, 0.0, 0.004, 1.0, 2.5]).view(1, 1, 1, 1, 6).expand(1, 3, 1, 1, 6)
-    out = to_uint8_frames(x)
+    out = _uint8_on_host(x)
     assert out.shape == (1, 1, 6, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 128, 128, 255, 255]
 
@@ -48,12 +53,12 @@ def _chunks(device: str, n: int = 4) -> list[torch.Tensor]:
 
 
 def test_frames_to_host_yields_every_chunk_in_order() -> None:
-    """One chunk behind internally, but every chunk comes out, in order, converted like to_uint8_frames."""
+    """One chunk behind internally, but every chunk comes out, in order, converted like start_uint8_copy alone."""
     chunks = _chunks("cpu")
     out = list(frames_to_host(iter(chunks), StageTimer(torch.device("cpu"))))
     assert [o.shape[0] for o in out] == [2, 3, 4, 5]
     for got, chunk in zip(out, chunks):
-        torch.testing.assert_close(got, to_uint8_frames(chunk), atol=0, rtol=0)
+        torch.testing.assert_close(got, _uint8_on_host(chunk), atol=0, rtol=0)
     assert list(frames_to_host(iter([]), StageTimer(torch.device("cpu")))) == []
 
 
@@ -78,7 +83,7 @@ def test_shape_errors() -> None:
     with pytest.raises(TypeError, match="uint8"):
         to_model_input(torch.zeros(1, 4, 4, 3), size=(4, 4))
     with pytest.raises(ValueError, match="1, 3, T, H, W"):
-        to_uint8_frames(torch.zeros(2, 3, 1, 4, 4))
+        _uint8_on_host(torch.zeros(2, 3, 1, 4, 4))
 
 
 @pytest.mark.parametrize("mode", ["replicate", "reflect"])
@@ -110,11 +115,11 @@ def test_cuda_path_matches_cpu_and_returns_pinned_frames() -> None:
     assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.bfloat16
     on_cpu = to_model_input(frames, size=(384, 216))
     torch.testing.assert_close(on_gpu.float().cpu(), on_cpu, atol=1e-2, rtol=0)  # bf16 rounding
-    back = to_uint8_frames(on_gpu)
+    back = _uint8_on_host(on_gpu)
     assert back.device.type == "cpu" and back.is_pinned() and back.shape == (4, 216, 384, 3)
-    torch.testing.assert_close(back, to_uint8_frames(on_cpu), atol=2, rtol=0)
+    torch.testing.assert_close(back, _uint8_on_host(on_cpu), atol=2, rtol=0)
     chunks = _chunks("cuda")
     streamed = list(frames_to_host(iter(chunks), StageTimer(torch.device("cuda"))))
     assert all(f.is_pinned() for f in streamed)
     for got, chunk in zip(streamed, chunks):
-        torch.testing.assert_close(got, to_uint8_frames(chunk.cpu()), atol=0, rtol=0)
+        torch.testing.assert_close(got, _uint8_on_host(chunk.cpu()), atol=0, rtol=0)
