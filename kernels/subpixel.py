@@ -22,10 +22,11 @@ PHASES = 4
 
 @triton.jit
 def _interleave_kernel(
-    Y, OUT, H, W, C, stride_yn, stride_yh, stride_yw,
+    Y, OUT, H, W, C, stride_yn, stride_yh, stride_yw, stride_on, stride_oc, stride_oy, stride_ox,
     RELU: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One output row ``(n, Y)`` and ``BLOCK_X`` output columns of all ``C`` channels per program."""
+    """One output row ``(n, Y)`` and ``BLOCK_X`` output columns of all ``C`` channels per program
+    (the output strides are free: channels-last, or NCHW planes such as a frame of a 5D video)."""
     row = tl.program_id(0).to(tl.int64)
     n = row // (2 * H)
     out_y = row % (2 * H)
@@ -40,7 +41,7 @@ def _interleave_kernel(
     values = tl.load(src, mask=keep)
     if RELU:
         values = tl.maximum(values, 0.0)
-    dst = OUT + row * (2 * W * C) + (xs * C)[:, None] + cs[None, :]
+    dst = OUT + n * stride_on + out_y * stride_oy + (xs * stride_ox)[:, None] + (cs * stride_oc)[None, :]
     tl.store(dst, values, mask=keep)
 
 
@@ -53,40 +54,51 @@ def phase_view(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return y.as_strided((n, height, 2, width, 2, c), (s_n, s_h, s_h + 2 * c * s_c, s_w, s_w + c * s_c, s_c))
 
 
-def interleave_phases_torch(y: torch.Tensor, height: int, width: int, relu: bool = False) -> torch.Tensor:
+def interleave_phases_torch(y: torch.Tensor, height: int, width: int, relu: bool = False,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`interleave_phases` with PyTorch ops (any device; the reference of the Triton kernel)."""
     n, c = y.shape[0], y.shape[1] // PHASES
     fmt = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    out = torch.empty((n, c, 2 * height, 2 * width), dtype=y.dtype, device=y.device, memory_format=fmt)
-    pixels = out.permute(0, 2, 3, 1).view(n, height, 2, width, 2, c) if fmt == torch.channels_last else (
-        out.view(n, c, height, 2, width, 2).permute(0, 2, 3, 4, 5, 1))
+    image = torch.empty((n, c, 2 * height, 2 * width), dtype=y.dtype, device=y.device, memory_format=fmt)
+    pixels = image.permute(0, 2, 3, 1).view(n, height, 2, width, 2, c) if fmt == torch.channels_last else (
+        image.view(n, c, height, 2, width, 2).permute(0, 2, 3, 4, 5, 1))
     pixels.copy_(phase_view(y, height, width))
-    return out.relu_() if relu else out
+    if relu:
+        image.relu_()
+    return image if out is None else out.copy_(image)
 
 
-def interleave_phases(y: torch.Tensor, height: int, width: int, relu: bool = False) -> torch.Tensor:
+def interleave_phases(y: torch.Tensor, height: int, width: int, relu: bool = False,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
     """The ``(N, C, 2*height, 2*width)`` image from the phase-major output ``y (N, 4C, height+1,
-    width+1)`` of a padded 2x2 sub-pixel conv, in ``y``'s memory format: channels-last CUDA tensors go
-    through the Triton kernel, anything else through PyTorch."""
+    width+1)`` of a padded 2x2 sub-pixel conv, in ``y``'s memory format or written into ``out`` (any
+    strides, e.g. the frames of a ``(C, T, H, W)`` video as ``(T, C, H, W)``): channels-last CUDA
+    tensors go through the Triton kernel, anything else through PyTorch."""
     channels4, hy, wy = y.shape[1:]
     if channels4 % PHASES or hy != height + 1 or wy != width + 1:
         raise ValueError(f"phase output {tuple(y.shape)} does not match a {height}x{width} input")
+    shape = (y.shape[0], channels4 // PHASES, 2 * height, 2 * width)
+    if out is not None and (tuple(out.shape) != shape or out.dtype != y.dtype or out.device != y.device):
+        raise ValueError(f"out must be {y.dtype} {shape} on {y.device}, got {out.dtype} {tuple(out.shape)}")
     if y.is_cuda and y.is_contiguous(memory_format=torch.channels_last):
-        return interleave_phases_triton(y, height, width, relu)
-    return interleave_phases_torch(y, height, width, relu)
+        return interleave_phases_triton(y, height, width, relu, out)
+    return interleave_phases_torch(y, height, width, relu, out)
 
 
-def interleave_phases_triton(y: torch.Tensor, height: int, width: int, relu: bool = False) -> torch.Tensor:
+def interleave_phases_triton(y: torch.Tensor, height: int, width: int, relu: bool = False,
+                             out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`interleave_phases` with the Triton kernel; ``y`` must be channels-last."""
     if not y.is_contiguous(memory_format=torch.channels_last):
         raise ValueError("the Triton interleave needs a channels-last phase output")
     n, c = y.shape[0], y.shape[1] // PHASES
-    out = torch.empty((n, c, 2 * height, 2 * width), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+    if out is None:
+        out = torch.empty((n, c, 2 * height, 2 * width), dtype=y.dtype, device=y.device,
+                          memory_format=torch.channels_last)
     block_c = triton.next_power_of_2(c)
     block_x = max(1, 4096 // block_c)
     grid = (n * 2 * height, triton.cdiv(2 * width, block_x))
     _interleave_kernel[grid](
-        y, out, height, width, c, y.stride(0), y.stride(2), y.stride(3),
+        y, out, height, width, c, y.stride(0), y.stride(2), y.stride(3), *out.stride(),
         RELU=relu, BLOCK_X=block_x, BLOCK_C=block_c, num_warps=4,
     )
     return out

@@ -36,6 +36,18 @@ def test_triton_interleave_matches_references(dtype, channels, height, width, re
     assert torch.equal(interleave_phases_torch(y.contiguous(), height, width, relu=relu), expected)
 
 
+@pytest.mark.parametrize("path", [interleave_phases_triton, interleave_phases_torch], ids=["triton", "torch"])
+def test_interleave_writes_into_strided_frames(path) -> None:
+    """``out`` as the frames of a contiguous (C, T, H, W) video viewed as (T, C, H, W): NCHW planes with
+    a frame stride of H * W."""
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(3, 4 * 6, 4, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    video = torch.full((6, 3, 6, 8), float("nan"))
+    got = path(y, 3, 4, relu=True, out=video.transpose(0, 1))
+    assert got.data_ptr() == video.data_ptr()
+    assert torch.equal(video.transpose(0, 1), loop_interleave(y, 3, 4).relu())
+
+
 def test_interleave_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="does not match"):
         interleave_phases(torch.zeros(1, 8, 4, 4), 4, 3)
@@ -43,3 +55,5 @@ def test_interleave_rejects_mismatched_shapes() -> None:
         interleave_phases(torch.zeros(1, 6, 4, 4), 3, 3)
     with pytest.raises(ValueError, match="channels-last"):
         interleave_phases_triton(torch.zeros(1, 8, 4, 4), 3, 3)
+    with pytest.raises(ValueError, match="out must be"):
+        interleave_phases(torch.zeros(1, 8, 4, 4), 3, 3, out=torch.zeros(1, 2, 6, 5))

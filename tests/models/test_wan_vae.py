@@ -1,13 +1,17 @@
-"""Wan2.1 VAE decoder: official key layout, key classes, streaming == one-shot, frame groups, tiling."""
+"""Wan2.1 VAE decoder: official key layout, key classes, streaming == one-shot, frame groups, tiling,
+the folded upsampling conv."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from upscaler.models.config import VAEDecoderConfig, load_preset
 from upscaler.models.tiled_decode import TiledDecoder, TileSpec
-from upscaler.models.wan_vae import AttentionBlock, WanVAEDecoder, classify_vae_key
+from upscaler.models.upsampled_conv import UpsampledConv
+from upscaler.models.wan_vae import AttentionBlock, Resample, WanVAEDecoder, classify_vae_key
 
 SMALL = VAEDecoderConfig(dim=8)
 
@@ -154,3 +158,49 @@ def test_tiled_with_attention_stays_close() -> None:
     tiled = TiledDecoder(decoder, TileSpec(size=16, overlap=8, margin=2))
     error = (tiled.decode(z, tiled.new_state()) - expected).abs()
     assert 0 < error.mean() < 0.1 * expected.abs().mean()
+
+
+def reference_resample(layer: Resample, x: torch.Tensor, caches: dict[int, torch.Tensor]) -> torch.Tensor:
+    """The reference's ``Resample``: time doubling, then ``nn.Upsample(mode="nearest-exact")`` and the 3x3 conv."""
+    if layer.mode == "upsample3d":
+        x = layer._double_time(x, caches)
+    b, c, t, h, w = x.shape
+    conv = layer.resample[1]
+    upsampled = nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact")(x.transpose(1, 2).reshape(b * t, c, h, w))
+    frames = F.conv2d(upsampled, conv.weight, conv.bias, padding=1)
+    return frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
+
+
+@pytest.mark.parametrize("mode", ["upsample2d", "upsample3d"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resample_equals_upsample_then_conv(mode: str, batch: int, channels_last: bool) -> None:
+    """Two chunks of a stream (the first frame bypasses the time conv), float64, either input layout."""
+    torch.manual_seed(0)
+    layer = Resample(8, mode).double()
+    assert isinstance(layer.resample[1], UpsampledConv) and not list(layer.resample[0].parameters())
+    if mode == "upsample3d":
+        layer.time_conv.cache_slot = 0
+    fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+    chunks = [torch.randn(batch, 8, t, 5, 6, dtype=torch.float64).contiguous(memory_format=fmt) for t in (1, 3, 1)]
+    caches: dict[int, torch.Tensor] = {}
+    reference_caches: dict[int, torch.Tensor] = {}
+    for x in chunks:
+        got, want = layer(x, caches), reference_resample(layer, x, reference_caches)
+        assert got.shape == want.shape == (batch, 4, want.shape[2], 10, 12)
+        assert got.is_contiguous()  # the layout the following 3D convs run in
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_decoder_with_folded_upsampling_equals_upsample_then_conv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole float64 stream, against every Resample run as the reference's upsample-then-conv."""
+    decoder = make_decoder().double()
+    chunks = [z.double() for z in latent_chunks([3, 2])]
+    state = decoder.new_state(frames_per_pass=3)
+    folded = [decoder.decode(z, state) for z in chunks]
+    monkeypatch.setattr(Resample, "forward", reference_resample)
+    state = decoder.new_state(frames_per_pass=3)
+    reference = [decoder.decode(z, state) for z in chunks]
+    for got, want in zip(folded, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert reference[0].std(dim=(-2, -1)).mean() > 0.05

@@ -14,7 +14,7 @@ them. That is 16 multiply-adds per input pixel and output channel instead of 36 
 upsampled copy of the input, and a wide (4 * C_out) GEMM: on an H200, for 8 frames of 1920x1088x128 ->
 3840x2176x128 bf16, the conv took 15.0 ms where the upsample copy and 3x3 conv took 54.9 ms (PyTorch's
 strided copy as the interleave took 24 ms more, hence the Triton kernel). Exact up to rounding:
-the combined taps are summed in fp32 and stored in the weight's dtype.
+the combined taps are summed in fp32 (fp64 for float64 weights) and stored in the weight's dtype.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ _TAP_SUMS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], 
 
 def phase_weight(weight: torch.Tensor) -> torch.Tensor:
     """``(C_out, C_in, 3, 3)`` -> ``(4 * C_out, C_in, 2, 2)``, phase-major (``2a + b``), in the weight's dtype."""
-    sums = _TAP_SUMS.to(weight.device)
-    phases = torch.einsum("apr,bqs,oirs->aboipq", sums, sums, weight.float())
+    acc = torch.promote_types(weight.dtype, torch.float32)
+    sums = _TAP_SUMS.to(weight.device, acc)
+    phases = torch.einsum("apr,bqs,oirs->aboipq", sums, sums, weight.to(acc))
     c_out, c_in = weight.shape[:2]
     return phases.reshape(4 * c_out, c_in, 2, 2).to(weight.dtype)
 
@@ -51,10 +52,12 @@ class UpsampledConv(nn.Conv2d):
         fmt = torch.channels_last if weight.is_cuda else torch.contiguous_format
         return phase_weight(weight).contiguous(memory_format=fmt)
 
-    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:  # type: ignore[override]
-        """The conv of the nearest 2x upsampling of ``x (N, C_in, H, W)``, then a ReLU when ``relu``."""
+    def forward(self, x: torch.Tensor, relu: bool = False,  # type: ignore[override]
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv of the nearest 2x upsampling of ``x (N, C_in, H, W)``, then a ReLU when ``relu``;
+        written into ``out`` (any strides) when given."""
         from kernels.subpixel import interleave_phases
 
         bias = None if self.bias is None else self._phase_bias(self.bias)
         phases = F.conv2d(x, self._phase_weight(self.weight), bias, padding=1)
-        return interleave_phases(phases, x.shape[-2], x.shape[-1], relu=relu)
+        return interleave_phases(phases, x.shape[-2], x.shape[-1], relu=relu, out=out)

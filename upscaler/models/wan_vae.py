@@ -25,6 +25,7 @@ from torch import nn
 from upscaler.models.causal_conv import CausalConv3d
 from upscaler.models.config import VAEDecoderConfig
 from upscaler.models.frame_groups import StageShape, group_sizes, preferred_format, run_in_frame_groups, zeros_as
+from upscaler.models.upsampled_conv import UpsampledConv
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +112,20 @@ class AttentionBlock(nn.Module):
 
 class Resample(nn.Module):
     """2x spatial upsampling (nearest, then a 3x3 conv halving the channels), preceded in
-    ``upsample3d`` mode by a causal time conv that doubles every frame but the stream's first."""
+    ``upsample3d`` mode by a causal time conv that doubles every frame but the stream's first.
+
+    The reference's ``resample.0`` is ``nn.Upsample(mode="nearest-exact")``, which at an integer scale
+    of 2 is plain nearest; so ``resample.1`` is an :class:`UpsampledConv` that computes the conv of the
+    upsampled frames from the frames themselves, and ``resample.0`` is a parameter-free placeholder
+    (the checkpoint keys stay ``resample.1.weight`` / ``.bias``).
+    """
 
     def __init__(self, dim: int, mode: str) -> None:
         super().__init__()
         if mode not in ("upsample2d", "upsample3d"):
             raise ValueError(f"decoder Resample mode must be upsample2d or upsample3d, got {mode!r}")
         self.mode = mode
-        self.resample = nn.Sequential(nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"), nn.Conv2d(dim, dim // 2, 3, padding=1))
+        self.resample = nn.Sequential(nn.Identity(), UpsampledConv(dim, dim // 2))
         if mode == "upsample3d":
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
 
@@ -126,8 +133,18 @@ class Resample(nn.Module):
         if self.mode == "upsample3d":
             x = self._double_time(x, caches)
         b, c, t, h, w = x.shape
-        frames = self.resample(x.transpose(1, 2).reshape(b * t, c, h, w))
-        return frames.reshape(b, t, *frames.shape[1:]).transpose(1, 2)
+        # The (B*T, C, H, W) frames, copied once into channels-last with canonical strides (a reshaped view of
+        # one frame can carry a batch stride that makes PyTorch pick NCHW): the layout of the phase conv on
+        # CUDA, where UpsampledConv keeps its weight channels-last, and of the Triton interleave's input.
+        frames = torch.empty((b * t, c, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        frames.view(b, t, c, h, w).copy_(x.transpose(1, 2))
+        conv = self.resample[1]
+        # Written straight into the contiguous (B, C, T, H, W) layout the 3D convs run in (a channels-last
+        # result would turn the following causal convs channels_last_3d, which runs slower).
+        out = torch.empty((b, conv.out_channels, t, 2 * h, 2 * w), dtype=x.dtype, device=x.device)
+        for i in range(b):
+            conv(frames[i * t:(i + 1) * t], out=out[i].transpose(0, 1))
+        return out
 
     def _double_time(self, x: torch.Tensor, caches: dict[int, torch.Tensor]) -> torch.Tensor:
         # The stream's first frame bypasses the time conv, whose history then starts as zeros.
