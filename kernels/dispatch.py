@@ -16,6 +16,8 @@ import os
 
 import torch
 
+from kernels.reference import SliceScales, check_key_dtype, dequantize_slices
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("triton", "flex", "sdpa", "dense")
@@ -96,17 +98,21 @@ def lcsa_block_mask(
 
 
 def sparse_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *, scale: float | None = None,
+    key_scales: SliceScales | None = None,
 ) -> torch.Tensor:
     """Block-sparse attention ``(B, H, Lq, D)`` over kept (128 query x 64 key) blocks, in q's dtype.
 
-    A query block with no kept key block gives zeros.
+    A query block with no kept key block gives zeros. ``k`` may be FP8 (e4m3) with ``key_scales``: the
+    Triton kernel then runs Q.K^T in FP8, other backends dequantise ``k`` to q's dtype first.
     """
     backend = backend_for(q)
     if backend == "triton":
         from kernels.triton_sparse import sparse_attention_triton
 
-        return sparse_attention_triton(q, k, v, block_mask, scale=scale)
+        return sparse_attention_triton(q, k, v, block_mask, scale=scale, key_scales=key_scales)
+    if check_key_dtype(q, k, v, key_scales):
+        k = dequantize_slices(k, key_scales.scales, key_scales.slice_len, q.dtype)
     if backend == "flex":
         from kernels.flex import sparse_attention_flex
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,47 @@ Q_BLOCK = 128
 K_BLOCK = 64
 # Bound on elements of the token-level boolean mask materialised at once by the SDPA path.
 _SDPA_CHUNK_ELEMENTS = 1 << 26
+FP8_KV_DTYPE = torch.float8_e4m3fn
+
+
+@dataclass(frozen=True)
+class SliceScales:
+    """Dequantisation scales of FP8 (e4m3) keys stored per time slice and head, as the streaming cache
+    keeps them: ``scales`` float32 ``(slices, H)``, contiguous; token ``t`` of head ``h`` holds
+    ``stored * scales[t // slice_len, h]``. ``slice_len`` is a multiple of 64 (whole key blocks)."""
+
+    scales: torch.Tensor
+    slice_len: int
+
+
+def dequantize_slices(x: torch.Tensor, scales: torch.Tensor, slice_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """FP8 ``x (B, H, n * slice_len, D)`` with scales ``(>= n, H)`` -> ``dtype``."""
+    b, h, length, d = x.shape
+    slices = x.view(b, h, length // slice_len, slice_len, d).to(dtype)
+    return (slices * scales[: length // slice_len].t().to(dtype)[None, :, :, None, None]).view(b, h, length, d)
+
+
+def check_key_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_scales: SliceScales | None) -> bool:
+    """Validate dtypes: v in q's dtype, k too or FP8 with ``key_scales``. Returns whether k is FP8."""
+    if v.dtype != q.dtype:
+        raise ValueError(f"v must have q's dtype {q.dtype}, got {v.dtype}")
+    if k.dtype == FP8_KV_DTYPE:
+        if key_scales is None:
+            raise ValueError("FP8 keys need key_scales")
+        t, slice_len = key_scales.scales, key_scales.slice_len
+        if slice_len <= 0 or slice_len % K_BLOCK or k.shape[2] % slice_len:
+            raise ValueError(f"slice_len {slice_len} must be a multiple of {K_BLOCK} dividing Lk={k.shape[2]}")
+        slices = k.shape[2] // slice_len
+        if t.dtype != torch.float32 or t.dim() != 2 or t.shape[0] < slices or t.shape[1] != k.shape[1]:
+            raise ValueError(f"key_scales.scales must be float32 (>= {slices}, {k.shape[1]}), got {t.dtype} {tuple(t.shape)}")
+        if not t.is_contiguous():
+            raise ValueError("key_scales.scales must be contiguous")
+        return True
+    if k.dtype != q.dtype:
+        raise ValueError(f"q/k dtypes differ: {q.dtype}, {k.dtype}")
+    if key_scales is not None:
+        raise ValueError("key_scales given for keys that are not FP8")
+    return False
 
 
 def local_window_mask(grid: tuple[int, int], local_range: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import K_BLOCK, Q_BLOCK, check_attention_inputs
+from kernels.reference import K_BLOCK, Q_BLOCK, SliceScales, check_attention_inputs, check_key_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 # Used where autotuning is impossible (the CPU interpreter) or unwanted (explicit config).
 DEFAULT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
 TMA_MIN_ARCH = 90
+FP8_MIN_ARCH = 89
 
 
 @triton.jit
@@ -57,17 +58,28 @@ def _attend_tile(s, v, m_i, l_i, acc):
 
 
 @triton.jit
+def _quantize_rows(q):
+    """e4m3 copy of a query tile, each row scaled by its absolute maximum, and the per-row scales."""
+    qf = q.to(tl.float32)
+    row_scale = tl.maximum(tl.max(tl.abs(qf), 1), 1e-12) / 448.0
+    return (qf / row_scale[:, None]).to(tl.float8e4nv), row_scale
+
+
+@triton.jit
 def _sparse_attn_fwd(
-    Q, K, V, O, IDX, CNT, ORDER, qk_scale,
+    Q, K, V, O, IDX, CNT, ORDER, KS, qk_scale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    B, H, LQ, LK, NQ, NK,
+    B, H, LQ, LK, NQ, NK, SLICE_BLOCKS,
     ARCH: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr, K_FP8: tl.constexpr,
 ):
-    """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list."""
+    """One program = BLOCK_M query rows of one 128-row query block; loops over that block's kept list.
+
+    With ``K_FP8`` the keys are e4m3 with float32 scales ``KS (slices, H)`` (key block ``j`` of head
+    ``h``: ``KS[j // SLICE_BLOCKS, h]``), the query rows are quantised to e4m3 and Q.K^T runs in FP8."""
     SPLIT: tl.constexpr = 128 // BLOCK_M
     PAIRS: tl.constexpr = BLOCK_N // 64
     tl.static_assert(not USE_TMA or PAIRS == 1, "TMA loads take one 64-key block per iteration")
@@ -96,30 +108,41 @@ def _sparse_attn_fwd(
         v_desc = tl.make_tensor_descriptor(V, shape=[B, H, LK, HEAD_DIM], strides=[stride_vb, stride_vh, stride_vn, 1],
                                            block_shape=[1, 1, 64, HEAD_DIM])
         q = q_desc.load([b32, h32, (q_block * 128 + sub * BLOCK_M).to(tl.int32), 0]).reshape([BLOCK_M, HEAD_DIM])
+        if K_FP8:
+            q, q_scale = _quantize_rows(q)
+            q_scale = q_scale * qk_scale
         for j in range(0, count):
-            first = tl.load(idx_row + j) * 64
-            k = k_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
-            v = v_desc.load([b32, h32, first, 0]).reshape([64, HEAD_DIM])
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            block = tl.load(idx_row + j)
+            k = k_desc.load([b32, h32, block * 64, 0]).reshape([64, HEAD_DIM])
+            v = v_desc.load([b32, h32, block * 64, 0]).reshape([64, HEAD_DIM])
+            if K_FP8:
+                k_scale = tl.load(KS + (block // SLICE_BLOCKS) * H + h)
+                s = tl.dot(q, tl.trans(k)) * (q_scale * k_scale)[:, None]
+            else:
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
             m_i, l_i, acc = _attend_tile(s, v, m_i, l_i, acc)
     else:
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                     mask=(count > 0) & (offs_d[None, :] >= 0), other=0.0)
+        if K_FP8:
+            q, q_scale = _quantize_rows(q)
+            q_scale = q_scale * qk_scale
         k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
         v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
         for j in range(0, count, PAIRS):
-            if PAIRS == 1:
-                key_rows = tl.load(idx_row + j).to(tl.int64) * 64 + offs_n
-                k = tl.load(k_base + key_rows[:, None] * stride_kn)
-                v = tl.load(v_base + key_rows[:, None] * stride_vn)
-                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            slot = j + offs_n // 64
+            valid = slot < count
+            blocks = tl.load(idx_row + slot, mask=valid, other=0)
+            key_rows = blocks.to(tl.int64) * 64 + offs_n % 64
+            k = tl.load(k_base + key_rows[:, None] * stride_kn, mask=valid[:, None], other=0.0)
+            v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
+            if K_FP8:
+                k_scale = tl.load(KS + (blocks // SLICE_BLOCKS) * H + h)
+                s = tl.dot(q, tl.trans(k)) * (q_scale[:, None] * k_scale[None, :])
             else:
-                slot = j + offs_n // 64
-                valid = slot < count
-                key_rows = tl.load(idx_row + slot, mask=valid, other=0).to(tl.int64) * 64 + offs_n % 64
-                k = tl.load(k_base + key_rows[:, None] * stride_kn, mask=valid[:, None], other=0.0)
-                v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
-                s = tl.where(valid[None, :], tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale, float("-inf"))
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+            if PAIRS > 1:
+                s = tl.where(valid[None, :], s, float("-inf"))
             m_i, l_i, acc = _attend_tile(s, v, m_i, l_i, acc)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -143,7 +166,7 @@ def _autotune_configs(use_tma: bool) -> list[triton.Config]:
     ]
 
 
-_TUNE_KEY = ["ARCH", "HEAD_DIM", "USE_TMA"]
+_TUNE_KEY = ["ARCH", "HEAD_DIM", "USE_TMA", "K_FP8"]
 _tuned = {
     use_tma: triton.autotune(configs=_autotune_configs(use_tma), key=_TUNE_KEY)(_sparse_attn_fwd)
     for use_tma in (False, True)
@@ -213,23 +236,27 @@ def sparse_attention_triton(
     block_mask: torch.Tensor,
     *,
     scale: float | None = None,
+    key_scales: SliceScales | None = None,
     use_tma: bool | None = None,
     config: dict | None = None,
     schedule: str = "locality",
 ) -> torch.Tensor:
     """Block-sparse attention with the Triton kernel; the output has q's dtype and memory layout.
 
-    ``use_tma`` None picks TMA loads on Hopper and newer when the layout allows (True forces them, e.g.
-    under the interpreter); ``config`` fixes BLOCK_M/BLOCK_N/num_warps/num_stages (default: autotuned
-    on CUDA, :data:`DEFAULT_CONFIG` elsewhere, e.g. under ``TRITON_INTERPRET=1``); ``schedule`` is the row
-    launch order (see :func:`compact_block_lists`).
+    FP8 (e4m3) ``k`` comes with ``key_scales``: the kernel then quantises each query row to e4m3 and
+    runs Q.K^T in FP8 (compute capability 8.9 and newer; docs/attention.md has its accuracy); P.V stays
+    in q's dtype. ``use_tma`` None picks TMA loads on Hopper and newer when the layout allows (True
+    forces them, e.g. under the interpreter); ``config`` fixes BLOCK_M/BLOCK_N/num_warps/num_stages
+    (default: autotuned on CUDA, :data:`DEFAULT_CONFIG` elsewhere, e.g. under ``TRITON_INTERPRET=1``);
+    ``schedule`` is the row launch order (see :func:`compact_block_lists`).
     """
     check_attention_inputs(q, k, v, block_mask)
     d = q.shape[-1]
     if d not in SUPPORTED_HEAD_DIMS or v.shape[-1] != d:
         raise ValueError(f"Triton sparse attention supports head dim {SUPPORTED_HEAD_DIMS}, got q {d} / v {v.shape[-1]}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q/k/v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    k_fp8 = check_key_dtype(q, k, v, key_scales)
+    if k_fp8 and q.is_cuda and _arch(q.device) < FP8_MIN_ARCH:
+        raise ValueError(f"FP8 keys need compute capability {FP8_MIN_ARCH / 10:.1f}+ for the FP8 Q.K^T product")
     b, h, lq, _ = q.shape
     lk = k.shape[2]
     nq, nk = lq // Q_BLOCK, lk // K_BLOCK
@@ -241,11 +268,11 @@ def sparse_attention_triton(
     idx, cnt, order = compact_block_lists(block_mask, schedule)
     out = torch.empty_like(q)  # same strides as q: the DiT's (B, L, H, D) memory needs no transpose after
     args = (
-        q, k, v, out, idx, cnt, order, scale * math.log2(math.e),
+        q, k, v, out, idx, cnt, order, key_scales.scales if k_fp8 else cnt, scale * math.log2(math.e),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        b, h, lq, lk, nq, nk,
+        b, h, lq, lk, nq, nk, key_scales.slice_len // K_BLOCK if k_fp8 else 1,
     )
-    flags = {"ARCH": _arch(q.device), "HEAD_DIM": d, "USE_TMA": use_tma}
+    flags = {"ARCH": _arch(q.device), "HEAD_DIM": d, "USE_TMA": use_tma, "K_FP8": k_fp8}
     if config is None and q.is_cuda:
         grid = lambda meta: (b * h * nq * (128 // meta["BLOCK_M"]),)  # noqa: E731
         _tuned[use_tma][grid](*args, **flags)

@@ -29,7 +29,7 @@ import kernels
 from miner.protocol.tasks import UpscalingTask
 from upscaler.api import Upscaler
 from upscaler.report import GIB, UpscaleReport
-from upscaler.settings import TilingSettings, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, load_settings
 from upscaler.video import FrameReader
 from upscaler.video.synthetic import write_test_clip
 
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="random", help="weights spec (default: random weights of the real shapes)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT's element-wise chains")
-    p.add_argument("--kv-cache", choices=("model", "fp8"), default="model", help="K/V cache storage")
+    p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, default="model", help="K/V cache storage")
     p.add_argument("--codec", default="hevc", choices=("h264", "hevc"), help="output codec (Vidaio scores HEVC)")
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
     p.add_argument("--compare-sdpa", action="store_true", help="also run each case with dense flash SDPA attention")

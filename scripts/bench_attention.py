@@ -31,7 +31,14 @@ from triton.testing import do_bench  # noqa: E402
 
 from kernels import triton_sparse  # noqa: E402
 from kernels.flex import _compiled_flex, to_flex_block_mask  # noqa: E402
-from kernels.reference import block_probabilities, block_scores, lcsa_block_mask_torch, pool_blocks  # noqa: E402
+from kernels.reference import (  # noqa: E402
+    SliceScales,
+    block_probabilities,
+    block_scores,
+    dequantize_slices,
+    lcsa_block_mask_torch,
+    pool_blocks,
+)
 from kernels.triton_sparse import compact_block_lists, sparse_attention_triton  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 128
@@ -85,14 +92,20 @@ def bench(fn, rep: int = 200) -> float:
     return float(do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
-def reference_rows(q, k, v, mask, heads: list[int], n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 attention for a subset of (head, query block) rows (longest, shortest and spread rows)."""
+def reference_rows(q, k, v, mask, heads: list[int], n_rows: int,
+                   picks: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 attention for a subset of (head, query block) rows (longest, shortest and spread rows), or
+    for the rows ``picks`` of an earlier call."""
     counts = mask[0].sum(-1)
-    picks = []
-    for h in heads:
-        order = torch.argsort(counts[h], descending=True)
-        sel = torch.cat([order[: n_rows // 2], order[-n_rows // 4:], order[torch.randperm(order.numel())[: n_rows // 4]]])
-        picks += [(h, int(r)) for r in sel]
+    if picks is not None:
+        picks = [tuple(p) for p in picks.tolist()]
+    else:
+        picks = []
+        for h in heads:
+            order = torch.argsort(counts[h], descending=True)
+            sel = torch.cat([order[: n_rows // 2], order[-n_rows // 4:],
+                             order[torch.randperm(order.numel())[: n_rows // 4]]])
+            picks += [(h, int(r)) for r in sel]
     outs = []
     for h, r in picks:
         cols = mask[0, h, r].nonzero().flatten()
@@ -191,11 +204,45 @@ def run_case(case: Case, args) -> dict:
         res["sdpa_dense_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v), rep=300)
     res["sdpa_dense_tflops"] = 4.0 * lq * lk * HEAD_DIM * HEADS / res["sdpa_dense_ms"] * 1e-9
 
+    res.update(fp8_variants(q, k, v, mask, case, index, ref))
     res["speedup_vs_flex"] = res["flex_ms"] / res["triton_ms"]
     res["speedup_vs_sdpa"] = res["sdpa_dense_ms"] / res["triton_ms"]
     res["mask_fraction_of_attention"] = res["mask_pooled_keys_ms"] / res["triton_ms"]
     del q, k, v, outs, out_flex
     torch.cuda.empty_cache()
+    return res
+
+
+def quantize_slices(x: torch.Tensor, slice_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 values and float32 scales ``(slices, H)`` of ``x (B, H, L, D)``, as the streaming cache stores K/V."""
+    b, h, length, d = x.shape
+    slices = x.float().view(b, h, length // slice_len, slice_len, d)
+    scale = slices.abs().amax(dim=(0, 3, 4)).clamp_min(1e-12) / torch.finfo(torch.float8_e4m3fn).max
+    stored = (slices / scale[None, :, :, None, None]).to(torch.float8_e4m3fn).view(b, h, length, d)
+    return stored, scale.t().contiguous()
+
+
+def fp8_variants(q, k, v, mask, case: Case, index, ref) -> dict:
+    """Our kernel on the FP8 cache's keys as stored (e4m3, one scale per slice and head; Q quantised per
+    row, Q.K^T in FP8, P.V in bf16 over the dequantised values), with its error against fp32 attention
+    over the dequantised K/V (the kernel's own error) and over the bf16 K/V (including the cache's
+    quantisation). ``dequant_kv_ms`` / ``dequant_v_ms``: the compiled dequantisation of K and V (the bf16
+    path over the FP8 cache) or of V alone (the FP8 Q.K path)."""
+    slice_len = case.grid[0] * case.grid[1] * 128
+    (k8, ks), (v8, vs) = quantize_slices(k, slice_len), quantize_slices(v, slice_len)
+    k_deq, v_deq = (dequantize_slices(x, s_, slice_len, torch.bfloat16) for x, s_ in ((k8, ks), (v8, vs)))
+    _, ref_deq = reference_rows(q, k_deq, v_deq, mask, heads=[0, HEADS - 1], n_rows=48, picks=index)
+    dequant = torch.compile(dequantize_slices, dynamic=False)
+    res = {"dequant_kv_ms": bench(lambda: (dequant(k8, ks, slice_len, torch.bfloat16),
+                                           dequant(v8, vs, slice_len, torch.bfloat16))),
+           "dequant_v_ms": bench(lambda: dequant(v8, vs, slice_len, torch.bfloat16))}
+    scales = SliceScales(ks, slice_len)
+    out = sparse_attention_triton(q, k8, v_deq, mask, key_scales=scales)
+    res["fp8qk_config"] = str(triton_sparse.tuned_kernel(True).best_config)
+    res["fp8qk_ms"] = bench(lambda: sparse_attention_triton(q, k8, v_deq, mask, key_scales=scales))
+    res["fp8qk_tflops"] = 4.0 * 128 * 64 * HEAD_DIM * int(mask.sum()) / res["fp8qk_ms"] * 1e-9
+    res["fp8qk_max_abs_err_vs_dequantised"] = max_err(out, index, ref_deq)
+    res["fp8qk_max_abs_err_vs_bf16_kv"] = max_err(out, index, ref)
     return res
 
 
@@ -244,6 +291,30 @@ def small_checks() -> list[dict]:
                     err = float((out.double() - ref).abs().max())
                     results.append({"dtype": str(dtype), "d": d, "path": name, "config": str(conf),
                                     "max_abs_err": err, "ok": err < (2e-2 if dtype == torch.bfloat16 else 4e-3)})
+            results += _fp8_checks(q, k, v, mask, dtype, d)
+    return results
+
+
+def _fp8_checks(q, k, v, mask, dtype, d) -> list[dict]:
+    """FP8 keys (slices of 256 tokens, Q.K^T in FP8), both load paths, first and last config, against
+    float64 attention over the dequantised keys."""
+    slice_len = 256
+    lk = k.shape[2] // slice_len * slice_len
+    k, v, mask = k[:, :, :lk], v[:, :, :lk], mask[..., : lk // 64]
+    k8, ks = quantize_slices(k, slice_len)
+    kd = dequantize_slices(k8, ks, slice_len, torch.float64)
+    tm = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)
+    scores = (q.double() @ kd.transpose(-1, -2)) / math.sqrt(d)
+    ref = torch.softmax(scores.masked_fill(~tm, -math.inf), -1).nan_to_num(0) @ v.double()
+    results = []
+    for name, opts in VARIANTS.items():
+        configs = triton_sparse._autotune_configs(opts["use_tma"])
+        for cfg in (configs[0], configs[-1]):
+            conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            out = sparse_attention_triton(q, k8, v, mask, key_scales=SliceScales(ks, slice_len), config=conf, **opts)
+            err = float((out.double() - ref).abs().max())
+            results.append({"dtype": str(dtype), "d": d, "path": f"{name} fp8 q.k", "config": str(conf),
+                            "max_abs_err": err, "ok": err < 5e-2})  # Q rounded to e4m3: see docs
     return results
 
 
@@ -259,6 +330,15 @@ def table(rows: list[dict]) -> str:
             f" {r['speedup_vs_sdpa']:.1f} | {r['ptr_ms']:.2f} | {r['mask_pooled_keys_ms']:.2f} |"
             f" {100 * r['mask_pooled_keys_ms'] / r['triton_ms']:.0f}% | {r['triton_max_abs_err']:.1e} |"
             f" {r['flex_max_abs_err']:.1e} |"
+        )
+    lines += ["", "| case | ours bf16 ms | on the FP8 cache (+ dequantise K, V) ms | ours FP8 Q.K ms |"
+              " on the FP8 cache (+ dequantise V) ms | x flex (kernel) | err vs dequantised | err vs bf16 K/V |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['triton_ms']:.2f} | {r['triton_ms'] + r['dequant_kv_ms']:.2f} | {r['fp8qk_ms']:.2f} |"
+            f" {r['fp8qk_ms'] + r['dequant_v_ms']:.2f} | {r['flex_ms'] / r['fp8qk_ms']:.2f} |"
+            f" {r['fp8qk_max_abs_err_vs_dequantised']:.1e} | {r['fp8qk_max_abs_err_vs_bf16_kv']:.1e} |"
         )
     return "\n".join(lines)
 

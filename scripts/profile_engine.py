@@ -29,7 +29,7 @@ from scripts.bench import Case
 from upscaler.api import Upscaler
 from upscaler.geometry import Geometry
 from upscaler.report import GIB
-from upscaler.settings import load_settings
+from upscaler.settings import KV_CACHE_DTYPES, load_settings
 from upscaler.timing import StageTimer
 from upscaler.video.synthetic import write_test_clip
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", type=Case.parse, default=Case.parse("tiny:SD24K:61"), help="variant:TASK:frames[:tile]")
     p.add_argument("--weights", default="random")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--kv-cache", choices=("model", "fp8"), default="model")
+    p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, default="model")
     p.add_argument("--top", type=int, default=12, help="kernels to list per stage")
     p.add_argument("--memory", action="store_true", help="list the allocations alive at the memory peak")
     p.add_argument("--by-op", action="store_true", help="group kernel time by the ops that launched it (and shapes)")

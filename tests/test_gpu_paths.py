@@ -42,17 +42,18 @@ def test_compiled_elementwise_chains_keep_the_output(upscaler, tmp_path):
     assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean().item(), diff.max().item())  # uint8 levels, bf16 noise
 
 
-def test_fp8_cache_stays_close_to_bf16(upscaler, tmp_path):
+@pytest.mark.parametrize("kv_cache", ["fp8", "fp8-qk"])
+def test_fp8_cache_stays_close_to_bf16(upscaler, tmp_path, kv_cache):
     src = make_clip(tmp_path / "in.mp4", width=160, height=96, frames=29)
     reference = _run(upscaler, src)
     base = upscaler.settings
     try:
-        upscaler.settings = replace(base, kv_cache_dtype="fp8")
+        upscaler.settings = replace(base, kv_cache_dtype=kv_cache)
         fp8 = _run(upscaler, src)
     finally:
         upscaler.settings = base
     diff = (fp8 - reference).abs()
-    print(f"fp8 vs bf16 K/V cache, uint8 levels: mean {diff.mean():.3f} max {diff.max():.0f}")
+    print(f"{kv_cache} vs bf16 K/V cache, uint8 levels: mean {diff.mean():.3f} max {diff.max():.0f}")
     assert diff.mean() < 2.0, diff.mean().item()
 
 

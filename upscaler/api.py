@@ -51,6 +51,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else _DTYPES[name]
 
 
+def _fp8_products_supported(device: torch.device) -> bool:
+    """Whether attention can run Q.K^T in FP8 on ``device`` (off CUDA the keys are dequantised anyway)."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 class Upscaler:
     """Holds the loaded models (kept warm) and runs upscales with them."""
 
@@ -59,6 +64,9 @@ class Upscaler:
         self.device = device
         self.dtype = dtype
         self._components = load_components(settings, device, dtype)
+        if settings.kv_cache_dtype == "fp8-qk" and not _fp8_products_supported(device):
+            log.warning("kv_cache_dtype=fp8-qk: this GPU has no FP8 matrix products (compute capability < 8.9); "
+                        "storing the cache in FP8 and multiplying in %s", str(dtype).removeprefix("torch."))
 
     @classmethod
     def load(cls, settings: UpscalerSettings) -> "Upscaler":
@@ -98,7 +106,8 @@ class Upscaler:
         options = EngineOptions(
             sparsity=sparsity, color_fix=self.settings.color_fix, seed=self.settings.seed,
             decoder_frames_per_pass=variant.frames_per_pass(model_pixels),
-            kv_cache_dtype=torch.float8_e4m3fn if self.settings.kv_cache_dtype == "fp8" else None,
+            kv_cache_dtype=torch.float8_e4m3fn if self.settings.kv_cache_dtype.startswith("fp8") else None,
+            fp8_keys=self.settings.kv_cache_dtype == "fp8-qk" and _fp8_products_supported(self.device),
         )
         return StreamingEngine(models, options, self.device, self.dtype)
 

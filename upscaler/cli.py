@@ -14,7 +14,7 @@ from tqdm import tqdm
 from upscaler.api import Upscaler
 from upscaler.errors import UpscalerError
 from upscaler.report import Progress
-from upscaler.settings import VARIANTS, TilingSettings, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, VARIANTS, TilingSettings, load_settings
 
 log = logging.getLogger("flashvsr-upscale")
 
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cuda, cuda:N or cpu")
     p.add_argument("--dtype", choices=("bf16", "fp16"), help="GPU compute dtype")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the DiT's element-wise chains")
-    p.add_argument("--kv-cache", choices=("model", "fp8"), dest="kv_cache_dtype",
-                   help="K/V cache storage: the compute dtype, or fp8 (half the memory)")
+    p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, dest="kv_cache_dtype",
+                   help="K/V cache storage: the compute dtype, fp8 (half the memory), or fp8-qk (fp8, and Q.K^T in FP8)")
     p.add_argument("--tile-size", type=int, help="spatial tile side in output pixels (multiple of 128; 0 = off)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap in output pixels")
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), help="colour correction")

@@ -10,7 +10,7 @@ from upscaler.configfiles import load_config
 VARIANTS = ("tiny", "tiny-long", "full")
 DECODERS = ("tcdecoder", "wan-vae")
 COLOR_FIXES = ("wavelet", "adain", "none")
-KV_CACHE_DTYPES = ("model", "fp8")
+KV_CACHE_DTYPES = ("model", "fp8", "fp8-qk")
 
 
 @dataclass(frozen=True)

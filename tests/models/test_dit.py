@@ -230,6 +230,31 @@ def test_fp8_cache_halves_memory_and_stays_close(dit):
     assert 0.0 < worst < 0.05, worst
 
 
+@torch.no_grad()
+def test_fp8_keys_reach_attention_as_stored(dit, monkeypatch):
+    """``fp8_keys``: attention receives the cache's e4m3 keys with their per-slice scales (values
+    dequantised); off CUDA the backend dequantises them, so the steps equal the plain FP8 cache's."""
+    import kernels
+
+    seen = []
+    real = kernels.sparse_attention
+
+    def spy(q, k, v, mask, **kwargs):
+        seen.append((k.dtype, v.dtype, kwargs.get("key_scales")))
+        return real(q, k, v, mask, **kwargs)
+
+    monkeypatch.setattr(kernels, "sparse_attention", spy)
+    plain, raw = dit.new_cache(torch.float8_e4m3fn), dit.new_cache(torch.float8_e4m3fn, fp8_keys=True)
+    for step, (noise, features) in enumerate(_inputs(4)):
+        want = dit.stream_step(noise, features, plain, step=step, sparsity=SPARSE)
+        seen.clear()
+        got = dit.stream_step(noise, features, raw, step=step, sparsity=SPARSE)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+        k_dtype, v_dtype, scales = seen[0]
+        assert (k_dtype, v_dtype) == (torch.float8_e4m3fn, want.dtype) and scales.slice_len == raw.slice_len
+        assert scales.scales.shape == (raw.filled, dit.cfg.num_heads)
+
+
 def test_compiled_elementwise_chains_match_eager():
     """The fusable functions give the same values compiled as eager (inductor on the CPU here)."""
     from upscaler.models import fusion

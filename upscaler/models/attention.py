@@ -79,7 +79,7 @@ class SelfAttention(nn.Module):
         cached = step.cache.store(block, k, v)
         mask = kernels.lcsa_block_mask(q, cached.keys, local_range=step.local_range, topk=step.topk, grid=step.grid,
                                        k_pooled=cached.pooled_keys)
-        out = kernels.sparse_attention(q, cached.keys, cached.values, mask)
+        out = kernels.sparse_attention(q, cached.keys, cached.values, mask, key_scales=cached.key_scales)
         return self.o(out.transpose(1, 2).reshape(b, length, dim))
 
 

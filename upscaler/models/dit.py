@@ -194,9 +194,10 @@ class WanDiT(nn.Module):
         )
         log.info("dit prepared context_tokens=%d dtype=%s device=%s", context.shape[1], self.dtype, self.device)
 
-    def new_cache(self, dtype: torch.dtype | None = None) -> DiTStreamCache:
-        """An empty streaming K/V cache (allocated on step 0); ``dtype`` None stores K/V in the model dtype."""
-        return DiTStreamCache(dtype=dtype)
+    def new_cache(self, dtype: torch.dtype | None = None, *, fp8_keys: bool = False) -> DiTStreamCache:
+        """An empty streaming K/V cache (allocated on step 0); ``dtype`` None stores K/V in the model dtype;
+        ``fp8_keys`` (FP8 storage) gives attention the keys as stored, for an FP8 Q.K^T product."""
+        return DiTStreamCache(dtype=dtype, fp8_keys=fp8_keys)
 
     def _window_positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
         key = (grid, self.device)

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels.reference import K_BLOCK, pool_blocks
+from kernels.reference import FP8_KV_DTYPE, K_BLOCK, SliceScales, pool_blocks
 from upscaler.models.config import DiTConfig
 from upscaler.models.fusion import fusable
 
 FIRST_STEP_SLICES = 3
 MIN_RETAINED_SLICES = 2
-FP8_DTYPE = torch.float8_e4m3fn
+FP8_DTYPE = FP8_KV_DTYPE
 
 
 def is_fp8(dtype: torch.dtype | None) -> bool:
@@ -55,12 +55,14 @@ def _dequantize(x: torch.Tensor, scales: torch.Tensor, slice_len: int, dtype: to
 @dataclass(frozen=True)
 class CachedKV:
     """What a block's attention reads after :meth:`DiTStreamCache.store`: K/V over the filled slots in
-    the model dtype (views, or dequantised copies for FP8 storage) and the keys mean-pooled per 64 tokens
-    (pooled when each slice is written, before any quantisation) for the LCSA mask."""
+    the model dtype (views, or dequantised copies for FP8 storage; with ``fp8_keys`` the keys as stored,
+    with their ``key_scales``) and the keys mean-pooled per 64 tokens (pooled when each slice is written,
+    before any quantisation) for the LCSA mask."""
 
     keys: torch.Tensor
     values: torch.Tensor
     pooled_keys: torch.Tensor
+    key_scales: SliceScales | None = None
 
 
 def ring_slots(kv_ratio: float) -> int:
@@ -87,10 +89,12 @@ def kv_cache_bytes(
 class DiTStreamCache:
     """Per-block K/V ring buffers, allocated on the first step (when the latent size is known).
 
-    ``dtype`` None stores K/V in the model's compute dtype.
+    ``dtype`` None stores K/V in the model's compute dtype. ``fp8_keys`` (FP8 storage only) hands the
+    keys to attention as stored, for an FP8 Q.K^T product, instead of dequantised.
     """
 
     dtype: torch.dtype | None = None
+    fp8_keys: bool = False
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     pooled_keys: list[torch.Tensor] = field(default_factory=list)
@@ -162,6 +166,9 @@ class DiTStreamCache:
             buffer[:, :, lo:hi].view(torch.int64).copy_(quantized.view(torch.int64))
             scales[slots].copy_(scale)
         filled = slice(0, self.filled)
-        return CachedKV(_dequantize(keys[:, :, :end], self.key_scales[block][filled], self.slice_len, k.dtype),
-                        _dequantize(values[:, :, :end], self.value_scales[block][filled], self.slice_len, k.dtype),
-                        pooled)
+        deq_values = _dequantize(values[:, :, :end], self.value_scales[block][filled], self.slice_len, k.dtype)
+        if self.fp8_keys:
+            scales = SliceScales(self.key_scales[block][filled], self.slice_len)
+            return CachedKV(keys[:, :, :end], deq_values, pooled, scales)
+        deq_keys = _dequantize(keys[:, :, :end], self.key_scales[block][filled], self.slice_len, k.dtype)
+        return CachedKV(deq_keys, deq_values, pooled)
