@@ -97,3 +97,17 @@ def test_weights_ramp_only_on_interior_edges_and_padding_is_cropped() -> None:
     assert out[0, 0, 39] == 0  # uncovered pixels stay 0
     with pytest.raises(ValueError, match="smaller than the tile"):
         blender.add(middle, torch.ones(1, 10, 10))
+
+
+def test_tile_file_reads_ranges_back_and_reports_a_short_file(tmp_path) -> None:
+    from upscaler.tiled import _TileFile
+
+    tile = Tile(0, 0, 3, 4)
+    store = _TileFile(tmp_path / "t.u8", tile)
+    frames = torch.randint(0, 256, (5, 4, 6, 3), dtype=torch.uint8)  # padded beyond the tile: cropped
+    store.append(frames[:2])
+    store.append(frames[2:])
+    assert store.frames == 5
+    assert torch.equal(store.read(1, 4), frames[1:4, :3, :4])
+    with pytest.raises(RuntimeError, match="ends before frame 7"):
+        store.read(3, 7)

@@ -78,10 +78,14 @@ def start_uint8_copy(x: torch.Tensor) -> HostFrames:
     if x.ndim != 5 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"expected (1, 3, T, H, W), got shape {tuple(x.shape)}")
     frames = x[0].float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
-    frames = frames.permute(1, 2, 3, 0).contiguous()
+    return start_host_copy(frames.permute(1, 2, 3, 0).contiguous())
+
+
+def start_host_copy(frames: torch.Tensor) -> HostFrames:
+    """Copy ``frames`` to pinned host memory without blocking the host (CUDA; CPU tensors as they are)."""
     if frames.device.type != "cuda":
         return HostFrames(frames)
-    host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+    host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
     host.copy_(frames, non_blocking=True)
     copied = torch.cuda.Event()
     copied.record()

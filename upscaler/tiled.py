@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from upscaler.engine import StreamingEngine
 from upscaler.frame_source import lq_batches
 from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
-from upscaler.resize import frames_to_host
+from upscaler.resize import HostFrames, frames_to_host, start_host_copy
 from upscaler.settings import UpscalerSettings, VariantSettings
 from upscaler.tiling import FeatherBlender, Tile, tile_grid
 from upscaler.timing import StageTimer
@@ -47,10 +47,14 @@ class _TileFile:
             handle.write(frames[:, : self.tile.height, : self.tile.width].contiguous().numpy().tobytes())
         self.frames += frames.shape[0]
 
-    def read(self, start: int, end: int) -> torch.Tensor:
-        data = np.fromfile(self.path, dtype=np.uint8, count=(end - start) * self._frame_bytes,
-                           offset=start * self._frame_bytes)
-        return torch.from_numpy(data.reshape(end - start, self.tile.height, self.tile.width, 3))
+    def read(self, start: int, end: int, pin: bool = False) -> torch.Tensor:
+        """Frames ``[start, end)``; in pinned memory when ``pin`` (for an asynchronous upload)."""
+        out = torch.empty((end - start, self.tile.height, self.tile.width, 3), dtype=torch.uint8, pin_memory=pin)
+        with self.path.open("rb") as handle:
+            handle.seek(start * self._frame_bytes)
+            if handle.readinto(out.numpy()) != out.numel():
+                raise RuntimeError(f"tile file {self.path.name} ends before frame {end}")
+        return out
 
 
 class TiledRun:
@@ -83,22 +87,35 @@ class TiledRun:
         log.info("tiled run tiles=%d tile=%d overlap=%d out=%dx%d", len(self.tiles), self.settings.tiling.tile_size,
                  self.settings.tiling.tile_overlap, *self.geometry.out_size)
         with tempfile.TemporaryDirectory(prefix="flashvsr-tiles-") as scratch:
-            files = [self._run_tile(path, tile, Path(scratch) / f"tile{i}.u8", timer, should_cancel)
-                     for i, tile in enumerate(self.tiles)]
+            files = self._run_tiles(path, Path(scratch), timer, should_cancel)
             counts = {f.frames for f in files}
             if len(counts) != 1:
                 raise RuntimeError(f"tiles produced different frame counts: {sorted(counts)}")
-            total = counts.pop()
-            for start in range(0, total, BLEND_FRAMES):
-                end = min(total, start + BLEND_FRAMES)
-                with timer.stage("tile_blend"):
-                    yield self._blend(files, start, end)
+            yield from self._blended(files, counts.pop(), timer)
 
-    def _run_tile(self, path: str | Path, tile: Tile, target: Path, timer: StageTimer,
+    def _run_tiles(self, path: str | Path, scratch: Path, timer: StageTimer,
+                   should_cancel: Callable[[], bool] | None) -> list[_TileFile]:
+        """Every tile's output file; the next tile's input decodes ahead while a tile runs (its first
+        frames are ready when it starts instead of the GPU waiting for them)."""
+        files: list[_TileFile] = []
+        reader = FrameReader(path, prefetch=self.variant.input_prefetch).start()
+        try:
+            for index, tile in enumerate(self.tiles):
+                current = reader
+                if index + 1 < len(self.tiles):
+                    reader = FrameReader(path, prefetch=self.variant.input_prefetch).start()
+                try:
+                    files.append(self._run_tile(current, tile, scratch / f"tile{index}.u8", timer, should_cancel))
+                finally:
+                    current.close()
+        finally:
+            reader.close()
+        return files
+
+    def _run_tile(self, reader: FrameReader, tile: Tile, target: Path, timer: StageTimer,
                   should_cancel: Callable[[], bool] | None) -> _TileFile:
         multiple = self.settings.spatial_multiple
         model_size = (round_up(tile.width, multiple), round_up(tile.height, multiple))
-        reader = FrameReader(path, prefetch=self.variant.input_prefetch)
         batches = lq_batches(reader, self.geometry, device=self.device, dtype=self.dtype,
                              pad_mode=self.settings.pad_mode, multiple=multiple, tile=tile)
         out = _TileFile(target, tile)
@@ -110,11 +127,35 @@ class TiledRun:
         log.info("tile done y=%d x=%d size=%dx%d frames=%d", tile.y, tile.x, tile.width, tile.height, out.frames)
         return out
 
-    def _blend(self, files: list[_TileFile], start: int, end: int) -> torch.Tensor:
-        shape = (end - start, 3, self.geometry.out_height, self.geometry.out_width)
+    def _blended(self, files: list[_TileFile], total: int, timer: StageTimer) -> Iterator[torch.Tensor]:
+        """The blended frames in groups of :data:`BLEND_FRAMES`: a thread reads the next group's tiles
+        from disk into pinned memory while the GPU blends this one, and each group is handed over once
+        the next one is queued (its copy to the host overlaps that work)."""
+        groups = [(start, min(total, start + BLEND_FRAMES)) for start in range(0, total, BLEND_FRAMES)]
+        pin = self.device.type == "cuda"
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as pool:
+            def read(group: tuple[int, int]) -> Future[list[torch.Tensor]]:
+                return pool.submit(lambda: [f.read(*group, pin=pin) for f in files])
+
+            upcoming = read(groups[0]) if groups else None
+            pending: HostFrames | None = None
+            for index, group in enumerate(groups):
+                with timer.stage("tile_read_wait"):
+                    tiles = upcoming.result()
+                if index + 1 < len(groups):
+                    upcoming = read(groups[index + 1])
+                with timer.stage("tile_blend"):
+                    started = self._blend(files, tiles, group[1] - group[0])
+                if pending is not None:
+                    yield pending.wait()
+                pending = started
+            if pending is not None:
+                yield pending.wait()
+
+    def _blend(self, files: list[_TileFile], tiles: list[torch.Tensor], count: int) -> HostFrames:
+        shape = (count, 3, self.geometry.out_height, self.geometry.out_width)
         blender = FeatherBlender(shape, self.ramp, device=self.device)
-        for tile_file in files:
-            values = tile_file.read(start, end).to(self.device).permute(0, 3, 1, 2)
-            blender.add(tile_file.tile, values)
+        for tile_file, values in zip(files, tiles):
+            blender.add(tile_file.tile, values.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
         blended = blender.result().round_().clamp_(0, 255).to(torch.uint8)
-        return blended.permute(0, 2, 3, 1).contiguous().cpu()
+        return start_host_copy(blended.permute(0, 2, 3, 1).contiguous())

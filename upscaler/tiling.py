@@ -94,9 +94,10 @@ class FeatherBlender:
 
     def weights(self, tile: Tile) -> torch.Tensor:
         """The ``(tile.height, tile.width)`` blend weights of ``tile`` in this plane."""
-        rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < self.height, self.ramp)
-        cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < self.width, self.ramp)
-        return (rows[:, None] * cols[None, :]).to(self._weight.device)
+        device = self._weight.device
+        rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < self.height, self.ramp).to(device)
+        cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < self.width, self.ramp).to(device)
+        return rows[:, None] * cols[None, :]
 
     def add(self, tile: Tile, values: torch.Tensor) -> None:
         """Add ``values (..., tile.height, tile.width)`` (extra rows/columns, e.g. padding, are cropped)."""
