@@ -1,0 +1,66 @@
+"""Compile our Triton kernels for real GPU targets without a GPU (run as a module, never interpreted).
+
+    python -m tests.kernels.gpu_compile
+
+Triton's front end, its GPU passes and ptxas run on the CPU, so a kernel that the interpreter accepts
+but the compiler rejects (e.g. an early ``return`` inside a ``constexpr`` branch) fails here, in CI.
+Prints one line per kernel variant; exits non-zero if any fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kernels.subpixel import _interleave_kernel
+from kernels.triton_sparse import _compact_rows_kernel, _sparse_attn_fwd
+
+
+def _signature(fn, pointers: dict[str, str], floats: tuple[str, ...], consts: dict) -> dict[str, str]:
+    sig = {}
+    for name in fn.arg_names:
+        sig[name] = pointers.get(name) or ("fp32" if name in floats else "constexpr" if name in consts else "i32")
+    return sig
+
+
+def _compile(label: str, fn, arch: int, pointers: dict[str, str], floats: tuple[str, ...], consts: dict,
+             num_warps: int = 4, num_stages: int = 2) -> bool:
+    src = ASTSource(fn=fn, signature=_signature(fn, pointers, floats, consts), constexprs=consts)
+    try:
+        kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                options={"num_warps": num_warps, "num_stages": num_stages})
+    except Exception as exc:  # noqa: BLE001 - report every failing variant, then exit non-zero
+        print(f"FAIL {label} sm_{arch}: {type(exc).__name__}: {str(exc)[:2000]}")
+        return False
+    ok = bool(kernel.asm.get("cubin"))
+    print(f"{'ok' if ok else 'FAIL (no cubin)'} {label} sm_{arch}: {len(kernel.asm.get('cubin', b''))} B cubin, "
+          f"{kernel.metadata.shared} B shared memory")
+    return ok
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("run without TRITON_INTERPRET")
+        return 2
+    results = []
+    attention = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "IDX": "*i32", "CNT": "*i32",
+                 "ORDER": "*i32", "KS": "*fp32"}
+    for arch, tma, fp8, block_n in ((90, True, False, 64), (90, True, True, 64), (90, False, False, 128),
+                                    (89, False, True, 64), (80, False, False, 128)):
+        consts = {"ARCH": arch, "HEAD_DIM": 128, "BLOCK_M": 128, "BLOCK_N": block_n, "USE_TMA": tma, "K_FP8": fp8}
+        pointers = dict(attention, K="*fp8e4nv") if fp8 else attention
+        label = f"sparse attention ({'TMA' if tma else 'pointers'}, {'FP8' if fp8 else 'bf16'} keys)"
+        results.append(_compile(label, _sparse_attn_fwd, arch, pointers, ("qk_scale",), consts))
+    results.append(_compile("compact rows", _compact_rows_kernel, 90, {"MASK": "*u8", "IDX": "*i32", "CNT": "*i32"},
+                            (), {"CHUNK": 1024}, num_stages=1))
+    results.append(_compile("sub-pixel interleave", _interleave_kernel, 90, {"Y": "*bf16", "OUT": "*bf16"}, (),
+                            {"RELU": True, "BLOCK_X": 32, "BLOCK_C": 128}, num_stages=1))
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
