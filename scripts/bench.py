@@ -29,7 +29,7 @@ import kernels
 from miner.protocol.tasks import UpscalingTask
 from upscaler.api import Upscaler
 from upscaler.report import GIB, UpscaleReport
-from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, UpscalerSettings, load_settings
 from upscaler.video import FrameReader
 from upscaler.video.synthetic import write_test_clip
 
@@ -71,12 +71,17 @@ def decode_fps(path: Path) -> float:
     return count / (time.perf_counter() - began)
 
 
+def case_settings(base: UpscalerSettings, case: Case) -> UpscalerSettings:
+    """``base`` with the case's tiling (none, or ``case.tile_size`` with the overlap capped at half a tile)."""
+    overlap = min(base.tiling.tile_overlap, case.tile_size // 2) if case.tile_size else base.tiling.tile_overlap
+    return base.with_overrides(tiling=TilingSettings(case.tile_size, overlap)).validate()
+
+
 def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Path, codec: str, preset: str | None) -> dict[str, Any]:
     """Warm up, then time one upscale; a dict of the results (or of the error)."""
     width, height = case.task.output_size
     base = upscaler.settings
-    overlap = min(base.tiling.tile_overlap, case.tile_size // 2) if case.tile_size else base.tiling.tile_overlap
-    upscaler.settings = base.with_overrides(tiling=TilingSettings(case.tile_size, overlap)).validate()
+    upscaler.settings = case_settings(base, case)
     try:
         upscaler.upscale_file(warm, out_dir / "warm.mp4", width=width, height=height, variant=case.variant, codec=codec, preset=preset)
         torch.cuda.empty_cache()

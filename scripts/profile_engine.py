@@ -5,7 +5,8 @@
 Runs one case twice (a warm-up, then the measured run) without encoding, and prints for the
 measured run: per engine stage the GPU milliseconds per frame, the memory held when the stage
 starts and its peak inside the stage; then, per stage, the CUDA kernels that take the most time,
-from the PyTorch profiler over the steady steps (the first step, which is longer, is left out).
+from the PyTorch profiler over the steady steps (the first step, which is longer, is left out; a tiled
+case, ``variant:TASK:frames:tile``, is profiled whole, every tile's first step included).
 ``--memory`` also records every allocation of the measured run and lists the tensors alive at its
 peak by the line of our code that made them. This is the profile that explains the numbers of
 ``flashvsr-bench``; it is not a benchmark itself.
@@ -25,7 +26,7 @@ from typing import Iterator
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from scripts.bench import Case
+from scripts.bench import Case, case_settings
 from upscaler.api import Upscaler
 from upscaler.geometry import Geometry
 from upscaler.report import GIB
@@ -56,14 +57,17 @@ class MemoryStageTimer(StageTimer):
 
 
 def _run(upscaler: Upscaler, src: Path, case: Case, timer: StageTimer, prof: profile | None) -> int:
-    """Upscale ``src`` without encoding; start ``prof`` after the first chunk. Returns frames."""
+    """Upscale ``src`` without encoding; start ``prof`` after the first chunk (the first step is longer),
+    or at once for a tiled case (its first chunk comes only after every tile has run). Returns frames."""
     width, height = case.task.output_size
     geometry = Geometry.for_target(case.task.input_size, (width, height), upscaler.settings.spatial_multiple)
     variant = upscaler.settings.variant(case.variant)
     frames = 0
+    if prof is not None and case.tile_size:
+        prof.start()
     for chunk in upscaler.upscale_frames(src, geometry, variant, timer=timer):
         frames += chunk.shape[0]
-        if prof is not None and frames == chunk.shape[0]:
+        if prof is not None and frames == chunk.shape[0] and not case.tile_size:
             torch.cuda.synchronize()
             prof.start()
     torch.cuda.synchronize()
@@ -136,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", kv_cache_dtype=args.kv_cache,
                                            compile=args.compile))
+    upscaler.settings = case_settings(upscaler.settings, args.case)
     with tempfile.TemporaryDirectory(prefix="flashvsr-profile-") as tmp:
         w, h = args.case.task.input_size
         src = write_test_clip(Path(tmp) / "in.mp4", w, h, args.case.frames)
@@ -168,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{timer.peak_bytes[name] / GIB:9.2f}")
     for stage, kernels in (kernels_by_stage(prof, args.by_op) if started(prof) else {}).items():
         total = sum(ms for ms, _ in kernels.values())
-        print(f"\n{stage}: {total:.1f} ms of kernels in the steady steps; top {args.top}:")
+        scope = "the whole run" if args.case.tile_size else "the steady steps"
+        print(f"\n{stage}: {total:.1f} ms of kernels in {scope}; top {args.top}:")
         for name, (ms, calls) in sorted(kernels.items(), key=lambda kv: kv[1][0], reverse=True)[: args.top]:
             print(f"{100 * ms / total:5.1f}% {ms:9.2f} {int(calls):6d}  {name[:160 if args.by_op else 110]}")
     if args.memory:
