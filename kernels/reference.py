@@ -34,8 +34,20 @@ class SliceScales:
     slice_len: int
 
 
+def quantize_slices(x: torch.Tensor, slice_len: int, dtype: torch.dtype = FP8_KV_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (B, H, n * slice_len, D)`` -> FP8 values and float32 scales ``(n, H)`` (contiguous), one per
+    slice and head: each slice's absolute maximum maps to the format's largest value."""
+    b, h, length, d = x.shape
+    slices = x.view(b, h, length // slice_len, slice_len, d)
+    amax = slices.abs().amax(dim=(0, 3, 4)).float().clamp_min(1e-12)  # (H, n)
+    scale = amax / torch.finfo(dtype).max
+    values = (slices / scale.to(x.dtype)[None, :, :, None, None]).to(dtype).view(b, h, length, d)
+    return values, scale.t().contiguous()
+
+
 def dequantize_slices(x: torch.Tensor, scales: torch.Tensor, slice_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """FP8 ``x (B, H, n * slice_len, D)`` with scales ``(>= n, H)`` -> ``dtype``."""
+    """Inverse of :func:`quantize_slices`: FP8 ``x (B, H, n * slice_len, D)`` with scales ``(>= n, H)``
+    -> ``dtype``."""
     b, h, length, d = x.shape
     slices = x.view(b, h, length // slice_len, slice_len, d).to(dtype)
     return (slices * scales[: length // slice_len].t().to(dtype)[None, :, :, None, None]).view(b, h, length, d)

@@ -38,6 +38,7 @@ from kernels.reference import (  # noqa: E402
     dequantize_slices,
     lcsa_block_mask_torch,
     pool_blocks,
+    quantize_slices,
 )
 from kernels.triton_sparse import compact_block_lists, sparse_attention_triton  # noqa: E402
 
@@ -211,15 +212,6 @@ def run_case(case: Case, args) -> dict:
     del q, k, v, outs, out_flex
     torch.cuda.empty_cache()
     return res
-
-
-def quantize_slices(x: torch.Tensor, slice_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """e4m3 values and float32 scales ``(slices, H)`` of ``x (B, H, L, D)``, as the streaming cache stores K/V."""
-    b, h, length, d = x.shape
-    slices = x.float().view(b, h, length // slice_len, slice_len, d)
-    scale = slices.abs().amax(dim=(0, 3, 4)).clamp_min(1e-12) / torch.finfo(torch.float8_e4m3fn).max
-    stored = (slices / scale[None, :, :, None, None]).to(torch.float8_e4m3fn).view(b, h, length, d)
-    return stored, scale.t().contiguous()
 
 
 def fp8_variants(q, k, v, mask, case: Case, index, ref) -> dict:

@@ -7,7 +7,7 @@ import torch
 
 import kernels
 from kernels.flex import sparse_attention_flex
-from kernels.reference import SliceScales, dequantize_slices, sparse_attention_sdpa
+from kernels.reference import SliceScales, dequantize_slices, quantize_slices, sparse_attention_sdpa
 from kernels.triton_sparse import compact_block_lists, sparse_attention_triton
 from tests.kernels.helpers import dense_block_sparse_attention
 
@@ -129,15 +129,6 @@ def test_triton_kernel_tma_loads_match_float64_reference(kind, n_q, n_k, d, dtyp
     torch.testing.assert_close(out.double(), dense_block_sparse_attention(q, k, v, mask), atol=TOLERANCE[dtype], rtol=0)
 
 
-def _fp8_slices(x: torch.Tensor, slice_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantise ``(B, H, L, D)`` to e4m3 with one scale per (slice, head), as the streaming cache stores it."""
-    b, h, length, d = x.shape
-    slices = x.float().view(b, h, length // slice_len, slice_len, d)
-    scale = slices.abs().amax(dim=(0, 3, 4)) / 448.0  # (H, slices)
-    stored = (slices / scale[None, :, :, None, None]).to(torch.float8_e4m3fn).view(b, h, length, d)
-    return stored, scale.t().contiguous()
-
-
 FP8_CASES = [
     # (mask kind, n_q, n_k, slice_len, D, q dtype, use_tma, config)
     ("empty_rows", 2, 8, 128, 64, torch.float16, False, {"BLOCK_M": 64, "BLOCK_N": 64}),
@@ -164,7 +155,7 @@ def test_triton_kernel_fp8_keys(kind, n_q, n_k, slice_len, d, dtype, use_tma, co
     to float64 attention over the dequantised keys (q chosen exactly representable after quantisation)."""
     _, k, v = _qkv(n_q, n_k, d, dtype, seed=7 * n_k + d)
     q = _fp8_exact_queries(n_q, d, dtype, seed=n_k)
-    k8, k_scale = _fp8_slices(k, slice_len)
+    k8, k_scale = quantize_slices(k, slice_len)
     mask = _masks(kind, 2, n_q, n_k, seed=n_q + 1)
     out = sparse_attention_triton(q, k8, v, mask, key_scales=SliceScales(k_scale, slice_len), use_tma=use_tma,
                                   config=config)
@@ -178,7 +169,7 @@ def test_triton_kernel_fp8_keys(kind, n_q, n_k, slice_len, d, dtype, use_tma, co
 
 def test_fp8_key_fallback_dequantises_and_bad_scales_are_reported():
     q, k, v = _qkv(2, 4, 64, torch.float32, seed=21)
-    k8, k_scale = _fp8_slices(k, 128)
+    k8, k_scale = quantize_slices(k, 128)
     mask = _masks("random", 2, 2, 4, seed=22)
     expected = dense_block_sparse_attention(q, dequantize_slices(k8, k_scale, 128, torch.float64), v, mask)
     out = kernels.sparse_attention(q, k8, v, mask, key_scales=SliceScales(k_scale, 128))  # CPU: the SDPA path
