@@ -16,7 +16,13 @@ import os
 
 import torch
 
-from kernels.reference import SliceScales, check_key_dtype, dequantize_slices
+from kernels.reference import (
+    SliceScales,
+    check_key_dtype,
+    dequantize_slices,
+    lcsa_block_mask_torch,
+    sparse_attention_sdpa,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +97,6 @@ def lcsa_block_mask(
     PyTorch ops on every backend: on an H100 they are as fast as a Triton radix-select variant we
     measured (docs/attention.md), and they are the reference semantics bit for bit.
     """
-    from kernels.reference import lcsa_block_mask_torch
-
     return lcsa_block_mask_torch(q_windows, k_windows, local_range=local_range, topk=topk, grid=grid,
                                  k_pooled=k_pooled)
 
@@ -119,6 +123,4 @@ def sparse_attention(
         return sparse_attention_flex(q, k, v, block_mask, scale=scale)
     if backend == "dense" and q.is_cuda:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
-    from kernels.reference import sparse_attention_sdpa
-
     return sparse_attention_sdpa(q, k, v, block_mask, scale=scale)

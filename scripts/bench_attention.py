@@ -121,6 +121,18 @@ def reference_rows(q, k, v, mask, heads: list[int], n_rows: int,
     return index, torch.stack(outs)
 
 
+def kept_block_flops(mask: torch.Tensor) -> float:
+    """Multiply-add FLOPs of Q.K^T and P.V over the kept (128 x 64) blocks."""
+    return 4.0 * 128 * 64 * HEAD_DIM * int(mask.sum())
+
+
+def dense_reference(q, k, v, mask) -> torch.Tensor:
+    """float64 attention over the kept blocks of ``mask`` (rows with nothing kept give 0)."""
+    tokens = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)
+    scores = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    return torch.softmax(scores.masked_fill(~tokens, -math.inf), -1).nan_to_num(0) @ v.double()
+
+
 def max_err(out: torch.Tensor, index: torch.Tensor, ref: torch.Tensor) -> float:
     got = torch.stack([out[0, h, r * 128:(r + 1) * 128].float() for h, r in index.tolist()])
     return float((got - ref).abs().max())
@@ -164,7 +176,7 @@ def run_case(case: Case, args) -> dict:
         "row_count_min": int(counts.min()), "empty_rows": int((counts == 0).sum()),
     }
     res["row_imbalance_max_over_mean"] = res["row_count_max"] / max(res["row_count_mean"], 1e-9)
-    flops = 4.0 * 128 * 64 * HEAD_DIM * kept
+    flops = kept_block_flops(mask)
     k_pooled = pool_blocks(k, 64)
     res["mask_torch_ms"] = bench(lambda: lcsa_block_mask_torch(q, k, **margs))
     res["mask_pooled_keys_ms"] = bench(lambda: lcsa_block_mask_torch(q, k, **margs, k_pooled=k_pooled))
@@ -232,7 +244,7 @@ def fp8_variants(q, k, v, mask, case: Case, index, ref) -> dict:
     out = sparse_attention_triton(q, k8, v_deq, mask, key_scales=scales)
     res["fp8qk_config"] = str(triton_sparse.tuned_kernel(True).best_config)
     res["fp8qk_ms"] = bench(lambda: sparse_attention_triton(q, k8, v_deq, mask, key_scales=scales))
-    res["fp8qk_tflops"] = 4.0 * 128 * 64 * HEAD_DIM * int(mask.sum()) / res["fp8qk_ms"] * 1e-9
+    res["fp8qk_tflops"] = kept_block_flops(mask) / res["fp8qk_ms"] * 1e-9
     res["fp8qk_max_abs_err_vs_dequantised"] = max_err(out, index, ref_deq)
     res["fp8qk_max_abs_err_vs_bf16_kv"] = max_err(out, index, ref)
     return res
@@ -270,9 +282,7 @@ def small_checks() -> list[dict]:
             mask = torch.rand(2, 3, 4, 23, device="cuda", generator=g) < 0.3
             mask[0, 0, 0] = False
             mask[1, 2, 3] = True
-            tm = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)
-            s_ = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(d)
-            ref = torch.softmax(s_.masked_fill(~tm, -math.inf), -1).nan_to_num(0) @ v.double()
+            ref = dense_reference(q, k, v, mask)
             for name, opts in VARIANTS.items():
                 configs = triton_sparse._autotune_configs(opts["use_tma"])
                 # every config for the production combination, the first and last for the others
@@ -294,10 +304,7 @@ def _fp8_checks(q, k, v, mask, dtype, d) -> list[dict]:
     lk = k.shape[2] // slice_len * slice_len
     k, v, mask = k[:, :, :lk], v[:, :, :lk], mask[..., : lk // 64]
     k8, ks = quantize_slices(k, slice_len)
-    kd = dequantize_slices(k8, ks, slice_len, torch.float64)
-    tm = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)
-    scores = (q.double() @ kd.transpose(-1, -2)) / math.sqrt(d)
-    ref = torch.softmax(scores.masked_fill(~tm, -math.inf), -1).nan_to_num(0) @ v.double()
+    ref = dense_reference(q, dequantize_slices(k8, ks, slice_len, torch.float64), v, mask)
     results = []
     for name, opts in VARIANTS.items():
         configs = triton_sparse._autotune_configs(opts["use_tma"])

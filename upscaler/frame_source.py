@@ -54,7 +54,7 @@ def lq_batches(
 
     Without a tile the padded size is the geometry's model size; with one it is the tile's size
     rounded up to the same multiple, and only the input region the tile needs is upscaled where the
-    scale is an integer (:func:`tile_source_crop`; the whole frame otherwise).
+    scale is a power of two (:func:`tile_source_crop`; the whole frame otherwise).
     """
     iterator = iter(frames)
     crop = tile_source_crop(geometry, tile) if tile is not None else None

@@ -92,6 +92,18 @@ def start_host_copy(frames: torch.Tensor) -> HostFrames:
     return HostFrames(host, copied)
 
 
+def one_behind(copies: Iterable[HostFrames]) -> Iterator[torch.Tensor]:
+    """Yield the frames of each started copy once the next one has been started (the last at the end):
+    whatever the producer queues on the GPU for copy n+1 is queued before copy n is waited for."""
+    pending: HostFrames | None = None
+    for started in copies:
+        if pending is not None:
+            yield pending.wait()
+        pending = started
+    if pending is not None:
+        yield pending.wait()
+
+
 def frames_to_host(chunks: Iterable[torch.Tensor], timer: StageTimer) -> Iterator[torch.Tensor]:
     """Yield each ``(1, 3, T, H, W)`` chunk as uint8 host frames, one chunk behind.
 
@@ -99,15 +111,13 @@ def frames_to_host(chunks: Iterable[torch.Tensor], timer: StageTimer) -> Iterato
     never drains the GPU queue at a step boundary: the host-side work of the next step (input frames,
     launches) overlaps the GPU instead of following it.
     """
-    pending: HostFrames | None = None
-    for chunk in chunks:
-        with timer.stage("to_uint8"):
-            started = start_uint8_copy(chunk)
-        if pending is not None:
-            yield pending.wait()
-        pending = started
-    if pending is not None:
-        yield pending.wait()
+
+    def started() -> Iterator[HostFrames]:
+        for chunk in chunks:
+            with timer.stage("to_uint8"):
+                yield start_uint8_copy(chunk)
+
+    return one_behind(started())
 
 
 def pad_to_size(x: torch.Tensor, height: int, width: int, mode: PadMode = "replicate") -> torch.Tensor:

@@ -21,7 +21,7 @@ from upscaler.engine import StreamingEngine
 from upscaler.frame_source import lq_batches
 from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
-from upscaler.resize import HostFrames, frames_to_host, start_host_copy
+from upscaler.resize import HostFrames, frames_to_host, one_behind, start_host_copy
 from upscaler.settings import UpscalerSettings, VariantSettings
 from upscaler.tiling import FeatherBlender, Tile, tile_grid
 from upscaler.timing import StageTimer
@@ -137,20 +137,18 @@ class TiledRun:
             def read(group: tuple[int, int]) -> Future[list[torch.Tensor]]:
                 return pool.submit(lambda: [f.read(*group, pin=pin) for f in files])
 
-            upcoming = read(groups[0]) if groups else None
-            pending: HostFrames | None = None
-            for index, group in enumerate(groups):
-                with timer.stage("tile_read_wait"):
-                    tiles = upcoming.result()
-                if index + 1 < len(groups):
-                    upcoming = read(groups[index + 1])
-                with timer.stage("tile_blend"):
-                    started = self._blend(files, tiles, group[1] - group[0])
-                if pending is not None:
-                    yield pending.wait()
-                pending = started
-            if pending is not None:
-                yield pending.wait()
+            def started() -> Iterator[HostFrames]:
+                upcoming = read(groups[0])
+                for index, group in enumerate(groups):
+                    with timer.stage("tile_read_wait"):
+                        tiles = upcoming.result()
+                    if index + 1 < len(groups):
+                        upcoming = read(groups[index + 1])
+                    with timer.stage("tile_blend"):
+                        yield self._blend(files, tiles, group[1] - group[0])
+
+            if groups:
+                yield from one_behind(started())
 
     def _blend(self, files: list[_TileFile], tiles: list[torch.Tensor], count: int) -> HostFrames:
         shape = (count, 3, self.geometry.out_height, self.geometry.out_width)
