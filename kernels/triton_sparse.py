@@ -47,12 +47,14 @@ def _compact_rows_kernel(MASK, IDX, CNT, NK, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _attend_tile(s, v, m_i, l_i, acc):
-    """One online-softmax step: scores ``s`` (log2 units) of a key tile with values ``v`` update the
-    running max ``m_i``, sum ``l_i`` and fp32 accumulator ``acc``."""
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+def _attend_tile(s, row_scale, v, m_i, l_i, acc):
+    """One online-softmax step: raw scores ``s`` of a key tile, a positive per-row ``row_scale`` (log2
+    units), values ``v``; updates the running max ``m_i`` (log2 units), sum ``l_i`` and fp32
+    accumulator ``acc``. The max is taken over the raw scores and scaled once per row, so each score
+    costs one fused multiply-add before ``exp2``."""
+    m_new = tl.maximum(m_i, tl.max(s, 1) * row_scale)
+    p = tl.math.exp2(s * row_scale[:, None] - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
     return m_new, l_i * alpha + tl.sum(p, 1), acc
 
@@ -111,22 +113,26 @@ def _sparse_attn_fwd(
         if K_FP8:
             q, q_scale = _quantize_rows(q)
             q_scale = q_scale * qk_scale
+        else:
+            q_scale = tl.full([BLOCK_M], qk_scale, dtype=tl.float32)
         for j in range(0, count):
             block = tl.load(idx_row + j)
             k = k_desc.load([b32, h32, block * 64, 0]).reshape([64, HEAD_DIM])
             v = v_desc.load([b32, h32, block * 64, 0]).reshape([64, HEAD_DIM])
             if K_FP8:
                 k_scale = tl.load(KS + (block // SLICE_BLOCKS) * H + h)
-                s = tl.dot(q, tl.trans(k)) * (q_scale * k_scale)[:, None]
+                m_i, l_i, acc = _attend_tile(tl.dot(q, tl.trans(k)), q_scale * k_scale, v, m_i, l_i, acc)
             else:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            m_i, l_i, acc = _attend_tile(s, v, m_i, l_i, acc)
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
+                m_i, l_i, acc = _attend_tile(s, q_scale, v, m_i, l_i, acc)
     else:
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                     mask=(count > 0) & (offs_d[None, :] >= 0), other=0.0)
         if K_FP8:
             q, q_scale = _quantize_rows(q)
             q_scale = q_scale * qk_scale
+        else:
+            q_scale = tl.full([BLOCK_M], qk_scale, dtype=tl.float32)
         k_base = K + b * stride_kb + h * stride_kh + offs_d[None, :] * stride_kd
         v_base = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
         for j in range(0, count, PAIRS):
@@ -138,12 +144,12 @@ def _sparse_attn_fwd(
             v = tl.load(v_base + key_rows[:, None] * stride_vn, mask=valid[:, None], other=0.0)
             if K_FP8:
                 k_scale = tl.load(KS + (blocks // SLICE_BLOCKS) * H + h)
-                s = tl.dot(q, tl.trans(k)) * (q_scale[:, None] * k_scale[None, :])
+                s = tl.dot(q, tl.trans(k)) * k_scale[None, :]
             else:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
+                s = tl.dot(q, tl.trans(k), input_precision="ieee")
             if PAIRS > 1:
                 s = tl.where(valid[None, :], s, float("-inf"))
-            m_i, l_i, acc = _attend_tile(s, v, m_i, l_i, acc)
+            m_i, l_i, acc = _attend_tile(s, q_scale, v, m_i, l_i, acc)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
