@@ -154,6 +154,7 @@ class _Runner:
             return self._failed(spec, ErrorKind.ERROR, f"{exc.__class__.__name__}: {exc}")
         finally:
             self.upscaler.settings = self.base_settings
+            gc.collect()  # a tensor caught in a reference cycle must not hold GPU memory into the next clip
 
     def _should_cancel(self, spec: TaskSpec) -> bool:
         return self.cancel.is_set() or time.time() >= spec.deadline
