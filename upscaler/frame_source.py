@@ -66,15 +66,15 @@ def lq_batches(
         group = list(islice(iterator, batch_size))
         if not group:
             return
-        stacked = torch.stack([torch.as_tensor(f) for f in group])
         if crop is not None:
             rows, cols, scale = crop
-            source = stacked[:, rows, cols]
+            source = torch.stack([torch.as_tensor(f)[rows, cols] for f in group])  # copies the crop only
             size = (source.shape[2] * scale, source.shape[1] * scale)
             x = to_model_input(source, size=size, device=device, dtype=dtype)
             top, left = tile.y - rows.start * scale, tile.x - cols.start * scale
             x = x[:, :, :, top : top + tile.height, left : left + tile.width]
         else:
+            stacked = torch.stack([torch.as_tensor(f) for f in group])
             x = to_model_input(stacked, size=geometry.out_size, device=device, dtype=dtype)
             if tile is not None:
                 x = x[:, :, :, tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
