@@ -99,15 +99,18 @@ def test_weights_ramp_only_on_interior_edges_and_padding_is_cropped() -> None:
         blender.add(middle, torch.ones(1, 10, 10))
 
 
-def test_tile_file_reads_ranges_back_and_reports_a_short_file(tmp_path) -> None:
-    from upscaler.tiled import _TileFile
+def test_raw_frames_read_ranges_back_map_and_report_errors(tmp_path) -> None:
+    from upscaler.tiled import RawFrames
 
-    tile = Tile(0, 0, 3, 4)
-    store = _TileFile(tmp_path / "t.u8", tile)
-    frames = torch.randint(0, 256, (5, 4, 6, 3), dtype=torch.uint8)  # padded beyond the tile: cropped
+    store = RawFrames(tmp_path / "t.u8", height=3, width=4)
+    frames = torch.randint(0, 256, (5, 4, 6, 3), dtype=torch.uint8)  # padded beyond the stored size: cropped
     store.append(frames[:2])
-    store.append(frames[2:])
+    store.append(frames[2:].numpy())
     assert store.frames == 5
     assert torch.equal(store.read(1, 4), frames[1:4, :3, :4])
+    mapped = store.mapped()
+    assert mapped.shape == (5, 3, 4, 3) and torch.equal(torch.as_tensor(mapped[4]), frames[4, :3, :4])
     with pytest.raises(RuntimeError, match="ends before frame 7"):
         store.read(3, 7)
+    with pytest.raises(ValueError, match="do not cover 3x4x3"):
+        store.append(torch.zeros(1, 2, 4, 3, dtype=torch.uint8))

@@ -17,7 +17,7 @@ from upscaler.errors import InputVideoError, UpscaleCancelled
 from upscaler.geometry import Geometry
 from upscaler.settings import TilingSettings, load_settings
 from upscaler.timing import StageTimer
-from upscaler.video import probe
+from upscaler.video import FrameReader, probe
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +94,34 @@ def test_several_tiles_keep_geometry(upscaler, tmp_path):
         upscaler.settings = base
     info = probe(tmp_path / "out.mp4")
     assert report.tiled and (info.width, info.height, info.frames) == (192, 128, 9)
+
+
+def test_tiles_read_the_input_decoded_once(upscaler, tmp_path, monkeypatch):
+    """The first tile decodes the input and records it; every other tile reads its crop from the record
+    and gives the same frames as when it decodes the input itself."""
+    import upscaler.tiled as tiled_module
+    from upscaler.tiled import RawFrames, TiledRun
+
+    decodes = []
+
+    class CountingReader(FrameReader):
+        def __iter__(self):
+            decodes.append(self.path.name)
+            return super().__iter__()
+
+    monkeypatch.setattr(tiled_module, "FrameReader", CountingReader)
+    src = make_clip(tmp_path / "in.mp4", width=128, height=64, frames=9)
+    geometry = Geometry.for_target((128, 64), (256, 128), upscaler.settings.spatial_multiple)
+    variant = upscaler.settings.variant("tiny")
+    settings = replace(upscaler.settings, tiling=TilingSettings(tile_size=128, tile_overlap=64))
+    run = TiledRun(upscaler.engine(variant, 128 * 128), settings, geometry, variant, upscaler.device, upscaler.dtype)
+    timer = StageTimer(torch.device("cpu"))
+    outputs = run._run_tiles(src, tmp_path, timer, None)
+    assert len(outputs) == len(run.tiles) > 2 and decodes == ["in.mp4"]
+    for index, (tile, recorded) in enumerate(outputs[1:], start=1):
+        fresh = RawFrames(tmp_path / f"fresh{index}.u8", tile.height, tile.width)
+        run._run_tile(FrameReader(src), tile, fresh, timer, None)
+        assert torch.equal(fresh.read(0, fresh.frames), recorded.read(0, recorded.frames))
 
 
 @pytest.mark.parametrize("maker", [make_corrupt, make_zero_frame, make_text_file])

@@ -2,19 +2,23 @@
 
 The streaming K/V cache grows with the frame area, so tiles are processed one after another
 (tile-major): each tile streams the whole clip through the engine at tile size and its output frames
-go to a raw uint8 file on disk. Then the tiles are blended frame by frame with feathered weights
-(:class:`~upscaler.tiling.FeatherBlender`) and yielded in order. GPU memory is bounded by one tile;
-disk holds about one uncompressed copy of the output (plus the overlaps) until the run ends.
+go to a raw uint8 file on disk. The input is decoded once, during the first tile, into a raw file
+that the other tiles read their crops from (decoding holds the GIL: fifteen decodes of the clip for
+fifteen tiles starved the thread that launches the GPU work). Then the tiles are blended frame by
+frame with feathered weights (:class:`~upscaler.tiling.FeatherBlender`) and yielded in order. GPU
+memory is bounded by one tile; disk holds about one uncompressed copy of the output (plus the
+overlaps) and one of the input until the run ends.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from upscaler.engine import StreamingEngine
@@ -33,28 +37,44 @@ TILE_OFFSET_MULTIPLE = 16
 BLEND_FRAMES = 8
 
 
-class _TileFile:
-    """Append-only raw ``uint8 (t, h, w, 3)`` frames of one tile, read back by frame range."""
+class RawFrames:
+    """Append-only raw ``uint8 (t, height, width, 3)`` frames in a file, read back by frame range."""
 
-    def __init__(self, path: Path, tile: Tile) -> None:
+    def __init__(self, path: Path, height: int, width: int) -> None:
         self.path = path
-        self.tile = tile
+        self.height = height
+        self.width = width
         self.frames = 0
-        self._frame_bytes = tile.height * tile.width * 3
+        self._frame_bytes = height * width * 3
 
-    def append(self, frames: torch.Tensor) -> None:
+    def append(self, frames: torch.Tensor | np.ndarray) -> None:
+        """Append ``(t, >= height, >= width, 3)`` frames, cropped to the stored size."""
+        crop = torch.as_tensor(frames)[:, : self.height, : self.width]
+        if tuple(crop.shape[1:]) != (self.height, self.width, 3):
+            raise ValueError(f"frames of {tuple(frames.shape[1:])} do not cover {self.height}x{self.width}x3")
         with self.path.open("ab") as handle:
-            handle.write(frames[:, : self.tile.height, : self.tile.width].contiguous().numpy().tobytes())
-        self.frames += frames.shape[0]
+            handle.write(crop.contiguous().numpy().tobytes())
+        self.frames += crop.shape[0]
 
     def read(self, start: int, end: int, pin: bool = False) -> torch.Tensor:
         """Frames ``[start, end)``; in pinned memory when ``pin`` (for an asynchronous upload)."""
-        out = torch.empty((end - start, self.tile.height, self.tile.width, 3), dtype=torch.uint8, pin_memory=pin)
+        out = torch.empty((end - start, self.height, self.width, 3), dtype=torch.uint8, pin_memory=pin)
         with self.path.open("rb") as handle:
             handle.seek(start * self._frame_bytes)
             if handle.readinto(out.numpy()) != out.numel():
-                raise RuntimeError(f"tile file {self.path.name} ends before frame {end}")
+                raise RuntimeError(f"frame file {self.path.name} ends before frame {end}")
         return out
+
+    def mapped(self) -> np.ndarray:
+        """All frames as a copy-on-write memory map: a consumer that crops reads only the pages it touches."""
+        return np.memmap(self.path, dtype=np.uint8, mode="c", shape=(self.frames, self.height, self.width, 3))
+
+
+def _recorded(frames: Iterable[np.ndarray], store: RawFrames) -> Iterator[np.ndarray]:
+    """Pass ``frames`` through, appending each to ``store``."""
+    for frame in frames:
+        store.append(frame[None])
+        yield frame
 
 
 class TiledRun:
@@ -88,46 +108,41 @@ class TiledRun:
                  self.settings.tiling.tile_overlap, *self.geometry.out_size)
         with tempfile.TemporaryDirectory(prefix="flashvsr-tiles-") as scratch:
             files = self._run_tiles(path, Path(scratch), timer, should_cancel)
-            counts = {f.frames for f in files}
+            counts = {out.frames for _, out in files}
             if len(counts) != 1:
                 raise RuntimeError(f"tiles produced different frame counts: {sorted(counts)}")
             yield from self._blended(files, counts.pop(), timer)
 
     def _run_tiles(self, path: str | Path, scratch: Path, timer: StageTimer,
-                   should_cancel: Callable[[], bool] | None) -> list[_TileFile]:
-        """Every tile's output file; the next tile's input decodes ahead while a tile runs (its first
-        frames are ready when it starts instead of the GPU waiting for them)."""
-        files: list[_TileFile] = []
-        reader = FrameReader(path, prefetch=self.variant.input_prefetch).start()
-        try:
+                   should_cancel: Callable[[], bool] | None) -> list[tuple[Tile, RawFrames]]:
+        """Every tile's output frames. The first tile decodes the input and records it; the others
+        read their crops from that record instead of decoding again."""
+        source = RawFrames(scratch / "input.u8", self.geometry.in_height, self.geometry.in_width)
+        outputs: list[tuple[Tile, RawFrames]] = []
+        with FrameReader(path, prefetch=self.variant.input_prefetch) as reader:
+            frames: Iterable[np.ndarray] = _recorded(reader, source)
             for index, tile in enumerate(self.tiles):
-                current = reader
-                if index + 1 < len(self.tiles):
-                    reader = FrameReader(path, prefetch=self.variant.input_prefetch).start()
-                try:
-                    files.append(self._run_tile(current, tile, scratch / f"tile{index}.u8", timer, should_cancel))
-                finally:
-                    current.close()
-        finally:
-            reader.close()
-        return files
+                if index > 0:
+                    frames = source.mapped()
+                out = RawFrames(scratch / f"tile{index}.u8", tile.height, tile.width)
+                self._run_tile(frames, tile, out, timer, should_cancel)
+                outputs.append((tile, out))
+        return outputs
 
-    def _run_tile(self, reader: FrameReader, tile: Tile, target: Path, timer: StageTimer,
-                  should_cancel: Callable[[], bool] | None) -> _TileFile:
+    def _run_tile(self, frames: Iterable[np.ndarray], tile: Tile, out: RawFrames, timer: StageTimer,
+                  should_cancel: Callable[[], bool] | None) -> None:
         multiple = self.settings.spatial_multiple
         model_size = (round_up(tile.width, multiple), round_up(tile.height, multiple))
-        batches = lq_batches(reader, self.geometry, device=self.device, dtype=self.dtype,
+        batches = lq_batches(frames, self.geometry, device=self.device, dtype=self.dtype,
                              pad_mode=self.settings.pad_mode, multiple=multiple, tile=tile)
-        out = _TileFile(target, tile)
         chunks = self.engine.run(LQFrames(batches), (tile.width, tile.height), model_size,
                                  timer=timer, should_cancel=should_cancel)
-        for frames in frames_to_host(chunks, timer):
+        for host_frames in frames_to_host(chunks, timer):
             with timer.stage("tile_store"):
-                out.append(frames)
+                out.append(host_frames)
         log.info("tile done y=%d x=%d size=%dx%d frames=%d", tile.y, tile.x, tile.width, tile.height, out.frames)
-        return out
 
-    def _blended(self, files: list[_TileFile], total: int, timer: StageTimer) -> Iterator[torch.Tensor]:
+    def _blended(self, files: list[tuple[Tile, RawFrames]], total: int, timer: StageTimer) -> Iterator[torch.Tensor]:
         """The blended frames in groups of :data:`BLEND_FRAMES`: a thread reads the next group's tiles
         from disk into pinned memory while the GPU blends this one, and each group is handed over once
         the next one is queued (its copy to the host overlaps that work)."""
@@ -135,7 +150,7 @@ class TiledRun:
         pin = self.device.type == "cuda"
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as pool:
             def read(group: tuple[int, int]) -> Future[list[torch.Tensor]]:
-                return pool.submit(lambda: [f.read(*group, pin=pin) for f in files])
+                return pool.submit(lambda: [out.read(*group, pin=pin) for _, out in files])
 
             def started() -> Iterator[HostFrames]:
                 upcoming = read(groups[0])
@@ -150,10 +165,10 @@ class TiledRun:
             if groups:
                 yield from one_behind(started())
 
-    def _blend(self, files: list[_TileFile], tiles: list[torch.Tensor], count: int) -> HostFrames:
+    def _blend(self, files: list[tuple[Tile, RawFrames]], tiles: list[torch.Tensor], count: int) -> HostFrames:
         shape = (count, 3, self.geometry.out_height, self.geometry.out_width)
         blender = FeatherBlender(shape, self.ramp, device=self.device)
-        for tile_file, values in zip(files, tiles):
-            blender.add(tile_file.tile, values.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
+        for (tile, _), values in zip(files, tiles):
+            blender.add(tile, values.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
         blended = blender.result().round_().clamp_(0, 255).to(torch.uint8)
         return start_host_copy(blended.permute(0, 2, 3, 1).contiguous())
