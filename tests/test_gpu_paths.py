@@ -116,4 +116,4 @@ def test_gpu_memory_does_not_grow_from_clip_to_clip(upscaler, tmp_path):
             resident.append(torch.cuda.memory_allocated())
     finally:
         gc.enable()
-    assert resident[0] == resident[1] == resident[2], resident
+    assert max(resident) - min(resident) < 2**20, resident  # the old cycle kept ~8 MB per clip at this size
