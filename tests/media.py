@@ -121,6 +121,26 @@ def make_zero_frame(path: str | Path, *, width: int = 64, height: int = 48) -> P
     return path
 
 
+def make_size_change(path: str | Path, sizes: tuple[tuple[int, int], ...] = ((64, 48), (80, 48)),
+                     frames: int = 5) -> Path:
+    """A raw H.264 stream whose frame size changes mid-stream: one encoded stream per size, concatenated
+    (decoders follow the new parameter sets), ``frames`` frames of each."""
+    path = Path(path)
+    with path.open("wb") as out:
+        for width, height in sizes:
+            part = path.with_suffix(f".{width}x{height}.h264")
+            with av.open(str(part), "w", format="h264") as container:
+                video = container.add_stream("libx264", rate=30)
+                video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+                for index in range(frames):
+                    frame = av.VideoFrame.from_ndarray(pattern_frame(index, width, height), format="rgb24")
+                    container.mux(video.encode(frame))
+                container.mux(video.encode(None))
+            out.write(part.read_bytes())
+            part.unlink()
+    return path
+
+
 def make_corrupt(path: str | Path) -> Path:
     """A valid clip whose bytes after the first 64 are overwritten with noise (header and payload broken)."""
     path = Path(path)

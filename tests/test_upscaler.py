@@ -11,7 +11,7 @@ import av
 import pytest
 import torch
 
-from tests.media import make_clip, make_corrupt, make_text_file, make_zero_frame
+from tests.media import make_clip, make_corrupt, make_size_change, make_text_file, make_zero_frame
 from upscaler.api import Upscaler
 from upscaler.errors import InputVideoError, UpscaleCancelled
 from upscaler.geometry import Geometry
@@ -124,7 +124,7 @@ def test_tiles_read_the_input_decoded_once(upscaler, tmp_path, monkeypatch):
         assert torch.equal(fresh.read(0, fresh.frames), recorded.read(0, recorded.frames))
 
 
-@pytest.mark.parametrize("maker", [make_corrupt, make_zero_frame, make_text_file])
+@pytest.mark.parametrize("maker", [make_corrupt, make_zero_frame, make_text_file, make_size_change])
 def test_bad_input_is_a_clear_error_and_leaves_nothing(upscaler, tmp_path, maker):
     src = maker(tmp_path / "bad.mp4")
     dst = tmp_path / "out.mp4"

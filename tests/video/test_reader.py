@@ -81,6 +81,14 @@ def test_bad_input_raises_in_the_consumer(tmp_path: Path, make) -> None:
         list(FrameReader(path))
 
 
+def test_size_change_mid_stream_is_an_input_error(tmp_path: Path) -> None:
+    reader = FrameReader(media.make_size_change(tmp_path / "resized.h264"))
+    frames = []
+    with pytest.raises(InputVideoError, match=r"resized.h264: frame 5 is 80x48, the video started at 64x48"):
+        frames.extend(reader)
+    assert len(frames) == 5
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputVideoError, match="not found"):
         next(iter(FrameReader(tmp_path / "nope.mp4")))

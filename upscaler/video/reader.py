@@ -24,9 +24,9 @@ class FrameReader:
 
     A background thread decodes up to ``prefetch`` frames ahead into a bounded queue, so decoding
     overlaps the consumer's work and memory stays bounded. Decoder errors surface in the consumer
-    as :class:`InputVideoError`, as does a video with no decodable frame. Any pixel format and size
-    (odd sizes included) is converted to packed RGB. One pass only; :meth:`close` (or leaving a
-    ``with`` block) stops the thread early.
+    as :class:`InputVideoError`, as do a video with no decodable frame and a frame size that changes
+    mid-stream. Any pixel format and size (odd sizes included) is converted to packed RGB. One pass
+    only; :meth:`close` (or leaving a ``with`` block) stops the thread early.
     """
 
     def __init__(
@@ -57,10 +57,17 @@ class FrameReader:
                 stream.thread_type = "AUTO"
                 if self._threads:
                     stream.codec_context.thread_count = self._threads
-                for frame in container.decode(stream):
+                size: tuple[int, int] | None = None
+                for index, frame in enumerate(container.decode(stream)):
+                    size = size or (frame.width, frame.height)
+                    if (frame.width, frame.height) != size:
+                        raise InputVideoError(f"{name}: frame {index} is {frame.width}x{frame.height}, the video "
+                                              f"started at {size[0]}x{size[1]} (a size change mid-stream is not supported)")
                     if not self._channel.put(frame.to_ndarray(format="rgb24")):
                         return
             self._channel.close()
+        except InputVideoError as exc:
+            self._channel.close(exc)
         except av.FFmpegError as exc:
             self._channel.close(InputVideoError(f"cannot decode {name}: {exc.__class__.__name__}: {exc}"))
         except Exception as exc:  # anything else still has to reach the consumer
