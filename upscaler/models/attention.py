@@ -55,8 +55,8 @@ class LCSAStep:
     grid: tuple[int, int]
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with qk RMSNorm, 3D RoPE and the LCSA block-sparse mask (keys q/k/v/o/norm_q/norm_k)."""
+class _Projections(nn.Module):
+    """The q/k/v/o projections and q/k RMSNorms both Wan attention layers hold (their checkpoint keys)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
@@ -68,6 +68,10 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
+
+
+class SelfAttention(_Projections):
+    """Self-attention with qk RMSNorm, 3D RoPE and the LCSA block-sparse mask (keys q/k/v/o/norm_q/norm_k)."""
 
     def forward(self, x: torch.Tensor, block: int, step: LCSAStep) -> torch.Tensor:
         """``x`` ``(B, L, dim)`` in window order; writes this step's K/V into the cache."""
@@ -83,19 +87,8 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).reshape(b, length, dim))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Cross-attention to the fixed prompt; its K/V are computed once by :meth:`project_context`."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNorm(dim, eps)
-        self.norm_k = RMSNorm(dim, eps)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, length, _ = x.shape
