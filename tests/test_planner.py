@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 
 from upscaler.calibration import ThroughputCalibration
-from upscaler.planner import GIB, Measurement, ThroughputTable, estimate_seconds, max_content_length, plan
+from upscaler.planner import (GIB, Measurement, ThroughputTable, calibration_key, estimate_seconds,
+                              max_content_length, plan)
 
 
 def _table() -> ThroughputTable:
@@ -41,6 +42,26 @@ def test_plan_tiles_when_memory_is_short_and_long_clips_stream() -> None:
     assert small_gpu.tile_size > 0 and "tiled" in small_gpu.reason
     long_clip = plan(1920, 1080, 5000, free_vram_bytes=None, deadline_s=None, table=table, device="h100")
     assert long_clip.variant == "tiny-long"
+
+
+def test_tiled_plans_are_estimated_at_the_tiled_speed_and_calibrated_apart() -> None:
+    calibration = ThroughputCalibration(weight=1.0)
+    table = replace(_table(), tiled_slowdown=3.0, calibration=calibration)
+    untiled = plan(3840, 2160, 120, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h100")
+    tiled = plan(3840, 2160, 120, free_vram_bytes=20 * GIB, deadline_s=None, table=table, device="h100")
+    assert (untiled.tile_size, untiled.est_seconds) == (0, 10.0)
+    assert tiled.tile_size > 0 and tiled.est_seconds == 30.0  # 120 frames at 12 / 3 frames/s
+    # A tiled clip measured at 2 frames/s moves only the tiled estimate.
+    calibration.observe(calibration_key("tiny", tiled=True), 3840, 2160, measured_fps=2.0,
+                        table_fps=table.frames_per_second("h100", "tiny", 3840, 2160, tiled=True, calibrated=False))
+    assert estimate_seconds(3840, 2160, 120, table, "tiny", "h100", tiled=True) == 60.0
+    assert estimate_seconds(3840, 2160, 120, table, "tiny", "h100") == 10.0
+
+
+def test_the_shipped_table_estimates_tiled_runs_slower() -> None:
+    table = ThroughputTable.load()
+    untiled = estimate_seconds(3840, 2160, 300, table, "tiny", "h200")
+    assert estimate_seconds(3840, 2160, 300, table, "tiny", "h200", tiled=True) > 3 * untiled - 3 * table.clip_overhead_s
 
 
 def test_length_check_answers_ten_only_when_five_clips_fit() -> None:

@@ -2,9 +2,10 @@
 
 The throughput table (configs/throughput.toml) is measured on one GPU with one version of the code; a
 miner on another GPU of the same class, another host CPU (the encoder runs there) or newer code runs
-faster or slower. Each finished untiled clip gives a ratio of its measured frames/s to the table's
-figure for its variant and output size; the planner multiplies the table by a moving average of those
-ratios, so admission and the LengthCheck answer converge on what the workers really do.
+faster or slower. Each finished clip gives a ratio of its measured frames/s to the table's figure for
+its variant and output size (tiled clips under their own name, ``tiny+tiled``: their speed is not the
+untiled one's); the planner multiplies the table by a moving average of those ratios, so admission and
+the LengthCheck answer converge on what the workers really do.
 """
 
 from __future__ import annotations

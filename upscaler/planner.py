@@ -17,6 +17,11 @@ VIDAIO_FPS = 30
 SAME_ENGINE = {"tiny-long": "tiny"}  # a variant whose speed is its twin's where it was not measured
 
 
+def calibration_key(variant: str, tiled: bool) -> str:
+    """The calibration's name for a variant's untiled or tiled runs (their speeds differ ~3x)."""
+    return f"{variant}+tiled" if tiled else variant
+
+
 @dataclass(frozen=True)
 class Measurement:
     """One measured operating point."""
@@ -42,6 +47,7 @@ class ThroughputTable:
     unknown_gpu_factor: float
     safety_margin: float
     clip_overhead_s: float
+    tiled_slowdown: float = 1.0
     calibration: ThroughputCalibration | None = None
 
     @classmethod
@@ -53,6 +59,7 @@ class ThroughputTable:
             unknown_gpu_factor=float(raw.get("unknown_gpu_factor", 0.5)),
             safety_margin=float(raw.get("safety_margin", 1.15)),
             clip_overhead_s=float(raw.get("clip_overhead_s", 1.5)),
+            tiled_slowdown=float(raw.get("tiled_slowdown", 1.0)),
         )
 
     def _rows(self, device: str, variant: str) -> tuple[list[Measurement], float]:
@@ -79,14 +86,17 @@ class ThroughputTable:
         raise AssertionError("unreachable: rows are sorted")
 
     def frames_per_second(
-        self, device: str, variant: str, width: int, height: int, *, calibrated: bool = True
+        self, device: str, variant: str, width: int, height: int, *, tiled: bool = False, calibrated: bool = True
     ) -> float:
-        """Expected frames/s at ``width x height`` (seconds per frame interpolated in pixels), times the
-        calibration factor unless ``calibrated`` is false (the table's own figure)."""
+        """Expected frames/s at ``width x height`` (seconds per frame interpolated in pixels), divided by
+        ``tiled_slowdown`` for a tiled run, times the calibration factor of untiled or tiled runs unless
+        ``calibrated`` is false (the table's own figure)."""
         rows, factor = self._rows(device, variant)
         seconds_per_frame = self._interpolate(rows, width * height, lambda e: 1.0 / e.fps)
+        if tiled:
+            factor /= self.tiled_slowdown
         if calibrated and self.calibration is not None:
-            factor *= self.calibration.factor(variant, width, height)
+            factor *= self.calibration.factor(calibration_key(variant, tiled), width, height)
         return factor / seconds_per_frame
 
     def peak_bytes(self, device: str, variant: str, width: int, height: int) -> int:
@@ -95,9 +105,10 @@ class ThroughputTable:
         return int(self._interpolate(rows, width * height, lambda e: e.peak_gib) * GIB)
 
 
-def estimate_seconds(width: int, height: int, frames: int, table: ThroughputTable, variant: str, device: str) -> float:
-    """Wall seconds to upscale one clip, safety margin and per-clip overhead included."""
-    fps = table.frames_per_second(device, variant, width, height)
+def estimate_seconds(width: int, height: int, frames: int, table: ThroughputTable, variant: str, device: str,
+                     *, tiled: bool = False) -> float:
+    """Wall seconds to upscale one clip (untiled or tiled), safety margin and per-clip overhead included."""
+    fps = table.frames_per_second(device, variant, width, height, tiled=tiled)
     return (frames / fps) * table.safety_margin + table.clip_overhead_s
 
 
@@ -137,9 +148,9 @@ def plan(
     ]
     reasons = []
     for name in candidates:
-        seconds = estimate_seconds(width, height, frames, table, name, device)
         peak = table.peak_bytes(device, name, width, height)
         fits_memory = free_vram_bytes is None or peak <= free_vram_bytes
+        seconds = estimate_seconds(width, height, frames, table, name, device, tiled=not fits_memory)
         on_time = deadline_s is None or seconds <= deadline_s
         if name == "full" and variant == "auto" and not (fits_memory and on_time):
             reasons.append(f"full skipped (est {seconds:.1f}s, {peak / GIB:.1f} GiB)")

@@ -24,7 +24,7 @@ from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_main
 from miner.metrics import MinerMetrics
 from upscaler.calibration import ThroughputCalibration
-from upscaler.planner import Plan, ThroughputTable, plan
+from upscaler.planner import Plan, ThroughputTable, calibration_key, plan
 
 log = logging.getLogger(__name__)
 
@@ -289,17 +289,19 @@ class Scheduler:
             self._resolve(job, outcome)
 
     def _calibrate(self, outcome: TaskOutcome) -> None:
-        """Fold a finished untiled clip's measured frames/s into the table's calibration."""
+        """Fold a finished clip's measured frames/s into the table's calibration (tiled runs apart)."""
         calibration, report = self._table.calibration, outcome.report
         min_frames = int(self.config.get("jobs.calibration.min_frames"))
-        if (calibration is None or not outcome.ok or not report or report["tiled"] or report["frames"] < min_frames
+        if (calibration is None or not outcome.ok or not report or report["frames"] < min_frames
                 or report["frames_per_second"] <= 0):
             return
         width, height = report["out_size"]
-        variant = report["variant"]
-        table_fps = self._table.frames_per_second(self.device_class, variant, width, height, calibrated=False)
-        factor = calibration.observe(variant, width, height, report["frames_per_second"], table_fps)
-        self.metrics.throughput_factor.labels(variant).set(factor)
+        variant, tiled = report["variant"], bool(report["tiled"])
+        table_fps = self._table.frames_per_second(self.device_class, variant, width, height, tiled=tiled,
+                                                  calibrated=False)
+        key = calibration_key(variant, tiled)
+        factor = calibration.observe(key, width, height, report["frames_per_second"], table_fps)
+        self.metrics.throughput_factor.labels(key).set(factor)
 
     async def _retry_tiled(self, slot: _Slot, spec: TaskSpec, first: TaskOutcome) -> TaskOutcome:
         """After an out-of-memory: plan again as if no untiled run fits, and retry once tiled."""

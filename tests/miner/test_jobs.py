@@ -119,6 +119,12 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             assert oom.ok, oom.message
             assert oom.attempts == 2 and oom.report["tiled"] is True
             assert video_shape(Path(tmp_path / "oom-clip.out.mp4")) == (OUT_W, OUT_H, FRAMES)
+            # The tiled run calibrates tiled estimates only; the untiled factor is unchanged.
+            tiled_raw = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, tiled=True, calibrated=False)
+            tiled_factor = table.calibration.factor("tiny+tiled", OUT_W, OUT_H)
+            assert tiled_factor == min(max(oom.report["frames_per_second"] / tiled_raw, 0.25), 2.0)
+            assert metrics.throughput_factor.labels("tiny+tiled")._value.get() == tiled_factor
+            assert table.calibration.factor("tiny", OUT_W, OUT_H) == factor
 
             # The worker process dies mid-task: only that task fails; the worker is restarted.
             crash = await scheduler.run(_spec(tmp_path, "crash-clip"), priority=1.0)
