@@ -140,6 +140,7 @@ class Scheduler:
             log_format=self.config.get("log.format"),
             hooks=WorkerHooks(**jobs["test_hooks"]),
             warmup=self._warmup_shapes(jobs["warmup_tasks"]),
+            progress_log_s=float(jobs["progress_log_s"]),
         )
         parent, child = self._ctx.Pipe()
         slot.cancel = self._ctx.Event()

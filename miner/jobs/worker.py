@@ -15,6 +15,7 @@ import re
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
@@ -27,7 +28,7 @@ from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.log import setup_logging
 from upscaler.api import Upscaler
 from upscaler.errors import InputVideoError, OutputTooLargeError, UpscaleCancelled
-from upscaler.report import UpscaleReport
+from upscaler.report import Progress, UpscaleReport
 from upscaler.settings import TilingSettings, load_settings
 from upscaler.video import fit_to_size
 from upscaler.video.synthetic import write_test_clip
@@ -61,6 +62,28 @@ class WorkerConfig:
     warmup: tuple[tuple[int, int, int, int], ...] = ()
     """(in_w, in_h, out_w, out_h) shapes upscaled once at start on a GPU (kernel autotuning, cuDNN
     plans), so the first real round does not pay for them."""
+    progress_log_s: float = 10.0
+    """A running clip logs its progress at most this often (0: never)."""
+
+
+class ProgressLog:
+    """Progress callback of one clip: logs frames done, frames/s and ETA at most every ``interval_s``."""
+
+    def __init__(self, task_id: str, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.task_id = task_id
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last = clock()
+
+    def __call__(self, progress: Progress) -> None:
+        now = self._clock()
+        if self.interval_s <= 0 or now - self._last < self.interval_s:
+            return
+        self._last = now
+        eta = progress.eta_s
+        log.info("progress", extra={"fields": {
+            "task_id": self.task_id, "frames": progress.frames_done, "of": progress.frames_total,
+            "fps": round(progress.frames_per_second, 2), "eta_s": None if eta is None else round(eta, 1)}})
 
 
 def device_class(device: str) -> str:
@@ -170,6 +193,7 @@ class _Runner:
                 spec.src, spec.dst, width=spec.width, height=spec.height, variant=spec.variant, crf=spec.crf,
                 codec=spec.codec, preset=spec.preset or None,
                 should_cancel=lambda: self._should_cancel(spec),
+                progress=ProgressLog(spec.task_id, self.config.progress_log_s),
             )
 
     def _apply_hooks(self, spec: TaskSpec) -> None:
