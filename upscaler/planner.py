@@ -135,7 +135,7 @@ def plan(
     variant: str = "auto",
     prefer_quality: bool = False,
     long_clip_frames: int = 600,
-    tile_size: int = 512,
+    tile_size: int = 1024,
 ) -> Plan:
     """Pick Full, Tiny or Tiny-Long, and tiling, for one clip.
 

@@ -74,6 +74,17 @@ def _calibrated(table: ThroughputTable, settings: dict) -> ThroughputTable:
         max_factor=float(settings["max_factor"])))
 
 
+MIN_TILE_SIZE = 256
+
+
+def retry_tile_size(failed_tile: int, planned_tile: int) -> int:
+    """The tile of the one retry after an out-of-memory: the planned tile after an untiled attempt, half
+    the failed tile (a multiple of 128, at least :data:`MIN_TILE_SIZE`) after a tiled one."""
+    if failed_tile <= 0:
+        return planned_tile
+    return max(MIN_TILE_SIZE, failed_tile // 2 // 128 * 128)
+
+
 class Scheduler:
     """Owns the worker processes and the queue feeding them."""
 
@@ -311,7 +322,7 @@ class Scheduler:
             table=self._table, device=self.device_class, variant=spec.variant,
             tile_size=int(self.config.get("jobs.oom_retry_tile_size")),
         )
-        tile = replanned.tile_size or int(self.config.get("jobs.oom_retry_tile_size"))
+        tile = retry_tile_size(spec.tile_size, replanned.tile_size or int(self.config.get("jobs.oom_retry_tile_size")))
         log.warning("retrying tiled after out-of-memory", extra={"fields": {
             "task_id": spec.task_id, "tile": tile, "first_error": first.message}})
         return await self._execute(slot, spec.retry_tiled(tile))

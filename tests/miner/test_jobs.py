@@ -171,3 +171,13 @@ def test_warmup_shapes_come_from_the_task_table(tmp_path: Path) -> None:
     scheduler = Scheduler(config, MinerMetrics())
     assert scheduler._warmup_shapes(config.get("jobs.warmup_tasks")) == ((960, 540, 3840, 2160), (960, 540, 1920, 1080))
     assert video_shape(write_test_clip(tmp_path / "warm.mp4", 64, 36, 29)) == (64, 36, 29)
+
+
+def test_retry_tile_after_out_of_memory() -> None:
+    """An untiled attempt retries at the planned tile; a tiled one at half its tile (multiple of 128, >= 256)."""
+    from miner.jobs.scheduler import retry_tile_size
+
+    assert retry_tile_size(0, 1024) == 1024
+    assert retry_tile_size(1024, 1024) == 512
+    assert retry_tile_size(640, 1024) == 256
+    assert retry_tile_size(256, 1024) == 256
