@@ -24,6 +24,7 @@ from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_main
 from miner.metrics import MinerMetrics
 from upscaler.calibration import ThroughputCalibration
+from upscaler.configfiles import load_config
 from upscaler.planner import Plan, ThroughputTable, calibration_key, plan
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,13 @@ def _calibrated(table: ThroughputTable, settings: dict) -> ThroughputTable:
 MIN_TILE_SIZE = 256
 
 
-def retry_tile_size(failed_tile: int, planned_tile: int) -> int:
+def retry_tile_size(failed_tile: int, planned_tile: int, multiple: int) -> int:
     """The tile of the one retry after an out-of-memory: the planned tile after an untiled attempt, half
-    the failed tile (a multiple of 128, at least :data:`MIN_TILE_SIZE`) after a tiled one."""
+    the failed tile (a multiple of the upscaler's ``spatial_multiple``, at least :data:`MIN_TILE_SIZE`)
+    after a tiled one."""
     if failed_tile <= 0:
         return planned_tile
-    return max(MIN_TILE_SIZE, failed_tile // 2 // 128 * 128)
+    return max(MIN_TILE_SIZE, failed_tile // 2 // multiple * multiple)
 
 
 class Scheduler:
@@ -322,7 +324,9 @@ class Scheduler:
             table=self._table, device=self.device_class, variant=spec.variant,
             tile_size=int(self.config.get("jobs.oom_retry_tile_size")),
         )
-        tile = retry_tile_size(spec.tile_size, replanned.tile_size or int(self.config.get("jobs.oom_retry_tile_size")))
+        multiple = int(load_config(self.config.get("upscaler.config"))["defaults"]["spatial_multiple"])
+        tile = retry_tile_size(spec.tile_size, replanned.tile_size or int(self.config.get("jobs.oom_retry_tile_size")),
+                               multiple)
         log.warning("retrying tiled after out-of-memory", extra={"fields": {
             "task_id": spec.task_id, "tile": tile, "first_error": first.message}})
         return await self._execute(slot, spec.retry_tiled(tile))

@@ -177,7 +177,8 @@ def test_retry_tile_after_out_of_memory() -> None:
     """An untiled attempt retries at the planned tile; a tiled one at half its tile (multiple of 128, >= 256)."""
     from miner.jobs.scheduler import retry_tile_size
 
-    assert retry_tile_size(0, 1024) == 1024
-    assert retry_tile_size(1024, 1024) == 512
-    assert retry_tile_size(640, 1024) == 256
-    assert retry_tile_size(256, 1024) == 256
+    assert retry_tile_size(0, 1024, 128) == 1024
+    assert retry_tile_size(1024, 1024, 128) == 512
+    assert retry_tile_size(640, 1024, 128) == 256
+    assert retry_tile_size(256, 1024, 128) == 256
+    assert retry_tile_size(1536, 1024, 256) == 768
