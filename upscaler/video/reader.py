@@ -66,8 +66,6 @@ class FrameReader:
                     if not self._channel.put(frame.to_ndarray(format="rgb24")):
                         return
             self._channel.close()
-        except InputVideoError as exc:
-            self._channel.close(exc)
         except av.FFmpegError as exc:
             self._channel.close(InputVideoError(f"cannot decode {name}: {exc.__class__.__name__}: {exc}"))
         except Exception as exc:  # anything else still has to reach the consumer
