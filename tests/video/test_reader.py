@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,22 +44,6 @@ def test_early_stop_ends_the_decode_thread(tmp_path: Path) -> None:
     assert len(taken) == 3
     assert reader._thread is not None and not reader._thread.is_alive()
     assert not any(t.name.startswith("decode-long") for t in threading.enumerate())
-
-
-def test_start_decodes_ahead_before_iteration(tmp_path: Path) -> None:
-    """``start()`` fills the prefetch queue before anyone iterates; iteration then yields every frame, and
-    closing a started reader that was never iterated ends its thread."""
-    clip = media.make_clip(tmp_path / "ahead.mp4", frames=12)
-    reader = FrameReader(clip, prefetch=4).start()
-    assert reader.start() is reader  # idempotent
-    deadline = time.monotonic() + 10
-    while reader._channel._queue.qsize() < 4 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert reader._channel._queue.qsize() == 4 and reader.frames_read == 0
-    assert len(list(reader)) == 12
-    idle = FrameReader(clip, prefetch=2).start()
-    idle.close()
-    assert idle._thread is not None and not idle._thread.is_alive()
 
 
 def test_a_reader_iterates_once(odd_clip: Path) -> None:

@@ -42,7 +42,6 @@ class FrameReader:
         self._channel: Channel[np.ndarray] = Channel(prefetch if prefetch is not None else cfg.prefetch)
         self._threads = cfg.decoder_threads
         self._thread: threading.Thread | None = None
-        self._iterated = False
         self.frames_read = 0
 
     def _decode(self) -> None:
@@ -71,18 +70,11 @@ class FrameReader:
         except Exception as exc:  # anything else still has to reach the consumer
             self._channel.close(exc)
 
-    def start(self) -> "FrameReader":
-        """Start decoding ahead (up to ``prefetch`` frames) before iteration begins; returns self."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._decode, name=f"decode-{self.path.name}", daemon=True)
-            self._thread.start()
-        return self
-
     def __iter__(self) -> Iterator[np.ndarray] | Iterator[torch.Tensor]:
-        if self._iterated:
+        if self._thread is not None:
             raise RuntimeError("FrameReader can be iterated only once")
-        self._iterated = True
-        self.start()
+        self._thread = threading.Thread(target=self._decode, name=f"decode-{self.path.name}", daemon=True)
+        self._thread.start()
         try:
             for array in self._channel:
                 self.frames_read += 1
