@@ -24,12 +24,11 @@ from upscaler.models.fusion import fusable
 
 FIRST_STEP_SLICES = 3
 MIN_RETAINED_SLICES = 2
-FP8_DTYPE = FP8_KV_DTYPE
 
 
 def is_fp8(dtype: torch.dtype | None) -> bool:
     """Whether ``dtype`` is the FP8 storage format (e4m3, scaled per slice and head)."""
-    return dtype == FP8_DTYPE
+    return dtype == FP8_KV_DTYPE
 
 
 # Compiled with the DiT's other element-wise chains: one pass each (at 4K, eager conversion then
