@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from upscaler.models.config import TCDecoderConfig, load_preset
-from upscaler.models.tcdecoder import TCDecoder
+from upscaler.models.tcdecoder import TCDecoder, TGrow, _grow
 from upscaler.models.tiled_decode import TiledDecoder, TileSpec, tile_starts
 from upscaler.models.upsampled_conv import UpsampledConv
 
@@ -211,6 +211,23 @@ def test_output_conv_pads_channels_only_for_channels_last_input() -> None:
         conv.weight.mul_(-1)  # the cached padded weight follows in-place changes
     expected = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
     torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_grow_on_channels_last_frames_equals_the_conv_then_split(stride: int) -> None:
+    """TGrow on channels-last input (CUDA's layout) writes each time step's frames with one GEMM each;
+    it must equal the 1x1 conv to ``stride * c`` channels split into consecutive frames."""
+    torch.manual_seed(stride)
+    grow = TGrow(6, stride).double()
+    x = torch.randn(3, 6, 4, 5, dtype=torch.float64)
+    expected = grow.conv(x).detach().reshape(3 * stride, 6, 4, 5)
+    with torch.inference_mode():  # as in ``TCDecoder.decode``
+        got = _grow(x.contiguous(memory_format=torch.channels_last), grow)
+    assert got.shape == expected.shape
+    if stride > 1:
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(_grow(x, grow).detach(), expected)
 
 
 def test_in_preferred_format_restrides_one_frame_channels_last_views(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,17 +111,22 @@ def _grow(x: torch.Tensor, grow: TGrow) -> torch.Tensor:
     consecutive frames, ``(n * stride, c, h, w)``. The reference upsamples first; a 1x1 conv and the
     split into frames commute exactly with nearest upsampling, so this runs on 4x fewer pixels and
     the upsampling moves to the start of the next stage."""
-    y = grow.conv(x)
-    if grow.stride > 1:
-        n, sc, h, w = y.shape
-        c = sc // grow.stride
-        if preferred_format(y) == torch.channels_last:
-            # (n, s*c, h, w) stored as NHWC -> (n*s, c, h, w) stored as NHWC, one copy.
-            nhwc = y.permute(0, 2, 3, 1).reshape(n, h, w, grow.stride, c).permute(0, 3, 1, 2, 4)
-            y = nhwc.reshape(n * grow.stride, h, w, c).permute(0, 3, 1, 2)
-        else:
-            y = y.reshape(n * grow.stride, c, h, w)
-    return y
+    if grow.stride == 1:
+        return grow.conv(x)
+    n, c_in, h, w = x.shape
+    c = grow.conv.out_channels // grow.stride
+    if x.is_contiguous(memory_format=torch.channels_last):
+        # One GEMM per (frame, time step) straight into the channels-last output frames, instead of
+        # a 1x1 conv to stride * c channels and a copy that moves each frame's channel groups apart
+        # (two 1088x1920x128 bf16 frames on an H200: 1.15 ms instead of 3.64).
+        pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c_in)
+        weight = grow.conv.weight.reshape(grow.stride, c, c_in)
+        out = torch.empty((n, grow.stride, h * w, c), dtype=x.dtype, device=x.device)
+        for frame in range(n):
+            for step in range(grow.stride):
+                torch.mm(pixels[frame], weight[step].t(), out=out[frame, step])
+        return out.view(n * grow.stride, h, w, c).permute(0, 3, 1, 2)
+    return grow.conv(x).reshape(n * grow.stride, c, h, w)
 
 
 class OutputConv(nn.Conv2d):
