@@ -117,3 +117,23 @@ def test_gpu_memory_does_not_grow_from_clip_to_clip(upscaler, tmp_path):
     finally:
         gc.enable()
     assert max(resident) - min(resident) < 2**20, resident  # the old cycle kept ~8 MB per clip at this size
+
+
+@pytest.mark.parametrize("version", ["v1", "v1.1"])
+def test_lq_projection_stream_on_cuda_matches_float64(version):
+    """The CUDA LQ projection (time taps stacked by the Triton kernel, cuDNN 2D convs, bf16) against the
+    same weights streamed in float64 on the CPU with the PyTorch padding path."""
+    from tests.models.test_lq_proj import _clip, _model, _stream
+    from upscaler.models.lq_proj import LQ_PROJ_CLASSES
+
+    model = _model(LQ_PROJ_CLASSES[version])
+    clip = _clip(13)
+    with torch.no_grad():
+        reference = _stream(model.double(), clip.double())
+        got = _stream(model.to("cuda", torch.bfloat16), clip.cuda())
+    assert reference[0] is None and got[0] is None
+    for want_layers, got_layers in zip(reference[1:], got[1:]):
+        for want, out in zip(want_layers, got_layers):
+            err = (out.double().cpu() - want).abs()
+            print(f"LQ projection {version} bf16 CUDA vs float64: max {err.max():.4f}, output std {want.std():.3f}")
+            assert err.max() < 0.05 * want.abs().max() and err.mean() < 0.02 * want.std()

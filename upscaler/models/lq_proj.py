@@ -66,17 +66,25 @@ class CausalConv(nn.Conv3d):
         self.stacked_weight = DerivedWeight(self, _stack_taps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        stacked = self._stacked_input(x, context)
+        out = F.conv2d(stacked, self.stacked_weight(self.weight), self.bias)
+        return out.unflatten(0, (x.shape[0], -1)).transpose(1, 2)
+
+    def _stacked_input(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The padded input frames' time taps stacked along channels: ``(B * T', 4C, h + 2, w + 2)``
+        channels-last, in one Triton pass on CUDA (:mod:`kernels.time_taps`)."""
+        if x.is_cuda:
+            from kernels.time_taps import stack_time_taps
+
+            return stack_time_taps(x, context)
         if context is None:
             x = F.pad(x, (1, 1, 1, 1, TIME_CONTEXT, 0), mode="replicate")
         else:
             x = F.pad(torch.cat([context, x], dim=2), (1, 1, 1, 1, 0, 0), mode="replicate")
         b, c, _, h, w = x.shape
-        taps, stride = self.kernel_size[0], self.stride[0]
-        windows = x.unfold(2, taps, stride)  # (B, C, T', h, w, taps)
+        windows = x.unfold(2, self.kernel_size[0], self.stride[0])  # (B, C, T', h, w, taps)
         frames = windows.shape[2]
-        stacked = windows.permute(0, 2, 3, 4, 5, 1).reshape(b * frames, h, w, taps * c).permute(0, 3, 1, 2)
-        out = F.conv2d(stacked, self.stacked_weight(self.weight), self.bias)
-        return out.unflatten(0, (b, frames)).transpose(1, 2)
+        return windows.permute(0, 2, 3, 4, 5, 1).reshape(b * frames, h, w, -1).permute(0, 3, 1, 2)
 
 
 class _LQProj(nn.Module):
