@@ -16,7 +16,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from kernels.frame_pairs import _stack_with_previous_kernel
 from kernels.subpixel import _interleave_kernel
+from kernels.time_taps import _time_taps_kernel
 from kernels.triton_sparse import _compact_rows_kernel, _sparse_attn_fwd
 
 
@@ -59,6 +61,11 @@ def main() -> int:
                             (), {"CHUNK": 1024}, num_stages=1))
     results.append(_compile("sub-pixel interleave", _interleave_kernel, 90, {"Y": "*bf16", "OUT": "*bf16"}, (),
                             {"RELU": True, "BLOCK_X": 32, "BLOCK_C": 128}, num_stages=1))
+    results.append(_compile("MemBlock frame pairs", _stack_with_previous_kernel, 90,
+                            {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128},
+                            num_stages=1))
+    results.append(_compile("LQ time taps", _time_taps_kernel, 90, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16"}, (),
+                            {"HAS_CONTEXT": True, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1))
     return 0 if all(results) else 1
 
 

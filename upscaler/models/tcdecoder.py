@@ -85,16 +85,26 @@ class MemBlock(nn.Module):
     def forward(self, x: torch.Tensor, past: torch.Tensor, batch: int) -> torch.Tensor:
         """``x``: ``(batch*T, C, H, W)`` frames in batch-major order; ``past``: ``(batch, C, H, W)``,
         the input of the frame before the first one."""
-        n, c, h, w = x.shape
-        frames = n // batch
-        stacked = torch.empty((n, 2 * c, h, w), dtype=x.dtype, device=x.device, memory_format=preferred_format(x))
-        stacked[:, :c] = x
-        stacked5 = stacked.unflatten(0, (batch, frames))
-        stacked5[:, 0, c:] = past
-        stacked5[:, 1:, c:] = x.unflatten(0, (batch, frames))[:, :-1]
-        out = conv_relu(stacked, self.conv[0])
+        out = conv_relu(_stack_with_previous(x, past, batch), self.conv[0])
         out = conv_relu(out, self.conv[2])
         return conv_add_relu(out, self.conv[4], self.skip(x))
+
+
+def _stack_with_previous(x: torch.Tensor, past: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(batch*T, 2C, H, W)``: each frame of ``x`` with the frame before it (``past`` before a batch
+    entry's first frame) stacked behind it over channels; one Triton pass for channels-last CUDA frames."""
+    from kernels.frame_pairs import canonical_channels_last, stack_with_previous
+
+    if x.is_cuda and canonical_channels_last(x) and canonical_channels_last(past):
+        return stack_with_previous(x, past, batch)
+    n, c, h, w = x.shape
+    frames = n // batch
+    stacked = torch.empty((n, 2 * c, h, w), dtype=x.dtype, device=x.device, memory_format=preferred_format(x))
+    stacked[:, :c] = x
+    stacked5 = stacked.unflatten(0, (batch, frames))
+    stacked5[:, 0, c:] = past
+    stacked5[:, 1:, c:] = x.unflatten(0, (batch, frames))[:, :-1]
+    return stacked
 
 
 class TGrow(nn.Module):
