@@ -17,6 +17,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels.frame_pairs import _stack_with_previous_kernel
+from kernels.norm_rope import _norm_rope_kernel
 from kernels.subpixel import _interleave_kernel
 from kernels.time_taps import _time_taps_kernel
 from kernels.triton_sparse import _compact_rows_kernel, _sparse_attn_fwd
@@ -66,6 +67,9 @@ def main() -> int:
                             num_stages=1))
     results.append(_compile("LQ time taps", _time_taps_kernel, 90, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16"}, (),
                             {"HAS_CONTEXT": True, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1))
+    results.append(_compile("q/k RMSNorm + RoPE", _norm_rope_kernel, 90,
+                            {"X": "*bf16", "WEIGHT": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16"}, ("eps",),
+                            {"HEADS": 12, "HEAD_DIM": 128, "HEADS_P2": 16, "BLOCK_R": 2}, num_stages=1))
     return 0 if all(results) else 1
 
 

@@ -34,10 +34,22 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return normed.to(x.dtype) * weight
 
 
-@fusable
 def _norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, heads: int, cos: torch.Tensor,
                sin: torch.Tensor) -> torch.Tensor:
-    """RMSNorm of a q/k projection ``(B, L, dim)`` then RoPE, as ``(B, H, L, D)``."""
+    """RMSNorm of a q/k projection ``(B, L, dim)`` then RoPE, as ``(B, H, L, D)``: one Triton pass on
+    CUDA (:mod:`kernels.norm_rope`), PyTorch elsewhere."""
+    if x.is_cuda:
+        from kernels.norm_rope import rms_norm_rope, supports
+
+        if supports(x, heads, cos):
+            return rms_norm_rope(x, weight, eps, heads, cos, sin)
+    return _norm_rope_torch(x, weight, eps, heads, cos, sin)
+
+
+@fusable
+def _norm_rope_torch(x: torch.Tensor, weight: torch.Tensor, eps: float, heads: int, cos: torch.Tensor,
+                     sin: torch.Tensor) -> torch.Tensor:
+    """:func:`_norm_rope` in PyTorch (compiled with the other element-wise chains when enabled)."""
     b, length, dim = x.shape
     normed = rms_norm.__wrapped__(x, weight, eps).view(b, length, heads, dim // heads)
     return apply_rope(normed, cos, sin).transpose(1, 2)
