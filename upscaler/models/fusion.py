@@ -1,5 +1,5 @@
-"""Optional ``torch.compile`` of memory-bound element-wise chains (the DiT's norms, modulation and
-RoPE; the wavelet colour fix).
+"""Optional ``torch.compile`` of memory-bound element-wise chains (the DiT's norms and modulation,
+the q/k norm + RoPE off CUDA, where :mod:`kernels.norm_rope` does not run; the wavelet colour fix).
 
 At 4K a DiT block spends more time in element-wise passes over its 65k x 1536 activations than in its
 matrix products; compiling these small pure functions fuses each chain into one kernel. Off by
