@@ -4,8 +4,8 @@ Per token: ``x (dim,)`` -> ``normed = (x * rsqrt(mean(x^2) + eps)).to(dtype) * w
 fp32, scaled in the input dtype, as Wan), then each interleaved channel pair ``(2i, 2i + 1)`` of every
 head is rotated by the token's angle ``i`` in fp32 and rounded to the input dtype. Written ``(B, L, H,
 D)`` and returned as the ``(B, H, L, D)`` view attention reads. ``torch.compile`` fused the same chain
-into one kernel that ran at ~1.5-2 TB/s on an H200 at 4K (0.40 ms per 65280 x 1536 bf16 call); this one
-reads each row once and keeps it in registers between the mean and the rotation.
+into one kernel that took 0.34 ms per 65280 x 1536 bf16 call on an H200 (~1.2 TB/s); this one reads
+each row once and keeps it in registers between the mean and the rotation: 0.12 ms.
 """
 
 from __future__ import annotations

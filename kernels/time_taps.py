@@ -25,13 +25,14 @@ BLOCK_C = 64
 
 @triton.jit
 def _time_taps_kernel(
-    X, CTX, OUT, C, T, H, W, FRAMES,
+    X, CTX, OUT, C, H, W, FRAMES,
     sxb, sxc, sxt, sxh, sxw,
     scb, scc, sct, sch, scw,
     HAS_CONTEXT: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Program ((b * FRAMES + f) * (H + 2) + padded row, x block, channel block): ``BLOCK_X`` padded
-    columns of one padded row of output frame ``f``, ``BLOCK_C`` channels of every tap."""
+    columns of one padded row of output frame ``f``, ``BLOCK_C`` channels of every tap (the 4 taps and
+    the time stride 2 are written out: :data:`TAPS`, :data:`TIME_STRIDE`)."""
     row = tl.program_id(0).to(tl.int64)
     out_frame = row // (H + 2)
     y = row % (H + 2)
@@ -72,7 +73,7 @@ def stack_time_taps(x: torch.Tensor, context: torch.Tensor | None) -> torch.Tens
     ctx = x if context is None else context
     grid = (b * frames * (h + 2), triton.cdiv(w + 2, BLOCK_X), triton.cdiv(c, BLOCK_C))
     _time_taps_kernel[grid](
-        x, ctx, out, c, t, h, w, frames, *x.stride(), *ctx.stride(),
+        x, ctx, out, c, h, w, frames, *x.stride(), *ctx.stride(),
         HAS_CONTEXT=context is not None, BLOCK_X=BLOCK_X, BLOCK_C=BLOCK_C, num_warps=4,
     )
     return out
