@@ -86,13 +86,15 @@ def free_port() -> int:
 
 
 def miner_config(root: Path, port: int, weights: str, allow_list: list[str]) -> Path:
-    """A miner config file: loopback, no chain, this run's allow-list and wallet, local storage under ``root``."""
+    """A miner config file: loopback, no chain, this run's allow-list and wallet, local storage and the
+    throughput calibration under ``root``."""
     path = root / "miner.toml"
     path.write_text("\n".join([
         "[server]", 'host = "127.0.0.1"', f"port = {port}", "shutdown_grace_s = 10.0",
         "[chain]", "no_chain = true", f"allow_list = {json.dumps(allow_list)}",
         f'wallet_name = "{MINER_WALLET}"', 'wallet_hotkey = "default"', f"wallet_path = {json.dumps(str(root / 'wallets'))}",
         "[jobs]", f"work_dir = {json.dumps(str(root / 'miner-work'))}",
+        "[jobs.calibration]", f"state_path = {json.dumps(str(root / 'calibration.json'))}",
         "[fetch]", "allow_private_urls = true",
         "[storage]", 'backend = "local"',
         "[storage.local]", f"dir = {json.dumps(str(root / 'files'))}",

@@ -6,12 +6,23 @@ faster or slower. Each finished clip gives a ratio of its measured frames/s to t
 its variant and output size (tiled clips under their own name, ``tiny+tiled``: their speed is not the
 untiled one's); the planner multiplies the table by a moving average of those ratios, so admission and
 the LengthCheck answer converge on what the workers really do.
+
+:class:`CalibrationStore` keeps the factors in a small JSON file so that they survive a restart of the
+miner (a pm2 restart or an update would otherwise send it back to the table's figures, e.g. half the
+H100's speed on an unmeasured GPU, until its next long clips). The file names the device class and a
+fingerprint of the table the factors are relative to; a different GPU or a changed table discards it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -56,3 +67,69 @@ class ThroughputCalibration:
         log.info("throughput calibrated variant=%s size=%dx%d table_fps=%.2f measured_fps=%.2f factor=%.3f",
                  variant, width, height, table_fps, measured_fps, updated)
         return updated
+
+    def state(self) -> list[dict[str, Any]]:
+        """The factors as plain records (``variant``, ``width``, ``height``, ``factor``)."""
+        return [{"variant": name, "width": width, "height": height, "factor": factor}
+                for (name, width, height), factor in sorted(self._factors.items())]
+
+    def restore(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Take factors from :meth:`state` records (clamped to the bounds); returns how many."""
+        restored = {}
+        for record in records:
+            key = (str(record["variant"]), int(record["width"]), int(record["height"]))
+            restored[key] = min(max(float(record["factor"]), self.min_factor), self.max_factor)
+        self._factors.update(restored)
+        return len(restored)
+
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CalibrationStore:
+    """A :class:`ThroughputCalibration` of one machine kept in the JSON file ``path``; ``scope`` (device
+    class, table fingerprint) must match for a saved calibration to be used."""
+
+    path: Path
+    scope: Mapping[str, str]
+
+    def load_into(self, calibration: ThroughputCalibration) -> int:
+        """Restore the saved factors into ``calibration`` when the file exists and its scope matches;
+        returns how many were restored (0: none, with the reason logged)."""
+        try:
+            saved = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("calibration state unreadable path=%s error=%r: starting from the table", self.path, exc)
+            return 0
+        if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT or saved.get("scope") != dict(self.scope):
+            log.info("calibration state not used path=%s saved_scope=%s current_scope=%s", self.path,
+                     saved.get("scope") if isinstance(saved, dict) else None, dict(self.scope))
+            return 0
+        try:
+            count = calibration.restore(saved.get("factors", []))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("calibration state malformed path=%s error=%r: starting from the table", self.path, exc)
+            return 0
+        log.info("calibration restored path=%s factors=%d", self.path, count)
+        return count
+
+    def save(self, calibration: ThroughputCalibration) -> None:
+        """Write the factors atomically (a temporary file renamed over the old one); a failure is
+        logged, never raised: calibration is an optimisation."""
+        record = {"format": STATE_FORMAT, "scope": dict(self.scope), "factors": calibration.state()}
+        tmp: str | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+            with os.fdopen(fd, "w") as out:
+                json.dump(record, out, indent=1)
+            os.replace(tmp, self.path)
+            tmp = None
+        except OSError as exc:
+            log.warning("calibration state not saved path=%s error=%r", self.path, exc)
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)

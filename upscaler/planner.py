@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from upscaler.calibration import ThroughputCalibration
 from upscaler.configfiles import load_config
@@ -61,6 +63,13 @@ class ThroughputTable:
             clip_overhead_s=float(raw.get("clip_overhead_s", 1.5)),
             tiled_slowdown=float(raw.get("tiled_slowdown", 1.0)),
         )
+
+    def fingerprint(self) -> str:
+        """A digest of the figures a calibration is relative to (rows, unknown-GPU factor, tiled slowdown):
+        it changes when the table is re-measured, which invalidates a saved calibration."""
+        figures = {"entries": [asdict(e) for e in self.entries], "unknown_gpu_factor": self.unknown_gpu_factor,
+                   "tiled_slowdown": self.tiled_slowdown}
+        return hashlib.sha256(json.dumps(figures, sort_keys=True).encode()).hexdigest()[:16]
 
     def _rows(self, device: str, variant: str) -> tuple[list[Measurement], float]:
         """Rows for (device, variant); for Tiny-Long without rows, Tiny's (the same engine and decoder with

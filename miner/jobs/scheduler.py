@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_main
 from miner.metrics import MinerMetrics
-from upscaler.calibration import ThroughputCalibration
+from upscaler.calibration import CalibrationStore, ThroughputCalibration
 from upscaler.configfiles import load_config
 from upscaler.planner import Plan, ThroughputTable, calibration_key, plan
 
@@ -103,11 +104,13 @@ class Scheduler:
         self._threads = ThreadPoolExecutor(max_workers=count + 1, thread_name_prefix="worker-wait")
         self._serve_tasks: list[asyncio.Task[None]] = []
         self._accepting = False
+        self._calibration_store: CalibrationStore | None = None
 
     # ----- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Start every worker and wait until each has loaded the model."""
         await asyncio.gather(*(self._spawn(slot) for slot in self._slots))
+        self._restore_calibration()
         self._serve_tasks = [asyncio.create_task(self._serve(slot), name=f"serve-{slot.index}") for slot in self._slots]
         self._accepting = True
 
@@ -316,6 +319,21 @@ class Scheduler:
         key = calibration_key(variant, tiled)
         factor = calibration.observe(key, width, height, report["frames_per_second"], table_fps)
         self.metrics.throughput_factor.labels(key).set(factor)
+        if self._calibration_store is not None:
+            self._calibration_store.save(calibration)
+
+    def _restore_calibration(self) -> None:
+        """Load the calibration saved by an earlier run on this device class and table (once the workers
+        have said what device they run on)."""
+        path = str(self.config.get("jobs.calibration.state_path"))
+        calibration = self._table.calibration
+        if calibration is None or not path:
+            return
+        self._calibration_store = CalibrationStore(
+            Path(path).expanduser(), {"device_class": self.device_class, "table": self._table.fingerprint()})
+        if self._calibration_store.load_into(calibration):
+            for record in calibration.state():
+                self.metrics.throughput_factor.labels(record["variant"]).set(record["factor"])
 
     async def _retry_tiled(self, slot: _Slot, spec: TaskSpec, first: TaskOutcome) -> TaskOutcome:
         """After an out-of-memory: plan again as if no untiled run fits, and retry once tiled."""

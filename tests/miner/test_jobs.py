@@ -81,7 +81,7 @@ def _config(tmp_path: Path):
         "upscaler": {"weights": "random-small"},
         "jobs": {"devices": ["cpu"], "workers": 1, "oom_retry_tile_size": 128, "work_dir": str(tmp_path),
                  "test_hooks": {"oom_if_src_contains": "oom", "crash_if_src_contains": "crash-clip"},
-                 "calibration": {"min_frames": 1}},
+                 "calibration": {"min_frames": 1, "state_path": str(tmp_path / "calibration.json")}},
         "tasks": {"SD2HD": {"width": OUT_W, "height": OUT_H, "scale": 2}},
     }, environ={})
 
@@ -159,6 +159,15 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             assert not (tmp_path / "abandoned.out.mp4").exists()
         finally:
             await scheduler.stop(grace_s=5.0)
+
+        # A restarted miner (same GPU model, same throughput table) starts from the saved calibration.
+        restarted = Scheduler(_config(tmp_path), MinerMetrics())
+        await restarted.start()
+        try:
+            assert restarted.table.calibration.state() == scheduler.table.calibration.state()
+            assert {r["variant"] for r in restarted.table.calibration.state()} == {"tiny", "tiny+tiled"}
+        finally:
+            await restarted.stop(grace_s=5.0)
 
     asyncio.run(go())
 
