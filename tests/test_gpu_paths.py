@@ -154,3 +154,26 @@ def test_norm_rope_kernel_matches_the_pytorch_chain_at_the_real_width():
     err = (got.float() - expected.float()).abs()
     print(f"norm+RoPE kernel vs PyTorch (bf16): max {err.max():.4f}, mismatching {(err > 0).float().mean():.2%}")
     torch.testing.assert_close(got, expected, rtol=1.6e-2, atol=1.6e-2)
+
+
+@pytest.mark.parametrize("mode", ["norm", "gated-add-affine", "add"])
+def test_fused_layer_norm_matches_the_eager_block_at_the_real_width(mode):
+    """The Triton residual add + layer norm against the eager expressions of a Wan block, bf16, dim 1536."""
+    import torch.nn.functional as F
+
+    from upscaler.models.dit import _add_norm
+
+    g = torch.Generator().manual_seed(2)
+    x, update = ((torch.randn(1, 4096, 1536, generator=g) * 3).to("cuda", torch.bfloat16) for _ in range(2))
+    gate, scale, shift = ((torch.randn(1, 1, 1536, generator=g) * 0.5 + o).to("cuda", torch.bfloat16) for o in (0, 1, 0))
+    affine = mode.endswith("affine")
+    scale_, shift_ = (scale.flatten(), shift.flatten()) if affine else (scale, shift)
+    got_x, got_y = _add_norm(x, scale_, shift_, 1e-6, update=None if mode == "norm" else update,
+                             gate=gate if mode.startswith("gated") else None, affine=affine)
+    want_x = x if mode == "norm" else (x + gate * update if mode.startswith("gated") else x + update)
+    want_y = (F.layer_norm(want_x, (1536,), scale_, shift_, 1e-6) if affine
+              else F.layer_norm(want_x, (1536,), eps=1e-6) * scale + shift)
+    assert torch.equal(got_x, want_x)
+    err = (got_y.float() - want_y.float()).abs()
+    print(f"fused layer norm ({mode}) vs eager: max {err.max():.4f}, mismatching {(err > 0).float().mean():.3%}")
+    torch.testing.assert_close(got_y, want_y, rtol=1.6e-2, atol=3.2e-2)

@@ -17,6 +17,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels.frame_pairs import _stack_with_previous_kernel
+from kernels.layer_norm import _add_layer_norm_kernel
 from kernels.norm_rope import _norm_rope_kernel
 from kernels.subpixel import _interleave_kernel
 from kernels.time_taps import _time_taps_kernel
@@ -70,6 +71,11 @@ def main() -> int:
     results.append(_compile("q/k RMSNorm + RoPE", _norm_rope_kernel, 90,
                             {"X": "*bf16", "WEIGHT": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16"}, ("eps",),
                             {"HEADS": 12, "HEAD_DIM": 128, "HEADS_P2": 16, "BLOCK_R": 2}, num_stages=1))
+    results.append(_compile("residual add + layer norm", _add_layer_norm_kernel, 90,
+                            {"X": "*bf16", "UPDATE": "*bf16", "GATE": "*bf16", "SCALE": "*bf16", "SHIFT": "*bf16",
+                             "X_OUT": "*bf16", "Y": "*bf16"}, ("eps",),
+                            {"HAS_UPDATE": True, "HAS_GATE": True, "AFFINE": False, "BLOCK_R": 2, "BLOCK_D": 2048},
+                            num_stages=1))
     return 0 if all(results) else 1
 
 

@@ -81,10 +81,12 @@ class DiTBlock(nn.Module):
         step: LCSAStep,
     ) -> torch.Tensor:
         eps = self.norm1.eps
-        attn = self.self_attn(_norm_modulate(x, mod.scale_msa, mod.shift_msa, eps), index, step)
-        x = _gated_add(x, mod.gate_msa, attn)
-        x = x + self.cross_attn(self.norm3(x), cross_kv)
-        return _gated_add(x, mod.gate_mlp, feed_forward(self.ffn, _norm_modulate(x, mod.scale_mlp, mod.shift_mlp, eps)))
+        _, attn_in = _add_norm(x, mod.scale_msa, mod.shift_msa, eps)
+        attn = self.self_attn(attn_in, index, step)
+        norm3 = self.norm3
+        x, cross_in = _add_norm(x, norm3.weight, norm3.bias, norm3.eps, update=attn, gate=mod.gate_msa, affine=True)
+        x, ffn_in = _add_norm(x, mod.scale_mlp, mod.shift_mlp, eps, update=self.cross_attn(cross_in, cross_kv))
+        return _gated_add(x, mod.gate_mlp, feed_forward(self.ffn, ffn_in))
 
 
 def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -96,6 +98,23 @@ def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     up, _, down = ffn
     hidden = torch._addmm_activation(up.bias, x.flatten(0, -2), up.weight.t(), use_gelu=True)
     return down(hidden.unflatten(0, x.shape[:-1]))
+
+
+def _add_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, *,
+              update: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+              affine: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x + gate * update`` (or ``x + update``, or ``x``) and its layer norm times ``scale`` plus
+    ``shift`` (``affine``: an ``nn.LayerNorm``'s own weight and bias; else the timestep modulation): one
+    Triton pass on CUDA (:mod:`kernels.layer_norm`), PyTorch elsewhere."""
+    if x.is_cuda and x.is_contiguous() and (update is None or update.is_contiguous()):
+        from kernels.layer_norm import add_layer_norm
+
+        return add_layer_norm(x, scale, shift, eps, update=update, gate=gate, affine=affine)
+    if update is not None:
+        x = _gated_add(x, gate, update) if gate is not None else x + update
+    if affine:
+        return x, F.layer_norm(x, (x.shape[-1],), scale, shift, eps)
+    return x, _norm_modulate(x, scale, shift, eps)
 
 
 @fusable

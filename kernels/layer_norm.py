@@ -1,0 +1,102 @@
+"""The DiT block's layer norms, each with the residual add before it, in one pass over the rows.
+
+A Wan block runs ``x = x + gate * attn``, ``norm3(x)`` (affine), ``x = x + cross``,
+``norm2(x) * scale + shift`` (modulated) and ``norm1(x) * scale + shift`` at the start: each an
+element-wise pass over the ``(L, 1536)`` activations, the norms compiled by ``torch.compile`` or run by
+ATen. Here one program holds ``BLOCK_R`` rows in registers: it optionally adds the (gated) update and
+writes the new residual stream, then normalises and writes the norm's output, so the residual is read
+once instead of twice. Roundings follow the eager expressions: ``x + gate * update`` rounds the
+product and the sum to the input dtype; the modulated norm rounds the normalised row, the product with
+``scale`` and the sum with ``shift``; the affine norm (``nn.LayerNorm`` with weight and bias) rounds
+once, as ATen does.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+ROWS_PER_PROGRAM = 2
+
+
+@triton.jit
+def _add_layer_norm_kernel(
+    X, UPDATE, GATE, SCALE, SHIFT, X_OUT, Y, ROWS, DIM, eps,
+    HAS_UPDATE: tl.constexpr, HAS_GATE: tl.constexpr, AFFINE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Program = ``BLOCK_R`` rows of the contiguous ``(ROWS, DIM)`` tensors; ``GATE``/``SCALE``/``SHIFT``
+    are ``(DIM,)`` vectors."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < DIM
+    keep = (rows < ROWS)[:, None] & col_ok[None, :]
+    offsets = rows[:, None] * DIM + cols[None, :]
+    x = tl.load(X + offsets, mask=keep, other=0.0)
+    if HAS_UPDATE:
+        update = tl.load(UPDATE + offsets, mask=keep, other=0.0)
+        if HAS_GATE:
+            gate = tl.load(GATE + cols, mask=col_ok, other=0.0)
+            update = (gate[None, :].to(tl.float32) * update.to(tl.float32)).to(x.dtype)
+        x = (x.to(tl.float32) + update.to(tl.float32)).to(x.dtype)
+        tl.store(X_OUT + offsets, x, mask=keep)
+    xf = x.to(tl.float32)
+    mean = tl.sum(xf, 1) / DIM
+    centred = tl.where(keep, xf - mean[:, None], 0.0)
+    rstd = tl.math.rsqrt(tl.sum(centred * centred, 1) / DIM + eps)
+    normed = centred * rstd[:, None]
+    scale = tl.load(SCALE + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    shift = tl.load(SHIFT + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if AFFINE:
+        y = normed * scale + shift
+    else:
+        scaled = (normed.to(x.dtype).to(tl.float32) * scale).to(x.dtype)
+        y = scaled.to(tl.float32) + shift
+    tl.store(Y + offsets, y.to(x.dtype), mask=keep)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    if not t.is_contiguous():
+        raise ValueError("the fused layer norm needs contiguous (..., dim) activations")
+    return t
+
+
+def _vector(v: torch.Tensor, dim: int) -> torch.Tensor:
+    if v.numel() != dim or not v.is_contiguous():
+        raise ValueError(f"expected a contiguous vector of {dim} values, got {tuple(v.shape)}")
+    return v
+
+
+def add_layer_norm(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    eps: float,
+    *,
+    update: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
+    affine: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x', y)``: ``x' = x + gate * update`` (``x + update`` without a gate; ``x`` itself without an
+    update) and the layer norm of ``x'`` over the last dim, ``* scale + shift`` (``affine``: an
+    ``nn.LayerNorm``'s weight and bias, rounded once; else the timestep modulation, rounded as the
+    eager ``F.layer_norm(x) * scale + shift``). ``x`` and ``update`` contiguous ``(..., dim)``;
+    ``gate``, ``scale``, ``shift`` hold ``dim`` values (e.g. ``(1, 1, dim)``)."""
+    dim = x.shape[-1]
+    x = _rows(x)
+    if update is not None and (update.shape != x.shape or update.dtype != x.dtype):
+        raise ValueError(f"update {update.dtype} {tuple(update.shape)} does not match x {x.dtype} {tuple(x.shape)}")
+    if gate is not None and update is None:
+        raise ValueError("a gate needs an update")
+    scale, shift = _vector(scale, dim), _vector(shift, dim)
+    x_out = torch.empty_like(x) if update is not None else x
+    y = torch.empty_like(x)
+    rows = x.numel() // dim
+    _add_layer_norm_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
+        x, _rows(update) if update is not None else x, _vector(gate, dim) if gate is not None else scale,
+        scale, shift, x_out, y, rows, dim, eps,
+        HAS_UPDATE=update is not None, HAS_GATE=gate is not None, AFFINE=affine,
+        BLOCK_R=ROWS_PER_PROGRAM, BLOCK_D=triton.next_power_of_2(dim), num_warps=4,
+    )
+    return x_out, y
