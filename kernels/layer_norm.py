@@ -8,7 +8,9 @@ writes the new residual stream, then normalises and writes the norm's output, so
 once instead of twice. Roundings follow the eager expressions: ``x + gate * update`` rounds the
 product and the sum to the input dtype; the modulated norm rounds the normalised row, the product with
 ``scale`` and the sum with ``shift``; the affine norm (``nn.LayerNorm`` with weight and bias) rounds
-once, as ATen does.
+once, after one fused multiply-add, as ATen's kernel does. The kernel is compiled without
+floating-point contraction: with it, LLVM turns each rounded product and the add after it into one
+``fma.rn.bf16``, which skips the product's rounding (28% of the outputs one bf16 step off on an H200).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _add_layer_norm_kernel(
     scale = tl.load(SCALE + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     shift = tl.load(SHIFT + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if AFFINE:
-        y = normed * scale + shift
+        y = tl.fma(normed, scale, shift)
     else:
         scaled = (normed.to(x.dtype).to(tl.float32) * scale).to(x.dtype)
         y = scaled.to(tl.float32) + shift
@@ -97,6 +99,6 @@ def add_layer_norm(
         x, _rows(update) if update is not None else x, _vector(gate, dim) if gate is not None else scale,
         scale, shift, x_out, y, rows, dim, eps,
         HAS_UPDATE=update is not None, HAS_GATE=gate is not None, AFFINE=affine,
-        BLOCK_R=ROWS_PER_PROGRAM, BLOCK_D=triton.next_power_of_2(dim), num_warps=4,
+        BLOCK_R=ROWS_PER_PROGRAM, BLOCK_D=triton.next_power_of_2(dim), num_warps=4, enable_fp_fusion=False,
     )
     return x_out, y

@@ -175,5 +175,7 @@ def test_fused_layer_norm_matches_the_eager_block_at_the_real_width(mode):
               else F.layer_norm(want_x, (1536,), eps=1e-6) * scale + shift)
     assert torch.equal(got_x, want_x)
     err = (got_y.float() - want_y.float()).abs()
-    print(f"fused layer norm ({mode}) vs eager: max {err.max():.4f}, mismatching {(err > 0).float().mean():.3%}")
+    mismatching = (err > 0).float().mean().item()
+    print(f"fused layer norm ({mode}) vs eager: max {err.max():.4f}, mismatching {mismatching:.3%}")
     torch.testing.assert_close(got_y, want_y, rtol=1.6e-2, atol=3.2e-2)
+    assert mismatching < 0.01, "the kernel skips a rounding of the eager expression (contracted multiply-add?)"
