@@ -20,6 +20,9 @@ import triton
 import triton.language as tl
 
 ROWS_PER_PROGRAM = 2
+# How the kernel is launched (and compile-checked in tests/kernels/gpu_compile.py): no floating-point
+# contraction, so the rounded products of the eager expressions stay rounded.
+LAUNCH_OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
 
 
 @triton.jit
@@ -99,6 +102,6 @@ def add_layer_norm(
         x, _rows(update) if update is not None else x, _vector(gate, dim) if gate is not None else scale,
         scale, shift, x_out, y, rows, dim, eps,
         HAS_UPDATE=update is not None, HAS_GATE=gate is not None, AFFINE=affine,
-        BLOCK_R=ROWS_PER_PROGRAM, BLOCK_D=triton.next_power_of_2(dim), num_warps=4, enable_fp_fusion=False,
+        BLOCK_R=ROWS_PER_PROGRAM, BLOCK_D=triton.next_power_of_2(dim), **LAUNCH_OPTIONS,
     )
     return x_out, y

@@ -17,6 +17,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels.frame_pairs import _stack_with_previous_kernel
+from kernels.layer_norm import LAUNCH_OPTIONS as LAYER_NORM_LAUNCH
 from kernels.layer_norm import _add_layer_norm_kernel
 from kernels.norm_rope import _norm_rope_kernel
 from kernels.subpixel import _interleave_kernel
@@ -32,8 +33,9 @@ def _signature(fn, pointers: dict[str, str], floats: tuple[str, ...], consts: di
 
 
 def _compile(label: str, fn, arch: int, pointers: dict[str, str], floats: tuple[str, ...], consts: dict,
-             num_warps: int = 4, num_stages: int = 2, *, fp_fusion: bool = True) -> bool:
-    """Compile one variant; without ``fp_fusion`` (as the kernel is launched) the PTX must hold no
+             num_warps: int = 4, num_stages: int = 2, *, fp_fusion: bool = True,
+             no_bf16_fma: bool = False) -> bool:
+    """Compile one variant with the kernel's launch options; with ``no_bf16_fma`` its PTX must hold no
     bf16 fused multiply-add, which would skip a rounding the kernel keeps on purpose."""
     src = ASTSource(fn=fn, signature=_signature(fn, pointers, floats, consts), constexprs=consts)
     try:
@@ -43,7 +45,7 @@ def _compile(label: str, fn, arch: int, pointers: dict[str, str], floats: tuple[
     except Exception as exc:  # noqa: BLE001 - report every failing variant, then exit non-zero
         print(f"FAIL {label} sm_{arch}: {type(exc).__name__}: {str(exc)[:2000]}")
         return False
-    if not fp_fusion and "fma.rn.bf16" in kernel.asm.get("ptx", ""):
+    if no_bf16_fma and "fma.rn.bf16" in kernel.asm.get("ptx", ""):
         print(f"FAIL {label} sm_{arch}: bf16 multiply and add contracted into fma.rn.bf16")
         return False
     ok = bool(kernel.asm.get("cubin"))
@@ -83,7 +85,8 @@ def main() -> int:
                                 {"X": "*bf16", "UPDATE": "*bf16", "GATE": "*bf16", "SCALE": "*bf16", "SHIFT": "*bf16",
                                  "X_OUT": "*bf16", "Y": "*bf16"}, ("eps",),
                                 {"HAS_UPDATE": True, "HAS_GATE": True, "AFFINE": affine, "BLOCK_R": 2,
-                                 "BLOCK_D": 2048}, num_stages=1, fp_fusion=False))
+                                 "BLOCK_D": 2048}, num_warps=LAYER_NORM_LAUNCH["num_warps"], num_stages=1,
+                                fp_fusion=LAYER_NORM_LAUNCH["enable_fp_fusion"], no_bf16_fma=True))
     return 0 if all(results) else 1
 
 
