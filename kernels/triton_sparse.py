@@ -10,12 +10,18 @@ Two ways to fetch a kept K/V tile, chosen by GPU generation:
 - on Hopper and newer, tensor-memory-accelerator (TMA) loads through 4D tensor descriptors (no address
   arithmetic in the loop, asynchronous bulk copies), one kept 64-key block per iteration;
 - elsewhere, pointer gathers; ``BLOCK_N = 128`` then gathers two kept blocks into one tile.
+
+On Hopper (sm_90) bf16/fp16 calls go to the warp-specialised Gluon kernel of
+:mod:`kernels.gluon_sparse` instead (same lists, same contract); the Triton kernel serves every other
+GPU, FP8 keys and explicit configs.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 
 import torch
 import triton
@@ -30,6 +36,7 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 DEFAULT_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
 TMA_MIN_ARCH = 90
 FP8_MIN_ARCH = 89
+WARP_SPECIALIZED_ENV = "FLASHVSR_WARP_SPECIALIZED"  # "0" keeps sm_90 on the Triton kernel
 
 
 @triton.jit
@@ -209,6 +216,24 @@ def compact_block_lists(
     return idx, cnt, order.to(torch.int32)
 
 
+@functools.cache
+def _gluon_kernels():
+    """:mod:`kernels.gluon_sparse`, or None where it is switched off (``FLASHVSR_WARP_SPECIALIZED=0``) or
+    this Triton has no Gluon (older than 3.5); decided once and logged."""
+    value = os.environ.get(WARP_SPECIALIZED_ENV, "1").strip().lower()
+    if value not in ("0", "1"):
+        raise ValueError(f"{WARP_SPECIALIZED_ENV}={value!r}: expected 0 or 1")
+    module, reason = None, f"{WARP_SPECIALIZED_ENV}=0"
+    if value == "1":
+        try:
+            from kernels import gluon_sparse as module
+            reason = "Gluon available"
+        except ImportError as exc:
+            reason = f"Gluon unavailable: {exc}"
+    logger.info("warp-specialised attention kernel for sm_90: enabled=%s reason=%r", module is not None, reason)
+    return module
+
+
 def _arch(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
@@ -246,6 +271,7 @@ def sparse_attention_triton(
     use_tma: bool | None = None,
     config: dict | None = None,
     schedule: str = "locality",
+    warp_specialized: bool | None = None,
 ) -> torch.Tensor:
     """Block-sparse attention with the Triton kernel; the output has q's dtype and memory layout.
 
@@ -254,7 +280,9 @@ def sparse_attention_triton(
     in q's dtype. ``use_tma`` None picks TMA loads on Hopper and newer when the layout allows (True
     forces them, e.g. under the interpreter); ``config`` fixes BLOCK_M/BLOCK_N/num_warps/num_stages
     (default: autotuned on CUDA, :data:`DEFAULT_CONFIG` elsewhere, e.g. under ``TRITON_INTERPRET=1``);
-    ``schedule`` is the row launch order (see :func:`compact_block_lists`).
+    ``schedule`` is the row launch order (see :func:`compact_block_lists`). ``warp_specialized`` None
+    runs the Gluon kernel (:mod:`kernels.gluon_sparse`) where it applies (sm_90, bf16/fp16 keys, no
+    ``config``, ``use_tma`` not False); True forces it (an error where it cannot run), False never.
     """
     check_attention_inputs(q, k, v, block_mask)
     d = q.shape[-1]
@@ -267,11 +295,20 @@ def sparse_attention_triton(
     lk = k.shape[2]
     nq, nk = lq // Q_BLOCK, lk // K_BLOCK
     scale = 1.0 / math.sqrt(d) if scale is None else scale
+    gluon = _gluon_kernels()
+    if warp_specialized is None:
+        warp_specialized = (gluon is not None and not k_fp8 and config is None and use_tma is not False
+                            and gluon.supported(q, k, v))
+    elif warp_specialized and (gluon is None or k_fp8 or not gluon.supported(q, k, v)):
+        raise ValueError("the warp-specialised kernel needs an sm_90 GPU, bf16/fp16 q/k/v of one dtype, head dim "
+                         "64 or 128 and TMA-compatible strides")
+    idx, cnt, order = compact_block_lists(block_mask, schedule)
+    if warp_specialized:
+        return gluon.sparse_attention_gluon(q, k, v, idx, cnt, order, scale=scale)
     if use_tma is None:
         use_tma = tma_supported(q.device) and _check_tma_layout(q, k, v)
     if use_tma and q.is_cuda:
         triton.set_allocator(_scratch_allocator)
-    idx, cnt, order = compact_block_lists(block_mask, schedule)
     out = torch.empty_like(q)  # same strides as q: the DiT's (B, L, H, D) memory needs no transpose after
     args = (
         q, k, v, out, idx, cnt, order, key_scales.scales if k_fp8 else cnt, scale * math.log2(math.e),

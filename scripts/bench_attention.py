@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from kernels import triton_sparse  # noqa: E402
+from kernels import gluon_sparse, triton_sparse  # noqa: E402
 from kernels.flex import _compiled_flex, to_flex_block_mask  # noqa: E402
 from kernels.reference import (  # noqa: E402
     SliceScales,
@@ -138,8 +138,13 @@ def max_err(out: torch.Tensor, index: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max())
 
 
-# Our kernel's load paths: TMA (the default on Hopper) and pointer gathers (the pre-Hopper path).
-VARIANTS = {"tma": {"use_tma": True}, "ptr": {"use_tma": False}}
+# Our kernels: the warp-specialised Gluon kernel (the default on sm_90), the Triton kernel with TMA loads
+# (Hopper and newer otherwise) and with pointer gathers (the pre-Hopper path).
+VARIANTS = {"ws": {"warp_specialized": True}, "tma": {"use_tma": True, "warp_specialized": False},
+            "ptr": {"use_tma": False, "warp_specialized": False}}
+TRITON_VARIANTS = ("tma", "ptr")
+WS_SWEEP = ({"stages": 2}, {"pairs": 1, "stages": 3}, {"pairs": 1, "stages": 4},
+            {"split": 1, "num_warps": 8, "pairs": 1, "stages": 4})
 
 
 def make_inputs(case: Case):
@@ -155,12 +160,33 @@ def make_inputs(case: Case):
 
 
 def sweep_configs() -> list[tuple[str, dict]]:
-    """Every autotune candidate of both paths."""
+    """Every autotune candidate of both Triton load paths."""
     return [
         (name, dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages))
-        for name, opts in VARIANTS.items()
-        for cfg in triton_sparse._autotune_configs(opts["use_tma"])
+        for name in TRITON_VARIANTS
+        for cfg in triton_sparse._autotune_configs(VARIANTS[name]["use_tma"])
     ]
+
+
+def kernel_config(name: str) -> str:
+    """The launch configuration a variant ran with (the autotuner's choice for the Triton kernel)."""
+    if name == "ws":
+        return str(gluon_sparse.LAUNCH_OPTIONS)
+    return str(triton_sparse.tuned_kernel(VARIANTS[name]["use_tma"]).best_config)
+
+
+def sweep_ws(q, k, v, mask) -> dict:
+    """The Gluon kernel with other stage counts than its default."""
+    idx, cnt, order = compact_block_lists(mask)
+    sweep = {}
+    for opts in WS_SWEEP:
+        try:
+            ms = bench(lambda: gluon_sparse.sparse_attention_gluon(q, k, v, idx, cnt, order, options=opts), rep=100)
+        except Exception as exc:  # noqa: BLE001 - a stage count may not fit shared memory
+            ms = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+        sweep[f"ws {opts} (lists not timed)"] = ms
+        print(f"  sweep ws {opts}: {ms}", flush=True)
+    return sweep
 
 
 def run_case(case: Case, args) -> dict:
@@ -188,16 +214,19 @@ def run_case(case: Case, args) -> dict:
     outs = {}
     for name, opts in VARIANTS.items():
         outs[name] = sparse_attention_triton(q, k, v, mask, **opts)  # autotunes on first use
-        res[f"{name}_config"] = str(triton_sparse.tuned_kernel(opts["use_tma"]).best_config)
+        res[f"{name}_config"] = kernel_config(name)
         res[f"{name}_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask, **opts))
         res[f"{name}_tflops"] = flops / res[f"{name}_ms"] * 1e-9
         res[f"{name}_max_abs_err"] = max_err(outs[name], index, ref)
-    res["triton_ms"], res["triton_tflops"] = res["tma_ms"], res["tma_tflops"]
-    res["triton_max_abs_err"] = res["tma_max_abs_err"]
-    res["triton_lpt_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask, use_tma=True, schedule="lpt"))
+    # "ours" is what the DiT calls: the default path of sparse_attention_triton on this GPU
+    ours = "ws" if gluon_sparse.supported(q, k, v) else "tma"
+    res["ours_kernel"] = ours
+    for key in ("ms", "tflops", "max_abs_err"):
+        res[f"triton_{key}"] = res[f"{ours}_{key}"]
+    res["triton_lpt_ms"] = bench(lambda: sparse_attention_triton(q, k, v, mask, schedule="lpt"))
     if args.sweep:
-        sweep = {}
-        for name, conf in sweep_configs():
+        sweep = sweep_ws(q, k, v, mask)
+        for name, conf in sweep_configs() if args.sweep == "all" else ():
             try:
                 ms = bench(lambda: sparse_attention_triton(q, k, v, mask, config=conf, **VARIANTS[name]), rep=100)
             except Exception as exc:  # noqa: BLE001 - a config may not fit shared memory or not compile
@@ -283,7 +312,11 @@ def small_checks() -> list[dict]:
             mask[0, 0, 0] = False
             mask[1, 2, 3] = True
             ref = dense_reference(q, k, v, mask)
-            for name, opts in VARIANTS.items():
+            err = float((sparse_attention_triton(q, k, v, mask, **VARIANTS["ws"]).double() - ref).abs().max())
+            results.append({"dtype": str(dtype), "d": d, "path": "ws", "config": kernel_config("ws"),
+                            "max_abs_err": err, "ok": err < (2e-2 if dtype == torch.bfloat16 else 4e-3)})
+            for name in TRITON_VARIANTS:
+                opts = VARIANTS[name]
                 configs = triton_sparse._autotune_configs(opts["use_tma"])
                 # every config for the production combination, the first and last for the others
                 picks = configs if (dtype, d) == (torch.bfloat16, 128) else [configs[0], configs[-1]]
@@ -306,7 +339,8 @@ def _fp8_checks(q, k, v, mask, dtype, d) -> list[dict]:
     k8, ks = quantize_slices(k, slice_len)
     ref = dense_reference(q, dequantize_slices(k8, ks, slice_len, torch.float64), v, mask)
     results = []
-    for name, opts in VARIANTS.items():
+    for name in TRITON_VARIANTS:
+        opts = VARIANTS[name]
         configs = triton_sparse._autotune_configs(opts["use_tma"])
         for cfg in (configs[0], configs[-1]):
             conf = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -319,14 +353,15 @@ def _fp8_checks(q, k, v, mask, dtype, d) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     head = ("| case | Lq x Lk | kept | rows max/mean | ours ms | TFLOP/s | flex ms | TFLOP/s | dense SDPA ms"
-            " | x flex | x SDPA | pointer-load path ms | mask ms | mask / ours | err ours | err flex |")
+            " | x flex | x SDPA | Triton kernel (TMA) ms | pointer-load path ms | mask ms | mask / ours | err ours"
+            " | err flex |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['lq']} x {r['lk']} | {100 * r['kept_fraction']:.2f}% |"
             f" {r['row_imbalance_max_over_mean']:.2f} | {r['triton_ms']:.2f} | {r['triton_tflops']:.0f} |"
             f" {r['flex_ms']:.2f} | {r['flex_tflops']:.0f} | {r['sdpa_dense_ms']:.1f} | {r['speedup_vs_flex']:.2f} |"
-            f" {r['speedup_vs_sdpa']:.1f} | {r['ptr_ms']:.2f} | {r['mask_pooled_keys_ms']:.2f} |"
+            f" {r['speedup_vs_sdpa']:.1f} | {r['tma_ms']:.2f} | {r['ptr_ms']:.2f} | {r['mask_pooled_keys_ms']:.2f} |"
             f" {100 * r['mask_pooled_keys_ms'] / r['triton_ms']:.0f}% | {r['triton_max_abs_err']:.1e} |"
             f" {r['flex_max_abs_err']:.1e} |"
         )
@@ -345,7 +380,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="small-shape bf16/fp16 correctness of every config first")
-    parser.add_argument("--sweep", action="store_true", help="also time every kernel config explicitly")
+    parser.add_argument("--sweep", nargs="?", const="all", choices=("all", "ws"),
+                        help="also time every kernel config explicitly (ws: the warp-specialised kernel's only)")
     parser.add_argument("--cases", default="all", help="comma-separated case indices (default: all)")
     parser.add_argument("--profile-once", action="store_true",
                         help="only run each variant and flex twice on the first case (for ncu), no timing")

@@ -179,3 +179,35 @@ def test_fused_layer_norm_matches_the_eager_block_at_the_real_width(mode):
     print(f"fused layer norm ({mode}) vs eager: max {err.max():.4f}, mismatching {mismatching:.3%}")
     torch.testing.assert_close(got_y, want_y, rtol=1.6e-2, atol=3.2e-2)
     assert mismatching < 0.01, "the kernel skips a rounding of the eager expression (contracted multiply-add?)"
+
+
+@pytest.mark.parametrize("split, pairs", [(2, 1), (2, 2), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_warp_specialised_attention_matches_float64(split, pairs, dtype, head_dim):
+    """The Gluon kernel (sm_90 only) against float64 attention over the kept blocks: queries in the DiT's
+    (B, L, H, D) memory, K/V the filled part of a ring buffer, an empty and a full row, longer rows
+    than the stage ring, odd and even counts (tiles of two kept blocks mask an odd tail)."""
+    from kernels import gluon_sparse
+    from kernels.triton_sparse import compact_block_lists
+
+    g = torch.Generator(device="cuda").manual_seed(head_dim + split + pairs)
+    q = torch.randn(2, 4 * 128, 3, head_dim, device="cuda", generator=g).to(dtype).transpose(1, 2)
+    ring_k, ring_v = (torch.randn(2, 3, 32 * 64, head_dim, device="cuda", generator=g).to(dtype) for _ in range(2))
+    k, v = ring_k[:, :, : 23 * 64], ring_v[:, :, : 23 * 64]
+    if not gluon_sparse.supported(q, k, v):
+        pytest.skip("the warp-specialised kernel needs an sm_90 GPU")
+    mask = torch.rand(2, 3, 4, 23, device="cuda", generator=g) < 0.4
+    mask[0, 0, 0] = False
+    mask[1, 2, 3] = True
+    tokens = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)
+    scores = q.double() @ k.double().transpose(-1, -2) / head_dim**0.5
+    expected = torch.softmax(scores.masked_fill(~tokens, float("-inf")), -1).nan_to_num(0) @ v.double()
+    idx, cnt, order = compact_block_lists(mask)
+    options = {"split": split, "num_warps": 8 // split, "pairs": pairs, "stages": 3 if pairs > 1 else 4}
+    got = gluon_sparse.sparse_attention_gluon(q, k, v, idx, cnt, order, options=options)
+    assert got.stride() == q.stride() and got.dtype == dtype
+    err = float((got.double() - expected).abs().max())
+    print(f"warp-specialised attention {options} {dtype} D {head_dim}: max abs error {err:.2e}")
+    assert err < (2e-2 if dtype == torch.bfloat16 else 4e-3)
+    assert torch.equal(got[0, 0, :128], torch.zeros_like(got[0, 0, :128]))

@@ -10,11 +10,17 @@ Prints one line per kernel variant; exits non-zero if any fails.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+
+from kernels import gluon_sparse
 
 from kernels.frame_pairs import _stack_with_previous_kernel
 from kernels.layer_norm import LAUNCH_OPTIONS as LAYER_NORM_LAUNCH
@@ -54,6 +60,53 @@ def _compile(label: str, fn, arch: int, pointers: dict[str, str], floats: tuple[
     return ok
 
 
+def _local_memory_bytes(cubin: bytes) -> int:
+    """Bytes of local memory (register spills) per thread in ``cubin``, from Triton's cuobjdump."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpu_compile_{os.getpid()}.cubin"
+    path.write_bytes(cubin)
+    try:
+        usage = subprocess.run([str(tool), "--dump-resource-usage", str(path)], capture_output=True, text=True,
+                               check=True).stdout
+    finally:
+        path.unlink()
+    return max(int(field.split(":")[1]) for field in usage.split() if field.startswith("LOCAL:"))
+
+
+# The default launch options, single-block tiles and one two-warpgroup partition (benchmark sweeps).
+GLUON_VARIANTS = ({}, {"pairs": 1, "stages": 4}, {"split": 1, "num_warps": 8, "pairs": 1, "stages": 4})
+
+
+def _compile_gluon_attention(variant: dict, head_dim: int) -> bool:
+    """The warp-specialised Gluon kernel for sm_90 with its launch options; it must not spill."""
+    opts = {**gluon_sparse.LAUNCH_OPTIONS, **variant}
+    split, pairs = opts["split"], opts["pairs"]
+    fn = gluon_sparse._sparse_attn_ws_kernel
+    q_rows = 128 // split
+    q_layout = gl.NVMMASharedLayout.get_default_for([q_rows, head_dim], gl.bfloat16)
+    k_layout = gl.NVMMASharedLayout.get_default_for([64, head_dim], gl.bfloat16)
+    q_desc, k_desc = f"tensordesc<bf16[{q_rows}, {head_dim}],{q_layout!r}>", f"tensordesc<bf16[64, {head_dim}],{k_layout!r}>"
+    consts = {"SPLIT": split, "PAIRS": pairs, "STAGES": opts["stages"], "ATTEND_REGISTERS": opts["attend_registers"],
+              "LOAD_REGISTERS": opts["load_registers"], "num_warps": opts["num_warps"]}
+    sig = {"q_desc": q_desc, "k_desc": k_desc, "v_desc": k_desc, "o_desc": q_desc, "IDX": "*i32", "CNT": "*i32",
+           "ORDER": "*i32", "qk_scale": "fp32"}
+    sig = {name: sig.get(name) or ("constexpr" if name in consts else "i32") for name in fn.arg_names}
+    label = f"warp-specialised attention (Gluon, split {split}, {pairs} block(s) per tile, D {head_dim})"
+    try:
+        kernel = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=consts),
+                                target=GPUTarget("cuda", gluon_sparse.ARCH, 32),
+                                options={"num_warps": opts["num_warps"], "maxnreg": opts["maxnreg"]})
+        spills = _local_memory_bytes(kernel.asm["cubin"])
+    except Exception as exc:  # noqa: BLE001 - report every failing variant, then exit non-zero
+        print(f"FAIL {label} sm_90: {type(exc).__name__}: {str(exc)[:2000]}")
+        return False
+    if spills:
+        print(f"FAIL {label} sm_90: {spills} B of local memory per thread (register spills)")
+        return False
+    print(f"ok {label} sm_90: {len(kernel.asm['cubin'])} B cubin, {kernel.metadata.shared} B shared memory, no spills")
+    return True
+
+
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("run without TRITON_INTERPRET")
@@ -67,6 +120,7 @@ def main() -> int:
         pointers = dict(attention, K="*fp8e4nv") if fp8 else attention
         label = f"sparse attention ({'TMA' if tma else 'pointers'}, {'FP8' if fp8 else 'bf16'} keys)"
         results.append(_compile(label, _sparse_attn_fwd, arch, pointers, ("qk_scale",), consts))
+    results += [_compile_gluon_attention(variant, d) for variant in GLUON_VARIANTS for d in (128, 64)]
     results.append(_compile("compact rows", _compact_rows_kernel, 90, {"MASK": "*u8", "IDX": "*i32", "CNT": "*i32"},
                             (), {"CHUNK": 1024}, num_stages=1))
     results.append(_compile("sub-pixel interleave", _interleave_kernel, 90, {"Y": "*bf16", "OUT": "*bf16"}, (),
