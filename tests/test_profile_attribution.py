@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from scripts.profile_engine import (
+from scripts.profile_engine import raise_kineto_buffer_limit
+from scripts.trace_attribution import (
     NO_LAUNCH,
     NO_STAGE,
     STAGE_PREFIX,
@@ -16,7 +17,6 @@ from scripts.profile_engine import (
     UNATTRIBUTED,
     attribute,
     load_trace,
-    raise_kineto_buffer_limit,
     stage_report,
     tabulate,
 )

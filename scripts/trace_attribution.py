@@ -1,0 +1,235 @@
+"""Which engine stage launched each piece of GPU work, from a PyTorch profiler chrome trace.
+
+Every kernel, copy and memset of the trace is matched, by correlation id, with its launch (the CUDA
+runtime call, or the driver call through which Triton launches kernels from Python), and given to the
+innermost ``stage:<name>`` range (``record_function``) that contains the launch on the launching
+thread. Work whose launch is missing, or that was launched outside every stage, goes to an explicit
+``(unattributed)`` bucket. Used by ``flashvsr-profile`` (scripts/profile_engine.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+STAGE_PREFIX = "stage:"
+STEADY = "steady"
+"""The ``record_function`` range over the steady steps of an untiled run."""
+UNATTRIBUTED = "(unattributed)"
+NO_LAUNCH, NO_STAGE = "[no launch] ", "[no stage] "
+"""Key prefixes in the unattributed bucket: launch not in the trace, launched outside every stage."""
+DEVICE_CATEGORIES = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
+LAUNCH_CATEGORIES = frozenset({"cuda_runtime", "cuda_driver"})
+RANGE_CATEGORIES = frozenset({"cpu_op", "user_annotation"})
+OP_CHAIN = 3
+"""Ops of the launching chain named by ``--by-op`` (the innermost ones)."""
+
+Thread = tuple[Any, Any]
+Table = dict[str, dict[str, list[float]]]
+"""``{stage: {kernel or op chain: [milliseconds, calls]}}``."""
+
+
+def load_trace(path: Path) -> list[dict]:
+    """The events of a chrome trace written by ``profile.export_chrome_trace``."""
+    with open(path) as f:
+        return json.load(f)["traceEvents"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A host-side range of the trace on one thread: an op or a ``record_function`` range."""
+
+    start: float
+    end: float
+    name: str
+    shapes: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceWork:
+    """One kernel, copy or memset: its stage, its table key, its milliseconds, whether it is steady."""
+
+    stage: str
+    key: str
+    ms: float
+    steady: bool
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """The run's device work by stage, and how many ranges each stage had (whole run, steady steps)."""
+
+    work: list[DeviceWork]
+    ranges: Counter[str]
+    steady_ranges: Counter[str]
+    steady: bool
+
+
+def _complete(events: Iterable[dict]) -> dict[str, list[dict]]:
+    """The complete (``"ph": "X"``) events by category."""
+    found: dict[str, list[dict]] = defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X":
+            found[e.get("cat", "")].append(e)
+    return found
+
+
+def _of(complete: dict[str, list[dict]], categories: frozenset[str]) -> Iterator[dict]:
+    """The events of ``categories`` (in a fixed order) from :func:`_complete`'s buckets."""
+    return (e for category in sorted(categories) for e in complete.get(category, ()))
+
+
+def _correlation(event: dict) -> Any:
+    return event.get("args", {}).get("correlation")
+
+
+def _end(event: dict) -> float:
+    return event["ts"] + event.get("dur", 0)
+
+
+def thread_spans(ranges: Iterable[dict]) -> dict[Thread, list[Span]]:
+    """Per host thread, its op and ``record_function`` ranges (the steady marker left out) sorted by
+    start, the longer first at equal starts, so that enclosing ranges come before enclosed ones."""
+    spans: dict[Thread, list[Span]] = defaultdict(list)
+    for e in ranges:
+        if e["name"] != STEADY:
+            dims = e.get("args", {}).get("Input Dims")
+            spans[(e["pid"], e["tid"])].append(Span(e["ts"], _end(e), e["name"], "" if dims is None else str(dims)))
+    for thread_ranges in spans.values():
+        thread_ranges.sort(key=lambda s: (s.start, -s.end))
+    return dict(spans)
+
+
+def launches(calls: Iterable[dict]) -> dict[Any, dict]:
+    """CUDA runtime and driver calls by correlation id."""
+    found: dict[Any, dict] = {}
+    for e in calls:
+        found.setdefault(_correlation(e), e)
+    return found
+
+
+def steady_window(ranges: Iterable[dict]) -> tuple[float, float] | None:
+    """The host-time interval of the steady-steps range among ``ranges``, if there is one."""
+    return next(((e["ts"], _end(e)) for e in ranges if e["name"] == STEADY), None)
+
+
+def enclosing(spans: list[Span], times: list[float]) -> list[tuple[Span, ...]]:
+    """For each of ``times`` (ascending), the ``spans`` (sorted as :func:`thread_spans` sorts them)
+    whose ``[start, end]`` contains it, in start order: the outermost first."""
+    chains: list[tuple[Span, ...]] = []
+    open_spans: list[Span] = []
+    upcoming = 0
+    for t in times:
+        while upcoming < len(spans) and spans[upcoming].start <= t:
+            open_spans.append(spans[upcoming])
+            upcoming += 1
+        open_spans = [s for s in open_spans if s.end >= t]
+        chains.append(tuple(open_spans))
+    return chains
+
+
+def _op_key(ops: tuple[Span, ...]) -> str:
+    """``--by-op``'s key: the innermost ops' names, outer to inner, and the innermost op's input shapes."""
+    return f"{' > '.join(op.name for op in ops[-OP_CHAIN:])} {ops[-1].shapes}".rstrip()
+
+
+def _placed(event: dict, chain: tuple[Span, ...], by_op: bool, steady: bool) -> DeviceWork:
+    """``event``'s work in the innermost stage of its launch's ``chain`` (the unattributed bucket if none),
+    keyed by kernel name or, with ``by_op``, by the ops below that stage (the kernel name if none)."""
+    stages = [i for i, span in enumerate(chain) if span.name.startswith(STAGE_PREFIX)]
+    ops = chain[stages[-1] + 1:] if stages else chain
+    key = _op_key(ops) if by_op and ops else event["name"]
+    ms = event.get("dur", 0) / 1000
+    if not stages:
+        return DeviceWork(UNATTRIBUTED, NO_STAGE + key, ms, steady)
+    return DeviceWork(chain[stages[-1]].name.removeprefix(STAGE_PREFIX), key, ms, steady)
+
+
+def _stage_ranges(spans: dict[Thread, list[Span]], window: tuple[float, float] | None) -> Counter[str]:
+    """Stage ranges per stage, all of them or those starting inside ``window``."""
+    return Counter(
+        span.name.removeprefix(STAGE_PREFIX)
+        for thread_ranges in spans.values() for span in thread_ranges
+        if span.name.startswith(STAGE_PREFIX) and (window is None or window[0] <= span.start <= window[1])
+    )
+
+
+def attribute(events: list[dict], by_op: bool = False) -> Attribution:
+    """Give every kernel, copy and memset of a chrome trace's ``events`` to the innermost ``stage:``
+    range enclosing its launch on the launching thread (matched by correlation id); work with no
+    recorded launch, or launched outside every stage, goes to :data:`UNATTRIBUTED`. Work is steady
+    when its launch (its own start, if the launch is missing) lies in the :data:`STEADY` range; all
+    of it when the trace has no such range."""
+    complete = _complete(events)
+    spans, launched = thread_spans(_of(complete, RANGE_CATEGORIES)), launches(_of(complete, LAUNCH_CATEGORIES))
+    window = steady_window(complete.get("user_annotation", ()))
+
+    def steady(ts: float) -> bool:
+        return window is None or window[0] <= ts <= window[1]
+
+    work: list[DeviceWork] = []
+    by_thread: dict[Thread, list[tuple[dict, dict]]] = defaultdict(list)
+    for event in _of(complete, DEVICE_CATEGORIES):
+        launch = launched.get(_correlation(event))
+        if launch is None:
+            work.append(DeviceWork(UNATTRIBUTED, NO_LAUNCH + event["name"], event.get("dur", 0) / 1000,
+                                   steady(event["ts"])))
+        else:
+            by_thread[(launch["pid"], launch["tid"])].append((launch, event))
+    for thread, pairs in by_thread.items():
+        pairs.sort(key=lambda pair: pair[0]["ts"])
+        chains = enclosing(spans.get(thread, []), [launch["ts"] for launch, _ in pairs])
+        work.extend(_placed(event, chain, by_op, steady(launch["ts"])) for (launch, event), chain in zip(pairs, chains))
+    return Attribution(work, _stage_ranges(spans, None), _stage_ranges(spans, window), window is not None)
+
+
+def tabulate(work: Iterable[DeviceWork], steady_only: bool = False) -> Table:
+    """Sum ``work`` (or its steady part) into ``{stage: {key: [milliseconds, calls]}}``."""
+    table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+    for w in work:
+        if w.steady or not steady_only:
+            row = table[w.stage][w.key]
+            row[0] += w.ms
+            row[1] += 1
+    return {stage: dict(rows) for stage, rows in table.items()}
+
+
+def _total(rows: dict[str, list[float]]) -> float:
+    return sum(ms for ms, _ in rows.values())
+
+
+def _coverage(stage: str, result: Attribution, kernel_ms: float, stage_seconds: dict[str, float]) -> str:
+    """A stage's whole-run kernel time against its whole-run GPU time by the stage timer."""
+    if stage == UNATTRIBUTED:
+        return f"kernels {kernel_ms:.1f} ms over the whole run (launch not recorded, or launched outside every stage)"
+    stage_ms = 1000 * stage_seconds.get(stage, 0.0)
+    share = f"{100 * kernel_ms / stage_ms:.0f}%" if stage_ms > 0 else "n/a"
+    return (f"kernels {kernel_ms:.1f} ms = {share} of the stage's {stage_ms:.1f} ms GPU time "
+            f"(whole run, {result.ranges[stage]} ranges)")
+
+
+def _scope(stage: str, result: Attribution) -> str:
+    """What a stage's table covers."""
+    if not result.steady:
+        return "the whole run"
+    return "the steady steps" if stage == UNATTRIBUTED else f"the steady steps ({result.steady_ranges[stage]} ranges)"
+
+
+def stage_report(result: Attribution, stage_seconds: dict[str, float], top: int, width: int = 110) -> list[str]:
+    """The per-stage kernel tables: each stage of the timer (then any other), the unattributed bucket
+    last; each a header (its whole-run kernel time against the stage timer's GPU time, the listed
+    time) and its ``top`` rows (share of the listed time, ms, calls, key)."""
+    whole, listed = tabulate(result.work), tabulate(result.work, steady_only=True)
+    stages = list(dict.fromkeys([*stage_seconds, *sorted(whole.keys() - {UNATTRIBUTED}), UNATTRIBUTED]))
+    lines: list[str] = []
+    for stage in stages:
+        rows = listed.get(stage, {})
+        listed_ms = _total(rows)
+        coverage = _coverage(stage, result, _total(whole.get(stage, {})), stage_seconds)
+        lines += ["", f"{stage}: {coverage}; top {top} of {listed_ms:.1f} ms in {_scope(stage, result)}:"]
+        for key, (ms, calls) in sorted(rows.items(), key=lambda kv: kv[1][0], reverse=True)[:top]:
+            lines.append(f"{100 * ms / listed_ms if listed_ms else 0.0:5.1f}% {ms:9.2f} {int(calls):6d}  {key[:width]}")
+    return lines
