@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -216,6 +217,18 @@ def compact_block_lists(
     return idx, cnt, order.to(torch.int32)
 
 
+@dataclass
+class _GluonStatus:
+    """Whether the Gluon kernel launched in this process, or why it was switched off after failing on
+    first use (e.g. a Triton or driver that cannot compile it): the Triton kernel then serves."""
+
+    proven: bool = False
+    failure: str | None = None
+
+
+_GLUON = _GluonStatus()
+
+
 @functools.cache
 def _gluon_kernels():
     """:mod:`kernels.gluon_sparse`, or None where it is switched off (``FLASHVSR_WARP_SPECIALIZED=0``) or
@@ -296,15 +309,26 @@ def sparse_attention_triton(
     nq, nk = lq // Q_BLOCK, lk // K_BLOCK
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     gluon = _gluon_kernels()
+    forced = bool(warp_specialized)
     if warp_specialized is None:
-        warp_specialized = (gluon is not None and not k_fp8 and config is None and use_tma is not False
-                            and gluon.supported(q, k, v))
+        warp_specialized = (gluon is not None and _GLUON.failure is None and not k_fp8 and config is None
+                            and use_tma is not False and gluon.supported(q, k, v))
     elif warp_specialized and (gluon is None or k_fp8 or not gluon.supported(q, k, v)):
         raise ValueError("the warp-specialised kernel needs an sm_90 GPU, bf16/fp16 q/k/v of one dtype, head dim "
                          "64 or 128 and TMA-compatible strides")
     idx, cnt, order = compact_block_lists(block_mask, schedule)
     if warp_specialized:
-        return gluon.sparse_attention_gluon(q, k, v, idx, cnt, order, scale=scale)
+        try:
+            out = gluon.sparse_attention_gluon(q, k, v, idx, cnt, order, scale=scale)
+        except Exception as exc:
+            if forced or _GLUON.proven or isinstance(exc, torch.OutOfMemoryError):
+                raise
+            _GLUON.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            logger.error("warp-specialised attention kernel failed on first use, switched off for this process "
+                         "(the Triton kernel serves): %s", _GLUON.failure)
+        else:
+            _GLUON.proven = True
+            return out
     if use_tma is None:
         use_tma = tma_supported(q.device) and _check_tma_layout(q, k, v)
     if use_tma and q.is_cuda:

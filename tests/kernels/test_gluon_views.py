@@ -1,13 +1,16 @@
-"""The 2D TMA views of the warp-specialised kernel (:func:`kernels.gluon_sparse.rows_view`) address every
-element of the real layouts exactly, and layouts without such a view are refused (CPU only; the kernel
-itself runs on an sm_90 GPU: scripts/bench_attention.py --check, tests/test_gpu_paths.py)."""
+"""The warp-specialised kernel's host side on the CPU: its 2D TMA views
+(:func:`kernels.gluon_sparse.rows_view`) address every element of the real layouts exactly and refuse
+the others; the switch and the fall-back to the Triton kernel when it fails on first use. The kernel
+itself runs on an sm_90 GPU: scripts/bench_attention.py --check, tests/test_gpu_paths.py."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
 
-from kernels import gluon_sparse
+from kernels import gluon_sparse, triton_sparse
 from kernels.gluon_sparse import rows_view
 
 
@@ -50,3 +53,66 @@ def test_rows_view_refuses_layouts_without_one():
 def test_not_supported_off_the_gpu():
     q = torch.zeros(1, 2, 128, 64, dtype=torch.bfloat16)
     assert not gluon_sparse.supported(q, q, q)
+
+
+@pytest.fixture
+def gluon_state(monkeypatch):
+    """A fresh decision on the Gluon kernel and a fresh first-use record, restored afterwards."""
+    triton_sparse._gluon_kernels.cache_clear()
+    monkeypatch.setattr(triton_sparse, "_GLUON", triton_sparse._GluonStatus())
+    yield monkeypatch
+    triton_sparse._gluon_kernels.cache_clear()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, n, 64, generator=g, dtype=torch.float16) for n in (256, 256, 256))
+    mask = torch.rand(1, 2, 2, 4, generator=g) < 0.5
+    return q, k, v, mask
+
+
+def test_switch_is_read_once_and_logged(gluon_state, caplog):
+    gluon_state.setenv(triton_sparse.WARP_SPECIALIZED_ENV, "0")
+    with caplog.at_level(logging.INFO, logger="kernels.triton_sparse"):
+        assert triton_sparse._gluon_kernels() is None
+        assert triton_sparse._gluon_kernels() is None
+    assert [r.message for r in caplog.records].count(
+        "warp-specialised attention kernel for sm_90: enabled=False reason='FLASHVSR_WARP_SPECIALIZED=0'") == 1
+    triton_sparse._gluon_kernels.cache_clear()
+    gluon_state.setenv(triton_sparse.WARP_SPECIALIZED_ENV, "yes")
+    with pytest.raises(ValueError, match="expected 0 or 1"):
+        triton_sparse._gluon_kernels()
+
+
+def test_failure_on_first_use_falls_back_to_the_triton_kernel(gluon_state, caplog):
+    """A Gluon kernel that cannot run here (compile or launch error) is switched off once, logged, and
+    the call is answered by the Triton kernel (under the interpreter here); forced calls still raise."""
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("ptxas fatal: unsupported target\nmore detail")
+
+    gluon_state.setattr(gluon_sparse, "supported", lambda q, k, v: True)
+    gluon_state.setattr(gluon_sparse, "sparse_attention_gluon", broken)
+    q, k, v, mask = _inputs()
+    expected = triton_sparse.sparse_attention_triton(q, k, v, mask, warp_specialized=False)
+    with caplog.at_level(logging.ERROR, logger="kernels.triton_sparse"):
+        first = triton_sparse.sparse_attention_triton(q, k, v, mask)
+        second = triton_sparse.sparse_attention_triton(q, k, v, mask)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert len(calls) == 1, "tried once, then switched off"
+    assert triton_sparse._GLUON.failure == "RuntimeError: ptxas fatal: unsupported target"
+    assert sum("failed on first use" in r.message for r in caplog.records) == 1
+    with pytest.raises(RuntimeError, match="ptxas"):
+        triton_sparse.sparse_attention_triton(q, k, v, mask, warp_specialized=True)
+
+
+def test_failure_after_a_successful_launch_is_raised(gluon_state):
+    """Once the kernel has run in this process, a later error is a real fault, not an unsupported setup."""
+    gluon_state.setattr(gluon_sparse, "supported", lambda q, k, v: True)
+    gluon_state.setattr(gluon_sparse, "sparse_attention_gluon", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bad")))
+    triton_sparse._GLUON.proven = True
+    q, k, v, mask = _inputs()
+    with pytest.raises(RuntimeError, match="bad"):
+        triton_sparse.sparse_attention_triton(q, k, v, mask)
