@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, help="clip length in seconds")
     p.add_argument("--rounds", type=int, default=1, help="synthetic rounds per validator")
     p.add_argument("--concurrency", type=int, default=1, help="mock validators at once (each its own wallet)")
+    p.add_argument("--workers", type=int, help="clips of a round made / scored at once (default: round.workers)")
     p.add_argument("--transport", choices=("legacy", "btauth"), default="legacy")
     p.add_argument("--no-organic", action="store_true", help="skip the organic job + poll flow")
     p.add_argument("--report", type=Path, help="write the JSON report here")
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             argv += ["--no-organic"] if args.no_organic else []
             argv += ["--clips", str(args.clips)] if args.clips else []
             argv += ["--seconds", str(args.seconds)] if args.seconds else []
+            argv += ["--workers", str(args.workers)] if args.workers is not None else []
             argv += ["--report", str(args.report)] if args.report else []
             validator_args = build_parser().parse_args(argv)
             report = execute(validator_args)

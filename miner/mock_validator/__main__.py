@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small", action="store_true", help="tiny clips for CPU runs ([small] preset)")
     p.add_argument("--rounds", type=int, help="synthetic rounds per validator")
     p.add_argument("--concurrency", type=int, help="validators at once, each with its own wallet")
+    p.add_argument("--workers", type=int, help="clips of a round made / scored at once (round.workers; 0 = auto)")
     p.add_argument("--timeout", type=float, help="VideoUpscalingProtocol timeout in seconds (135 like the validator)")
     p.add_argument("--transport", choices=TRANSPORTS, default="legacy", help="bittensor-10 synapses or btauth/1")
     p.add_argument("--source", type=Path, help="directory of videos to cut reference clips from (else procedural)")
@@ -67,7 +68,7 @@ def options(args: argparse.Namespace, settings: dict) -> RunOptions:
         max_size_mb=args.max_size_mb or int(rnd["maximum_optimized_size_mb"]),
         seed=int(rnd["seed"]) if args.seed is None else args.seed,
         baseline=bool(settings["metrics"]["baseline"]) and not args.no_baseline, sources=sources,
-        quality_gate=not args.no_quality_gate)
+        quality_gate=not args.no_quality_gate, workers=int(rnd["workers"]) if args.workers is None else args.workers)
 
 
 def execute(args: argparse.Namespace) -> Report:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,11 +15,11 @@ import aiohttp
 import bittensor as bt
 
 from miner.mock_validator.client import BtAuthClient, RoundAnswer, TIMEOUT_STATUS
-from miner.mock_validator.clips import bicubic_baseline, make_clips
+from miner.mock_validator.clips import bicubic_baseline, make_clips, map_clips
 from miner.mock_validator.report import CallResult, ClipResult, Report, RoundResult, ValidatorResult
-from miner.mock_validator.scoring import Reference, score_clip
+from miner.mock_validator.scoring import ClipScore, Reference, score_clip
 from miner.mock_validator.serve import InputServer
-from miner.mock_validator.settings import task_geometry
+from miner.mock_validator.settings import round_workers, task_geometry
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class RunOptions:
     baseline: bool = True
     quality_gate: bool = True
     sources: tuple[Path, ...] = field(default_factory=tuple)
+    workers: int = 0
+    """Clips made / scored at once by each validator (``round.workers``; 0 = auto: ``settings.round_workers``)."""
 
 
 def make_client(transport: str, session: aiohttp.ClientSession, base_url: str, wallet: bt.Wallet,
@@ -105,8 +107,12 @@ class MockValidator:
         return result
 
     async def _make(self, count: int, seconds: float, prefix: str, seed: int) -> tuple[list[Reference], list[str]]:
+        workers, start = round_workers(self.opts.workers, count), time.perf_counter()
         refs = await asyncio.to_thread(make_clips, self.private_dir, self.input_dir, self.geometry, count, seconds,
-                                       self.settings, seed=seed, sources=self.opts.sources, prefix=prefix)
+                                       self.settings, seed=seed, sources=self.opts.sources, prefix=prefix,
+                                       workers=workers)
+        log.info("clips made validator=%s prefix=%s clips=%d workers=%d seconds=%.2f", self.name, prefix, count,
+                 workers, time.perf_counter() - start)
         return refs, [self.server.url(f"{self.name}/{ref.input_path.name}") for ref in refs]
 
     async def _synthetic(self, r: int, seconds: float) -> RoundResult:
@@ -152,36 +158,56 @@ class MockValidator:
 
     async def _collect(self, refs: Sequence[Reference], urls: Sequence[str], result_urls: Sequence[str],
                        errors: Sequence[str], reason: str) -> list[ClipResult]:
+        """Every result downloaded, then each clip scored with its bicubic baseline, ``round.workers`` at once."""
         clips = []
         for i, (ref, url) in enumerate(zip(refs, urls)):
             clip = ClipResult(i, url, result_url=result_urls[i] if i < len(result_urls) else "",
                               input_downloads=self.server.downloads[f"{self.name}/{ref.input_path.name}"])
             clip.error = (errors[i] if i < len(errors) else "") or ("" if clip.result_url else reason or "empty URL")
-            if clip.result_url:
-                dest = ref.path.with_name(ref.path.stem.replace("_ref", "_out") + ".mp4")
-                clip.download_s, error = await _download(self.session, clip.result_url, dest,
-                                                         float(self.timeouts["download_s"]))
-                if error:
-                    clip.error = error
-                else:
-                    clip.score = await asyncio.to_thread(score_clip, dest, ref, self.settings,
-                                                         max_size_mb=self.opts.max_size_mb, seed=self.opts.seed + i,
-                                                         quality_gate=self.opts.quality_gate)
-            if self.opts.baseline:
-                base = await asyncio.to_thread(bicubic_baseline, ref, self.settings)
-                clip.baseline = await asyncio.to_thread(score_clip, base, ref, self.settings,
-                                                        max_size_mb=self.opts.max_size_mb, seed=self.opts.seed + i)
             clips.append(clip)
+        outputs = await asyncio.gather(*(self._fetch_result(clip, ref) for clip, ref in zip(clips, refs)))
+        start = time.perf_counter()
+        scores = await asyncio.to_thread(map_clips, lambda i: self._score(refs[i], outputs[i], i),
+                                         [ref.path.name for ref in refs], round_workers(self.opts.workers, len(refs)),
+                                         "scoring clips")
+        for clip, (score, baseline) in zip(clips, scores):
+            clip.score, clip.baseline = score, baseline
+        log.info("clips scored validator=%s clips=%d seconds=%.2f", self.name, len(clips), time.perf_counter() - start)
         return clips
+
+    async def _fetch_result(self, clip: ClipResult, ref: Reference) -> Path | None:
+        """The clip's result downloaded beside its reference; None when it has none or the download failed
+        (then ``clip.error`` says why)."""
+        if not clip.result_url:
+            return None
+        dest = ref.path.with_name(ref.path.stem.replace("_ref", "_out") + ".mp4")
+        clip.download_s, error = await _download(self.session, clip.result_url, dest,
+                                                 float(self.timeouts["download_s"]))
+        if error:
+            clip.error = error
+            return None
+        return dest
+
+    def _score(self, ref: Reference, output: Path | None, i: int) -> tuple[ClipScore | None, ClipScore | None]:
+        """Scores of clip ``i``: its result (when downloaded) and its bicubic baseline (when asked for)."""
+        seed, max_size_mb = self.opts.seed + i, self.opts.max_size_mb
+        score = None if output is None else score_clip(output, ref, self.settings, max_size_mb=max_size_mb, seed=seed,
+                                                       quality_gate=self.opts.quality_gate)
+        baseline = None
+        if self.opts.baseline:
+            baseline = score_clip(bicubic_baseline(ref, self.settings), ref, self.settings, max_size_mb=max_size_mb,
+                                  seed=seed)
+        return score, baseline
 
 
 async def run_validators(wallets: Sequence[bt.Wallet], opts: RunOptions, settings: Mapping[str, Any], workdir: Path,
                          label: str) -> Report:
     """All validators at once (one per wallet) against the miner; the combined report."""
+    opts = replace(opts, workers=round_workers(opts.workers, opts.clips, len(wallets)))
     report = Report(label, {
         "miner_url": opts.miner_url, "task": opts.task, "clips": opts.clips, "clip_seconds": opts.seconds,
         "small": opts.small, "rounds": opts.rounds, "organic": opts.organic, "transport": opts.transport, "quality_gate": opts.quality_gate,
-        "timeout_s": opts.timeout_s, "validators": len(wallets),
+        "timeout_s": opts.timeout_s, "validators": len(wallets), "workers": opts.workers,
         "geometry": "{0.in_width}x{0.in_height} -> {0.out_width}x{0.out_height}".format(
             task_geometry(settings, opts.task, small=opts.small)),
         "source": "files" if opts.sources else "procedural"})

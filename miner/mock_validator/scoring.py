@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,10 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MP4_CONTAINER = "mov,mp4,m4a,3gp,3g2,mj2"
+METRICS_LOCK = threading.Lock()
+"""Clips scored at once take turns for PSNR/SSIM/VMAF: torch already spreads them over every core, or
+runs them on the GPU beside the miner, and on the CPU the metrics of one 3840x2160 clip peak at about
+10 GiB; the clips' decoding and checks still overlap."""
 
 
 @dataclass
@@ -131,6 +136,17 @@ def chroma_check(ref_stats: list[tuple[float, float]], out_stats: list[tuple[flo
     return Check("chroma", ratio_ok and grey_ok, detail), ratio, f"{grey}/{checked}"
 
 
+def _luma_metrics(ref_y: list[np.ndarray], out_y: list[np.ndarray], mcfg: Mapping[str, Any]
+                  ) -> tuple[float, float, float | None]:
+    """PSNR, SSIM and VMAF (None when off or not installed) of the sampled luma, one clip at a time."""
+    with METRICS_LOCK:
+        device = metrics.pick_device(mcfg["device"])
+        ry = torch.from_numpy(np.stack(ref_y)).to(device, torch.float32).unsqueeze(1)
+        oy = torch.from_numpy(np.stack(out_y)).to(device, torch.float32).unsqueeze(1)
+        psnr, ssim = metrics.psnr(ry, oy), metrics.ssim(ry, oy)
+        return psnr, ssim, metrics.vmaf(ry, oy) if mcfg["vmaf"] else None
+
+
 def score_clip(output: Path, ref: Reference, settings: Mapping[str, Any], *, max_size_mb: int, seed: int,
                quality_gate: bool = True) -> ClipScore:
     """Every hard check and metric of ``output`` against ``ref``; never raises on a bad output file.
@@ -157,16 +173,11 @@ def score_clip(output: Path, ref: Reference, settings: Mapping[str, Any], *, max
     chroma.enforced = quality_gate
     checks.append(chroma)
     if (out.width, out.height) == (ref.info.width, ref.info.height):
-        device = metrics.pick_device(mcfg["device"])
-        ry = torch.from_numpy(np.stack(ref_y)).to(device, torch.float32).unsqueeze(1)
-        oy = torch.from_numpy(np.stack(out_y)).to(device, torch.float32).unsqueeze(1)
-        score.psnr, score.ssim = metrics.psnr(ry, oy), metrics.ssim(ry, oy)
-        if mcfg["vmaf"]:
-            score.vmaf = metrics.vmaf(ry, oy)
-            if score.vmaf is not None:
-                threshold = float(cfg["vmaf_threshold"])
-                checks.append(Check("vmaf", score.vmaf >= threshold, f"{score.vmaf:.2f} (threshold {threshold})",
-                                    enforced=quality_gate))
+        score.psnr, score.ssim, score.vmaf = _luma_metrics(ref_y, out_y, mcfg)
+        if score.vmaf is not None:
+            threshold = float(cfg["vmaf_threshold"])
+            checks.append(Check("vmaf", score.vmaf >= threshold, f"{score.vmaf:.2f} (threshold {threshold})",
+                                enforced=quality_gate))
     score.ok = all(c.ok for c in checks if c.enforced)
     score.scoring_s = time.perf_counter() - start
     log.info("clip scored output=%s ok=%s vmaf=%s psnr=%.2f failed=%s", output.name, score.ok, score.vmaf,

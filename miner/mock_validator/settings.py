@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -60,3 +61,18 @@ def task_geometry(settings: Mapping[str, Any], task: str, *, small: bool = False
     if width % (2 * scale) or height % (2 * scale):
         raise ValueError(f"{task}: {width}x{height} must be divisible by {2 * scale} (yuv420p input)")
     return Geometry(task, width, height, scale)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def round_workers(workers: int, clips: int, validators: int = 1) -> int:
+    """Clips made / scored at once by each of ``validators`` for rounds of ``clips``: ``workers``
+    (``round.workers``), or with 0 one per CPU core shared among the validators; at most ``clips``, at least 1."""
+    if workers < 0:
+        raise ValueError(f"round.workers must be 0 (auto) or a positive count, got {workers}")
+    return max(1, min(clips, workers or available_cores() // max(validators, 1)))
