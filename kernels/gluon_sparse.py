@@ -4,13 +4,13 @@ The Triton kernel (:mod:`kernels.triton_sparse`) is an FA2-style loop in one war
 products, the ``exp2`` work and the accumulator rescale run one after the other. Triton 3.6 cannot
 overlap them (docs/attention.md). This kernel is structured as FlashAttention-3 is on Hopper:
 
-- a **load partition** (one warp, 24 registers) walks the query block's kept-block list and issues
-  TMA copies of each kept 64-key K/V tile into a ring of shared-memory stages (mbarriers ``ready`` /
-  ``empty`` per stage);
-- the **attention partition** (two warpgroups, 64 query rows each, the rest of the registers) runs
-  the online softmax with asynchronous ``wgmma``: the scores of tile ``j`` and the P.V product of tile
-  ``j - 1`` are issued together, and the softmax of tile ``j`` runs while P.V of ``j - 1`` is still on
-  the tensor cores (FA3's intra-warpgroup overlap).
+- a **load partition** (one warp, 24 registers) TMA-copies the query tile once, then walks the query
+  block's kept-block list and copies each tile of kept 64-key K/V blocks (two per tile by default)
+  into a ring of shared-memory stages (mbarriers ``ready`` / ``empty`` per stage);
+- two **attention partitions** (one warpgroup each, 64 of the 128 query rows each, the rest of the
+  registers, scheduled independently) run the online softmax with asynchronous ``wgmma``: the scores
+  of tile ``t`` and the P.V product of tile ``t - 1`` are issued together, and the softmax of tile
+  ``t`` runs while P.V of ``t - 1`` is still on the tensor cores (FA3's intra-warpgroup overlap).
 
 Same contract as the Triton kernel: one program per (batch, head, 128-row query block) in the launch
 ``order`` of :func:`kernels.triton_sparse.compact_block_lists`; rows with nothing kept give zeros; the
@@ -84,16 +84,37 @@ def _tma_aligned(t: torch.Tensor, view: RowsView) -> bool:
     return t.data_ptr() % 16 == 0 and (view.row_stride * size) % 16 == 0
 
 
+def dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` covers its memory without gaps or overlaps (in some order of its dimensions), so
+    that ``torch.empty_like(t)`` has the same strides: the output is written with q's 2D view."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
+        if size > 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def layouts_fit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether q, k and v have the memory layouts this kernel addresses: TMA-aligned 2D views of all
+    three, q dense (the output takes its view), k and v with the same row arithmetic."""
+    views = [rows_view(t) for t in (q, k, v)]
+    if any(view is None or not _tma_aligned(t, view) for t, view in zip((q, k, v), views)):
+        return False
+    _, kv, vv = views
+    return dense(q) and (kv.per_batch, kv.per_head) == (vv.per_batch, vv.per_head)
+
+
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether this kernel can run the call: an sm_90 GPU, bf16/fp16 q/k/v of one dtype, head dim 64
-    or 128, and strides that give each tensor a TMA-aligned 2D view."""
+    or 128, and layouts it addresses (:func:`layouts_fit`)."""
     if not q.is_cuda or torch.cuda.get_device_capability(q.device) != (ARCH // 10, ARCH % 10):
         return False
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return False
     if q.shape[-1] not in SUPPORTED_HEAD_DIMS or v.shape[-1] != q.shape[-1]:
         return False
-    return all((view := rows_view(t)) is not None and _tma_aligned(t, view) for t in (q, k, v))
+    return layouts_fit(q, k, v)
 
 
 @gluon.jit

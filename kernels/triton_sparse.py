@@ -315,7 +315,7 @@ def sparse_attention_triton(
                             and use_tma is not False and gluon.supported(q, k, v))
     elif warp_specialized and (gluon is None or k_fp8 or not gluon.supported(q, k, v)):
         raise ValueError("the warp-specialised kernel needs an sm_90 GPU, bf16/fp16 q/k/v of one dtype, head dim "
-                         "64 or 128 and TMA-compatible strides")
+                         "64 or 128 and layouts it addresses (kernels.gluon_sparse.layouts_fit)")
     idx, cnt, order = compact_block_lists(block_mask, schedule)
     if warp_specialized:
         try:

@@ -116,3 +116,18 @@ def test_failure_after_a_successful_launch_is_raised(gluon_state):
     q, k, v, mask = _inputs()
     with pytest.raises(RuntimeError, match="bad"):
         triton_sparse.sparse_attention_triton(q, k, v, mask)
+
+
+def test_layouts_the_kernel_addresses():
+    """The DiT's layouts fit; queries that are not dense (their output would get other strides) and
+    K/V with different row arithmetic do not, and go to the Triton kernel."""
+    layouts = _layouts()
+    queries, cache = layouts["the DiT's queries: (B, L, H, D) memory"], layouts["filled part of a K/V ring buffer"]
+    keys = cache[:, :, :256].contiguous()
+    assert gluon_sparse.dense(queries) and gluon_sparse.dense(layouts["contiguous (B, H, L, D)"])
+    assert gluon_sparse.layouts_fit(queries, keys, keys.clone())
+    assert gluon_sparse.layouts_fit(queries, cache[:, :, :256], cache[:, :, 256:512])
+    fused = layouts["queries from a fused q/k/v projection"]
+    assert not gluon_sparse.dense(fused) and not gluon_sparse.layouts_fit(fused, keys, keys)
+    assert torch.empty_like(fused).stride() != fused.stride()
+    assert not gluon_sparse.layouts_fit(queries, cache[:, :, :256], keys)  # k's heads 1024 rows apart, v's 256
