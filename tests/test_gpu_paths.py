@@ -139,6 +139,36 @@ def test_lq_projection_stream_on_cuda_matches_float64(version):
             assert err.max() < 0.05 * want.abs().max() and err.mean() < 0.02 * want.std()
 
 
+@pytest.mark.parametrize("channels", [2048, 3072])
+def test_lq_conv_epilogue_kernel_is_closer_to_float64_than_the_eager_chain(channels):
+    """The LQ projection's bias + channel RMS norm + SiLU kernel and the eager bf16 chain it replaces,
+    both against float64 on the same bf16 inputs: the kernel (fp32, one rounding) is no further off."""
+    from kernels.channel_norm import bias_norm_silu_
+    from upscaler.models.lq_proj import ChannelRMSNorm
+
+    g = torch.Generator().manual_seed(channels)
+    norm = ChannelRMSNorm(channels)
+    with torch.no_grad():
+        norm.gamma.copy_(1 + 0.3 * torch.randn(channels, 1, 1, 1, generator=g))
+    x = (3 * torch.randn(2, 64, 96, channels, generator=g)).to(torch.bfloat16).permute(0, 3, 1, 2)
+    bias = torch.randn(channels, generator=g).to(torch.bfloat16)
+    norm_bf16 = ChannelRMSNorm(channels).to(torch.bfloat16)
+    with torch.no_grad():
+        norm_bf16.gamma.copy_(norm.gamma)
+
+        def chain(module, x, bias):
+            return torch.nn.functional.silu(module((x + bias.view(1, -1, 1, 1)).unsqueeze(2))).squeeze(2)
+
+        exact = chain(norm.double(), x.double(), bias.double())
+        eager = chain(norm_bf16.cuda(), x.cuda(), bias.cuda()).double().cpu()
+        got = bias_norm_silu_(x.cuda().contiguous(memory_format=torch.channels_last), bias.cuda(),
+                              norm_bf16.gamma, norm_bf16.scale).double().cpu()
+    err_kernel, err_eager = (got - exact).abs(), (eager - exact).abs()
+    print(f"LQ conv epilogue ({channels} channels, bf16) vs float64: kernel max {err_kernel.max():.4f} mean "
+          f"{err_kernel.mean():.2e}, eager chain max {err_eager.max():.4f} mean {err_eager.mean():.2e}")
+    assert err_kernel.max() <= err_eager.max() and err_kernel.mean() <= err_eager.mean()
+
+
 def test_norm_rope_kernel_matches_the_pytorch_chain_at_the_real_width():
     """The Triton q/k RMSNorm + RoPE against the eager PyTorch chain, bf16, 12 heads of 128."""
     from upscaler.models.attention import _norm_rope, _norm_rope_torch

@@ -21,6 +21,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 
 from kernels import gluon_sparse
+from kernels.channel_norm import _bias_norm_silu_kernel
 from kernels.frame_pairs import _stack_with_previous_kernel
 from kernels.layer_norm import LAUNCH_OPTIONS as LAYER_NORM_LAUNCH
 from kernels.layer_norm import _add_layer_norm_kernel
@@ -129,6 +130,9 @@ def main() -> int:
                             num_stages=1))
     results.append(_compile("LQ time taps", _time_taps_kernel, 90, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16"}, (),
                             {"HAS_CONTEXT": True, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1))
+    results.append(_compile("LQ conv epilogue (bias + channel norm + SiLU)", _bias_norm_silu_kernel, 90,
+                            {"X": "*bf16", "BIAS": "*bf16", "GAMMA": "*bf16"}, ("gain", "eps"),
+                            {"HAS_BIAS": True, "BLOCK_C": 4096}, num_warps=8, num_stages=1))
     results.append(_compile("q/k RMSNorm + RoPE", _norm_rope_kernel, 90,
                             {"X": "*bf16", "WEIGHT": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16"}, ("eps",),
                             {"HEADS": 12, "HEAD_DIM": 128, "HEADS_P2": 16, "BLOCK_R": 2}, num_stages=1))

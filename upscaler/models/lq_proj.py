@@ -66,9 +66,18 @@ class CausalConv(nn.Conv3d):
         self.stacked_weight = DerivedWeight(self, _stack_taps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return self.as_frames(self.conv_frames(x, context), x.shape[0])
+
+    def conv_frames(self, x: torch.Tensor, context: torch.Tensor | None, with_bias: bool = True) -> torch.Tensor:
+        """The conv's output frames ``(B * T', Cout, h, w)`` (channels-last for channels-last input), with
+        or without the bias."""
         stacked = self._stacked_input(x, context)
-        out = F.conv2d(stacked, self.stacked_weight(self.weight), self.bias)
-        return out.unflatten(0, (x.shape[0], -1)).transpose(1, 2)
+        return F.conv2d(stacked, self.stacked_weight(self.weight), self.bias if with_bias else None)
+
+    @staticmethod
+    def as_frames(out: torch.Tensor, batch: int) -> torch.Tensor:
+        """``(B * T', C, h, w)`` -> the 3D conv's ``(B, C, T', h, w)`` (a view)."""
+        return out.unflatten(0, (batch, -1)).transpose(1, 2)
 
     def _stacked_input(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         """The padded input frames' time taps stacked along channels: ``(B * T', 4C, h + 2, w + 2)``
@@ -115,7 +124,17 @@ class _LQProj(nn.Module):
         raise NotImplementedError
 
     def _layer(self, index: int, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """``silu(norm(conv(x)))``; on CUDA the conv runs without its bias and one Triton pass adds it,
+        normalises and applies the SiLU in place (:mod:`kernels.channel_norm`)."""
         conv, norm = (self.conv1, self.norm1) if index == 0 else (self.conv2, self.norm2)
+        if x.is_cuda:
+            from kernels.channel_norm import bias_norm_silu_, supports
+
+            out = conv.conv_frames(x, context, with_bias=False)
+            if supports(out):
+                return conv.as_frames(bias_norm_silu_(out, conv.bias, norm.gamma, norm.scale), x.shape[0])
+            out = out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
+            return F.silu(norm(conv.as_frames(out, x.shape[0])))
         return F.silu(norm(conv(x, context)))
 
     def _unshuffle(self, frames: torch.Tensor) -> torch.Tensor:
