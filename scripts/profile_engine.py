@@ -19,7 +19,9 @@ longer, and the step the host queued behind it are left out); a tiled case,
 ``variant:TASK:frames:tile``, is listed whole, every tile's first step included. Copies and
 memsets are listed among the kernels under Kineto's names (``Memcpy DtoH ...``, ``Memset ...``).
 ``--by-op`` groups by the innermost ops around the launch (and the innermost op's input shapes)
-instead. ``--memory`` also records every allocation of the measured run and lists the tensors
+instead. ``--gaps`` lists the stretches of 0.2 ms or more in which the GPU ran nothing, grouped by the
+stage and ops of the launch that ended each one, with the host's CUDA calls during those gaps (what a
+host-bound stage was waiting for). ``--memory`` also records every allocation of the measured run and lists the tensors
 alive at its peak by the line of our code that made them. This is the profile that explains the
 numbers of ``flashvsr-bench``; it is not a benchmark itself.
 """
@@ -44,6 +46,8 @@ from scripts.trace_attribution import (
     STAGE_PREFIX,
     STEADY,
     attribute,
+    gap_report,
+    idle_gaps,
     load_trace,
     stage_report,
 )
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=12, help="kernels to list per stage")
     p.add_argument("--memory", action="store_true", help="list the allocations alive at the memory peak")
     p.add_argument("--by-op", action="store_true", help="group kernel time by the ops that launched it (and shapes)")
+    p.add_argument("--gaps", action="store_true", help="list where the GPU sat idle and which late launch ended it")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not torch.cuda.is_available():
@@ -169,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         prof.stop()
         trace = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(trace))
-        result = attribute(load_trace(trace), args.by_op)
+        events = load_trace(trace)
+        result = attribute(events, args.by_op)
+        gaps = idle_gaps(events) if args.gaps else []
     seconds = timer.seconds()
     print(f"{args.case.name}: {frames} frames, kv-cache {args.kv_cache}, compile {args.compile}")
     print(f"{'stage':12} {'ms/frame':>9} {'held GiB':>9} {'peak GiB':>9}")
@@ -177,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:12} {1000 * s / max(frames, 1):9.2f} {timer.entry_bytes[name] / GIB:9.2f} "
               f"{timer.peak_bytes[name] / GIB:9.2f}")
     print("\n".join(stage_report(result, seconds, args.top, 160 if args.by_op else 110)))
+    if args.gaps:
+        print("\n".join(gap_report(gaps, args.top)))
     if args.memory:
         peak, by_line = live_at_peak(snapshot)
         print(f"\nmemory peak {(held_before + peak) / GIB:.2f} GiB = {held_before / GIB:.2f} GiB held before the run "

@@ -233,3 +233,77 @@ def stage_report(result: Attribution, stage_seconds: dict[str, float], top: int,
         for key, (ms, calls) in sorted(rows.items(), key=lambda kv: kv[1][0], reverse=True)[:top]:
             lines.append(f"{100 * ms / listed_ms if listed_ms else 0.0:5.1f}% {ms:9.2f} {int(calls):6d}  {key[:width]}")
     return lines
+
+
+IDLE_GAP_MS = 0.2
+"""Shortest stretch of an idle GPU that :func:`idle_gaps` reports."""
+
+
+@dataclass(frozen=True)
+class IdleGap:
+    """A stretch with no kernel, copy or memset running, and the launch that ended it: its stage, the ops
+    around it (or the work's name), and the host's CUDA calls on that thread during the gap (ms each)."""
+
+    ms: float
+    stage: str
+    ops: str
+    host_calls: tuple[tuple[str, float], ...]
+    steady: bool
+
+
+def _overlap_ms(event: dict, start: float, end: float) -> float:
+    return max(0.0, min(_end(event), end) - max(event["ts"], start)) / 1000
+
+
+def idle_gaps(events: list[dict], min_ms: float = IDLE_GAP_MS) -> list[IdleGap]:
+    """Every stretch of at least ``min_ms`` in which the GPU ran nothing (all streams merged), with the
+    launch of the work that ended it: when the GPU waits on the host, that launch came late, and the
+    ops around it and the host's CUDA calls during the gap (a synchronisation, a pinned allocation)
+    say why."""
+    complete = _complete(events)
+    spans, launched = thread_spans(_of(complete, RANGE_CATEGORIES)), launches(_of(complete, LAUNCH_CATEGORIES))
+    calls: dict[Thread, list[dict]] = defaultdict(list)
+    for call in _of(complete, LAUNCH_CATEGORIES):
+        calls[(call["pid"], call["tid"])].append(call)
+    window = steady_window(complete.get("user_annotation", ()))
+    gaps: list[IdleGap] = []
+    busy_until: float | None = None
+    for work in sorted(_of(complete, DEVICE_CATEGORIES), key=lambda e: e["ts"]):
+        if busy_until is not None and work["ts"] - busy_until >= 1000 * min_ms:
+            launch = launched.get(_correlation(work))
+            if launch is None:
+                gaps.append(IdleGap((work["ts"] - busy_until) / 1000, UNATTRIBUTED, NO_LAUNCH + work["name"], (), False))
+            else:
+                thread = (launch["pid"], launch["tid"])
+                placed = _placed(work, enclosing(spans.get(thread, []), [launch["ts"]])[0], True, False)
+                during = Counter[str]()
+                for call in calls[thread]:
+                    during[call["name"]] += _overlap_ms(call, busy_until, work["ts"])
+                host = tuple((name, ms) for name, ms in during.most_common(3) if ms > 0)
+                steady = window is not None and window[0] <= launch["ts"] <= window[1]
+                gaps.append(IdleGap((work["ts"] - busy_until) / 1000, placed.stage, placed.key, host, steady))
+        busy_until = _end(work) if busy_until is None else max(busy_until, _end(work))
+    return gaps
+
+
+def gap_report(gaps: list[IdleGap], top: int, width: int = 110) -> list[str]:
+    """The idle stretches grouped by the stage and ops of the launch that ended them, the most idle
+    time first, each with the host's CUDA calls during those gaps."""
+    if not gaps:
+        return ["", f"GPU idle: no gap of {IDLE_GAP_MS} ms or more"]
+    groups: dict[tuple[str, str], list[IdleGap]] = defaultdict(list)
+    for gap in gaps:
+        groups[(gap.stage, gap.ops)].append(gap)
+    total, steady = sum(g.ms for g in gaps), sum(g.ms for g in gaps if g.steady)
+    lines = ["", f"GPU idle: {len(gaps)} gaps of {IDLE_GAP_MS} ms or more, {total:.1f} ms in all ({steady:.1f} ms in "
+                 f"the steady steps); by the stage and ops of the launch that ended them (top {top}):"]
+    ranked = sorted(groups.items(), key=lambda kv: sum(g.ms for g in kv[1]), reverse=True)
+    for (stage, ops), members in ranked[:top]:
+        host = Counter[str]()
+        for gap in members:
+            for name, ms in gap.host_calls:
+                host[name] += ms
+        calls = ", ".join(f"{name} {ms:.1f} ms" for name, ms in host.most_common(3)) or "none recorded"
+        lines.append(f"{sum(g.ms for g in members):9.2f} ms {len(members):5d}  {stage}: {ops[:width]}")
+        lines.append(f"{'':18}host CUDA calls in these gaps: {calls}")
+    return lines

@@ -16,6 +16,8 @@ from scripts.trace_attribution import (
     STEADY,
     UNATTRIBUTED,
     attribute,
+    gap_report,
+    idle_gaps,
     load_trace,
     stage_report,
     tabulate,
@@ -147,6 +149,36 @@ def test_report_compares_each_stage_with_its_gpu_time_and_prints_the_unattribute
     ]
 
 
+def test_idle_gaps_name_the_late_launch_and_the_host_calls_during_the_gap():
+    """The GPU runs a, then idles 3 ms while the host waits in cudaStreamSynchronize and pins memory,
+    then runs b (launched in lq_proj under aten::copy_); overlapping work on two streams is no gap."""
+    other_stream = (0, 8)
+    events = [
+        span(MAIN, "user_annotation", STEADY, 0, 20000),
+        stage(MAIN, "dit", 0, 1000),
+        span(MAIN, "cuda_runtime", "cudaLaunchKernel", 10, 2, correlation=1),
+        span(GPU, "kernel", "a", 100, 1000, correlation=1),
+        span(MAIN, "cuda_runtime", "cudaLaunchKernel", 20, 2, correlation=2),
+        span(other_stream, "kernel", "a2", 900, 200, correlation=2),  # overlaps a: no gap between them
+        stage(MAIN, "lq_proj", 1000, 4000),
+        span(MAIN, "cuda_runtime", "cudaStreamSynchronize", 1100, 2000),
+        span(MAIN, "cuda_runtime", "cudaHostAlloc", 3200, 800),
+        span(MAIN, "cpu_op", "aten::copy_", 4050, 20),
+        span(MAIN, "cuda_runtime", "cudaMemcpyAsync", 4060, 5, correlation=3),
+        span(GPU, "gpu_memcpy", "Memcpy HtoD (Pinned -> Device)", 4100, 50, correlation=3),
+        span(GPU, "kernel", "b", 4200, 50, correlation=9),  # 0.05 ms after the copy: below the threshold
+    ]
+    gaps = idle_gaps(events)
+    assert len(gaps) == 1
+    gap = gaps[0]
+    assert (round(gap.ms, 3), gap.stage, gap.ops, gap.steady) == (3.0, "lq_proj", "aten::copy_", True)
+    assert gap.host_calls[:2] == (("cudaStreamSynchronize", 2.0), ("cudaHostAlloc", 0.8))
+    lines = gap_report(gaps, top=5)
+    assert "1 gaps of 0.2 ms or more, 3.0 ms in all (3.0 ms in the steady steps)" in lines[1]
+    assert "lq_proj: aten::copy_" in lines[2] and "cudaStreamSynchronize 2.0 ms, cudaHostAlloc 0.8 ms" in lines[3]
+    assert gap_report([], top=5)[1].startswith("GPU idle: no gap")
+
+
 def test_a_real_cpu_trace_parses_and_a_launch_inside_its_stage_is_attributed(tmp_path):
     x = torch.randn(16, 16)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -161,7 +193,9 @@ def test_a_real_cpu_trace_parses_and_a_launch_inside_its_stage_is_attributed(tmp
     mm = next(e for e in events if e.get("cat") == "cpu_op" and e["name"] == "aten::mm")
     fake = launched((mm["pid"], mm["tid"]), "cuda_runtime", mm["ts"] + mm["dur"] / 2, 12345, "gemm", 1.0)
     (work,) = attribute(events + fake, by_op=True).work
-    assert (work.stage, work.key.split(" [")[0], work.ms, work.steady) == ("x", "aten::matmul > aten::mm", 1.0, False)
+    # mm may record nested ops (aten::resolve_conj, after some other tests ran) around the launch's time
+    assert (work.stage, work.ms, work.steady) == ("x", 1.0, False)
+    assert work.key.split(" [")[0].startswith("aten::matmul > aten::mm")
 
 
 def test_kineto_buffer_limit_is_raised_unless_the_caller_configured_kineto(tmp_path, monkeypatch):
