@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{timer.peak_bytes[name] / GIB:9.2f}")
     print("\n".join(stage_report(result, seconds, args.top, 160 if args.by_op else 110)))
     if args.gaps:
-        print("\n".join(gap_report(gaps, args.top)))
+        print("\n".join(gap_report(gaps, args.top, steady_range=result.steady)))
     if args.memory:
         peak, by_line = live_at_peak(snapshot)
         print(f"\nmemory peak {(held_before + peak) / GIB:.2f} GiB = {held_before / GIB:.2f} GiB held before the run "

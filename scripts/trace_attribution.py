@@ -10,6 +10,7 @@ thread. Work whose launch is missing, or that was launched outside every stage, 
 from __future__ import annotations
 
 import json
+from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,11 @@ def steady_window(ranges: Iterable[dict]) -> tuple[float, float] | None:
     return next(((e["ts"], _end(e)) for e in ranges if e["name"] == STEADY), None)
 
 
+def in_steady(window: tuple[float, float] | None, ts: float) -> bool:
+    """Whether host time ``ts`` lies in the steady-steps ``window``; everything does when there is none."""
+    return window is None or window[0] <= ts <= window[1]
+
+
 def enclosing(spans: list[Span], times: list[float]) -> list[tuple[Span, ...]]:
     """For each of ``times`` (ascending), the ``spans`` (sorted as :func:`thread_spans` sorts them)
     whose ``[start, end]`` contains it, in start order: the outermost first."""
@@ -166,23 +172,19 @@ def attribute(events: list[dict], by_op: bool = False) -> Attribution:
     complete = _complete(events)
     spans, launched = thread_spans(_of(complete, RANGE_CATEGORIES)), launches(_of(complete, LAUNCH_CATEGORIES))
     window = steady_window(complete.get("user_annotation", ()))
-
-    def steady(ts: float) -> bool:
-        return window is None or window[0] <= ts <= window[1]
-
     work: list[DeviceWork] = []
     by_thread: dict[Thread, list[tuple[dict, dict]]] = defaultdict(list)
     for event in _of(complete, DEVICE_CATEGORIES):
         launch = launched.get(_correlation(event))
         if launch is None:
             work.append(DeviceWork(UNATTRIBUTED, NO_LAUNCH + event["name"], event.get("dur", 0) / 1000,
-                                   steady(event["ts"])))
+                                   in_steady(window, event["ts"])))
         else:
             by_thread[(launch["pid"], launch["tid"])].append((launch, event))
     for thread, pairs in by_thread.items():
         pairs.sort(key=lambda pair: pair[0]["ts"])
         chains = enclosing(spans.get(thread, []), [launch["ts"] for launch, _ in pairs])
-        work.extend(_placed(event, chain, by_op, steady(launch["ts"])) for (launch, event), chain in zip(pairs, chains))
+        work.extend(_placed(event, chain, by_op, in_steady(window, launch["ts"])) for (launch, event), chain in zip(pairs, chains))
     return Attribution(work, _stage_ranges(spans, None), _stage_ranges(spans, window), window is not None)
 
 
@@ -251,52 +253,67 @@ class IdleGap:
     steady: bool
 
 
-def _overlap_ms(event: dict, start: float, end: float) -> float:
-    return max(0.0, min(_end(event), end) - max(event["ts"], start)) / 1000
+class _HostCalls:
+    """One thread's CUDA runtime and driver calls, sorted by start, for the calls overlapping an interval."""
+
+    def __init__(self, calls: list[dict]) -> None:
+        self.calls = sorted(calls, key=lambda c: c["ts"])
+        self.starts = [c["ts"] for c in self.calls]
+        self.longest = max((c.get("dur", 0) for c in self.calls), default=0)
+
+    def overlapping(self, start: float, end: float) -> Counter[str]:
+        """Milliseconds of each call name inside ``[start, end]``."""
+        found = Counter[str]()
+        first, last = bisect_left(self.starts, start - self.longest), bisect_right(self.starts, end)
+        for call in self.calls[first:last]:
+            ms = max(0.0, min(_end(call), end) - max(call["ts"], start)) / 1000
+            if ms > 0:
+                found[call["name"]] += ms
+        return found
 
 
 def idle_gaps(events: list[dict], min_ms: float = IDLE_GAP_MS) -> list[IdleGap]:
     """Every stretch of at least ``min_ms`` in which the GPU ran nothing (all streams merged), with the
     launch of the work that ended it: when the GPU waits on the host, that launch came late, and the
     ops around it and the host's CUDA calls during the gap (a synchronisation, a pinned allocation)
-    say why."""
+    say why. A gap is steady as :func:`attribute` counts work: by its launch, all without a steady range."""
     complete = _complete(events)
     spans, launched = thread_spans(_of(complete, RANGE_CATEGORIES)), launches(_of(complete, LAUNCH_CATEGORIES))
-    calls: dict[Thread, list[dict]] = defaultdict(list)
+    by_thread: dict[Thread, list[dict]] = defaultdict(list)
     for call in _of(complete, LAUNCH_CATEGORIES):
-        calls[(call["pid"], call["tid"])].append(call)
+        by_thread[(call["pid"], call["tid"])].append(call)
+    calls = {thread: _HostCalls(thread_calls) for thread, thread_calls in by_thread.items()}
     window = steady_window(complete.get("user_annotation", ()))
     gaps: list[IdleGap] = []
     busy_until: float | None = None
     for work in sorted(_of(complete, DEVICE_CATEGORIES), key=lambda e: e["ts"]):
         if busy_until is not None and work["ts"] - busy_until >= 1000 * min_ms:
+            ms = (work["ts"] - busy_until) / 1000
             launch = launched.get(_correlation(work))
             if launch is None:
-                gaps.append(IdleGap((work["ts"] - busy_until) / 1000, UNATTRIBUTED, NO_LAUNCH + work["name"], (), False))
+                gaps.append(IdleGap(ms, UNATTRIBUTED, NO_LAUNCH + work["name"], (), in_steady(window, work["ts"])))
             else:
                 thread = (launch["pid"], launch["tid"])
                 placed = _placed(work, enclosing(spans.get(thread, []), [launch["ts"]])[0], True, False)
-                during = Counter[str]()
-                for call in calls[thread]:
-                    during[call["name"]] += _overlap_ms(call, busy_until, work["ts"])
-                host = tuple((name, ms) for name, ms in during.most_common(3) if ms > 0)
-                steady = window is not None and window[0] <= launch["ts"] <= window[1]
-                gaps.append(IdleGap((work["ts"] - busy_until) / 1000, placed.stage, placed.key, host, steady))
+                host = tuple(calls[thread].overlapping(busy_until, work["ts"]).most_common(3))
+                gaps.append(IdleGap(ms, placed.stage, placed.key, host, in_steady(window, launch["ts"])))
         busy_until = _end(work) if busy_until is None else max(busy_until, _end(work))
     return gaps
 
 
-def gap_report(gaps: list[IdleGap], top: int, width: int = 110) -> list[str]:
+def gap_report(gaps: list[IdleGap], top: int, steady_range: bool = True, width: int = 110) -> list[str]:
     """The idle stretches grouped by the stage and ops of the launch that ended them, the most idle
-    time first, each with the host's CUDA calls during those gaps."""
+    time first, each with the host's CUDA calls during those gaps; with ``steady_range`` (the trace
+    had one) the header also gives the steady steps' share."""
     if not gaps:
         return ["", f"GPU idle: no gap of {IDLE_GAP_MS} ms or more"]
     groups: dict[tuple[str, str], list[IdleGap]] = defaultdict(list)
     for gap in gaps:
         groups[(gap.stage, gap.ops)].append(gap)
-    total, steady = sum(g.ms for g in gaps), sum(g.ms for g in gaps if g.steady)
-    lines = ["", f"GPU idle: {len(gaps)} gaps of {IDLE_GAP_MS} ms or more, {total:.1f} ms in all ({steady:.1f} ms in "
-                 f"the steady steps); by the stage and ops of the launch that ended them (top {top}):"]
+    total = sum(g.ms for g in gaps)
+    steady = f" ({sum(g.ms for g in gaps if g.steady):.1f} ms in the steady steps)" if steady_range else ""
+    lines = ["", f"GPU idle: {len(gaps)} gaps of {IDLE_GAP_MS} ms or more, {total:.1f} ms in all{steady}; by the stage "
+                 f"and ops of the launch that ended them (top {top}):"]
     ranked = sorted(groups.items(), key=lambda kv: sum(g.ms for g in kv[1]), reverse=True)
     for (stage, ops), members in ranked[:top]:
         host = Counter[str]()

@@ -177,6 +177,9 @@ def test_idle_gaps_name_the_late_launch_and_the_host_calls_during_the_gap():
     assert "1 gaps of 0.2 ms or more, 3.0 ms in all (3.0 ms in the steady steps)" in lines[1]
     assert "lq_proj: aten::copy_" in lines[2] and "cudaStreamSynchronize 2.0 ms, cudaHostAlloc 0.8 ms" in lines[3]
     assert gap_report([], top=5)[1].startswith("GPU idle: no gap")
+    whole_run = idle_gaps([e for e in events if e["name"] != STEADY])  # e.g. a tiled case: no steady range
+    assert [g.steady for g in whole_run] == [True]
+    assert "3.0 ms in all; by the stage" in gap_report(whole_run, top=5, steady_range=False)[1]
 
 
 def test_a_real_cpu_trace_parses_and_a_launch_inside_its_stage_is_attributed(tmp_path):
