@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.frame_pairs import canonical_channels_last
+
 NORM_EPS = 1e-12  # F.normalize's default: the norm is clamped to at least this
 
 
@@ -35,12 +37,9 @@ def _bias_norm_silu_kernel(X, BIAS, GAMMA, C, row_stride, gain, eps, HAS_BIAS: t
 
 
 def supports(x: torch.Tensor) -> bool:
-    """Whether ``x (N, C, h, w)`` has the layout the kernel rewrites: canonical channels-last strides
-    (every pixel's channels contiguous, pixels one after another)."""
-    if x.dim() != 4:
-        return False
-    n, c, h, w = x.shape
-    return x.stride(1) == 1 and x.stride(3) == c and x.stride(2) == w * c and (n == 1 or x.stride(0) == h * w * c)
+    """Whether ``x (N, C, h, w)`` has the layout the kernel rewrites: stored as contiguous ``(N, h, w, C)``
+    (:func:`kernels.frame_pairs.canonical_channels_last`), so every pixel's channels are one row."""
+    return x.dim() == 4 and canonical_channels_last(x)
 
 
 def bias_norm_silu_(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, gain: float) -> torch.Tensor:
