@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# Set up a virtual environment (CPU build of torch) and run the test suite.
-# Usage: bash scripts/test.sh [pytest args...]
+# The README's test command (what CI runs): set up the pinned environment (scripts/setup_env.sh), run the
+# test suite, then the kernel tests once more on each further Triton release (scripts/test_triton_matrix.sh).
+# Usage: bash scripts/test.sh [pytest args...]   (with arguments: only that pytest run, no Triton matrix;
+# FLASHVSR_TRITON_MATRIX=0 skips the matrix)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
-PYTHON=${PYTHON:-python3}
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-fi
+VENV="${FLASHVSR_VENV:-${VENV:-.venv}}"
+bash scripts/setup_env.sh "$VENV"
+# shellcheck disable=SC1091
 . "$VENV/bin/activate"
-python -m pip install -q --upgrade pip
-# CPU-only machines: the CPU build of torch (a CUDA machine keeps the torch it has), then the
-# Triton version the kernels are tested with under the interpreter.
-python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -c "import triton" 2>/dev/null || python -m pip install -q "triton==3.6.0"
-python -m pip install -q -e ".[test,score]"
-exec python -m pytest -q "$@"
+status=0
+python -m pytest -q "$@" || status=$?
+if [ $# -eq 0 ] && [ "${FLASHVSR_TRITON_MATRIX:-1}" != "0" ]; then
+  bash scripts/test_triton_matrix.sh "$VENV" || status=$?
+fi
+exit $status
