@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,8 +22,11 @@ from upscaler.models import fusion
 from upscaler.models.config import SparsityParams
 from upscaler.report import Progress, UpscaleReport
 from upscaler.resize import frames_to_host
-from upscaler.settings import UpscalerSettings, VariantSettings
+from upscaler.settings import TilingSettings, UpscalerSettings, VariantSettings
 from upscaler.components import load_components
+from upscaler import vram
+from upscaler.geometry import round_up
+from upscaler.tile_plan import MemoryModel, choose_layout
 from upscaler.models.tiled_decode import TiledDecoder, TileSpec
 from upscaler.tiled import TiledRun
 from upscaler.timing import StageTimer
@@ -63,7 +67,9 @@ class Upscaler:
         self.settings = settings
         self.device = device
         self.dtype = dtype
+        vram.apply_cap(device, settings.max_vram_gib)
         self._components = load_components(settings, device, dtype)
+        self._memory_model: MemoryModel | None = None
         if settings.kv_cache_dtype == "fp8-qk" and not _fp8_products_supported(device):
             log.warning("kv_cache_dtype=fp8-qk: this GPU has no FP8 matrix products (compute capability < 8.9); "
                         "storing the cache in FP8 and multiplying in %s", str(dtype).removeprefix("torch."))
@@ -111,6 +117,30 @@ class Upscaler:
         )
         return StreamingEngine(models, options, self.device, self.dtype)
 
+    def plan_tiles(self, geometry: Geometry, variant: VariantSettings) -> tuple[TilingSettings, VariantSettings]:
+        """The tiling of a run at ``geometry``: the settings' own, or with ``tiling.auto`` the layout of
+        :func:`~upscaler.tile_plan.choose_layout` for this process's usable GPU memory (untiled off CUDA),
+        with the variant's decoder frames per pass that layout was planned with."""
+        tiling = self.settings.tiling
+        if not tiling.auto:
+            return tiling, variant
+        usable = vram.usable_bytes(self.device)
+        if usable is None:
+            return replace(tiling, tile_size=0, tile_height=0), variant
+        if self._memory_model is None:
+            self._memory_model = MemoryModel.load()
+        multiple = self.settings.spatial_multiple
+        layout = choose_layout(
+            geometry.out_width, geometry.out_height, usable_bytes=usable, model=self._memory_model,
+            decoder=variant.decoder, max_decoder_frames=variant.decoder_frames_per_pass,
+            decoder_pass_pixels=variant.decoder_pass_pixels, overlap=tiling.tile_overlap, multiple=multiple,
+        )
+        variant = replace(variant, decoder_frames_per_pass=layout.decoder_frames)
+        if not layout.tiled:
+            return replace(tiling, tile_size=0, tile_height=0), variant
+        return replace(tiling, tile_size=round_up(layout.tile_width, multiple),
+                       tile_height=round_up(layout.tile_height, multiple)), variant
+
     def upscale_frames(
         self,
         path: str | Path,
@@ -119,12 +149,14 @@ class Upscaler:
         *,
         timer: StageTimer,
         should_cancel: CancelFn | None = None,
+        tiling: TilingSettings | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield the upscaled frames of the video at ``path`` as uint8 ``(t, H, W, 3)`` CPU tensors."""
-        if self.settings.tiling.enabled:
-            tile = self.settings.tiling.tile_size
-            engine = self.engine(variant, tile * tile)
-            tiled = TiledRun(engine, self.settings, geometry, variant, self.device, self.dtype)
+        """Yield the upscaled frames of the video at ``path`` as uint8 ``(t, H, W, 3)`` CPU tensors
+        (tiled as ``tiling``, default the settings' own)."""
+        tiling = self.settings.tiling if tiling is None else tiling
+        if tiling.enabled:
+            engine = self.engine(variant, tiling.tile_size * tiling.height)
+            tiled = TiledRun(engine, replace(self.settings, tiling=tiling), geometry, variant, self.device, self.dtype)
             yield from tiled.frames(path, timer=timer, should_cancel=should_cancel)
             return
         engine = self.engine(variant, geometry.model_width * geometry.model_height)
@@ -164,12 +196,14 @@ class Upscaler:
         else:
             raise ValueError("give either scale or both width and height")
         chosen = self.settings.variant(variant)
+        tiling, chosen = self.plan_tiles(geometry, chosen)
         timer = StageTimer(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         log.info(
-            "upscale start src=%s frames~%d %dx%d->%dx%d model=%dx%d variant=%s",
+            "upscale start src=%s frames~%d %dx%d->%dx%d model=%dx%d variant=%s tile=%dx%d",
             Path(src).name, info.frames, *in_size, *geometry.out_size, *geometry.model_size, chosen.name,
+            tiling.tile_size, tiling.height if tiling.enabled else 0,
         )
         frames_done = 0
         writer_opts = {k: v for k, v in {"codec": codec, "crf": crf, "preset": preset}.items() if v is not None}
@@ -177,7 +211,8 @@ class Upscaler:
             dst, geometry.out_width, geometry.out_height, info.fps,
             audio_from=src if info.has_audio else None, **writer_opts,
         ) as writer:
-            for frames in self.upscale_frames(src, geometry, chosen, timer=timer, should_cancel=should_cancel):
+            for frames in self.upscale_frames(src, geometry, chosen, timer=timer, should_cancel=should_cancel,
+                                              tiling=tiling):
                 write_began = time.perf_counter()
                 writer.write(frames)
                 timer.add_wall("encode_wait", time.perf_counter() - write_began)
@@ -193,7 +228,7 @@ class Upscaler:
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
         report = UpscaleReport(
             frames=frames_done, fps=info.fps, in_size=in_size, out_size=geometry.out_size,
-            variant=chosen.name, tiled=self.settings.tiling.enabled, weights_label=self.weights_label,
+            variant=chosen.name, tiled=tiling.enabled, weights_label=self.weights_label,
             seconds=seconds, peak_vram_bytes=peak,
         )
         log.info("upscale done %s", report.summary())

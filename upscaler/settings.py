@@ -53,14 +53,24 @@ class VariantSettings:
 
 @dataclass(frozen=True)
 class TilingSettings:
-    """Spatial tiling of the whole model (0 = off)."""
+    """Spatial tiling of the whole model (0 = off), or tiles chosen from free GPU memory (``auto``)."""
 
     tile_size: int = 0
     tile_overlap: int = 128
+    tile_height: int = 0
+    """Tile height when it differs from ``tile_size`` (the width): bands; 0 = square tiles."""
+    auto: bool = False
+    """Choose the tile layout from the usable GPU memory (:mod:`upscaler.tile_plan`): untiled when the
+    whole frame fits; ``tile_size`` and ``tile_height`` are then ignored."""
 
     @property
     def enabled(self) -> bool:
         return self.tile_size > 0
+
+    @property
+    def height(self) -> int:
+        """The tile height in output pixels."""
+        return self.tile_height or self.tile_size
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,8 @@ class UpscalerSettings:
     model_preset: str = "wan2.1-1.3b"
     kv_cache_dtype: str = "model"
     compile: bool = False
+    max_vram_gib: float = 0.0
+    """Cap this process's GPU memory at this many GiB (0: the whole card): see :mod:`upscaler.vram`."""
     sparsity: SparsitySettings = field(default_factory=SparsitySettings)
     tiling: TilingSettings = field(default_factory=TilingSettings)
     variants: dict[str, VariantSettings] = field(default_factory=dict)
@@ -107,8 +119,12 @@ class UpscalerSettings:
             raise ValueError(f"pad_mode must be 'replicate' or 'reflect', got {self.pad_mode!r}")
         if self.tiling.enabled and self.tiling.tile_size % self.spatial_multiple:
             raise ValueError(f"tile_size must be a multiple of {self.spatial_multiple}, got {self.tiling.tile_size}")
-        if self.tiling.enabled and not 0 <= self.tiling.tile_overlap < self.tiling.tile_size:
-            raise ValueError("tile_overlap must be >= 0 and smaller than tile_size")
+        if self.tiling.enabled and self.tiling.tile_height % self.spatial_multiple:
+            raise ValueError(f"tile_height must be a multiple of {self.spatial_multiple}, got {self.tiling.tile_height}")
+        if self.tiling.enabled and not 0 <= self.tiling.tile_overlap < min(self.tiling.tile_size, self.tiling.height):
+            raise ValueError("tile_overlap must be >= 0 and smaller than the tile's width and height")
+        if self.max_vram_gib < 0:
+            raise ValueError(f"max_vram_gib must be >= 0 (0: the whole GPU), got {self.max_vram_gib}")
         for variant in self.variants.values():
             if variant.decoder not in DECODERS:
                 raise ValueError(f"variant {variant.name}: decoder must be one of {DECODERS}")

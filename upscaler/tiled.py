@@ -97,15 +97,16 @@ class TiledRun:
         self.dtype = dtype
         tiling = settings.tiling
         self.tiles = tile_grid(geometry.out_height, geometry.out_width, tiling.tile_size, tiling.tile_overlap,
-                               TILE_OFFSET_MULTIPLE)
-        self.ramp = max(1, min(tiling.tile_overlap, tiling.tile_size // 2))
+                               TILE_OFFSET_MULTIPLE, tiling.height)
+        self.ramp = max(1, min(tiling.tile_overlap, tiling.tile_size // 2, tiling.height // 2))
 
     def frames(
         self, path: str | Path, *, timer: StageTimer, should_cancel: Callable[[], bool] | None = None,
     ) -> Iterator[torch.Tensor]:
         """Upscale ``path`` tile by tile, then yield the blended frames in order."""
-        log.info("tiled run tiles=%d tile=%d overlap=%d out=%dx%d", len(self.tiles), self.settings.tiling.tile_size,
-                 self.settings.tiling.tile_overlap, *self.geometry.out_size)
+        tiling = self.settings.tiling
+        log.info("tiled run tiles=%d tile=%dx%d overlap=%d out=%dx%d", len(self.tiles), tiling.tile_size, tiling.height,
+                 tiling.tile_overlap, *self.geometry.out_size)
         with tempfile.TemporaryDirectory(prefix="flashvsr-tiles-") as scratch:
             files = self._run_tiles(path, Path(scratch), timer, should_cancel)
             counts = {out.frames for _, out in files}

@@ -56,11 +56,13 @@ def axis_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[
     return spans
 
 
-def tile_grid(height: int, width: int, tile: int, overlap: int, multiple: int = 1) -> list[Tile]:
-    """Row-major tiles covering a ``height`` x ``width`` plane (see :func:`axis_spans`)."""
+def tile_grid(height: int, width: int, tile: int, overlap: int, multiple: int = 1,
+              tile_height: int | None = None) -> list[Tile]:
+    """Row-major tiles of ``tile`` px wide and ``tile_height`` (default ``tile``) px high covering a
+    ``height`` x ``width`` plane (see :func:`axis_spans`)."""
     return [
         Tile(y, x, h, w)
-        for y, h in axis_spans(height, tile, overlap, multiple)
+        for y, h in axis_spans(height, tile_height or tile, overlap, multiple)
         for x, w in axis_spans(width, tile, overlap, multiple)
     ]
 

@@ -1,0 +1,219 @@
+"""Spatial tile layouts chosen from free GPU memory, by a memory model fitted to measured peaks.
+
+Peak GPU memory of a run at a model frame of ``P`` pixels whose decoder takes ``F`` frames per pass is
+modelled as ``base + dit * P + decoder[kind] * F * P`` (GiB, pixels in millions): ``base`` the weights
+and fixed buffers, ``dit`` the streaming K/V cache and DiT activations per pixel (one engine for every
+variant), ``decoder[kind]`` the decoder's activations per pixel of one pass. The coefficients are a
+least-squares fit to the measured peaks in ``configs/throughput.toml`` (``[[peak]]`` rows), so a new
+measured row refines them without code changes.
+
+:func:`choose_layout` picks the fewest, then smallest, tiles (rows x columns of equal rectangles,
+sides multiples of the model's 128 px window, bands where they need fewer tiles than squares) and the
+most decoder frames per pass whose predicted peak fits the usable memory minus a margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from upscaler.configfiles import load_config
+from upscaler.geometry import round_up
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+MPX = 1e6
+MAX_SPLITS = 8  # rows and columns considered per axis
+
+
+@dataclass(frozen=True)
+class PeakRow:
+    """One measured peak: the model frame size, decoder and its frames per pass."""
+
+    decoder: str
+    model_width: int
+    model_height: int
+    decoder_frames: int
+    peak_gib: float
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """``peak_gib = base + dit * P + decoder[kind] * F * P`` (P in megapixels), plus the planning margin."""
+
+    base_gib: float
+    dit_gib_per_mpx: float
+    decoder_gib_per_mpx: dict[str, float]
+    adjustable_decoders: frozenset[str] = frozenset()
+    """Decoders measured at more than one frames-per-pass value: only these are planned with fewer
+    frames per pass than their variant's (the others' split between per-pass and fixed memory is unknown)."""
+    margin_gib: float = 1.0
+    margin_fraction: float = 0.08
+
+    @classmethod
+    def fit(cls, rows: Sequence[PeakRow], margin_gib: float = 1.0, margin_fraction: float = 0.08) -> "MemoryModel":
+        """Least-squares coefficients from measured rows (at least one row per decoder, three sizes in all)."""
+        decoders = sorted({r.decoder for r in rows})
+        if len(rows) < 2 + len(decoders):
+            raise ValueError(f"{len(rows)} peak rows cannot fit {2 + len(decoders)} coefficients")
+        design = np.array([[1.0, r.model_width * r.model_height / MPX]
+                           + [r.model_width * r.model_height * r.decoder_frames / MPX * (r.decoder == d) for d in decoders]
+                           for r in rows])
+        coef, *_ = np.linalg.lstsq(design, np.array([r.peak_gib for r in rows]), rcond=None)
+        adjustable = frozenset(d for d in decoders if len({r.decoder_frames for r in rows if r.decoder == d}) > 1)
+        return cls(float(coef[0]), float(coef[1]), {d: float(c) for d, c in zip(decoders, coef[2:])},
+                   adjustable, margin_gib, margin_fraction)
+
+    @classmethod
+    def load(cls, path: str = "throughput") -> "MemoryModel":
+        """Fit the ``[[peak]]`` rows of ``configs/throughput.toml``; margins from its ``[tile_plan]``."""
+        raw = load_config(path)
+        rows = [PeakRow(**{k: v for k, v in row.items() if k in PeakRow.__dataclass_fields__}) for row in raw["peak"]]
+        margins = raw.get("tile_plan", {})
+        return cls.fit(rows, float(margins.get("margin_gib", 1.0)), float(margins.get("margin_fraction", 0.08)))
+
+    def peak_gib(self, decoder: str, model_pixels: int, decoder_frames: int) -> float:
+        """Predicted peak GiB of a run at ``model_pixels`` with ``decoder_frames`` per decoder pass."""
+        if decoder not in self.decoder_gib_per_mpx:
+            raise LookupError(f"no measured peak for decoder {decoder!r}: add a [[peak]] row to configs/throughput.toml")
+        mpx = model_pixels / MPX
+        return self.base_gib + self.dit_gib_per_mpx * mpx + self.decoder_gib_per_mpx[decoder] * decoder_frames * mpx
+
+    def budget_gib(self, usable_bytes: int) -> float:
+        """What a run may peak at in ``usable_bytes``: less the fixed and proportional margins."""
+        usable = usable_bytes / GIB
+        return usable * (1.0 - self.margin_fraction) - self.margin_gib
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """``rows`` x ``columns`` tiles of ``tile_width`` x ``tile_height`` output pixels (one tile: untiled)."""
+
+    rows: int
+    columns: int
+    tile_width: int
+    tile_height: int
+    overlap: int
+    decoder_frames: int
+    peak_gib: float
+
+    @property
+    def tiles(self) -> int:
+        return self.rows * self.columns
+
+    @property
+    def tiled(self) -> bool:
+        return self.tiles > 1
+
+    def describe(self) -> str:
+        return (f"{self.rows}x{self.columns} tiles of {self.tile_width}x{self.tile_height} overlap {self.overlap}, "
+                f"decoder {self.decoder_frames} frames/pass, predicted peak {self.peak_gib:.1f} GiB")
+
+
+def axis_tile(length: int, splits: int, overlap: int, multiple: int) -> int:
+    """The side of ``splits`` equal tiles covering ``length`` with at least ``overlap`` between neighbours,
+    rounded up to ``multiple`` (the model pads to it anyway); ``length`` itself for one split."""
+    if splits == 1:
+        return length
+    return round_up(math.ceil((length + (splits - 1) * overlap) / splits), multiple)
+
+
+def frames_per_pass(max_frames: int, pass_pixels: int, model_pixels: int) -> int:
+    """The decoder's frames per pass at ``model_pixels`` (as :meth:`VariantSettings.frames_per_pass`)."""
+    if pass_pixels <= 0:
+        return max_frames
+    return max(1, min(max_frames, pass_pixels // model_pixels))
+
+
+def candidate_layouts(width: int, height: int, overlap: int, multiple: int) -> list[tuple[int, int, int, int]]:
+    """``(rows, columns, tile_width, tile_height)`` of every grid up to :data:`MAX_SPLITS` per axis whose
+    tiles still overlap by ``overlap`` and are no larger than the frame (the untiled run first)."""
+    out = []
+    for rows in range(1, MAX_SPLITS + 1):
+        for columns in range(1, MAX_SPLITS + 1):
+            tile_w, tile_h = axis_tile(width, columns, overlap, multiple), axis_tile(height, rows, overlap, multiple)
+            if (columns > 1 and tile_w >= width) or (rows > 1 and tile_h >= height):
+                continue  # rounding made one tile cover the axis: not a split
+            out.append((rows, columns, tile_w, tile_h))
+    return out
+
+
+def choose_layout(
+    width: int,
+    height: int,
+    *,
+    usable_bytes: int,
+    model: MemoryModel,
+    decoder: str,
+    max_decoder_frames: int,
+    decoder_pass_pixels: int,
+    overlap: int,
+    multiple: int = 128,
+) -> TileLayout:
+    """The fewest tiles, then the fewest model pixels, then the most decoder frames per pass, whose
+    predicted peak fits ``usable_bytes`` less the margin; the smallest-peak layout when none fits
+    (logged: the run may then run out of memory, and the miner retries with smaller tiles)."""
+    budget = model.budget_gib(usable_bytes)
+    options: list[tuple[tuple[int, int, int], TileLayout]] = []
+    for rows, columns, tile_w, tile_h in candidate_layouts(width, height, overlap, multiple):
+        model_pixels = round_up(tile_w, multiple) * round_up(tile_h, multiple)
+        most = frames_per_pass(max_decoder_frames, decoder_pass_pixels, model_pixels)
+        fewest = 1 if decoder in model.adjustable_decoders else most
+        for frames in range(most, fewest - 1, -1):
+            peak = model.peak_gib(decoder, model_pixels, frames)
+            layout = TileLayout(rows, columns, tile_w, tile_h, overlap if rows * columns > 1 else 0, frames, peak)
+            options.append(((rows * columns, rows * columns * model_pixels, -frames), layout))
+    fitting = [o for o in options if o[1].peak_gib <= budget]
+    if fitting:
+        chosen = min(fitting, key=lambda o: o[0])[1]
+    else:
+        chosen = min(options, key=lambda o: o[1].peak_gib)[1]
+        log.warning("no tile layout fits usable_gib=%.1f budget_gib=%.1f: using the smallest, %s",
+                    usable_bytes / GIB, budget, chosen.describe())
+    log.info("tile layout out=%dx%d usable_gib=%.1f budget_gib=%.1f %s", width, height, usable_bytes / GIB, budget,
+             chosen.describe())
+    return chosen
+
+
+@dataclass(frozen=True)
+class TiledRow:
+    """A measured tiled run: output size, tile size, tile count and end-to-end frames/s."""
+
+    device: str
+    variant: str
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    tiles: int
+    fps: float
+
+
+def tiled_seconds_per_frame(layout: TileLayout, seconds_per_frame: Callable[[int], float]) -> float:
+    """The layout's seconds per output frame before the overhead factor: each tile at the untiled speed
+    of its own pixel count (``seconds_per_frame(output_pixels)``)."""
+    return layout.tiles * seconds_per_frame(layout.tile_width * layout.tile_height)
+
+
+def tiled_overhead(rows: Sequence[TiledRow], device: str, variant: str,
+                   seconds_per_frame: Callable[[int], float], default: float) -> float:
+    """Measured seconds per frame of tiled runs over :func:`tiled_seconds_per_frame` (the per-tile
+    start, store and blend the untiled rows do not have): the mean over this device's rows of the
+    variant (then of any variant), ``default`` when there are none."""
+    for pick in (lambda r: r.device == device and r.variant == variant, lambda r: r.device == device):
+        chosen = [r for r in rows if pick(r)]
+        if chosen:
+            ratios = [(1.0 / r.fps) / (r.tiles * seconds_per_frame(r.tile_width * r.tile_height)) for r in chosen]
+            return sum(ratios) / len(ratios)
+    return default
+
+
+def load_tiled_rows(path: str = "throughput") -> list[TiledRow]:
+    """The ``[[tiled]]`` rows of ``configs/throughput.toml``."""
+    return [TiledRow(**{k: v for k, v in row.items() if k in TiledRow.__dataclass_fields__})
+            for row in load_config(path).get("tiled", [])]
