@@ -132,8 +132,7 @@ class Upscaler:
         multiple = self.settings.spatial_multiple
         layout = choose_layout(
             geometry.out_width, geometry.out_height, usable_bytes=usable, model=self._memory_model,
-            decoder=variant.decoder, max_decoder_frames=variant.decoder_frames_per_pass,
-            decoder_pass_pixels=variant.decoder_pass_pixels, overlap=tiling.tile_overlap, multiple=multiple,
+            variant=variant, overlap=tiling.tile_overlap, multiple=multiple,
         )
         variant = replace(variant, decoder_frames_per_pass=layout.decoder_frames)
         if not layout.tiled:

@@ -19,6 +19,29 @@ from upscaler.settings import KV_CACHE_DTYPES, VARIANTS, TilingSettings, load_se
 log = logging.getLogger("flashvsr-upscale")
 
 
+def _tile_size(text: str) -> int | str:
+    """``--tile-size``: an integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tile size {text!r} is neither an integer nor 'auto'") from None
+
+
+def tiling_from_args(base: TilingSettings, tile_size: int | str | None, tile_height: int | None,
+                     tile_overlap: int | None, max_vram_gib: float | None) -> TilingSettings:
+    """The tiling the CLI asks for: explicit tiles, ``auto``, or (with a memory cap and no tile size) auto."""
+    auto = tile_size == "auto" or (tile_size is None and bool(max_vram_gib)) or (tile_size is None and base.auto)
+    size = base.tile_size if tile_size in (None, "auto") else int(tile_size)
+    return TilingSettings(
+        tile_size=0 if auto else size,
+        tile_overlap=base.tile_overlap if tile_overlap is None else tile_overlap,
+        tile_height=0 if auto else (base.tile_height if tile_height is None else tile_height),
+        auto=auto,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments; defaults not given here come from configs/upscaler.toml."""
     p = argparse.ArgumentParser(prog="flashvsr-upscale", description="Upscale a video with FlashVSR.")
@@ -37,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the DiT's element-wise chains")
     p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, dest="kv_cache_dtype",
                    help="K/V cache storage: the compute dtype, fp8 (half the memory), or fp8-qk (fp8, and Q.K^T in FP8)")
-    p.add_argument("--tile-size", type=int, help="spatial tile side in output pixels (multiple of 128; 0 = off)")
+    p.add_argument("--tile-size", type=_tile_size,
+                   help="spatial tile side in output pixels (multiple of 128; 0 = off), or 'auto': tiles chosen from "
+                        "the free GPU memory (the default with --max-vram)")
+    p.add_argument("--tile-height", type=int, help="tile height when it differs from --tile-size (bands)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap in output pixels")
+    p.add_argument("--max-vram", type=float, metavar="GIB", dest="max_vram_gib",
+                   help="use at most this many GiB of GPU memory, as a smaller card would (0 = the whole card)")
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), help="colour correction")
     p.add_argument("--seed", type=int, help="noise seed")
     p.add_argument("--codec", choices=("h264", "hevc"), help="output codec")
@@ -59,14 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(
         weights=args.weights, model_version=args.model_version, device=args.device, dtype=args.dtype,
         color_fix=args.color_fix, seed=args.seed, vae_path=args.vae_path, kv_cache_dtype=args.kv_cache_dtype,
-        compile=args.compile,
+        compile=args.compile, max_vram_gib=args.max_vram_gib,
     )
-    if args.tile_size is not None or args.tile_overlap is not None:
-        tiling = TilingSettings(
-            tile_size=settings.tiling.tile_size if args.tile_size is None else args.tile_size,
-            tile_overlap=settings.tiling.tile_overlap if args.tile_overlap is None else args.tile_overlap,
-        )
-        settings = settings.with_overrides(tiling=tiling).validate()
+    tiling = tiling_from_args(settings.tiling, args.tile_size, args.tile_height, args.tile_overlap, args.max_vram_gib)
+    settings = settings.with_overrides(tiling=tiling).validate()
     bar = tqdm(unit="frame", dynamic_ncols=True, disable=None)
 
     def on_progress(p: Progress) -> None:

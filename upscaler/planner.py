@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from upscaler.calibration import ThroughputCalibration
 from upscaler.configfiles import load_config
+from upscaler.tile_plan import TiledRow, layout_slowdown, load_tiled_rows, plan_layout
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class ThroughputTable:
     clip_overhead_s: float
     tiled_slowdown: float = 1.0
     calibration: ThroughputCalibration | None = None
+    tiled_rows: tuple[TiledRow, ...] = ()
+    """Measured tiled runs (``[[tiled]]``): where the device has them, a tiled plan's slowdown comes
+    from its tile layout (:func:`upscaler.tile_plan.layout_slowdown`) instead of ``tiled_slowdown``."""
 
     @classmethod
     def load(cls, path: str = "throughput") -> "ThroughputTable":
@@ -62,6 +66,7 @@ class ThroughputTable:
             safety_margin=float(raw.get("safety_margin", 1.15)),
             clip_overhead_s=float(raw.get("clip_overhead_s", 1.5)),
             tiled_slowdown=float(raw.get("tiled_slowdown", 1.0)),
+            tiled_rows=tuple(load_tiled_rows(path)),
         )
 
     def fingerprint(self) -> str:
@@ -69,6 +74,8 @@ class ThroughputTable:
         it changes when the table is re-measured, which invalidates a saved calibration."""
         figures = {"entries": [asdict(e) for e in self.entries], "unknown_gpu_factor": self.unknown_gpu_factor,
                    "tiled_slowdown": self.tiled_slowdown}
+        if self.tiled_rows:
+            figures["tiled_rows"] = [asdict(r) for r in self.tiled_rows]
         return hashlib.sha256(json.dumps(figures, sort_keys=True).encode()).hexdigest()[:16]
 
     def _rows(self, device: str, variant: str) -> tuple[list[Measurement], float]:
@@ -95,15 +102,16 @@ class ThroughputTable:
         raise AssertionError("unreachable: rows are sorted")
 
     def frames_per_second(
-        self, device: str, variant: str, width: int, height: int, *, tiled: bool = False, calibrated: bool = True
+        self, device: str, variant: str, width: int, height: int, *, tiled: bool = False, calibrated: bool = True,
+        slowdown: float | None = None,
     ) -> float:
         """Expected frames/s at ``width x height`` (seconds per frame interpolated in pixels), divided by
-        ``tiled_slowdown`` for a tiled run, times the calibration factor of untiled or tiled runs unless
+        ``slowdown`` (default ``tiled_slowdown``) for a tiled run, times the calibration factor of untiled or tiled runs unless
         ``calibrated`` is false (the table's own figure)."""
         rows, factor = self._rows(device, variant)
         seconds_per_frame = self._interpolate(rows, width * height, lambda e: 1.0 / e.fps)
         if tiled:
-            factor /= self.tiled_slowdown
+            factor /= self.tiled_slowdown if slowdown is None else slowdown
         if calibrated and self.calibration is not None:
             factor *= self.calibration.factor(calibration_key(variant, tiled), width, height)
         return factor / seconds_per_frame
@@ -115,9 +123,10 @@ class ThroughputTable:
 
 
 def estimate_seconds(width: int, height: int, frames: int, table: ThroughputTable, variant: str, device: str,
-                     *, tiled: bool = False) -> float:
-    """Wall seconds to upscale one clip (untiled or tiled), safety margin and per-clip overhead included."""
-    fps = table.frames_per_second(device, variant, width, height, tiled=tiled)
+                     *, tiled: bool = False, slowdown: float | None = None) -> float:
+    """Wall seconds to upscale one clip (untiled or tiled, at ``slowdown`` when given), safety margin and
+    per-clip overhead included."""
+    fps = table.frames_per_second(device, variant, width, height, tiled=tiled, slowdown=slowdown)
     return (frames / fps) * table.safety_margin + table.clip_overhead_s
 
 
@@ -159,12 +168,13 @@ def plan(
     for name in candidates:
         peak = table.peak_bytes(device, name, width, height)
         fits_memory = free_vram_bytes is None or peak <= free_vram_bytes
-        seconds = estimate_seconds(width, height, frames, table, name, device, tiled=not fits_memory)
+        tile, slowdown = (0, None) if fits_memory else _tiling(table, name, device, width, height, free_vram_bytes,
+                                                                tile_size)
+        seconds = estimate_seconds(width, height, frames, table, name, device, tiled=not fits_memory, slowdown=slowdown)
         on_time = deadline_s is None or seconds <= deadline_s
         if name == "full" and variant == "auto" and not (fits_memory and on_time):
             reasons.append(f"full skipped (est {seconds:.1f}s, {peak / GIB:.1f} GiB)")
             continue
-        tile = 0 if fits_memory else tile_size
         why = "; ".join(
             reasons
             + [f"{name}: est {seconds:.1f}s for {frames} frames at {width}x{height}"]
@@ -175,6 +185,21 @@ def plan(
         log.info("plan variant=%s tile=%d est_s=%.1f reason=%r", chosen.variant, tile, seconds, why)
         return chosen
     raise AssertionError("unreachable: the last candidate always returns")
+
+
+def _tiling(table: ThroughputTable, variant: str, device: str, width: int, height: int, free_vram_bytes: int,
+            fallback_tile: int) -> tuple[int, float | None]:
+    """The tile (the smaller side of the layout :mod:`upscaler.tile_plan` picks for ``free_vram_bytes``;
+    ``fallback_tile`` when nothing is free, e.g. replanning after an out-of-memory) and its slowdown."""
+    if free_vram_bytes <= 0:
+        return fallback_tile, None
+    layout = plan_layout(width, height, free_vram_bytes, variant)
+    if not layout.tiled:  # fits untiled with fewer decoder frames per pass
+        return 0, 1.0
+    slowdown = layout_slowdown(layout, width, height,
+                               lambda pixels: 1.0 / table.frames_per_second(device, variant, pixels, 1, calibrated=False),
+                               table.tiled_rows, device, variant, table.tiled_slowdown)
+    return min(layout.tile_width, layout.tile_height), slowdown
 
 
 def max_content_length(

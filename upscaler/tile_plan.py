@@ -23,6 +23,7 @@ import numpy as np
 
 from upscaler.configfiles import load_config
 from upscaler.geometry import round_up
+from upscaler.settings import VariantSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,6 @@ def axis_tile(length: int, splits: int, overlap: int, multiple: int) -> int:
     return round_up(math.ceil((length + (splits - 1) * overlap) / splits), multiple)
 
 
-def frames_per_pass(max_frames: int, pass_pixels: int, model_pixels: int) -> int:
-    """The decoder's frames per pass at ``model_pixels`` (as :meth:`VariantSettings.frames_per_pass`)."""
-    if pass_pixels <= 0:
-        return max_frames
-    return max(1, min(max_frames, pass_pixels // model_pixels))
-
-
 def candidate_layouts(width: int, height: int, overlap: int, multiple: int) -> list[tuple[int, int, int, int]]:
     """``(rows, columns, tile_width, tile_height)`` of every grid up to :data:`MAX_SPLITS` per axis whose
     tiles still overlap by ``overlap`` and are no larger than the frame (the untiled run first)."""
@@ -149,23 +143,21 @@ def choose_layout(
     *,
     usable_bytes: int,
     model: MemoryModel,
-    decoder: str,
-    max_decoder_frames: int,
-    decoder_pass_pixels: int,
+    variant: VariantSettings,
     overlap: int,
     multiple: int = 128,
 ) -> TileLayout:
-    """The fewest tiles, then the fewest model pixels, then the most decoder frames per pass, whose
-    predicted peak fits ``usable_bytes`` less the margin; the smallest-peak layout when none fits
+    """The fewest tiles, then the fewest model pixels, then the most decoder frames per pass (at most
+    ``variant``'s), whose predicted peak fits ``usable_bytes`` less the margin; the smallest-peak layout when none fits
     (logged: the run may then run out of memory, and the miner retries with smaller tiles)."""
     budget = model.budget_gib(usable_bytes)
     options: list[tuple[tuple[int, int, int], TileLayout]] = []
     for rows, columns, tile_w, tile_h in candidate_layouts(width, height, overlap, multiple):
         model_pixels = round_up(tile_w, multiple) * round_up(tile_h, multiple)
-        most = frames_per_pass(max_decoder_frames, decoder_pass_pixels, model_pixels)
-        fewest = 1 if decoder in model.adjustable_decoders else most
+        most = variant.frames_per_pass(model_pixels)
+        fewest = 1 if variant.decoder in model.adjustable_decoders else most
         for frames in range(most, fewest - 1, -1):
-            peak = model.peak_gib(decoder, model_pixels, frames)
+            peak = model.peak_gib(variant.decoder, model_pixels, frames)
             layout = TileLayout(rows, columns, tile_w, tile_h, overlap if rows * columns > 1 else 0, frames, peak)
             options.append(((rows * columns, rows * columns * model_pixels, -frames), layout))
     fitting = [o for o in options if o[1].peak_gib <= budget]
@@ -194,26 +186,31 @@ class TiledRow:
     fps: float
 
 
-def tiled_seconds_per_frame(layout: TileLayout, seconds_per_frame: Callable[[int], float]) -> float:
-    """The layout's seconds per output frame before the overhead factor: each tile at the untiled speed
-    of its own pixel count (``seconds_per_frame(output_pixels)``)."""
-    return layout.tiles * seconds_per_frame(layout.tile_width * layout.tile_height)
-
-
-def tiled_overhead(rows: Sequence[TiledRow], device: str, variant: str,
-                   seconds_per_frame: Callable[[int], float], default: float) -> float:
-    """Measured seconds per frame of tiled runs over :func:`tiled_seconds_per_frame` (the per-tile
-    start, store and blend the untiled rows do not have): the mean over this device's rows of the
-    variant (then of any variant), ``default`` when there are none."""
-    for pick in (lambda r: r.device == device and r.variant == variant, lambda r: r.device == device):
-        chosen = [r for r in rows if pick(r)]
-        if chosen:
-            ratios = [(1.0 / r.fps) / (r.tiles * seconds_per_frame(r.tile_width * r.tile_height)) for r in chosen]
-            return sum(ratios) / len(ratios)
-    return default
-
-
 def load_tiled_rows(path: str = "throughput") -> list[TiledRow]:
     """The ``[[tiled]]`` rows of ``configs/throughput.toml``."""
     return [TiledRow(**{k: v for k, v in row.items() if k in TiledRow.__dataclass_fields__})
             for row in load_config(path).get("tiled", [])]
+
+
+def layout_slowdown(layout: TileLayout, width: int, height: int, seconds_per_frame: Callable[[int], float],
+                    rows: Sequence[TiledRow], device: str, variant: str, default: float) -> float:
+    """A tiled layout's seconds per frame over the untiled run's at ``width x height``: its tiles at the
+    untiled speed of their size times the overhead of this device's and variant's measured tiled rows;
+    ``default`` (the table's ``tiled_slowdown``) without such rows."""
+    measured = [r for r in rows if r.device == device and r.variant == variant]
+    if not measured:
+        return default
+    overhead = sum((1.0 / r.fps) / (r.tiles * seconds_per_frame(r.tile_width * r.tile_height)) for r in measured)
+    overhead /= len(measured)
+    return overhead * layout.tiles * seconds_per_frame(layout.tile_width * layout.tile_height) / seconds_per_frame(
+        width * height)
+
+
+def plan_layout(width: int, height: int, usable_bytes: int, variant: str, upscaler_config: str = "upscaler",
+                throughput_config: str = "throughput") -> TileLayout:
+    """:func:`choose_layout` for ``variant`` of the upscaler's configuration, with the shipped memory model."""
+    settings = load_settings(upscaler_config)
+    return choose_layout(
+        width, height, usable_bytes=usable_bytes, model=MemoryModel.load(throughput_config),
+        variant=settings.variant(variant), overlap=settings.tiling.tile_overlap, multiple=settings.spatial_multiple,
+    )

@@ -16,7 +16,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.log import setup_logging
+from upscaler import vram
 from upscaler.api import Upscaler
 from upscaler.errors import InputVideoError, OutputTooLargeError, UpscaleCancelled
 from upscaler.report import Progress, UpscaleReport
@@ -96,11 +97,9 @@ def device_class(device: str) -> str:
 
 
 def free_vram(device: str) -> int | None:
-    """Free bytes on a CUDA device (None on the CPU)."""
-    if not device.startswith("cuda"):
-        return None
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    return int(free)
+    """GPU memory this worker may use, its loaded models included (the planner's peaks include them):
+    free plus held, at most ``max_vram_gib`` (:func:`upscaler.vram.usable_bytes`); None on the CPU."""
+    return vram.usable_bytes(torch.device(device))
 
 
 def worker_main(config: WorkerConfig, conn: Connection, cancel: Event) -> None:
@@ -184,10 +183,13 @@ class _Runner:
 
     def _upscale(self, spec: TaskSpec) -> UpscaleReport:
         self._apply_hooks(spec)
-        if spec.tile_size:
+        if spec.tile_size and spec.attempt > 0:  # the retry after an out-of-memory: the scheduler's square tiles
             overlap = min(self.base_settings.tiling.tile_overlap, spec.tile_size // 2)
             self.upscaler.settings = self.base_settings.with_overrides(
                 tiling=TilingSettings(tile_size=spec.tile_size, tile_overlap=overlap)).validate()
+        else:  # untiled when the clip fits this worker's memory, else the layout the planner estimated
+            self.upscaler.settings = self.base_settings.with_overrides(
+                tiling=replace(self.base_settings.tiling, auto=True))
         with torch.inference_mode():
             return self.upscaler.upscale_file(
                 spec.src, spec.dst, width=spec.width, height=spec.height, variant=spec.variant, crf=spec.crf,

@@ -1,0 +1,135 @@
+"""Tile layouts from free memory, the memory model fitted to measured peaks, and the GPU memory cap."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from upscaler import vram
+from upscaler.cli import tiling_from_args
+from upscaler.planner import GIB, ThroughputTable, plan
+from upscaler.settings import TilingSettings, load_settings
+from upscaler.tile_plan import MemoryModel, PeakRow, TileLayout, TiledRow, candidate_layouts, choose_layout, layout_slowdown
+from upscaler.tiling import tile_grid
+
+SETTINGS = load_settings()
+TINY, FULL = SETTINGS.variant("tiny"), SETTINGS.variant("full")
+MODEL = MemoryModel.load()
+
+
+def _layout(usable_gib: float, width: int = 3840, height: int = 2160, variant=TINY, overlap: int = 64) -> TileLayout:
+    return choose_layout(width, height, usable_bytes=int(usable_gib * GIB), model=MODEL, variant=variant, overlap=overlap)
+
+
+def test_memory_model_reproduces_the_measured_peaks() -> None:
+    """The fit is within 0.5 GiB of every shipped [[peak]] row (4K, 1080p, 1024 px tiles, Full)."""
+    assert MODEL.peak_gib("tcdecoder", 3840 * 2176, 1) == pytest.approx(43.9, abs=0.5)
+    assert MODEL.peak_gib("tcdecoder", 1920 * 1152, 4) == pytest.approx(19.7, abs=0.5)
+    assert MODEL.peak_gib("tcdecoder", 1024 * 1024, 4) == pytest.approx(11.8, abs=0.5)
+    assert MODEL.peak_gib("wan-vae", 1920 * 1152, 4) == pytest.approx(29.4, abs=0.1)
+    assert MODEL.adjustable_decoders == {"tcdecoder"}  # Full was measured at one frames-per-pass value only
+    with pytest.raises(LookupError, match="add a \\[\\[peak\\]\\] row"):
+        MODEL.peak_gib("other", 1, 1)
+
+
+def test_fit_recovers_known_coefficients_and_needs_enough_rows() -> None:
+    truth = lambda d, w, h, f: 3.0 + 4.0 * w * h / 1e6 + {"a": 0.5, "b": 2.0}[d] * f * w * h / 1e6  # noqa: E731
+    sizes = [("a", 1024, 1024, 4), ("a", 3840, 2176, 1), ("a", 1920, 1152, 2), ("b", 1920, 1152, 4)]
+    model = MemoryModel.fit([PeakRow(d, w, h, f, truth(d, w, h, f)) for d, w, h, f in sizes])
+    assert (model.base_gib, model.dit_gib_per_mpx) == (pytest.approx(3.0), pytest.approx(4.0))
+    assert model.decoder_gib_per_mpx == {"a": pytest.approx(0.5), "b": pytest.approx(2.0)}
+    with pytest.raises(ValueError, match="cannot fit"):
+        MemoryModel.fit([PeakRow("a", 1024, 1024, 4, 11.0), PeakRow("b", 1024, 1024, 4, 12.0)])
+
+
+@pytest.mark.parametrize(("usable_gib", "expected"), [
+    (80, (1, 1, 3840, 2160, 1)),    # the untiled 4K run fits an 80 GB card (44 GiB)
+    (22, (3, 1, 3840, 768, 1)),     # a 24 GB card: three full-width bands, decoder one frame per pass
+    (15, (3, 2, 2048, 768, 1)),     # a 16 GB card: six tiles
+    (10, (2, 7, 640, 1152, 1)),
+])
+def test_4k_layouts_from_free_memory(usable_gib: float, expected: tuple[int, ...]) -> None:
+    layout = _layout(usable_gib)
+    assert (layout.rows, layout.columns, layout.tile_width, layout.tile_height, layout.decoder_frames) == expected
+    assert layout.peak_gib <= MODEL.budget_gib(int(usable_gib * GIB))
+    # No layout with fewer tiles fits: the choice is the fewest tiles.
+    fewer = [c for c in candidate_layouts(3840, 2160, 64, 128) if c[0] * c[1] < layout.tiles]
+    for rows, columns, w, h in fewer:
+        assert MODEL.peak_gib("tcdecoder", w * -(-h // 128) * 128, 1) > MODEL.budget_gib(int(usable_gib * GIB))
+
+
+def test_bands_beat_squares_and_the_grid_covers_the_frame() -> None:
+    """At 22 GiB three 3840x768 bands fit where square tiles would need more tiles and more pixels."""
+    bands = _layout(22)
+    squares = [c for c in candidate_layouts(3840, 2160, 64, 128) if c[2] == c[3]]
+    budget = MODEL.budget_gib(22 * GIB)
+    fitting_squares = [c for c in squares if MODEL.peak_gib("tcdecoder", c[2] * c[3], 1) <= budget]
+    assert min(c[0] * c[1] for c in fitting_squares) > bands.tiles
+    tiles = tile_grid(2160, 3840, bands.tile_width, bands.overlap, 16, bands.tile_height)
+    assert len(tiles) == 3 and all(t.width == 3840 and t.height <= 768 for t in tiles)
+    assert all(b.y <= a.y + a.height - 64 for a, b in zip(tiles, tiles[1:]))  # neighbours overlap by >= 64 px
+    assert tiles[-1].y + tiles[-1].height == 2160
+
+
+def test_full_keeps_its_decoder_frames_and_tiles_1080p_at_22_gib() -> None:
+    layout = _layout(22, 1920, 1080, FULL)
+    assert (layout.rows, layout.columns, layout.tile_width, layout.tile_height, layout.decoder_frames) == (1, 2, 1024, 1080, 4)
+    assert _layout(40, 1920, 1080, FULL).tiles == 1
+
+
+def test_nothing_fits_gives_the_smallest_peak() -> None:
+    layout = _layout(2)
+    assert layout.tiles > 1 and layout.peak_gib == min(
+        MODEL.peak_gib("tcdecoder", w * -(-h // 128) * 128, 1) for _, _, w, h in candidate_layouts(3840, 2160, 64, 128))
+
+
+def test_layout_slowdown_from_measured_tiled_rows() -> None:
+    spf = lambda pixels: pixels / 1e8  # noqa: E731 - seconds per frame proportional to pixels
+    rows = [TiledRow("h200", "tiny", 3840, 2160, 1024, 1024, 15, fps=1 / (2.0 * 15 * 1024 * 1024 / 1e8))]  # overhead 2
+    bands = TileLayout(3, 1, 3840, 768, 64, 1, 18.0)
+    assert layout_slowdown(bands, 3840, 2160, spf, rows, "h200", "tiny", 3.2) == pytest.approx(2.0 * 3 * 768 / 2160)
+    assert layout_slowdown(bands, 3840, 2160, spf, rows, "h100", "tiny", 3.2) == 3.2  # no rows: the default
+
+
+def test_planner_estimates_tiled_plans_from_the_layout() -> None:
+    table = ThroughputTable.load()
+    untiled = plan(3840, 2160, 300, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h200")
+    small = plan(3840, 2160, 300, free_vram_bytes=22 * GIB, deadline_s=None, table=table, device="h200")
+    smaller = plan(3840, 2160, 300, free_vram_bytes=15 * GIB, deadline_s=None, table=table, device="h200")
+    assert untiled.tile_size == 0 and (small.tile_size, smaller.tile_size) == (768, 768)
+    assert untiled.est_seconds < small.est_seconds < smaller.est_seconds < 3.2 * untiled.est_seconds
+    # Replanning after an out-of-memory (nothing free) keeps the configured square tile.
+    assert plan(3840, 2160, 300, free_vram_bytes=0, deadline_s=None, table=table, device="h200",
+                tile_size=1024).tile_size == 1024
+
+
+def test_cap_arithmetic() -> None:
+    assert vram.cap_fraction(22 * GIB, 80 * GIB) == pytest.approx(0.275)
+    assert vram.cap_fraction(200 * GIB, 80 * GIB) == 1.0
+    with pytest.raises(ValueError):
+        vram.cap_fraction(0, 80 * GIB)
+    # usable = held + free, at most the cap; free for more = usable - held.
+    assert vram.capped_usable(real_free=70 * GIB, reserved=5 * GIB, cap_bytes=22 * GIB) == 22 * GIB
+    assert vram.capped_usable(real_free=10 * GIB, reserved=5 * GIB, cap_bytes=22 * GIB) == 15 * GIB
+    assert vram.capped_usable(real_free=70 * GIB, reserved=5 * GIB, cap_bytes=None) == 75 * GIB
+
+
+def test_cap_is_inert_off_cuda() -> None:
+    cpu = torch.device("cpu")
+    vram.apply_cap(cpu, 22)
+    assert vram.cap_bytes(cpu) is None and vram.usable_bytes(cpu) is None and vram.free_bytes(cpu) is None
+
+
+def test_cli_tiling_arguments() -> None:
+    base = TilingSettings(tile_size=0, tile_overlap=64)
+    assert tiling_from_args(base, None, None, None, None) == base
+    assert tiling_from_args(base, None, None, None, 22.0) == TilingSettings(0, 64, 0, auto=True)
+    assert tiling_from_args(base, "auto", None, 96, None) == TilingSettings(0, 96, 0, auto=True)
+    assert tiling_from_args(base, 1024, None, None, 22.0) == TilingSettings(1024, 64, 0, auto=False)
+    assert tiling_from_args(base, 3840, 768, None, None).height == 768
+    with pytest.raises(ValueError, match="tile_height"):
+        replace(SETTINGS, tiling=TilingSettings(3840, 64, 700)).validate()
+    with pytest.raises(ValueError, match="max_vram_gib"):
+        replace(SETTINGS, max_vram_gib=-1).validate()
