@@ -4,7 +4,9 @@ The streaming K/V cache grows with the frame area, so tiles are processed one af
 (tile-major): each tile streams the whole clip through the engine at tile size and its output frames
 go to a raw uint8 file on disk. The input is decoded once, during the first tile, into a raw file
 that the other tiles read their crops from (decoding holds the GIL: fifteen decodes of the clip for
-fifteen tiles starved the thread that launches the GPU work). Then the tiles are blended frame by
+fifteen tiles starved the thread that launches the GPU work). Tile frames are copied to pinned host
+memory and written by a store thread (:class:`TileStore`), so the thread that launches the GPU work
+does neither; the next tile starts while the last stores of the previous one finish. Then the tiles are blended frame by
 frame with feathered weights (:class:`~upscaler.tiling.FeatherBlender`) and yielded in order. GPU
 memory is bounded by one tile; disk holds about one uncompressed copy of the output (plus the
 overlaps) and one of the input until the run ends.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +29,7 @@ from upscaler.engine import StreamingEngine
 from upscaler.frame_source import lq_batches
 from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
-from upscaler.resize import HostFrames, frames_to_host, one_behind, start_host_copy
+from upscaler.resize import HostFrames, one_behind, start_host_copy, start_uint8_copy
 from upscaler.settings import UpscalerSettings, VariantSettings
 from upscaler.tiling import FeatherBlender, Tile, tile_grid
 from upscaler.timing import StageTimer
@@ -68,6 +72,43 @@ class RawFrames:
     def mapped(self) -> np.ndarray:
         """All frames as a copy-on-write memory map: a consumer that crops reads only the pages it touches."""
         return np.memmap(self.path, dtype=np.uint8, mode="c", shape=(self.frames, self.height, self.width, 3))
+
+
+class TileStore:
+    """Stores tile output frames from a background thread, so the thread that launches the GPU work
+    neither waits for their device-to-host copies nor writes them: :meth:`put` returns at once unless
+    ``depth`` stores are already pending (then it waits for the oldest: ``tile_store_wait``)."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self.depth = depth
+        self.busy_s = 0.0
+        self.wait_s = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-store")
+        self._pending: deque[Future[None]] = deque()
+
+    def put(self, out: RawFrames, frames: HostFrames) -> None:
+        """Append ``frames`` to ``out`` once their copy has finished (in order with earlier puts)."""
+        if len(self._pending) >= self.depth:
+            began = time.perf_counter()
+            self._pending.popleft().result()
+            self.wait_s += time.perf_counter() - began
+        self._pending.append(self._pool.submit(self._store, out, frames))
+
+    def _store(self, out: RawFrames, frames: HostFrames) -> None:
+        began = time.perf_counter()
+        out.append(frames.wait())
+        self.busy_s += time.perf_counter() - began
+
+    def drain(self) -> None:
+        """Wait for every pending store (re-raising its error)."""
+        began = time.perf_counter()
+        while self._pending:
+            self._pending.popleft().result()
+        self.wait_s += time.perf_counter() - began
+
+    def close(self) -> None:
+        """Stop the thread (pending stores are finished first)."""
+        self._pool.shutdown(wait=True)
 
 
 def _recorded(frames: Iterable[np.ndarray], store: RawFrames) -> Iterator[np.ndarray]:
@@ -120,28 +161,46 @@ class TiledRun:
         read their crops from that record instead of decoding again."""
         source = RawFrames(scratch / "input.u8", self.geometry.in_height, self.geometry.in_width)
         outputs: list[tuple[Tile, RawFrames]] = []
-        with FrameReader(path, prefetch=self.variant.input_prefetch) as reader:
-            frames: Iterable[np.ndarray] = _recorded(reader, source)
-            for index, tile in enumerate(self.tiles):
-                if index > 0:
-                    frames = source.mapped()
-                out = RawFrames(scratch / f"tile{index}.u8", tile.height, tile.width)
-                self._run_tile(frames, tile, out, timer, should_cancel)
-                outputs.append((tile, out))
+        store = TileStore()
+        try:
+            with FrameReader(path, prefetch=self.variant.input_prefetch) as reader:
+                frames: Iterable[np.ndarray] = _recorded(reader, source)
+                for index, tile in enumerate(self.tiles):
+                    if index > 0:
+                        frames = source.mapped()
+                    out = RawFrames(scratch / f"tile{index}.u8", tile.height, tile.width)
+                    self._run_tile(frames, tile, out, timer, should_cancel, store)
+                    outputs.append((tile, out))
+            store.drain()
+        finally:
+            store.close()
+            timer.add_wall("tile_store", store.busy_s)
+            timer.add_wall("tile_store_wait", store.wait_s)
         return outputs
 
     def _run_tile(self, frames: Iterable[np.ndarray], tile: Tile, out: RawFrames, timer: StageTimer,
-                  should_cancel: Callable[[], bool] | None) -> None:
+                  should_cancel: Callable[[], bool] | None, store: TileStore | None = None) -> None:
+        """Stream the clip through the engine at ``tile``'s size into ``out`` through ``store``'s thread
+        (a store of its own when none is given: then ``out`` is complete on return)."""
         multiple = self.settings.spatial_multiple
         model_size = (round_up(tile.width, multiple), round_up(tile.height, multiple))
         batches = lq_batches(frames, self.geometry, device=self.device, dtype=self.dtype,
                              pad_mode=self.settings.pad_mode, multiple=multiple, tile=tile)
         chunks = self.engine.run(LQFrames(batches), (tile.width, tile.height), model_size,
                                  timer=timer, should_cancel=should_cancel)
-        for host_frames in frames_to_host(chunks, timer):
-            with timer.stage("tile_store"):
-                out.append(host_frames)
-        log.info("tile done y=%d x=%d size=%dx%d frames=%d", tile.y, tile.x, tile.width, tile.height, out.frames)
+        own = store is None
+        store = TileStore() if store is None else store
+        try:
+            for chunk in chunks:
+                with timer.stage("to_uint8"):
+                    copy = start_uint8_copy(chunk)
+                store.put(out, copy)
+            if own:
+                store.drain()
+        finally:
+            if own:
+                store.close()
+        log.info("tile queued y=%d x=%d size=%dx%d", tile.y, tile.x, tile.width, tile.height)
 
     def _blended(self, files: list[tuple[Tile, RawFrames]], total: int, timer: StageTimer) -> Iterator[torch.Tensor]:
         """The blended frames in groups of :data:`BLEND_FRAMES`: a thread reads the next group's tiles
