@@ -7,6 +7,10 @@ Each case upscales a generated clip at the task's input size (Vidaio geometry) t
 decode to encoded MP4, after a short warm-up of the same shape (Triton autotuning, cuDNN plans).
 Speed does not depend on weight values, so random weights of the real shapes give real numbers;
 with random weights the output is noise, which makes the encoder slower than on real content.
+A case with ``@GiB`` (or ``--max-vram GiB``) runs with GPU memory capped there and tiles chosen from
+it, as on a 24 GB or 16 GB card (``scripts/bench_small_gpu.sh``); its row has the tiling it ran with
+and the miner planner's estimate next to the measured time. ``--seam-error N`` compares every tiled
+case's output with the untiled output over N frames (same weights), at and away from the seams.
 ``--compare-sdpa`` runs every case again (with ``--baseline-frames`` frames) with attention replaced
 by dense flash SDPA over the whole sequence, in the same process: the speed without LCSA sparsity.
 """
@@ -19,7 +23,7 @@ import logging
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +31,17 @@ import torch
 
 import kernels
 from miner.protocol.tasks import UpscalingTask
+from miner.jobs.worker import device_class
+from upscaler import vram
 from upscaler.api import Upscaler
+from upscaler.geometry import Geometry
+from upscaler.planner import ThroughputTable, plan
 from upscaler.report import GIB, UpscaleReport
-from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, UpscalerSettings, load_settings
+from upscaler.tiled import TILE_OFFSET_MULTIPLE
+from upscaler.tiling import tile_grid
+from upscaler.seams import seam_error
+from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, UpscalerSettings, VariantSettings, load_settings
+from upscaler.timing import StageTimer
 from upscaler.video import FrameReader
 from upscaler.video.synthetic import write_test_clip
 
@@ -44,25 +56,40 @@ with the GPU), ``encode_wait`` the time the GPU loop was blocked on a full encod
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark case: variant, Vidaio task (input and output size), frames, tile size."""
+    """One benchmark case: variant, Vidaio task (input and output size), frames, tiling, memory cap."""
 
     variant: str
     task: UpscalingTask
     frames: int
     tile_size: int = 0
+    tile_height: int = 0
+    auto_tiles: bool = False
+    max_vram_gib: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> "Case":
-        """``variant:TASK:frames[:tile]``, e.g. ``tiny:SD24K:300`` or ``tiny:SD24K:300:1024``."""
-        parts = text.split(":")
+        """``variant:TASK:frames[:tile][@GiB]``: tile ``1024`` (squares), ``3840x768`` (width x height) or
+        ``auto`` (from free memory); ``@22`` caps GPU memory at 22 GiB for the case (then tiles default to
+        auto), e.g. ``tiny:SD24K:300``, ``tiny:SD24K:60:1024``, ``tiny:SD24K:300@22``."""
+        spec, _, cap = text.partition("@")
+        parts = spec.split(":")
         if len(parts) not in (3, 4):
-            raise argparse.ArgumentTypeError(f"case {text!r} is not variant:TASK:frames[:tile]")
-        tile = int(parts[3]) if len(parts) == 4 else 0
-        return cls(parts[0], UpscalingTask.parse(parts[1]), int(parts[2]), tile)
+            raise argparse.ArgumentTypeError(f"case {text!r} is not variant:TASK:frames[:tile][@GiB]")
+        tile = parts[3] if len(parts) == 4 else ("auto" if cap else "0")
+        width, _, height = tile.partition("x")
+        try:
+            max_vram = float(cap) if cap else 0.0
+            sizes = (0, 0) if tile == "auto" else (int(width), int(height or 0))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"case {text!r}: tile must be N, WxH or auto; @ a number of GiB") from None
+        return cls(parts[0], UpscalingTask.parse(parts[1]), int(parts[2]), *sizes, tile == "auto", max_vram)
 
     @property
     def name(self) -> str:
-        return f"{self.variant}:{self.task.value}:{self.frames}" + (f":tile{self.tile_size}" if self.tile_size else "")
+        tile = "tileauto" if self.auto_tiles else (
+            f"tile{self.tile_size}" + (f"x{self.tile_height}" if self.tile_height else "") if self.tile_size else "")
+        return f"{self.variant}:{self.task.value}:{self.frames}" + (f":{tile}" if tile else "") + (
+            f"@{self.max_vram_gib:g}" if self.max_vram_gib else "")
 
 
 def decode_fps(path: Path) -> float:
@@ -73,19 +100,30 @@ def decode_fps(path: Path) -> float:
 
 
 def case_settings(base: UpscalerSettings, case: Case) -> UpscalerSettings:
-    """``base`` with the case's tiling (none, or ``case.tile_size`` with the overlap capped at half a tile)."""
-    overlap = min(base.tiling.tile_overlap, case.tile_size // 2) if case.tile_size else base.tiling.tile_overlap
-    return base.with_overrides(tiling=TilingSettings(case.tile_size, overlap)).validate()
+    """``base`` with the case's tiling (none, auto, or ``case.tile_size`` with the overlap capped at half a tile)."""
+    if case.auto_tiles:
+        return base.with_overrides(tiling=replace(base.tiling, tile_size=0, tile_height=0, auto=True)).validate()
+    tiling = TilingSettings(case.tile_size, base.tiling.tile_overlap, case.tile_height)
+    if case.tile_size:
+        tiling = replace(tiling, tile_overlap=min(tiling.tile_overlap, case.tile_size // 2, tiling.height // 2))
+    return base.with_overrides(tiling=tiling).validate()
 
 
-def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Path, codec: str, preset: str | None) -> dict[str, Any]:
-    """Warm up, then time one upscale; a dict of the results (or of the error)."""
+def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Path, codec: str, preset: str | None,
+             table: ThroughputTable | None = None) -> dict[str, Any]:
+    """Warm up, then time one upscale under the case's memory cap; a dict of the results (or of the
+    error), with the tiling the run chose and, given ``table``, the planner's estimate for it."""
     width, height = case.task.output_size
     base = upscaler.settings
     upscaler.settings = case_settings(base, case)
+    torch.cuda.empty_cache()
+    vram.apply_cap(upscaler.device, case.max_vram_gib)
     try:
         upscaler.upscale_file(warm, out_dir / "warm.mp4", width=width, height=height, variant=case.variant, codec=codec, preset=preset)
         torch.cuda.empty_cache()
+        usable = vram.usable_bytes(upscaler.device)
+        geometry = Geometry.for_target(case.task.input_size, (width, height), upscaler.settings.spatial_multiple)
+        tiling, variant = upscaler.plan_tiles(geometry, upscaler.settings.variant(case.variant))
         report: UpscaleReport = upscaler.upscale_file(src, out_dir / f"{case.variant}-{case.task.value}.mp4", width=width,
                                                       height=height, variant=case.variant, codec=codec, preset=preset)
     except torch.OutOfMemoryError as exc:
@@ -93,16 +131,85 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
         return {"case": case.name, "error": f"out of memory: {str(exc).splitlines()[0]}"}
     finally:
         upscaler.settings = base
+        torch.cuda.empty_cache()
+        vram.apply_cap(upscaler.device, 0)
     seconds = report.seconds
     frames = report.frames
-    return {
+    row = {
         "case": case.name, "variant": case.variant, "task": case.task.value, "frames": frames,
         "in_size": list(report.in_size), "out_size": list(report.out_size), "tile_size": case.tile_size,
+        "max_vram_gib": case.max_vram_gib, "usable_gib": round((usable or 0) / GIB, 2),
+        "tiling": {"tile_width": tiling.tile_size, "tile_height": tiling.height if tiling.enabled else 0,
+                   "overlap": tiling.tile_overlap, "tiles": len(tile_grid(height, width, tiling.tile_size,
+                                                                          tiling.tile_overlap, TILE_OFFSET_MULTIPLE,
+                                                                          tiling.height)) if tiling.enabled else 1,
+                   "decoder_frames_per_pass": variant.frames_per_pass(
+                       tiling.tile_size * tiling.height if tiling.enabled else geometry.model_width * geometry.model_height)},
         "attention": kernels.active_backend(),
         "total_s": round(seconds["total"], 3), "fps": round(report.frames_per_second, 2),
         "ms_per_frame": {k: round(1000 * seconds[k] / frames, 2) for k in STAGES if k in seconds},
         "peak_vram_gib": round(report.peak_vram_bytes / GIB, 2),
     }
+    if table is not None:
+        device = device_class(f"cuda:{torch.cuda.current_device()}")
+        row["planner"] = planner_check(table, case, frames, usable, report.seconds["total"], device)
+    return row
+
+
+def planner_check(table: ThroughputTable, case: Case, frames: int, usable: int | None, measured_s: float,
+                  device: str) -> dict[str, Any]:
+    """The miner planner's plan for this clip with this usable memory on ``device`` (its class: h100,
+    h200...), and its estimate against the measured seconds (without the planner's safety margin)."""
+    width, height = case.task.output_size
+    chosen = plan(width, height, frames, free_vram_bytes=usable, deadline_s=None, table=table, device=device,
+                  variant=case.variant)
+    raw = (chosen.est_seconds - table.clip_overhead_s) / table.safety_margin + table.clip_overhead_s
+    return {"device": device, "tile_size": chosen.tile_size, "est_s": round(raw, 2),
+            "est_with_margin_s": round(chosen.est_seconds, 2), "est_over_measured": round(raw / measured_s, 3)}
+
+
+def seam_rows(upscaler: Upscaler, case: Case, src: Path, overlaps: list[int]) -> list[dict[str, Any]]:
+    """Tiled against untiled output of ``src`` (same weights, uint8 frames before encoding) for the tiling
+    the case runs with under its cap, at its overlap and at each of ``overlaps``: PSNR, mean and max
+    absolute difference over the frame, at the seams and away from them (:func:`upscaler.seams.seam_error`)."""
+    width, height = case.task.output_size
+    geometry = Geometry.for_target(case.task.input_size, (width, height), upscaler.settings.spatial_multiple)
+    base = upscaler.settings
+    upscaler.settings = case_settings(base, case)
+    torch.cuda.empty_cache()
+    vram.apply_cap(upscaler.device, case.max_vram_gib)
+    try:
+        tiling, variant = upscaler.plan_tiles(geometry, upscaler.settings.variant(case.variant))
+    finally:
+        upscaler.settings = base
+        vram.apply_cap(upscaler.device, 0)
+    if not tiling.enabled:
+        return []
+    rows = [dict(case=case.name, **row) for row in seam_comparison(upscaler, src, geometry, variant, tiling, overlaps)]
+    torch.cuda.empty_cache()
+    return rows
+
+
+def seam_comparison(upscaler: Upscaler, src: Path, geometry: Geometry, variant: VariantSettings,
+                    tiling: TilingSettings, overlaps: list[int]) -> list[dict[str, Any]]:
+    """The untiled output of ``src`` against ``tiling``'s at its overlap and at each of ``overlaps``."""
+
+    def frames(run_tiling: TilingSettings) -> torch.Tensor:
+        timer = StageTimer(upscaler.device)
+        return torch.cat(list(upscaler.upscale_frames(src, geometry, variant, timer=timer, tiling=run_tiling)))
+
+    untiled = frames(TilingSettings())
+    rows = []
+    for overlap in dict.fromkeys([tiling.tile_overlap, *overlaps]):
+        run_tiling = replace(tiling, tile_overlap=overlap)
+        tiles = tile_grid(geometry.out_height, geometry.out_width, run_tiling.tile_size, overlap, TILE_OFFSET_MULTIPLE,
+                          run_tiling.height)
+        error = seam_error(frames(run_tiling), untiled, tiles)
+        rows.append({"frames": int(untiled.shape[0]), "tile_width": run_tiling.tile_size, "tile_height": run_tiling.height,
+                     "tiles": len(tiles), "overlap": overlap, **error})
+        print(f"seam error {len(tiles)} tiles of {run_tiling.tile_size}x{run_tiling.height} overlap {overlap}: "
+              + "; ".join(f"{k} {v['psnr_db']} dB, max {v['max_abs']:.0f}" for k, v in error.items()), flush=True)
+    return rows
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -129,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
     p.add_argument("--compare-sdpa", action="store_true", help="also run each case with dense flash SDPA attention")
     p.add_argument("--baseline-frames", type=int, default=45, help="frames per case in the dense-SDPA baseline")
+    p.add_argument("--max-vram", type=float, default=0.0, metavar="GIB",
+                   help="cap GPU memory at GIB for cases without their own @GiB (untiled cases then tile automatically)")
+    p.add_argument("--seam-error", type=int, default=0, metavar="FRAMES",
+                   help="for every tiled case, also compare tiled and untiled output over FRAMES frames (0: off)")
+    p.add_argument("--seam-overlaps", type=lambda t: [int(v) for v in t.split(",") if v], default=[],
+                   help="further overlaps to measure the seam error at, e.g. 32,128")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -142,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         print("flashvsr-bench measures GPU speed: no CUDA device here")
         return 2
     cases = args.cases or [Case("tiny", UpscalingTask.SD2HD, 300), Case("tiny", UpscalingTask.SD24K, 300)]
+    if args.max_vram:
+        cases = [c if c.max_vram_gib else replace(c, max_vram_gib=args.max_vram, auto_tiles=c.auto_tiles or not c.tile_size)
+                 for c in cases]
+    table = ThroughputTable.load()
     upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
                                              kv_cache_dtype=args.kv_cache, compile=args.compile))
     rows: list[dict[str, Any]] = []
@@ -161,16 +278,20 @@ def main(argv: list[str] | None = None) -> int:
             kernels.set_backend(None if backend == "default" else backend)
             for case in cases:
                 if backend == "dense":
-                    case = Case(case.variant, case.task, min(case.frames, args.baseline_frames), case.tile_size)
+                    case = replace(case, frames=min(case.frames, args.baseline_frames))
                 row = run_case(upscaler, case, clip(case.task, case.frames), clip(case.task, WARMUP_FRAMES), work,
-                               args.codec, args.preset)
+                               args.codec, args.preset, table if backend == "default" else None)
                 rows.append(row)
                 print(_table([row]).splitlines()[-1], flush=True)
+        kernels.set_backend(None)
+        seams = [r for c in cases if args.seam_error and (c.tile_size or c.auto_tiles)
+                 for r in seam_rows(upscaler, c, clip(c.task, args.seam_error), args.seam_overlaps)]
     props = torch.cuda.get_device_properties(0)
     result = {
         "date": time.strftime("%Y-%m-%d"), "gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
         "weights": upscaler.weights_label, "dtype": args.dtype, "kv_cache": args.kv_cache, "compile": args.compile, "codec": args.codec, "decode_fps": decode, "rows": rows,
+        "seam_error": seams,
     }
     print()
     print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {upscaler.weights_label}, "

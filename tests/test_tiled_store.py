@@ -17,7 +17,7 @@ from upscaler.lq_frames import LQFrames
 from upscaler.resize import frames_to_host
 from upscaler.seams import coverage, seam_error, seam_mask
 from upscaler.settings import TilingSettings, load_settings
-from upscaler.tiled import TILE_OFFSET_MULTIPLE, RawFrames, TiledRun
+from upscaler.tiled import RawFrames, TiledRun
 from upscaler.tiling import FeatherBlender, Tile, tile_grid
 from upscaler.timing import StageTimer
 from upscaler.video import FrameReader
@@ -29,12 +29,6 @@ CPU = torch.device("cpu")
 def upscaler(small_checkpoints) -> Upscaler:
     files = small_checkpoints("v1.1")
     return Upscaler.load(load_settings(weights=str(files.dit.parent), model_preset="small", device="cpu"))
-
-
-def _untiled(upscaler: Upscaler, src, geometry: Geometry) -> torch.Tensor:
-    variant = upscaler.settings.variant("tiny")
-    return torch.cat(list(upscaler.upscale_frames(src, geometry, variant, timer=StageTimer(CPU),
-                                                  tiling=TilingSettings())))
 
 
 def _tiled(upscaler: Upscaler, src, geometry: Geometry, tiling: TilingSettings) -> tuple[torch.Tensor, list[Tile]]:
@@ -104,16 +98,17 @@ def test_seam_error_separates_seams_from_the_rest() -> None:
 
 
 def test_overlap_keeps_the_tiled_output_at_the_untiled_output_away_from_seams(upscaler, tmp_path):
-    """Same weights, 384x256 output in 256x128 bands: with the 32 px overlap the output away from the
-    seams is the untiled output to +-1 (uint8 rounding; measured: 67.4 dB), the seams within 2 (54.9 dB);
-    without overlap the seams are far worse (measured: max 12, 47.2 dB over the frame)."""
+    """The bench's seam comparison, same weights, 384x256 output in 256x128 bands: with the 32 px overlap
+    the output away from the seams is the untiled output to +-1 (uint8 rounding; measured: 67.4 dB), the
+    seams within 3 (measured: max 2, 54.9 dB); without overlap the seams are far worse (measured: max 12)."""
+    from scripts.bench import seam_comparison
+
     src = make_clip(tmp_path / "in.mp4", width=128, height=192, frames=9)
     geometry = Geometry.for_target((128, 192), (256, 384), upscaler.settings.spatial_multiple)
-    untiled = _untiled(upscaler, src, geometry)
-    errors = {}
-    for overlap in (0, 32):
-        tiled, tiles = _tiled(upscaler, src, geometry, TilingSettings(tile_size=256, tile_overlap=overlap, tile_height=128))
-        errors[overlap] = seam_error(tiled, untiled, tiles)
+    rows = seam_comparison(upscaler, src, geometry, upscaler.settings.variant("tiny"),
+                           TilingSettings(tile_size=256, tile_overlap=32, tile_height=128), [0])
+    errors = {row["overlap"]: row for row in rows}
+    assert sorted(errors) == [0, 32] and errors[32]["tiles"] == 4 and errors[32]["frames"] == 9
     assert errors[32]["away"]["max_abs"] <= 1.0 and errors[32]["away"]["psnr_db"] >= 60.0
     assert errors[32]["seams"]["max_abs"] <= 3.0 and errors[32]["seams"]["psnr_db"] >= 50.0
     assert errors[0]["seams"]["max_abs"] >= 3 * errors[32]["seams"]["max_abs"]

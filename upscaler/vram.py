@@ -34,10 +34,15 @@ def capped_usable(real_free: int, reserved: int, cap_bytes: int | None) -> int:
 
 
 def apply_cap(device: torch.device, gib: float) -> None:
-    """Cap this process's allocator on CUDA ``device`` at ``gib`` GiB (0: no cap; off CUDA: no effect)."""
-    if gib <= 0 or device.type != "cuda":
+    """Cap this process's allocator on CUDA ``device`` at ``gib`` GiB (0: remove a cap; off CUDA: no
+    effect). Lowering a cap does not free what is already held: empty the allocator's cache first."""
+    if device.type != "cuda":
         return
     index = torch.cuda.current_device() if device.index is None else device.index
+    if gib <= 0:
+        if _caps.pop(index, None) is not None:
+            torch.cuda.set_per_process_memory_fraction(1.0, index)
+        return
     total = torch.cuda.get_device_properties(index).total_memory
     cap = int(gib * GIB)
     if cap > total:
