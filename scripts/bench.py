@@ -261,7 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     table = ThroughputTable.load()
     upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
                                              kv_cache_dtype=args.kv_cache, compile=args.compile))
+    props = torch.cuda.get_device_properties(0)
     rows: list[dict[str, Any]] = []
+    seams: list[dict[str, Any]] = []
+    result = {
+        "date": time.strftime("%Y-%m-%d"), "gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "weights": upscaler.weights_label, "dtype": args.dtype, "kv_cache": args.kv_cache, "compile": args.compile,
+        "codec": args.codec, "decode_fps": {}, "rows": rows, "seam_error": seams,
+    }
+
+    def save() -> None:  # after every row: a run stopped by a time limit keeps what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="flashvsr-bench-") as tmp:
         work = Path(tmp)
         inputs: dict[tuple[UpscalingTask, int], Path] = {}
@@ -273,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             return inputs[(task, frames)]
 
         decode = {c.task.value: round(decode_fps(clip(c.task, c.frames)), 1) for c in cases}
+        result["decode_fps"] = decode
         backends = ["default", "dense"] if args.compare_sdpa else ["default"]
         for backend in backends:
             kernels.set_backend(None if backend == "default" else backend)
@@ -282,24 +297,18 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_case(upscaler, case, clip(case.task, case.frames), clip(case.task, WARMUP_FRAMES), work,
                                args.codec, args.preset, table if backend == "default" else None)
                 rows.append(row)
+                save()
                 print(_table([row]).splitlines()[-1], flush=True)
         kernels.set_backend(None)
-        seams = [r for c in cases if args.seam_error and (c.tile_size or c.auto_tiles)
-                 for r in seam_rows(upscaler, c, clip(c.task, args.seam_error), args.seam_overlaps)]
-    props = torch.cuda.get_device_properties(0)
-    result = {
-        "date": time.strftime("%Y-%m-%d"), "gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "weights": upscaler.weights_label, "dtype": args.dtype, "kv_cache": args.kv_cache, "compile": args.compile, "codec": args.codec, "decode_fps": decode, "rows": rows,
-        "seam_error": seams,
-    }
+        for case in cases:
+            if args.seam_error and (case.tile_size or case.auto_tiles):
+                seams.extend(seam_rows(upscaler, case, clip(case.task, args.seam_error), args.seam_overlaps))
+                save()
     print()
     print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {upscaler.weights_label}, "
           f"{args.dtype}, output {args.codec}; decode-only fps per task input: {decode}")
     print(_table(rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    save()
     return 0 if all("error" not in r for r in rows) else 1
 
 

@@ -48,3 +48,22 @@ def test_planner_check_reports_the_layout_estimate():
     assert untiled["tile_size"] == 0 and untiled["est_s"] == pytest.approx(300 / 9.90 + 1.5, abs=0.01)
     assert capped["tile_size"] == 768 and capped["est_s"] > untiled["est_s"]
     assert capped["est_over_measured"] == pytest.approx(capped["est_s"] / 60.0, abs=1e-3)
+
+
+def test_small_gpu_summary_checks_speed_peak_and_estimate():
+    from scripts.small_gpu_summary import summary
+    tiling = {"tile_width": 0, "tile_height": 0, "overlap": 64, "tiles": 1, "decoder_frames_per_pass": 1}
+    bands = {"tile_width": 3840, "tile_height": 768, "overlap": 64, "tiles": 3, "decoder_frames_per_pass": 1}
+    row = {"variant": "tiny", "task": "SD24K", "frames": 300}
+    result = {"gpu": "NVIDIA H200", "gpu_memory_gib": 139.8, "torch": "2.x", "kv_cache": "fp8", "rows": [
+        dict(row, case="tiny:SD24K:300", tiling=tiling, fps=10.0, peak_vram_gib=44.1, total_s=30.0, max_vram_gib=0.0,
+             planner={"est_s": 31.8, "est_over_measured": 1.06}),
+        dict(row, case="tiny:SD24K:300:tileauto@22", tiling=bands, fps=6.5, peak_vram_gib=18.2, total_s=46.2,
+             max_vram_gib=22.0, planner={"est_s": 60.0, "est_over_measured": 1.3}),
+        {"case": "tiny:SD24K:300:tileauto@15", "error": "out of memory: ..."},
+    ], "seam_error": [{"case": "tiny:SD24K:300:tileauto@22", "tiles": 3, "tile_width": 3840, "tile_height": 768,
+                       "overlap": 64, **{k: {"psnr_db": 50.0, "max_abs": 3.0, "mean_abs": 0.1} for k in ("all", "seams", "away")}}]}
+    lines = summary(result)
+    assert "within 15%" in lines[1] and "65% of untiled (met 60%)" in lines[2] and "cap 22: ok" in lines[2]
+    assert "+30%, outside 15%" in lines[2] and "ERROR out of memory" in lines[3]
+    assert lines[4].startswith("seams tiny:SD24K:300:tileauto@22") and "away 50.0 dB max 3" in lines[4]
