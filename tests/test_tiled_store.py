@@ -113,3 +113,26 @@ def test_overlap_keeps_the_tiled_output_at_the_untiled_output_away_from_seams(up
     assert errors[32]["seams"]["max_abs"] <= 3.0 and errors[32]["seams"]["psnr_db"] >= 50.0
     assert errors[0]["seams"]["max_abs"] >= 3 * errors[32]["seams"]["max_abs"]
     assert errors[0]["seams"]["psnr_db"] <= errors[32]["seams"]["psnr_db"] - 5.0
+
+
+def test_blending_starts_during_the_last_tile(upscaler, tmp_path, monkeypatch):
+    """With stores completing at once (depth 0), groups are blended and handed to the encoder while the
+    last tile still runs, and the output still equals the one-thread reference."""
+    import upscaler.tiled as tiled_module
+
+    monkeypatch.setattr(tiled_module, "STORE_DEPTH", 0)
+    stored_when_blended: list[int] = []
+    blend = TiledRun._blend
+
+    def recording_blend(self, files, tiles, count):
+        stored_when_blended.append(files[-1][1].frames)
+        return blend(self, files, tiles, count)
+
+    monkeypatch.setattr(TiledRun, "_blend", recording_blend)
+    src = make_clip(tmp_path / "in.mp4", width=128, height=128, frames=29)
+    geometry = Geometry.for_target((128, 128), (256, 256), upscaler.settings.spatial_multiple)
+    tiled, tiles = _tiled(upscaler, src, geometry, TilingSettings(tile_size=256, tile_overlap=32, tile_height=128))
+    assert len(tiles) == 3 and tiled.shape == (29, 256, 256, 3)
+    assert len(stored_when_blended) == 4 and min(stored_when_blended) < 29  # 8+8+8+5 frames, the first before the end
+    monkeypatch.setattr(TiledRun, "_blend", blend)
+    assert torch.equal(tiled, _reference(upscaler, src, geometry, tiles, ramp=32))

@@ -116,11 +116,15 @@ def test_tiles_read_the_input_decoded_once(upscaler, tmp_path, monkeypatch):
     settings = replace(upscaler.settings, tiling=TilingSettings(tile_size=128, tile_overlap=64))
     run = TiledRun(upscaler.engine(variant, 128 * 128), settings, geometry, variant, upscaler.device, upscaler.dtype)
     timer = StageTimer(torch.device("cpu"))
-    outputs = run._run_tiles(src, tmp_path, timer, None)
+    outputs = [(tile, RawFrames(tmp_path / f"tile{index}.u8", tile.height, tile.width)) for index, tile in enumerate(run.tiles)]
+    for _ in run._run_tiles(src, tmp_path, outputs, timer, None):
+        pass
     assert len(outputs) == len(run.tiles) > 2 and decodes == ["in.mp4"]
     for index, (tile, recorded) in enumerate(outputs[1:], start=1):
         fresh = RawFrames(tmp_path / f"fresh{index}.u8", tile.height, tile.width)
-        run._run_tile(FrameReader(src), tile, fresh, timer, None)
+        for _ in run._run_tile(FrameReader(src), tile, fresh, timer, None):
+            pass
+        assert fresh.frames == recorded.frames == 9
         assert torch.equal(fresh.read(0, fresh.frames), recorded.read(0, recorded.frames))
 
 

@@ -6,10 +6,12 @@ go to a raw uint8 file on disk. The input is decoded once, during the first tile
 that the other tiles read their crops from (decoding holds the GIL: fifteen decodes of the clip for
 fifteen tiles starved the thread that launches the GPU work). Tile frames are copied to pinned host
 memory and written by a store thread (:class:`TileStore`), so the thread that launches the GPU work
-does neither; the next tile starts while the last stores of the previous one finish. Then the tiles are blended frame by
-frame with feathered weights (:class:`~upscaler.tiling.FeatherBlender`) and yielded in order. GPU
-memory is bounded by one tile; disk holds about one uncompressed copy of the output (plus the
-overlaps) and one of the input until the run ends.
+does neither, and the next tile starts while the last stores of the previous one finish. The tiles
+are blended on the GPU in groups of frames with feathered weights
+(:class:`~upscaler.tiling.FeatherBlender`) and yielded in order; from the last tile on, each group as
+soon as every tile has stored it, so the blend and the encoder run beside the last tile instead of
+after it. GPU memory is bounded by one tile (plus one group's blend during the last tile); disk holds
+about one uncompressed copy of the output (plus the overlaps) and one of the input until the run ends.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from upscaler.engine import StreamingEngine
 from upscaler.frame_source import lq_batches
 from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
-from upscaler.resize import HostFrames, one_behind, start_host_copy, start_uint8_copy
+from upscaler.resize import HostFrames, start_host_copy, start_uint8_copy
 from upscaler.settings import UpscalerSettings, VariantSettings
 from upscaler.tiling import FeatherBlender, Tile, tile_grid
 from upscaler.timing import StageTimer
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TILE_OFFSET_MULTIPLE = 16
 BLEND_FRAMES = 8
+STORE_DEPTH = 4  # tile chunks waiting for the store thread before the GPU loop waits for it
 
 
 class RawFrames:
@@ -77,10 +80,11 @@ class RawFrames:
 class TileStore:
     """Stores tile output frames from a background thread, so the thread that launches the GPU work
     neither waits for their device-to-host copies nor writes them: :meth:`put` returns at once unless
-    ``depth`` stores are already pending (then it waits for the oldest: ``tile_store_wait``)."""
+    more than ``depth`` stores are pending (then it waits for the oldest: ``tile_store_wait``; with 0
+    every put waits for its own store)."""
 
-    def __init__(self, depth: int = 4) -> None:
-        self.depth = depth
+    def __init__(self, depth: int | None = None) -> None:
+        self.depth = STORE_DEPTH if depth is None else depth
         self.busy_s = 0.0
         self.wait_s = 0.0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-store")
@@ -88,11 +92,11 @@ class TileStore:
 
     def put(self, out: RawFrames, frames: HostFrames) -> None:
         """Append ``frames`` to ``out`` once their copy has finished (in order with earlier puts)."""
-        if len(self._pending) >= self.depth:
-            began = time.perf_counter()
-            self._pending.popleft().result()
-            self.wait_s += time.perf_counter() - began
         self._pending.append(self._pool.submit(self._store, out, frames))
+        began = time.perf_counter()
+        while len(self._pending) > self.depth:
+            self._pending.popleft().result()
+        self.wait_s += time.perf_counter() - began
 
     def _store(self, out: RawFrames, frames: HostFrames) -> None:
         began = time.perf_counter()
@@ -144,44 +148,51 @@ class TiledRun:
     def frames(
         self, path: str | Path, *, timer: StageTimer, should_cancel: Callable[[], bool] | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Upscale ``path`` tile by tile, then yield the blended frames in order."""
+        """Upscale ``path`` tile by tile and yield the blended frames in order: from the last tile on,
+        each group of frames as soon as every tile has stored it, so the blend and the encoder run
+        beside the last tile instead of after it."""
         tiling = self.settings.tiling
         log.info("tiled run tiles=%d tile=%dx%d overlap=%d out=%dx%d", len(self.tiles), tiling.tile_size, tiling.height,
                  tiling.tile_overlap, *self.geometry.out_size)
-        with tempfile.TemporaryDirectory(prefix="flashvsr-tiles-") as scratch:
-            files = self._run_tiles(path, Path(scratch), timer, should_cancel)
+        with tempfile.TemporaryDirectory(prefix="flashvsr-tiles-") as scratch, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as reads:
+            files = [(tile, RawFrames(Path(scratch) / f"tile{index}.u8", tile.height, tile.width))
+                     for index, tile in enumerate(self.tiles)]
+            blend = _GroupBlend(self, files, timer, reads)
+            for _ in self._run_tiles(path, Path(scratch), files, timer, should_cancel):
+                yield from blend.ready(min(out.frames for _, out in files), final=False)
             counts = {out.frames for _, out in files}
             if len(counts) != 1:
                 raise RuntimeError(f"tiles produced different frame counts: {sorted(counts)}")
-            yield from self._blended(files, counts.pop(), timer)
+            yield from blend.ready(counts.pop(), final=True)
 
-    def _run_tiles(self, path: str | Path, scratch: Path, timer: StageTimer,
-                   should_cancel: Callable[[], bool] | None) -> list[tuple[Tile, RawFrames]]:
-        """Every tile's output frames. The first tile decodes the input and records it; the others
-        read their crops from that record instead of decoding again."""
+    def _run_tiles(self, path: str | Path, scratch: Path, files: list[tuple[Tile, RawFrames]], timer: StageTimer,
+                   should_cancel: Callable[[], bool] | None) -> Iterator[None]:
+        """Run every tile into its file, yielding after each chunk of the last tile is queued for storing
+        (the files are complete when this ends). The first tile decodes the input and records it; the
+        others read their crops from that record instead of decoding again."""
         source = RawFrames(scratch / "input.u8", self.geometry.in_height, self.geometry.in_width)
-        outputs: list[tuple[Tile, RawFrames]] = []
         store = TileStore()
         try:
             with FrameReader(path, prefetch=self.variant.input_prefetch) as reader:
                 frames: Iterable[np.ndarray] = _recorded(reader, source)
-                for index, tile in enumerate(self.tiles):
+                for index, (tile, out) in enumerate(files):
                     if index > 0:
                         frames = source.mapped()
-                    out = RawFrames(scratch / f"tile{index}.u8", tile.height, tile.width)
-                    self._run_tile(frames, tile, out, timer, should_cancel, store)
-                    outputs.append((tile, out))
+                    for _ in self._run_tile(frames, tile, out, timer, should_cancel, store):
+                        if index == len(files) - 1:
+                            yield
             store.drain()
         finally:
             store.close()
             timer.add_wall("tile_store", store.busy_s)
             timer.add_wall("tile_store_wait", store.wait_s)
-        return outputs
 
     def _run_tile(self, frames: Iterable[np.ndarray], tile: Tile, out: RawFrames, timer: StageTimer,
-                  should_cancel: Callable[[], bool] | None, store: TileStore | None = None) -> None:
-        """Stream the clip through the engine at ``tile``'s size into ``out`` through ``store``'s thread
-        (a store of its own when none is given: then ``out`` is complete on return)."""
+                  should_cancel: Callable[[], bool] | None, store: TileStore | None = None) -> Iterator[None]:
+        """Stream the clip through the engine at ``tile``'s size into ``out`` through ``store``'s thread,
+        yielding after each chunk is queued (with no ``store``, a store of its own: then ``out`` is
+        complete when this ends)."""
         multiple = self.settings.spatial_multiple
         model_size = (round_up(tile.width, multiple), round_up(tile.height, multiple))
         batches = lq_batches(frames, self.geometry, device=self.device, dtype=self.dtype,
@@ -195,35 +206,13 @@ class TiledRun:
                 with timer.stage("to_uint8"):
                     copy = start_uint8_copy(chunk)
                 store.put(out, copy)
+                yield
             if own:
                 store.drain()
         finally:
             if own:
                 store.close()
         log.info("tile queued y=%d x=%d size=%dx%d", tile.y, tile.x, tile.width, tile.height)
-
-    def _blended(self, files: list[tuple[Tile, RawFrames]], total: int, timer: StageTimer) -> Iterator[torch.Tensor]:
-        """The blended frames in groups of :data:`BLEND_FRAMES`: a thread reads the next group's tiles
-        from disk into pinned memory while the GPU blends this one, and each group is handed over once
-        the next one is queued (its copy to the host overlaps that work)."""
-        groups = [(start, min(total, start + BLEND_FRAMES)) for start in range(0, total, BLEND_FRAMES)]
-        pin = self.device.type == "cuda"
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tile-read") as pool:
-            def read(group: tuple[int, int]) -> Future[list[torch.Tensor]]:
-                return pool.submit(lambda: [out.read(*group, pin=pin) for _, out in files])
-
-            def started() -> Iterator[HostFrames]:
-                upcoming = read(groups[0])
-                for index, group in enumerate(groups):
-                    with timer.stage("tile_read_wait"):
-                        tiles = upcoming.result()
-                    if index + 1 < len(groups):
-                        upcoming = read(groups[index + 1])
-                    with timer.stage("tile_blend"):
-                        yield self._blend(files, tiles, group[1] - group[0])
-
-            if groups:
-                yield from one_behind(started())
 
     def _blend(self, files: list[tuple[Tile, RawFrames]], tiles: list[torch.Tensor], count: int) -> HostFrames:
         shape = (count, 3, self.geometry.out_height, self.geometry.out_width)
@@ -232,3 +221,44 @@ class TiledRun:
             blender.add(tile, values.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
         blended = blender.result().round_().clamp_(0, 255).to(torch.uint8)
         return start_host_copy(blended.permute(0, 2, 3, 1).contiguous())
+
+
+class _GroupBlend:
+    """Blends the tiles' stored frames in groups of :data:`BLEND_FRAMES` as they become complete: a read
+    thread loads a group's tiles into pinned memory while the GPU blends the one before, and each blended
+    group is handed over once the next one is queued (its copy to the host overlaps that work)."""
+
+    def __init__(self, run: TiledRun, files: list[tuple[Tile, RawFrames]], timer: StageTimer,
+                 reads: ThreadPoolExecutor) -> None:
+        self._run = run
+        self._files = files
+        self._timer = timer
+        self._pool = reads
+        self._pin = run.device.type == "cuda"
+        self._queued = 0  # frames whose group has been queued for reading
+        self._reads: deque[tuple[int, Future[list[torch.Tensor]]]] = deque()
+        self._pending: HostFrames | None = None
+
+    def ready(self, available: int, final: bool) -> Iterator[torch.Tensor]:
+        """Yield the blended frames of the groups within the first ``available`` frames (every tile has
+        stored them), keeping the newest group reading; with ``final`` (``available`` is then the clip's
+        frame count) everything left, the last group possibly shorter."""
+        while self._queued < available and (final or self._queued + BLEND_FRAMES <= available):
+            group = (self._queued, min(self._queued + BLEND_FRAMES, available))
+            self._reads.append((group[1] - group[0], self._pool.submit(self._read, group)))
+            self._queued = group[1]
+        while len(self._reads) > (0 if final else 1):
+            count, future = self._reads.popleft()
+            with self._timer.stage("tile_read_wait"):
+                tiles = future.result()
+            with self._timer.stage("tile_blend"):
+                started = self._run._blend(self._files, tiles, count)
+            if self._pending is not None:
+                yield self._pending.wait()
+            self._pending = started
+        if final and self._pending is not None:
+            yield self._pending.wait()
+            self._pending = None
+
+    def _read(self, group: tuple[int, int]) -> list[torch.Tensor]:
+        return [out.read(*group, pin=self._pin) for _, out in self._files]
