@@ -37,8 +37,7 @@ from upscaler.api import Upscaler
 from upscaler.geometry import Geometry
 from upscaler.planner import ThroughputTable, plan
 from upscaler.report import GIB, UpscaleReport
-from upscaler.tiled import TILE_OFFSET_MULTIPLE
-from upscaler.tiling import tile_grid
+from upscaler.tiled import run_tiles
 from upscaler.seams import seam_error
 from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, UpscalerSettings, VariantSettings, load_settings
 from upscaler.timing import StageTimer
@@ -139,10 +138,8 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
         "case": case.name, "variant": case.variant, "task": case.task.value, "frames": frames,
         "in_size": list(report.in_size), "out_size": list(report.out_size), "tile_size": case.tile_size,
         "max_vram_gib": case.max_vram_gib, "usable_gib": round((usable or 0) / GIB, 2),
-        "tiling": {"tile_width": tiling.tile_size, "tile_height": tiling.height if tiling.enabled else 0,
-                   "overlap": tiling.tile_overlap, "tiles": len(tile_grid(height, width, tiling.tile_size,
-                                                                          tiling.tile_overlap, TILE_OFFSET_MULTIPLE,
-                                                                          tiling.height)) if tiling.enabled else 1,
+        "tiling": {"tile_width": report.tile_width, "tile_height": report.tile_height,
+                   "overlap": tiling.tile_overlap if tiling.enabled else 0, "tiles": report.tiles,
                    "decoder_frames_per_pass": variant.frames_per_pass(
                        tiling.tile_size * tiling.height if tiling.enabled else geometry.model_width * geometry.model_height)},
         "attention": kernels.active_backend(),
@@ -202,8 +199,7 @@ def seam_comparison(upscaler: Upscaler, src: Path, geometry: Geometry, variant: 
     rows = []
     for overlap in dict.fromkeys([tiling.tile_overlap, *overlaps]):
         run_tiling = replace(tiling, tile_overlap=overlap)
-        tiles = tile_grid(geometry.out_height, geometry.out_width, run_tiling.tile_size, overlap, TILE_OFFSET_MULTIPLE,
-                          run_tiling.height)
+        tiles = run_tiles(geometry, run_tiling)
         error = seam_error(frames(run_tiling), untiled, tiles)
         rows.append({"frames": int(untiled.shape[0]), "tile_width": run_tiling.tile_size, "tile_height": run_tiling.height,
                      "tiles": len(tiles), "overlap": overlap, **error})

@@ -88,9 +88,8 @@ def test_nothing_fits_gives_the_smallest_peak() -> None:
 def test_layout_slowdown_from_measured_tiled_rows() -> None:
     spf = lambda pixels: pixels / 1e8  # noqa: E731 - seconds per frame proportional to pixels
     rows = [TiledRow("h200", "tiny", 3840, 2160, 1024, 1024, 15, fps=1 / (2.0 * 15 * 1024 * 1024 / 1e8))]  # overhead 2
-    bands = TileLayout(3, 1, 3840, 768, 64, 1, 18.0)
-    assert layout_slowdown(bands, 3840, 2160, spf, rows, "h200", "tiny", 3.2) == pytest.approx(2.0 * 3 * 768 / 2160)
-    assert layout_slowdown(bands, 3840, 2160, spf, rows, "h100", "tiny", 3.2) == 3.2  # no rows: the default
+    assert layout_slowdown(3, 3840, 768, 3840, 2160, spf, rows, "h200", "tiny", 3.2) == pytest.approx(2.0 * 3 * 768 / 2160)
+    assert layout_slowdown(3, 3840, 768, 3840, 2160, spf, rows, "h100", "tiny", 3.2) == 3.2  # no rows: the default
 
 
 def test_planner_estimates_tiled_plans_from_the_layout() -> None:
@@ -133,3 +132,19 @@ def test_cli_tiling_arguments() -> None:
         replace(SETTINGS, tiling=TilingSettings(3840, 64, 700)).validate()
     with pytest.raises(ValueError, match="max_vram_gib"):
         replace(SETTINGS, max_vram_gib=-1).validate()
+
+
+def test_calibration_reference_of_a_tiled_clip_is_its_layout_estimate() -> None:
+    """A finished tiled clip is calibrated against the estimate of its own layout, the one the planner
+    used, so a calibrated tiled plan does not count the layout's speed-up twice."""
+    from upscaler.planner import tiled_slowdown_for
+
+    table = ThroughputTable.load()
+    bands = tiled_slowdown_for(table, "h200", "tiny", 3840, 2160, 3, 3840, 768)
+    squares = tiled_slowdown_for(table, "h200", "tiny", 3840, 2160, 15, 1024, 1024)
+    assert 1.0 < bands < squares and squares == pytest.approx(9.90 / 3.11, rel=0.01)  # the measured row itself
+    # An unmeasured GPU (a 24 GB card) takes the H100's tiled rows, as it takes its untiled ones.
+    assert tiled_slowdown_for(table, "a10", "tiny", 3840, 2160, 3, 3840, 768) == pytest.approx(
+        tiled_slowdown_for(table, "h100", "tiny", 3840, 2160, 3, 3840, 768))
+    assert tiled_slowdown_for(table, "cpu", "tiny", 3840, 2160, 3, 3840, 768) == table.tiled_slowdown  # no rows
+    assert replace(table, tiled_rows=()).fingerprint() != table.fingerprint()

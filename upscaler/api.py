@@ -28,7 +28,7 @@ from upscaler import vram
 from upscaler.geometry import round_up
 from upscaler.tile_plan import MemoryModel, choose_layout
 from upscaler.models.tiled_decode import TiledDecoder, TileSpec
-from upscaler.tiled import TiledRun
+from upscaler.tiled import TiledRun, run_tiles
 from upscaler.timing import StageTimer
 from upscaler.video import FrameReader, FrameWriter, probe
 
@@ -225,10 +225,13 @@ class Upscaler:
         seconds = timer.seconds()
         seconds["total"] = time.perf_counter() - began
         peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else 0
+        tiles = run_tiles(geometry, tiling)
         report = UpscaleReport(
             frames=frames_done, fps=info.fps, in_size=in_size, out_size=geometry.out_size,
             variant=chosen.name, tiled=tiling.enabled, weights_label=self.weights_label,
-            seconds=seconds, peak_vram_bytes=peak,
+            seconds=seconds, peak_vram_bytes=peak, tiles=len(tiles),
+            tile_width=max(t.width for t in tiles) if tiling.enabled else 0,
+            tile_height=max(t.height for t in tiles) if tiling.enabled else 0,
         )
         log.info("upscale done %s", report.summary())
         return report

@@ -17,6 +17,7 @@ GIB = 1024**3
 VIDAIO_CLIPS_PER_ROUND = 5
 VIDAIO_ROUND_SECONDS = 135.0
 VIDAIO_FPS = 30
+FALLBACK_DEVICE = "h100"  # whose rows, scaled by unknown_gpu_factor, stand in for an unmeasured GPU
 SAME_ENGINE = {"tiny-long": "tiny"}  # a variant whose speed is its twin's where it was not measured
 
 
@@ -81,7 +82,7 @@ class ThroughputTable:
     def _rows(self, device: str, variant: str) -> tuple[list[Measurement], float]:
         """Rows for (device, variant); for Tiny-Long without rows, Tiny's (the same engine and decoder with
         smaller buffers); for an unmeasured device, the H100's scaled by ``unknown_gpu_factor``."""
-        for dev, factor in ((device, 1.0), ("h100", self.unknown_gpu_factor)):
+        for dev, factor in ((device, 1.0), (FALLBACK_DEVICE, self.unknown_gpu_factor)):
             for var in dict.fromkeys((variant, SAME_ENGINE.get(variant, variant))):
                 rows = [e for e in self.entries if e.device == dev and e.variant == var]
                 if rows:
@@ -187,6 +188,17 @@ def plan(
     raise AssertionError("unreachable: the last candidate always returns")
 
 
+def tiled_slowdown_for(table: ThroughputTable, device: str, variant: str, width: int, height: int, tiles: int,
+                       tile_width: int, tile_height: int) -> float:
+    """A tiled run's slowdown against the untiled figure (:func:`upscaler.tile_plan.layout_slowdown`): the
+    planner's estimate and the calibration of finished tiled clips use the same one. An unmeasured GPU
+    takes the tiled rows of the device whose untiled rows stand in for it."""
+    measured = device if any(e.device == device for e in table.entries) else FALLBACK_DEVICE
+    return layout_slowdown(tiles, tile_width, tile_height, width, height,
+                           lambda pixels: 1.0 / table.frames_per_second(measured, variant, pixels, 1, calibrated=False),
+                           table.tiled_rows, measured, variant, table.tiled_slowdown)
+
+
 def _tiling(table: ThroughputTable, variant: str, device: str, width: int, height: int, free_vram_bytes: int,
             fallback_tile: int) -> tuple[int, float | None]:
     """The tile (the smaller side of the layout :mod:`upscaler.tile_plan` picks for ``free_vram_bytes``;
@@ -196,9 +208,8 @@ def _tiling(table: ThroughputTable, variant: str, device: str, width: int, heigh
     layout = plan_layout(width, height, free_vram_bytes, variant)
     if not layout.tiled:  # fits untiled with fewer decoder frames per pass
         return 0, 1.0
-    slowdown = layout_slowdown(layout, width, height,
-                               lambda pixels: 1.0 / table.frames_per_second(device, variant, pixels, 1, calibrated=False),
-                               table.tiled_rows, device, variant, table.tiled_slowdown)
+    slowdown = tiled_slowdown_for(table, device, variant, width, height, layout.tiles, layout.tile_width,
+                                  layout.tile_height)
     return min(layout.tile_width, layout.tile_height), slowdown
 
 

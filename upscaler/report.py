@@ -40,6 +40,10 @@ class UpscaleReport:
     weights_label: str
     seconds: dict[str, float] = field(default_factory=dict)
     peak_vram_bytes: int = 0
+    tiles: int = 1
+    tile_width: int = 0
+    tile_height: int = 0
+    """Tiles of a tiled run and their size in output pixels (the largest; 0 when untiled)."""
 
     @property
     def frames_per_second(self) -> float:

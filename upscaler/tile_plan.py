@@ -192,18 +192,19 @@ def load_tiled_rows(path: str = "throughput") -> list[TiledRow]:
             for row in load_config(path).get("tiled", [])]
 
 
-def layout_slowdown(layout: TileLayout, width: int, height: int, seconds_per_frame: Callable[[int], float],
-                    rows: Sequence[TiledRow], device: str, variant: str, default: float) -> float:
-    """A tiled layout's seconds per frame over the untiled run's at ``width x height``: its tiles at the
-    untiled speed of their size times the overhead of this device's and variant's measured tiled rows;
-    ``default`` (the table's ``tiled_slowdown``) without such rows."""
+def layout_slowdown(tiles: int, tile_width: int, tile_height: int, width: int, height: int,
+                    seconds_per_frame: Callable[[int], float], rows: Sequence[TiledRow], device: str, variant: str,
+                    default: float) -> float:
+    """Seconds per frame of ``tiles`` tiles of ``tile_width x tile_height`` over the untiled run's at
+    ``width x height``: the tiles at the untiled speed of their size (``seconds_per_frame(pixels)`` on
+    ``device``) times the overhead of this device's and variant's measured tiled rows; ``default`` (the
+    table's ``tiled_slowdown``) without such rows."""
     measured = [r for r in rows if r.device == device and r.variant == variant]
     if not measured:
         return default
     overhead = sum((1.0 / r.fps) / (r.tiles * seconds_per_frame(r.tile_width * r.tile_height)) for r in measured)
     overhead /= len(measured)
-    return overhead * layout.tiles * seconds_per_frame(layout.tile_width * layout.tile_height) / seconds_per_frame(
-        width * height)
+    return overhead * tiles * seconds_per_frame(tile_width * tile_height) / seconds_per_frame(width * height)
 
 
 def plan_layout(width: int, height: int, usable_bytes: int, variant: str, upscaler_config: str = "upscaler",

@@ -32,7 +32,7 @@ from upscaler.frame_source import lq_batches
 from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
 from upscaler.resize import HostFrames, start_host_copy, start_uint8_copy
-from upscaler.settings import UpscalerSettings, VariantSettings
+from upscaler.settings import TilingSettings, UpscalerSettings, VariantSettings
 from upscaler.tiling import FeatherBlender, Tile, tile_grid
 from upscaler.timing import StageTimer
 from upscaler.video import FrameReader
@@ -42,6 +42,14 @@ log = logging.getLogger(__name__)
 TILE_OFFSET_MULTIPLE = 16
 BLEND_FRAMES = 8
 STORE_DEPTH = 4  # tile chunks waiting for the store thread before the GPU loop waits for it
+
+
+def run_tiles(geometry: Geometry, tiling: TilingSettings) -> list[Tile]:
+    """The tiles a tiled run of ``geometry`` cuts the output frame into (one tile when untiled)."""
+    if not tiling.enabled:
+        return [Tile(0, 0, geometry.out_height, geometry.out_width)]
+    return tile_grid(geometry.out_height, geometry.out_width, tiling.tile_size, tiling.tile_overlap,
+                     TILE_OFFSET_MULTIPLE, tiling.height)
 
 
 class RawFrames:
@@ -141,8 +149,7 @@ class TiledRun:
         self.device = device
         self.dtype = dtype
         tiling = settings.tiling
-        self.tiles = tile_grid(geometry.out_height, geometry.out_width, tiling.tile_size, tiling.tile_overlap,
-                               TILE_OFFSET_MULTIPLE, tiling.height)
+        self.tiles = run_tiles(geometry, tiling)
         self.ramp = max(1, min(tiling.tile_overlap, tiling.tile_size // 2, tiling.height // 2))
 
     def frames(

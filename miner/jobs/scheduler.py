@@ -26,7 +26,7 @@ from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_main
 from miner.metrics import MinerMetrics
 from upscaler.calibration import CalibrationStore, ThroughputCalibration
 from upscaler.configfiles import load_config
-from upscaler.planner import Plan, ThroughputTable, calibration_key, plan
+from upscaler.planner import Plan, ThroughputTable, calibration_key, plan, tiled_slowdown_for
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +315,10 @@ class Scheduler:
             return
         width, height = report["out_size"]
         variant, tiled = report["variant"], bool(report["tiled"])
+        slowdown = tiled_slowdown_for(self._table, self.device_class, variant, width, height, report["tiles"],
+                                      report["tile_width"], report["tile_height"]) if tiled else None
         table_fps = self._table.frames_per_second(self.device_class, variant, width, height, tiled=tiled,
-                                                  calibrated=False)
+                                                  calibrated=False, slowdown=slowdown)
         key = calibration_key(variant, tiled)
         factor = calibration.observe(key, width, height, report["frames_per_second"], table_fps)
         self.metrics.throughput_factor.labels(key).set(factor)
