@@ -111,8 +111,11 @@ class TiledDecoder:
             frames = self.decoder.decode(latents[..., top:bottom, left:right], *crops, tile_state)
             if out is None:
                 out = frames.new_zeros((*frames.shape[:3], h * s, w * s))
+            weight = state.weights[box]
+            if weight.dtype != frames.dtype:  # cast once per stream, not once per pass
+                weight = state.weights[box] = weight.to(frames.dtype)
             region = out[..., top * s : bottom * s, left * s : right * s]
-            region.add_(frames * state.weights[box].to(frames.dtype))
+            region.add_(frames * weight)
         return out
 
     def _plan(self, h: int, w: int, state: TiledState, device: torch.device) -> None:
