@@ -148,8 +148,7 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
         "peak_vram_gib": round(report.peak_vram_bytes / GIB, 2),
     }
     if table is not None:
-        device = device_class(f"cuda:{torch.cuda.current_device()}")
-        row["planner"] = planner_check(table, case, frames, usable, report.seconds["total"], device)
+        row["planner"] = planner_check(table, case, frames, usable, report.seconds["total"], device_class(str(upscaler.device)))
     return row
 
 

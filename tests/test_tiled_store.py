@@ -136,3 +136,27 @@ def test_blending_starts_during_the_last_tile(upscaler, tmp_path, monkeypatch):
     assert len(stored_when_blended) == 4 and min(stored_when_blended) < 29  # 8+8+8+5 frames, the first before the end
     monkeypatch.setattr(TiledRun, "_blend", blend)
     assert torch.equal(tiled, _reference(upscaler, src, geometry, tiles, ramp=32))
+
+
+def test_bench_rows_and_seam_rows_on_the_cpu(upscaler, tmp_path):
+    """flashvsr-bench's case runner and seam comparison (what the GPU measurement calls) on a small clip:
+    the row names the tiling it ran with and the planner's estimate; a capped case without CUDA runs
+    untiled and has no seam rows."""
+    from types import SimpleNamespace
+
+    from scripts.bench import Case, run_case, seam_rows
+    from upscaler.planner import ThroughputTable
+
+    task = SimpleNamespace(value="SD24K", input_size=(128, 96), output_size=(256, 192))
+    src = make_clip(tmp_path / "in.mp4", width=128, height=96, frames=9)
+    bands = Case("tiny", task, 9, tile_size=256, tile_height=128)
+    row = run_case(upscaler, bands, src, src, tmp_path, "h264", None, ThroughputTable.load())
+    assert row["tiling"] == {"tile_width": 256, "tile_height": 128, "overlap": 64, "tiles": 2, "decoder_frames_per_pass": 4}
+    assert row["frames"] == 9 and row["planner"]["device"] == "cpu" and row["planner"]["est_s"] > 0
+    assert {"tile_store", "tile_store_wait", "tile_blend"} <= set(row["ms_per_frame"])
+    seams = seam_rows(upscaler, bands, src, [0])
+    assert [(r["overlap"], r["tiles"]) for r in seams] == [(64, 2), (0, 2)]
+    assert seams[0]["away"]["max_abs"] <= 1.0 and seams[1]["seams"]["max_abs"] > seams[0]["seams"]["max_abs"]
+    capped = Case("tiny", task, 9, auto_tiles=True, max_vram_gib=22.0)
+    assert run_case(upscaler, capped, src, src, tmp_path, "h264", None)["tiling"]["tiles"] == 1
+    assert seam_rows(upscaler, capped, src, []) == []
