@@ -148,3 +148,21 @@ def test_calibration_reference_of_a_tiled_clip_is_its_layout_estimate() -> None:
         tiled_slowdown_for(table, "h100", "tiny", 3840, 2160, 3, 3840, 768))
     assert tiled_slowdown_for(table, "cpu", "tiny", 3840, 2160, 3, 3840, 768) == table.tiled_slowdown  # no rows
     assert replace(table, tiled_rows=()).fingerprint() != table.fingerprint()
+
+
+def test_cli_runs_capped_and_banded(tmp_path) -> None:
+    """flashvsr-upscale on the CPU: --max-vram has no GPU to cap (untiled), --tile-size/--tile-height tile in bands."""
+    import json
+
+    from tests.media import make_clip
+    from upscaler.cli import main
+
+    src = make_clip(tmp_path / "in.mp4", width=128, height=96, frames=5)
+    common = [str(src), "--scale", "2", "--weights", "random-small", "--device", "cpu", "--log-level", "WARNING"]
+    assert main([*common[:1], str(tmp_path / "a.mp4"), *common[1:], "--max-vram", "22", "--report", str(tmp_path / "a.json")]) == 0
+    assert main([*common[:1], str(tmp_path / "b.mp4"), *common[1:], "--tile-size", "256", "--tile-height", "128",
+                 "--report", str(tmp_path / "b.json")]) == 0
+    capped, bands = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert (capped["tiled"], capped["tiles"]) == (False, 1)
+    assert (bands["tiled"], bands["tiles"], bands["tile_width"], bands["tile_height"]) == (True, 2, 256, 128)
+    assert bands["frames"] == capped["frames"] == 5
