@@ -206,6 +206,15 @@ def _other_kernels(arch: int) -> list[bool]:
     return results
 
 
+def _gluon_variants() -> list[bool]:
+    """Every Gluon variant, or one ``skip`` line where this Triton cannot express the kernel (the
+    dispatcher then serves sm_90 with the Triton kernel, compiled for sm_90 above)."""
+    if not triton_compat.GLUON.available:
+        print(f"skip warp-specialised attention (Gluon) sm_90: not expressible: {triton_compat.GLUON.reason}")
+        return []
+    return [_compile_gluon_attention(variant, d) for variant in GLUON_VARIANTS for d in (128, 64)]
+
+
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("run without TRITON_INTERPRET")
@@ -216,10 +225,7 @@ def main() -> int:
         results.append(_compile(_attention_label(tma, fp8), _sparse_attn_fwd, arch, pointers, ("qk_scale",),
                                 _attention_consts(arch, tma, fp8, block_n)))
     results.append(_fp8_refused_below_sm89())
-    if triton_compat.GLUON.available:
-        results += [_compile_gluon_attention(variant, d) for variant in GLUON_VARIANTS for d in (128, 64)]
-    else:  # the dispatcher then serves sm_90 with the Triton kernel (compiled above)
-        print(f"skip warp-specialised attention (Gluon) sm_90: not expressible: {triton_compat.GLUON.reason}")
+    results += _gluon_variants()
     for arch in ARCHS:
         results += _other_kernels(arch)
     return 0 if all(results) else 1

@@ -44,6 +44,17 @@ def test_rows_view_addresses_every_element(name):
     assert torch.equal(matrix[rows, cols], t)
 
 
+@pytest.mark.parametrize("name", list(_layouts()))
+def test_this_tritons_tensor_descriptors_take_the_views(name):
+    """The kernel's host side on this Triton release: its TensorDescriptor accepts each 2D view."""
+    t = _layouts()[name]
+    view = rows_view(t)
+    desc = gluon_sparse._descriptor(t, view, 64)
+    assert (list(desc.shape), list(desc.strides), list(desc.block_shape)) == (
+        [view.rows, view.cols], [view.row_stride, 1], [64, t.shape[-1]])
+    assert desc.layout.element_bitwidth == 32 and desc.base is t
+
+
 def test_rows_view_refuses_layouts_without_one():
     base = torch.zeros(2, 3, 256, 64)
     assert rows_view(base.transpose(2, 3)) is None  # head dim not contiguous

@@ -52,3 +52,12 @@ def test_emulated_bf16_multiply_and_add_are_not_counted_as_contractions():
     fma.rn.bf16 	%rs13, %rs1, %rs2, %rs3;
     """
     assert _contracted_bf16_fmas(ptx) == 1
+
+
+def test_a_triton_that_cannot_express_the_gluon_kernel_skips_it_with_the_reason(monkeypatch, capsys):
+    from tests.kernels import gpu_compile
+
+    monkeypatch.setattr(triton_compat, "GLUON", triton_compat.Capability(False, "Triton 9.9 has no Gluon Hopper API"))
+    assert gpu_compile._gluon_variants() == []
+    assert capsys.readouterr().out == (
+        "skip warp-specialised attention (Gluon) sm_90: not expressible: Triton 9.9 has no Gluon Hopper API\n")
