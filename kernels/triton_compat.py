@@ -52,8 +52,9 @@ def _gluon_api() -> tuple[Capability, Any, Any]:
         return Capability(False, f"Triton {triton.__version__}'s Gluon has no TMA load/store"), None, None
     params = list(inspect.signature(gl.warp_specialize).parameters)
     if params[:3] != ["functions_and_args", "worker_num_warps", "worker_num_regs"]:
-        return Capability(False, f"Triton {triton.__version__}'s gl.warp_specialize takes ({', '.join(params)}), "
-                                 "not the (functions_and_args, worker_num_warps, worker_num_regs) form of 3.6+"), None, None
+        reason = (f"Triton {triton.__version__}'s gl.warp_specialize takes ({', '.join(params)}), not the "
+                  "(functions_and_args, worker_num_warps, worker_num_regs) form of 3.6+")
+        return Capability(False, reason), None, None
     return Capability(True, f"Triton {triton.__version__} has the Gluon API it needs"), load, store
 
 

@@ -21,7 +21,8 @@ def test_tested_releases_express_the_gluon_kernel_with_their_own_tma_builtins():
     release = ".".join(map(str, triton_compat.TRITON_VERSION))
     if release not in triton_compat.TESTED:
         pytest.skip(f"Triton {triton.__version__} is not a tested release")
-    assert triton_compat.GLUON == triton_compat.Capability(True, f"Triton {triton.__version__} has the Gluon API it needs")
+    assert triton_compat.GLUON.available
+    assert triton_compat.GLUON.reason == f"Triton {triton.__version__} has the Gluon API it needs"
     if triton_compat.TRITON_VERSION >= (3, 8):
         assert triton_compat.tma_load is tma.async_load and triton_compat.tma_store is tma.async_store
     else:
