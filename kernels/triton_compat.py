@@ -43,7 +43,7 @@ def _gluon_api() -> tuple[Capability, Any, Any]:
         from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier  # noqa: F401
         from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait  # noqa: F401
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: F401
-    except ImportError as exc:
+    except (ImportError, AttributeError) as exc:
         return Capability(False, f"Triton {triton.__version__} has no Gluon Hopper API ({exc})"), None, None
     # Renamed in 3.8 (old names kept as aliases), old names removed in 3.9 (they raise when called).
     load = getattr(tma, "async_load", None) or getattr(tma, "async_copy_global_to_shared", None)
