@@ -22,6 +22,7 @@ def test_kernels_compile_for_gpu_targets(tmp_path):
     run = subprocess.run([sys.executable, "-m", "tests.kernels.gpu_compile"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
+    print(f"Triton {triton_compat.TRITON_VERSION[0]}.{triton_compat.TRITON_VERSION[1]}:\n{run.stdout}")  # the CI log's record
     lines = run.stdout.splitlines()
     gluon = [line for line in lines if "warp-specialised attention" in line]
     if triton_compat.GLUON.available:
