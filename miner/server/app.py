@@ -1,7 +1,8 @@
 """The miner's FastAPI application: routes, and the lifespan that starts and stops everything.
 
-``create_app(config, auth)`` builds it; ``auth`` supplies the per-transport FastAPI dependencies
-(legacy bittensor-10 synapse verification and btauth/1) that return the authenticated ``Caller``.
+``create_app(config, auth)`` builds it; ``auth`` supplies the two-step authenticators of both
+transports (legacy bittensor-10 synapses and btauth/1), run by the gate (``miner.server.gate``) in
+front of every route, before a byte of a body is read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI
 
+from miner.auth import BtAuth, LegacyAuth
 from miner.config import MinerConfig
 from miner.fetch import Fetcher, FetchSettings
 from miner.jobs.organic import JobStore
@@ -24,25 +26,28 @@ from miner.jobs.scheduler import Scheduler
 from miner.metrics import MinerMetrics
 from miner.server.btauth import btauth_router
 from miner.server.files import files_router
+from miner.server.gate import Gate
 from miner.server.legacy import legacy_router
+from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.ops import ops_router
 from miner.server.service import MinerService
-from miner.storage import LocalStorage, Storage, make_storage
+from miner.storage import InvalidSignature, LocalStorage, Storage, make_storage
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AuthDependencies:
-    """FastAPI dependencies returning a ``Caller`` (``hotkey``, ``stake``) or answering 401/403."""
+class Authenticators:
+    """The two-step authentication of each transport (``begin`` from headers, ``complete`` with the body)."""
 
-    legacy: Callable[..., Any]
-    btauth: Callable[..., Any]
+    legacy: LegacyAuth
+    btauth: BtAuth
 
 
-def create_app(config: MinerConfig, auth: AuthDependencies, *, storage: Storage | None = None) -> FastAPI:
+def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | None = None,
+               metrics: MinerMetrics | None = None) -> FastAPI:
     """The app; workers start in its lifespan (``uvicorn`` runs it), and stop gracefully on shutdown."""
-    metrics = MinerMetrics()
+    metrics = metrics or MinerMetrics()
     scheduler = Scheduler(config, metrics)
     storage = storage or make_storage(config)
     fetcher = Fetcher(FetchSettings.from_table(config.section("fetch")))
@@ -78,12 +83,27 @@ def create_app(config: MinerConfig, auth: AuthDependencies, *, storage: Storage 
     app.state.metrics = metrics
 
     app.add_middleware(_RequestCounter, metrics=metrics)
+    app.add_middleware(Gate, legacy=auth.legacy, btauth=auth.btauth, limits=ServerLimits.from_config(config),
+                       ops=OpsAccess.from_config(config), metrics=metrics,
+                       files_check=_files_check(storage) if isinstance(storage, LocalStorage) else None)
     app.include_router(ops_router(scheduler, metrics, metrics_enabled=bool(config.get("metrics.enabled"))))
-    app.include_router(legacy_router(service, auth.legacy, float(config.get("server.default_timeout_s"))))
-    app.include_router(btauth_router(service, auth.btauth, float(config.get("server.default_timeout_s"))))
+    app.include_router(legacy_router(service, float(config.get("server.default_timeout_s"))))
+    app.include_router(btauth_router(service, float(config.get("server.default_timeout_s"))))
     if isinstance(storage, LocalStorage):
         app.include_router(files_router(storage))
     return app
+
+
+def _files_check(storage: LocalStorage) -> Callable[[str, str, str], bool]:
+    """Whether a ``/files`` URL carries a valid, unexpired signature (such requests are served first)."""
+    def check(key: str, exp: str, sig: str) -> bool:
+        try:
+            storage.verify(key, exp, sig)
+        except InvalidSignature:
+            return False
+        return True
+
+    return check
 
 
 class _RequestCounter:
