@@ -57,14 +57,12 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def serve(config: MinerConfig) -> None:
     """Run until SIGTERM/SIGINT; uvicorn stops accepting, then the lifespan drains the workers."""
-    from miner.metrics import MinerMetrics
     from miner.server.app import create_app
     from miner.server.limits import uvicorn_options
     from miner.server.wiring import authenticators
 
-    metrics = MinerMetrics()
-    app = create_app(config, authenticators(config), metrics=metrics)
-    uvicorn.run(app, **uvicorn_options(config, metrics))
+    app = create_app(config, authenticators(config))
+    uvicorn.run(app, **uvicorn_options(config, app))
 
 
 def main(argv: list[str] | None = None) -> int:

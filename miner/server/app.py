@@ -26,7 +26,7 @@ from miner.jobs.scheduler import Scheduler
 from miner.metrics import MinerMetrics
 from miner.server.btauth import btauth_router
 from miner.server.files import files_router
-from miner.server.gate import Gate
+from miner.server.gate import Gate, source_guard
 from miner.server.legacy import legacy_router
 from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.ops import ops_router
@@ -44,10 +44,10 @@ class Authenticators:
     btauth: BtAuth
 
 
-def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | None = None,
-               metrics: MinerMetrics | None = None) -> FastAPI:
-    """The app; workers start in its lifespan (``uvicorn`` runs it), and stop gracefully on shutdown."""
-    metrics = metrics or MinerMetrics()
+def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | None = None) -> FastAPI:
+    """The app; workers start in its lifespan (``uvicorn`` runs it), and stop gracefully on shutdown.
+    ``app.state`` holds ``limits``, ``metrics`` and ``sources`` (the per-IP block list) for ``uvicorn_options``."""
+    metrics = MinerMetrics()
     scheduler = Scheduler(config, metrics)
     storage = storage or make_storage(config)
     fetcher = Fetcher(FetchSettings.from_table(config.section("fetch")))
@@ -83,8 +83,11 @@ def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | 
     app.state.metrics = metrics
 
     app.add_middleware(_RequestCounter, metrics=metrics)
-    app.add_middleware(Gate, legacy=auth.legacy, btauth=auth.btauth, limits=ServerLimits.from_config(config),
-                       ops=OpsAccess.from_config(config), metrics=metrics,
+    limits = ServerLimits.from_config(config)
+    app.state.limits = limits
+    app.state.sources = source_guard(limits, metrics)
+    app.add_middleware(Gate, legacy=auth.legacy, btauth=auth.btauth, limits=limits, ops=OpsAccess.from_config(config),
+                       metrics=metrics, sources=app.state.sources,
                        files_check=_files_check(storage) if isinstance(storage, LocalStorage) else None)
     app.include_router(ops_router(scheduler, metrics, metrics_enabled=bool(config.get("metrics.enabled"))))
     app.include_router(legacy_router(service, float(config.get("server.default_timeout_s"))))

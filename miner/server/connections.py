@@ -8,9 +8,11 @@ forever (slowloris), and such connections count against ``limit_concurrency`` un
 
 - a header deadline: a connection whose next request's headers are not complete ``header_timeout_s``
   after it opened (or after its previous answer) is closed;
-- a cap of ``max_per_ip`` open connections per client IP: the one over it is closed at once.
+- a cap of ``max_per_ip`` open connections per client IP: the one over it is closed at once;
+- connections from an IP that ``blocked(ip)`` names (the gate's block list) are closed at once.
 
-``on_close(reason)`` is called for each connection closed here (``header_timeout``, ``per_ip_limit``).
+``on_close(reason)`` is called for each connection closed here (``header_timeout``, ``per_ip_limit``,
+``blocked``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-def guarded_protocol(*, header_timeout_s: float, max_per_ip: int,
+def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, blocked: Callable[[str], bool] = lambda ip: False,
                      on_close: Callable[[str], None] | None = None) -> type[H11Protocol]:
     """An ``H11Protocol`` subclass for ``uvicorn.run(http=...)`` (one per server: it owns the per-IP counts)."""
     per_ip: Counter[str] = Counter()
@@ -37,8 +39,9 @@ def guarded_protocol(*, header_timeout_s: float, max_per_ip: int,
             super().connection_made(transport)
             self._ip = self.client[0] if self.client else ""
             per_ip[self._ip] += 1
-            if per_ip[self._ip] > max_per_ip:
-                closed("per_ip_limit")
+            reason = "blocked" if blocked(self._ip) else "per_ip_limit" if per_ip[self._ip] > max_per_ip else None
+            if reason:
+                closed(reason)
                 transport.close()
                 return
             self._arm_header_timer()

@@ -14,7 +14,9 @@ For each request, in order, answering (and closing the connection) at the first 
    cap (413) within ``body_timeout_s`` (408); then the btauth/1 signature over it (401);
 6. the body is JSON of bounded depth (400), and the app runs with the caller in ``request.state.caller``.
 
-Every refusal spends a token of the source's bucket and is counted in ``miner_refused_requests``.
+Every refusal spends a token of the source's bucket and is counted in ``miner_refused_requests``; the
+refusal that empties it is answered 429 and blocks the source for ``block_s``: its requests on open
+connections get 429, its new connections are closed before a byte is parsed (``miner.server.connections``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ class Slots:
         self.open_used -= 0 if privileged else 1
 
 
+def source_guard(limits: ServerLimits, metrics: MinerMetrics) -> SourceGuard:
+    """The per-IP refusal budget of ``limits`` (shared by the gate and the connection guard)."""
+    return SourceGuard(burst=limits.refusal_burst, rate_per_s=limits.refusal_rate_per_s, block_s=limits.block_s,
+                       max_sources=limits.max_sources, on_block=metrics.blocked_sources.inc)
+
+
 def gate_caller(request: Request) -> Caller:
     """FastAPI dependency: the caller the gate proved (every synapse and /v1 route is behind the gate)."""
     return request.state.caller
@@ -110,14 +118,13 @@ class Gate:
     """The middleware; ``files_check(key, exp, sig)`` says whether a ``/files`` URL is validly signed."""
 
     def __init__(self, app: ASGIApp, *, legacy: LegacyAuth, btauth: BtAuth, limits: ServerLimits, ops: OpsAccess,
-                 metrics: MinerMetrics, files_check: Optional[FilesCheck] = None) -> None:
+                 metrics: MinerMetrics, sources: Optional[SourceGuard] = None,
+                 files_check: Optional[FilesCheck] = None) -> None:
         self.app, self.legacy, self.btauth, self.limits, self.ops = app, legacy, btauth, limits, ops
         self.metrics = metrics
         self.files_check = files_check
         self.slots = Slots(limits.max_in_flight, limits.open_in_flight)
-        self.sources = SourceGuard(burst=limits.refusal_burst, rate_per_s=limits.refusal_rate_per_s,
-                                   block_s=limits.block_s, max_sources=limits.max_sources,
-                                   on_block=metrics.blocked_sources.inc)
+        self.sources = sources if sources is not None else source_guard(limits, metrics)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -211,8 +218,9 @@ class Gate:
 
     async def _refuse(self, send: Any, kind: str, ip: str, refusal: Refusal, hotkey: Optional[str] = None) -> None:
         self.metrics.refused.labels(refusal.reason).inc()
-        if refusal.charge:
-            self.sources.refused(ip, refusal.reason)
+        if refusal.charge and self.sources.refused(ip, refusal.reason):
+            refusal = Refusal(429, "rate_limited", f"{refusal.message}; too many refused requests from this "
+                                                   f"address: blocked for {self.limits.block_s:g} s")
         if kind in ("legacy", "btauth") and refusal.status in (401, 403):
             log.debug("request refused", extra={"fields": {
                 "route_kind": kind, "status": refusal.status, "reason": refusal.reason, "source": ip,

@@ -83,11 +83,12 @@ class OpsAccess:
         return any(address in network for network in self.allow)
 
 
-def uvicorn_options(config: MinerConfig, metrics: MinerMetrics) -> dict[str, Any]:
-    """Keyword arguments of ``uvicorn.run`` for the miner: h11 with bounded headers, connections and idle time;
-    connections closed by the guards are counted in ``metrics``."""
+def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.run`` for the miner app (``create_app``): h11 with bounded headers,
+    connections and idle time, sharing the app's per-IP block list; closures counted in its metrics."""
     server = config.section("server")
-    limits = ServerLimits.from_config(config)
+    limits: ServerLimits = app.state.limits
+    metrics: MinerMetrics = app.state.metrics
 
     def on_close(reason: str) -> None:
         metrics.connections_closed.labels(reason).inc()
@@ -95,8 +96,8 @@ def uvicorn_options(config: MinerConfig, metrics: MinerMetrics) -> dict[str, Any
     return {
         "host": server["host"], "port": int(server["port"]), "log_config": None, "access_log": False,
         "timeout_graceful_shutdown": int(server["shutdown_grace_s"]) + 5,
-        "http": guarded_protocol(header_timeout_s=limits.header_timeout_s,
-                                 max_per_ip=limits.max_connections_per_ip, on_close=on_close),
+        "http": guarded_protocol(header_timeout_s=limits.header_timeout_s, max_per_ip=limits.max_connections_per_ip,
+                                 blocked=app.state.sources.blocked, on_close=on_close),
         "h11_max_incomplete_event_size": limits.max_header_bytes,
         "limit_concurrency": limits.max_connections,
         "timeout_keep_alive": limits.keep_alive_s,

@@ -59,8 +59,8 @@ class SourceGuard:
         self._note(ip, source, "rate_limited")
         return True
 
-    def refused(self, ip: str, reason: str) -> None:
-        """Spend one token of ``ip`` for a refused request; block it when none is left."""
+    def refused(self, ip: str, reason: str) -> bool:
+        """Spend one token of ``ip`` for a refused request; block it when none is left (then True)."""
         now = self._clock()
         source = self._sources.get(ip)
         if source is None:
@@ -77,8 +77,9 @@ class SourceGuard:
             if self._on_block is not None:
                 self._on_block()
             self._note(ip, source, reason, force=True)
-            return
+            return True
         self._note(ip, source, reason)
+        return False
 
     def _note(self, ip: str, source: _Source, reason: str, force: bool = False) -> None:
         source.unlogged[reason] += 1
