@@ -138,7 +138,7 @@ class Gate:
             await _answer(send, route.kind, 429, "too many refused requests from this address; retry later")
             return
         try:
-            headers = _headers(scope, self.limits.max_header_count)
+            headers = _headers(scope, self.limits.max_header_count, self.limits.max_header_bytes)
             privileged = self._screen(scope, route, headers, ip)
             self.slots.acquire(privileged)
         except Refusal as refusal:
@@ -236,10 +236,14 @@ def _auth_reason(exc: AuthError) -> str:
     return "unauthenticated"
 
 
-def _headers(scope: dict[str, Any], max_count: int) -> dict[str, str]:
+def _headers(scope: dict[str, Any], max_count: int, max_bytes: int) -> dict[str, str]:
+    """The headers by lower-case name; 431 past the count or total size (h11 bounds only headers that
+    arrive in pieces: a complete oversized block read at once passes it)."""
     raw = scope.get("headers") or []
     if len(raw) > max_count:
         raise Refusal(431, "too_many_headers", f"more than {max_count} request headers")
+    if sum(len(k) + len(v) for k, v in raw) > max_bytes:
+        raise Refusal(431, "too_many_headers", f"request headers exceed {max_bytes} bytes")
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
 
