@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from miner.auth import BtAuth, LegacyAuth
 from miner.config import MinerConfig
@@ -24,6 +24,7 @@ from miner.jobs.organic import JobStore
 from miner.jobs.round import RoundRunner
 from miner.jobs.scheduler import Scheduler
 from miner.metrics import MinerMetrics
+from miner.protocol import WireError, legacy_response
 from miner.server.btauth import btauth_router
 from miner.server.files import files_router
 from miner.server.gate import Gate, source_guard
@@ -82,6 +83,7 @@ def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | 
     app.state.service = service
     app.state.metrics = metrics
 
+    app.add_exception_handler(WireError, _bad_synapse)
     app.add_middleware(_RequestCounter, metrics=metrics)
     limits = ServerLimits.from_config(config)
     app.state.limits = limits
@@ -95,6 +97,13 @@ def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | 
     if isinstance(storage, LocalStorage):
         app.include_router(files_router(storage))
     return app
+
+
+async def _bad_synapse(request: Request, exc: Exception) -> Response:
+    """A synapse body that does not parse: 400 in the dendrite's wire format (never a 500)."""
+    assert isinstance(exc, WireError)
+    body, headers = legacy_response(None, exc.status, exc.message)
+    return Response(body, status_code=exc.status, headers=headers)
 
 
 def _files_check(storage: LocalStorage) -> Callable[[str, str, str], bool]:
