@@ -11,8 +11,8 @@ forever (slowloris), and such connections count against ``limit_concurrency`` un
 - a cap of ``max_per_ip`` open connections per client IP: the one over it is closed at once;
 - connections from an IP that ``blocked(ip)`` names (the gate's block list) are closed at once.
 
-``on_close(reason)`` is called for each connection closed here (``header_timeout``, ``per_ip_limit``,
-``blocked``).
+``on_close(ip, reason)`` is called for each connection closed here (``header_timeout``,
+``per_ip_limit``, ``blocked``).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, blocked: Callable[[str], bool] = lambda ip: False,
-                     on_close: Callable[[str], None] | None = None) -> type[H11Protocol]:
+                     on_close: Callable[[str, str], None] | None = None) -> type[H11Protocol]:
     """An ``H11Protocol`` subclass for ``uvicorn.run(http=...)`` (one per server: it owns the per-IP counts)."""
     per_ip: Counter[str] = Counter()
-    closed = on_close or (lambda reason: None)
+    closed = on_close or (lambda ip, reason: None)
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
@@ -41,7 +41,7 @@ def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, blocked: Calla
             per_ip[self._ip] += 1
             reason = "blocked" if blocked(self._ip) else "per_ip_limit" if per_ip[self._ip] > max_per_ip else None
             if reason:
-                closed(reason)
+                closed(self._ip, reason)
                 transport.close()
                 return
             self._arm_header_timer()
@@ -77,7 +77,7 @@ def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, blocked: Calla
         def _headers_overdue(self) -> None:
             self._header_timer = None
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                closed("header_timeout")
+                closed(self._ip or "", "header_timeout")
                 self.transport.close()
 
     return GuardedH11Protocol

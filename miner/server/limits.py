@@ -85,13 +85,16 @@ class OpsAccess:
 
 def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
     """Keyword arguments of ``uvicorn.run`` for the miner app (``create_app``): h11 with bounded headers,
-    connections and idle time, sharing the app's per-IP block list; closures counted in its metrics."""
+    connections and idle time, sharing the app's per-IP block list; closures counted in its metrics, and
+    a header deadline missed spends a token of the source's refusal budget (slowloris sources get blocked)."""
     server = config.section("server")
     limits: ServerLimits = app.state.limits
     metrics: MinerMetrics = app.state.metrics
 
-    def on_close(reason: str) -> None:
+    def on_close(ip: str, reason: str) -> None:
         metrics.connections_closed.labels(reason).inc()
+        if reason == "header_timeout":
+            app.state.sources.refused(ip, reason)
 
     return {
         "host": server["host"], "port": int(server["port"]), "log_config": None, "access_log": False,

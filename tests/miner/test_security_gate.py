@@ -219,6 +219,12 @@ def test_slow_headers_and_idle_connections_are_closed(server: Server) -> None:
         assert slow.recv(100) == b"" and idle.recv(100) == b""
     assert 0.9 < time.monotonic() - began < 3.0
     assert 'miner_connections_closed_total{reason="header_timeout"} 2.0' in server.metrics.render().decode()
+    for _ in range(4):  # each missed deadline spends a token of the budget (5): the 6th blocks the source
+        with _connect(server, "127.0.0.4") as idle:
+            idle.recv(100)
+    with _connect(server, "127.0.0.4") as late:
+        assert late.recv(100) == b""
+    assert 'miner_connections_closed_total{reason="blocked"} 1.0' in server.metrics.render().decode()
 
 
 def test_connections_per_ip_are_capped(server: Server) -> None:
