@@ -123,6 +123,14 @@ def test_timeout_header_cannot_stretch_the_window_past_the_cap(miner_wallet, val
         verifier.verify(req.path, req.headers, req.body, now_ns=now)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_timeout_cannot_open_the_window(verifier, validator_wallet, miner_wallet, value):
+    now = time.time_ns()
+    old = signed(LengthCheckProtocol(), validator_wallet, miner_wallet.hotkey.ss58_address, nonce_ns=now - 3600 * NS)
+    with pytest.raises(MalformedRequest, match="not a finite number"):
+        verifier.verify(old.path, {**old.headers, "timeout": value}, old.body, now_ns=now)
+
+
 def test_replay_is_refused_but_out_of_order_nonces_are_not(verifier, validator_wallet, miner_wallet):
     me, uuid, now = miner_wallet.hotkey.ss58_address, new_dendrite_uuid(), time.time_ns()
     first = signed(LengthCheckProtocol(), validator_wallet, me, uuid=uuid, nonce_ns=now)
