@@ -65,10 +65,11 @@ def route_of(path: str) -> Route:
         return Route("not_served", ("POST",))
     if path in BTAUTH_ROUTES:
         return Route("btauth", BTAUTH_ROUTES[path])
-    if path.startswith(BTAUTH_JOB_PREFIX) and "/" not in path[len(BTAUTH_JOB_PREFIX):] and len(path) > len(BTAUTH_JOB_PREFIX):
+    job_id = path.removeprefix(BTAUTH_JOB_PREFIX)
+    if path.startswith(BTAUTH_JOB_PREFIX) and job_id and "/" not in job_id:
         return Route("btauth", ("GET", "POST"))
     if path in OPS_ROUTES:
-        return Route("ops", ("GET", "HEAD"))
+        return Route("ops", ("GET",))
     if path.startswith(FILES_PREFIX):
         return Route("files", ("GET", "HEAD"))
     return Route("unknown")
@@ -183,7 +184,8 @@ class Gate:
         auth = self.legacy if route.kind == "legacy" else self.btauth
         cap = self.limits.synapse_max_bytes if route.kind == "legacy" else self.limits.json_max_bytes
         try:
-            pending = auth.begin(scope["method"], _target(scope), headers)
+            target = scope["path"] if route.kind == "legacy" else _target(scope)
+            pending = auth.begin(scope["method"], target, headers)
         except AuthError as exc:
             await self._refuse(send, route.kind, ip, Refusal(exc.status, _auth_reason(exc), exc.reason),
                                hotkey=headers.get(auth.hotkey_header))
@@ -248,8 +250,8 @@ def _headers(scope: dict[str, Any], max_count: int, max_bytes: int) -> dict[str,
 
 
 def _target(scope: dict[str, Any]) -> str:
-    """The request target as sent (path and query): what btauth/1 signs, and the legacy route."""
-    path = scope["path"]
+    """The request target as sent (raw path and query): what btauth/1 signs."""
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     query = scope.get("query_string", b"")
     return f"{path}?{query.decode('latin-1')}" if query else path
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-from pathlib import Path
 from typing import Iterator
 
 import pytest

@@ -288,3 +288,11 @@ def test_failed_nonces_never_block_a_real_sender() -> None:
         store.reserve("v", "u", now + offset, now).commit()
     with pytest.raises(StaleNonce):  # accepted ones past per_key do raise the floor
         store.reserve("v", "u", now - 20, now)
+
+
+def test_attack_script_refuses_non_loopback_targets(capsys: pytest.CaptureFixture[str]) -> None:
+    from scripts.attack import is_loopback, main
+
+    assert main(["--target", "http://203.0.113.7:8091", "--duration", "1"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    assert is_loopback("http://127.0.0.1:8091") and is_loopback("http://[::1]:8091") and not is_loopback("http://example.com")
