@@ -10,8 +10,9 @@ For each request, in order, answering (and closing the connection) at the first 
    ``/files`` signature) may use only ``open_in_flight`` of them (503);
 4. synapse and ``/v1`` routes: the transport's header checks (``LegacyAuth``/``BtAuth.begin``:
    shape, receiver, freshness, admission by stake, nonce reservation; legacy signatures too) (401/403);
-5. ``Content-Length`` within the route's cap (413), then the body read at the ASGI level up to the
-   cap (413) within ``body_timeout_s`` (408); then the btauth/1 signature over it (401);
+5. ``Content-Length`` within the route's cap (413), at most ``max_body_reads_per_ip`` bodies being
+   read from the source (503), then the body read at the ASGI level up to the cap (413) within
+   ``body_timeout_s`` (408); then the btauth/1 signature over it (401);
 6. the body is JSON of bounded depth (400), and the app runs with the caller in ``request.state.caller``.
 
 Every refusal spends a token of the source's bucket and is counted in ``miner_refused_requests``; the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Optional
 from urllib.parse import parse_qs, unquote
@@ -34,7 +36,7 @@ from miner.auth import AuthError, BtAuth, Caller, Forbidden, LegacyAuth, Replaye
 from miner.metrics import MinerMetrics
 from miner.protocol import NOT_SERVED_SYNAPSES, SERVED_SYNAPSES, legacy_response
 from miner.protocol.limits import JsonShapeError, check_json_shape
-from miner.server.body import BodyError, read_capped, replay
+from miner.server.body import BodyError, ClientGone, read_capped, replay
 from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.sources import SourceGuard
 
@@ -126,6 +128,7 @@ class Gate:
         self.files_check = files_check
         self.slots = Slots(limits.max_in_flight, limits.open_in_flight)
         self.sources = sources if sources is not None else source_guard(limits, metrics)
+        self._reading: Counter[str] = Counter()  # bodies being read, per source
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -191,16 +194,7 @@ class Gate:
                                hotkey=headers.get(auth.hotkey_header))
             return
         try:
-            declared = _declared_length(headers)
-            if declared is not None and declared > cap:
-                raise Refusal(413, "too_large", f"Content-Length {declared} exceeds this route's {cap}-byte limit")
-            try:
-                body = await read_capped(receive, cap=cap, timeout_s=self.limits.body_timeout_s)
-            except BodyError as exc:
-                if exc.status is None:
-                    self.metrics.refused.labels(exc.reason).inc()
-                    return
-                raise Refusal(exc.status, exc.reason, str(exc)) from None
+            body = await self._body(receive, headers, ip, cap)
             try:
                 caller = pending.complete(body)
             except AuthError as exc:
@@ -210,6 +204,9 @@ class Gate:
                     check_json_shape(body, max_depth=self.limits.json_max_depth)
                 except JsonShapeError as exc:
                     raise Refusal(400, "bad_body", str(exc), charge=False) from None
+        except ClientGone as gone:
+            self.metrics.refused.labels(gone.reason).inc()
+            return
         except Refusal as refusal:
             await self._refuse(send, route.kind, ip, refusal, hotkey=pending.caller.hotkey)
             return
@@ -217,6 +214,26 @@ class Gate:
             pending.close()
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, replay(body, receive), send)
+
+    async def _body(self, receive: Any, headers: Mapping[str, str], ip: str, cap: int) -> bytes:
+        """The body (at most ``cap`` bytes, within the deadline); a source reads few bodies at once."""
+        declared = _declared_length(headers)
+        if declared is not None and declared > cap:
+            raise Refusal(413, "too_large", f"Content-Length {declared} exceeds this route's {cap}-byte limit")
+        if self._reading[ip] >= self.limits.max_body_reads_per_ip:
+            raise Refusal(503, "saturated", f"more than {self.limits.max_body_reads_per_ip} bodies in flight "
+                                            "from this address")
+        self._reading[ip] += 1
+        try:
+            return await read_capped(receive, cap=cap, timeout_s=self.limits.body_timeout_s)
+        except BodyError as exc:
+            if exc.status is None:
+                raise
+            raise Refusal(exc.status, exc.reason, str(exc)) from None
+        finally:
+            self._reading[ip] -= 1
+            if not self._reading[ip]:
+                del self._reading[ip]
 
     async def _refuse(self, send: Any, kind: str, ip: str, refusal: Refusal, hotkey: Optional[str] = None) -> None:
         self.metrics.refused.labels(refusal.reason).inc()

@@ -26,6 +26,7 @@ class ServerLimits:
     json_max_bytes: int = 65536
     json_max_depth: int = 16
     body_timeout_s: float = 10.0
+    max_body_reads_per_ip: int = 8
     header_timeout_s: float = 10.0
     keep_alive_s: int = 5
     max_header_bytes: int = 16384
@@ -50,7 +51,8 @@ class ServerLimits:
         if self.max_connections <= self.max_in_flight:
             raise ValueError("server.limits.max_connections must exceed server.limits.max_in_flight "
                              "(idle keep-alive connections count against it)")
-        for name in ("synapse_max_bytes", "json_max_bytes", "json_max_depth", "body_timeout_s", "header_timeout_s",
+        for name in ("synapse_max_bytes", "json_max_bytes", "json_max_depth", "body_timeout_s", "max_body_reads_per_ip",
+                     "header_timeout_s",
                      "max_header_bytes", "max_header_count", "max_connections_per_ip", "refusal_burst",
                      "refusal_rate_per_s", "max_sources"):
             if getattr(self, name) <= 0:

@@ -25,7 +25,7 @@ from miner.server.gate import Gate, Refusal, Slots, gate_caller, source_guard
 from miner.server.limits import OpsAccess, ServerLimits, uvicorn_options
 from scripts.run_local import free_port
 
-LIMITS = dict(synapse_max_bytes=4096, json_max_bytes=4096, body_timeout_s=1.0, header_timeout_s=1.0,
+LIMITS = dict(synapse_max_bytes=4096, json_max_bytes=4096, body_timeout_s=1.0, max_body_reads_per_ip=2, header_timeout_s=1.0,
               max_connections_per_ip=8, refusal_burst=5, refusal_rate_per_s=0.01, block_s=1.5, max_header_count=32)
 NS = 1_000_000_000
 
@@ -174,6 +174,22 @@ def test_a_body_that_trickles_in_is_cut_off_with_408(server: Server) -> None:
         status, _, answer = _answer(sock)
     assert status == 408 and 0.9 < time.monotonic() - began < 3.0, answer
     assert server.work == []
+
+
+def test_a_source_reads_few_bodies_at_once(server: Server) -> None:
+    body = b'{"reference_video_urls": []}'
+    slow = [_connect(server, "127.0.0.8") for _ in range(2)]
+    try:
+        for sock in slow:  # two claims whose bodies trickle in: the source's two body reads
+            sock.sendall(_request("POST", "/v1/upscale", _btauth(server, body), body[:5], length=len(body)))
+        time.sleep(0.2)
+        status, _, answer = _send(server, _request("POST", "/v1/upscale", _btauth(server, body), body), source="127.0.0.8")
+        assert status == 503 and b"bodies in flight from this address" in answer
+        server.release.set()
+        assert _send(server, _request("POST", "/v1/upscale", _btauth(server, body), body))[0] == 200  # other source
+    finally:
+        for sock in slow:
+            sock.close()
 
 
 def test_forged_btauth_signature_is_verified_once_per_nonce(server: Server) -> None:
