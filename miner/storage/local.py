@@ -81,7 +81,7 @@ class LocalStorage:
             expires = int(exp)
         except ValueError:
             raise InvalidSignature("exp is not a number") from None
-        if not hmac.compare_digest(self._signature(key, expires), sig):
+        if not hmac.compare_digest(self._signature(key, expires).encode(), sig.encode("utf-8", "replace")):
             raise InvalidSignature("bad signature")
         if expires < (time.time() if now is None else now):
             raise InvalidSignature("URL expired")

@@ -48,7 +48,7 @@ bodies = st.one_of(st.binary(max_size=512), json_values.map(lambda v: json.dumps
                    st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n))
 all_routes = st.one_of(st.sampled_from(["/" + n for n in (*SERVED_SYNAPSES, *NOT_SERVED_SYNAPSES)]),
                        st.sampled_from(["/v1/upscale", "/v1/length", "/v1/warrant", "/v1/jobs", "/health", "/metrics"]),
-                       st.from_regex(r"\A/(v1/jobs|files)/[A-Za-z0-9._%/-]{0,40}\Z"),
+                       st.from_regex(r"\A/(v1/jobs|files)/[A-Za-z0-9._%/-]{0,40}(\?(exp|sig)=[A-Za-z0-9%&=.-]{0,30})?\Z"),
                        st.from_regex(r"\A/[A-Za-z0-9._%-]{0,30}\Z"))
 methods = st.sampled_from(["POST", "GET", "HEAD", "PUT", "DELETE", "OPTIONS"])
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,

@@ -71,6 +71,7 @@ def test_local_signed_urls_over_http(tmp_path: Path) -> None:
 
         escape = httpx.get(f"{base}/files/..%2F..%2Fetc%2Fpasswd?exp=9999999999&sig=00")
         assert escape.status_code in (403, 404)
+        assert httpx.get(f"{base}/files/upscaling/x.mp4?exp=9999999999&sig=%C3%A9").status_code == 403  # not a 500
 
         storage.expiry_s = 60
         url = storage.put(_result(tmp_path), new_key("upscaling/"))
