@@ -9,7 +9,7 @@ For ``--duration`` seconds, at once:
 - junk synapses at ``--junk-rate`` requests/s: missing, malformed or forged ``bt_header_*`` /
   ``X-Bittensor-*`` headers, unknown hotkeys, bad JSON, chunked bodies, unserved routes;
 - ``--slow`` idle connections that never finish their headers (one byte every few seconds), each
-  reopened when the miner closes it.
+  reopened half a second after the miner closes it.
 
 Sources are spread over ``--sources`` loopback addresses (127.0.0.2, 127.0.0.3, ...), as a botnet's
 would be. The target must be a loopback address unless ``--allow-remote`` is given: this is for
@@ -39,6 +39,7 @@ JUNK_ROUTES = ("/VideoUpscalingProtocol", "/LengthCheckProtocol", "/TaskWarrantP
                "/VideoUpscalingJobProtocol", "/VideoUpscalingPollProtocol", "/v1/upscale", "/v1/length",
                "/v1/jobs", "/v1/jobs/x", "/VideoCompressionProtocol", "/files/upscaling/x.mp4", "/nope", "/metrics")
 FAKE_HOTKEY = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+RECONNECT_S = 0.5  # a slow connection closed by the miner is reopened after this (keeps the junk rate up)
 
 
 @dataclass
@@ -196,6 +197,7 @@ async def slow_connection(host: str, port: int, source: str | None, stop_at: flo
             tally.slow_lifetimes.append(time.monotonic() - opened)
         finally:
             writer.close()
+        await asyncio.sleep(RECONNECT_S)
 
 
 async def attack(target: str, *, duration: float, huge: int, huge_bytes: int, junk_rate: float, slow: int,
@@ -210,7 +212,9 @@ async def attack(target: str, *, duration: float, huge: int, huge_bytes: int, ju
     tasks.append(junk_sender(host, port, sources, junk_rate, stop_at, tally))
     began = time.monotonic()
     await asyncio.gather(*tasks)
-    return {"target": target, "duration_s": round(time.monotonic() - began, 1), **tally.summary()}
+    elapsed = time.monotonic() - began
+    junk = sum(n for key, n in tally.answers.items() if key.startswith("junk:"))
+    return {"target": target, "duration_s": round(elapsed, 1), "junk_per_s": round(junk / elapsed, 1), **tally.summary()}
 
 
 def is_loopback(target: str) -> bool:
