@@ -58,14 +58,11 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def serve(config: MinerConfig) -> None:
     """Run until SIGTERM/SIGINT; uvicorn stops accepting, then the lifespan drains the workers."""
     from miner.server.app import create_app
-    from miner.server.wiring import auth_dependencies
+    from miner.server.limits import uvicorn_options
+    from miner.server.wiring import authenticators
 
-    app = create_app(config, auth_dependencies(config))
-    server = config.section("server")
-    uvicorn.run(
-        app, host=server["host"], port=int(server["port"]), log_config=None, access_log=False,
-        timeout_graceful_shutdown=int(server["shutdown_grace_s"]) + 5,
-    )
+    app = create_app(config, authenticators(config))
+    uvicorn.run(app, **uvicorn_options(config, app))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,7 @@ class MinerConfig:
         masked = copy.deepcopy(self.raw)
         masked["storage"]["local"]["secret"] = "***" if masked["storage"]["local"]["secret"] else ""
         masked["storage"]["s3"]["secret_access_key"] = "***" if masked["storage"]["s3"]["secret_access_key"] else ""
+        masked["server"]["ops"]["token"] = "***" if masked["server"]["ops"]["token"] else ""
         return json.dumps(masked, sort_keys=True)
 
 
