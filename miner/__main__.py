@@ -99,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f" (in {args.config}, the environment or the flags)" if args.config else ""
         print(f"flashvsr-miner: configuration error: {exc}{where}", file=sys.stderr)
         return 2
-    from miner.doctor import run_doctor, start_problem  # after the config: a usage error needs no torch import
-
     if args.command == DOCTOR:
+        from miner.doctor.checks import run_doctor
+
         setup_logging(args.log_level or "WARNING", config.get("log.format"))
         return run_doctor(config, allow_cpu=args.allow_cpu)
+    from miner.doctor.start import start_problem  # no torch import: a refused start answers at once
+
     setup_logging(config.get("log.level"), config.get("log.format"))
     problem = start_problem(config)
     if problem is not None:

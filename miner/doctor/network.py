@@ -93,7 +93,7 @@ def _answers_as_miner(host: str, port: int) -> bool:
     local = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     url = f"http://[{local}]:{port}/health" if ":" in local else f"http://{local}:{port}/health"
     try:
-        body = httpx.get(url, timeout=2.0).json()
+        body = httpx.get(url, timeout=1.0).json()
     except (httpx.HTTPError, ValueError):
         return False
     return isinstance(body, dict) and "workers" in body and "device" in body
