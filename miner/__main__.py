@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_miner_config(args.config, overrides=cli_overrides(args))
     except (ValueError, FileNotFoundError) as exc:
-        where = f" (in {args.config}, the environment or the flags)" if args.config else ""
-        print(f"flashvsr-miner: configuration error: {exc}{where}", file=sys.stderr)
+        print(f"flashvsr-miner: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == DOCTOR:
         from miner.doctor.checks import run_doctor

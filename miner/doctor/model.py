@@ -92,12 +92,21 @@ def check_warmup(context: DoctorContext) -> CheckResult:
     except LookupError:
         return CheckResult.ok(WARMUP, f"{shape}; configs/throughput.toml has no Tiny row to compare with")
     rows = "" if any(e.device == name for e in table.entries) else f" (no {name} rows: H100 rows x {table.unknown_gpu_factor})"
-    detail = f"{shape}; table {expected:.2f} frames/s{rows}, planner estimate {estimate:.1f} s"
-    if gpu and seconds > estimate:
+    return warmup_result(f"{shape}; table {expected:.2f} frames/s{rows}, planner estimate {estimate:.1f} s",
+                         seconds, estimate, gpu=gpu)
+
+
+def warmup_result(detail: str, seconds: float, estimate: float, *, gpu: bool) -> CheckResult:
+    """On a GPU, FAIL when the clip took longer than the planner's estimate for it (admission would accept
+    rounds that finish late); on the CPU the figure is only reported."""
+    if not gpu:
+        return CheckResult.ok(WARMUP, f"{detail} (CPU: reported only)")
+    if seconds > estimate:
         return CheckResult.fail(WARMUP, f"{detail}: slower than the planner assumes, rounds it accepts would finish late",
-                                "find the gap with `flashvsr-profile --gaps` (docs/miner.md, Troubleshooting), or "
-                                "re-measure this GPU with flashvsr-bench and update configs/throughput.toml")
-    return CheckResult.ok(WARMUP, detail + ("" if gpu else " (CPU: reported only)"))
+                                "find where the time goes with `flashvsr-profile --weights random --compile --kv-cache fp8 "
+                                "--case tiny:SD24K:45 --gaps` (README, Troubleshooting), or measure this GPU with "
+                                "flashvsr-bench and add its rows to configs/throughput.toml")
+    return CheckResult.ok(WARMUP, detail)
 
 
 def check_encoder(context: DoctorContext) -> CheckResult:

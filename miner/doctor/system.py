@@ -71,10 +71,16 @@ def _version(distribution: str) -> str | None:
 
 def check_versions(context: DoctorContext) -> CheckResult:
     """Python, torch, Triton and PyAV versions; Triton is required on a GPU (the fast attention kernels)."""
-    triton = _version("triton")
+    return versions_result(_version("triton"), _version("av"), cuda=torch.cuda.is_available())
+
+
+def versions_result(triton: str | None, av: str | None, *, cuda: bool) -> CheckResult:
+    """OK with the versions; FAIL for a GPU machine without Triton, or without PyAV."""
     detail = (f"Python {platform.python_version()}, torch {torch.__version__}, Triton {triton or 'not installed'}, "
-              f"PyAV {_version('av')}")
-    if triton is None and torch.cuda.is_available():
+              f"PyAV {av or 'not installed'}")
+    if av is None:
+        return CheckResult.fail(VERSIONS, f"{detail}: the miner decodes and encodes video with PyAV", INSTALL_FIX)
+    if triton is None and cuda:
         return CheckResult.fail(VERSIONS, f"{detail}: without Triton attention falls back to a slower kernel",
                                 INSTALL_FIX)
     return CheckResult.ok(VERSIONS, detail)

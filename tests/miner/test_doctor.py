@@ -26,13 +26,13 @@ from fastapi import FastAPI
 from miner.chain import MetagraphView
 from miner.config import MinerConfig, load_miner_config
 from miner.doctor.chain import check_chain, registration_result
-from miner.doctor.model import check_encoder, check_warmup, check_weights
+from miner.doctor.model import check_encoder, check_warmup, check_weights, warmup_result
 from miner.doctor.network import check_health, check_port
 from miner.doctor.result import DoctorContext, Status
 from miner.doctor.runner import Step, run_bounded, run_steps
 from miner.doctor.start import start_problem
 from miner.doctor.storage import check_storage
-from miner.doctor.system import check_attention, check_gpu, check_versions
+from miner.doctor.system import check_attention, check_gpu, check_versions, versions_result
 from miner.doctor.wallet import check_wallet
 from miner.metrics import MinerMetrics
 from miner.server.files import files_router
@@ -144,6 +144,22 @@ def test_versions_and_attention_on_the_cpu(tmp_path: Path) -> None:
     assert versions.status is Status.OK and f"torch {torch.__version__}" in versions.detail
     attention = check_attention(context)
     assert attention.status is Status.OK and attention.detail.startswith("backend sdpa on cpu: max error")
+
+
+def test_version_and_warm_up_verdicts() -> None:
+    """The GPU-only FAIL paths of the versions and warm-up checks, decided from their figures."""
+    assert versions_result("3.6.0", "18.1.0", cuda=True).status is Status.OK
+    no_triton = versions_result(None, "18.1.0", cuda=True)
+    assert no_triton.status is Status.FAIL and "Triton not installed" in no_triton.detail
+    assert "scripts/main.sh" in no_triton.fix
+    assert versions_result(None, "18.1.0", cuda=False).status is Status.OK
+    assert versions_result("3.6.0", None, cuda=False).status is Status.FAIL
+    assert warmup_result("29 frames", 5.0, 6.5, gpu=True).status is Status.OK
+    late = warmup_result("29 frames", 7.0, 6.5, gpu=True)
+    assert late.status is Status.FAIL and "slower than the planner assumes" in late.detail
+    assert "flashvsr-profile" in late.fix and "configs/throughput.toml" in late.fix
+    cpu = warmup_result("9 frames", 70.0, 1.0, gpu=False)
+    assert cpu.status is Status.OK and cpu.detail.endswith("(CPU: reported only)")
 
 
 def test_weights_missing_give_the_download_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
