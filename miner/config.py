@@ -241,9 +241,14 @@ def _validate(config: MinerConfig, defaults: Mapping[str, Any]) -> None:
     crf = config.get("upscaler.crf")
     if not 0 <= crf <= 51:
         raise ValueError(f"upscaler.crf must be from 0 to 51, got {crf}")
+    for key in ("upscaler.config", "upscaler.throughput"):
+        try:
+            load_config(config.get(key))
+        except FileNotFoundError as exc:
+            raise ValueError(f"{key}: {exc}") from None
     try:
         load_settings(config.get("upscaler.config"), **config.upscaler_overrides)
-    except (ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:
         raise ValueError(f"upscaler.{exc}") from None
 
 

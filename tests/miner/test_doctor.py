@@ -117,6 +117,7 @@ def test_run_steps_prints_one_line_per_check_and_exit_status(tmp_path: Path) -> 
     ({"upscaler": {"preset": "turbo"}}, "upscaler.preset must be one of 'ultrafast'"),
     ({"upscaler": {"crf": 60}}, "upscaler.crf must be from 0 to 51"),
     ({"upscaler": {"dtype": "int8"}}, "upscaler.dtype must be bf16, fp16 or fp32"),
+    ({"upscaler": {"throughput": "no-such-table"}}, "upscaler.throughput: configuration file not found"),
     ({"metrics": {"enabled": 1}}, "metrics.enabled must be true or false"),
 ])
 def test_config_values_are_validated_with_the_key_and_allowed_values(overrides: dict, message: str) -> None:
