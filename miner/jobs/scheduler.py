@@ -151,7 +151,7 @@ class Scheduler:
             index=slot.index,
             device=slot.device,
             upscaler_config=upscaler["config"],
-            upscaler_overrides={k: upscaler[k] for k in ("weights", "model_version", "dtype", "kv_cache_dtype", "compile")},
+            upscaler_overrides=self.config.upscaler_overrides,
             log_level=self.config.get("log.level"),
             log_format=self.config.get("log.format"),
             hooks=WorkerHooks(**jobs["test_hooks"]),

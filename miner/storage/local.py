@@ -114,6 +114,10 @@ class LocalStorage:
             raise
         return self.signed_url(key)
 
+    def delete(self, key: str) -> None:
+        """Delete the file of ``key`` (no error when it is already gone)."""
+        self.path_for(key).unlink(missing_ok=True)
+
     def delete_expired(self) -> int:
         """Delete files older than the retention, and the directories they leave empty."""
         cutoff = time.time() - self.retention_s
