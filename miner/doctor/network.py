@@ -112,8 +112,10 @@ def check_health(context: DoctorContext) -> CheckResult:
     url = f"{context.config.public_url}/health"
     if not context.found.get("miner_running"):
         return CheckResult.skip(HEALTH, f"the miner is not running; start it and run the doctor again to check {url}")
+    token = context.config.get("server.ops.token")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(url, timeout=HTTP_TIMEOUT_S)
+        response = httpx.get(url, timeout=HTTP_TIMEOUT_S, headers=headers)
     except httpx.HTTPError as exc:
         return CheckResult.fail(HEALTH, f"{url} does not answer: {type(exc).__name__}: {exc}",
                                 f"open port {context.config.get('server.port')} to validators (firewall, port "
@@ -121,6 +123,11 @@ def check_health(context: DoctorContext) -> CheckResult:
     if response.status_code == 503:
         return CheckResult.fail(HEALTH, f"{url} answers 503: the miner is starting or stopping",
                                 "wait for the `miner serving` log line, then run the doctor again")
+    if response.status_code == 404 and not token:
+        return CheckResult.fail(HEALTH, f"{url} answers 404: /health is served only to server.ops.allow sources "
+                                        "or with server.ops.token, and this host reaches itself from outside them",
+                                "set server.ops.token (the doctor sends it), or add this host's public address to "
+                                "server.ops.allow")
     try:
         body = response.json()
     except ValueError:

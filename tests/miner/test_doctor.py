@@ -23,7 +23,8 @@ import pytest
 import torch
 from fastapi import FastAPI
 
-from miner.chain import MetagraphView
+from miner.auth import BtAuth, LegacyAuth
+from miner.chain import MetagraphView, StaticAllowList
 from miner.config import MinerConfig, load_miner_config
 from miner.doctor.chain import check_chain, registration_result
 from miner.doctor.model import check_encoder, check_warmup, check_weights, warmup_result
@@ -36,6 +37,8 @@ from miner.doctor.system import check_attention, check_gpu, check_versions, vers
 from miner.doctor.wallet import check_wallet
 from miner.metrics import MinerMetrics
 from miner.server.files import files_router
+from miner.server.gate import Gate, source_guard
+from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.ops import ops_router
 from miner.storage import LocalStorage
 from scripts.run_local import free_port
@@ -265,6 +268,27 @@ def test_port_held_by_the_miner_health_and_local_storage_over_http(tmp_path: Pat
     unreachable = check_health(context)
     assert unreachable.status is Status.FAIL and "does not answer" in unreachable.detail
     assert "server.public_url" in unreachable.fix
+
+
+def test_health_behind_the_ops_gate_is_read_with_the_ops_token(tmp_path: Path, miner_wallet) -> None:
+    """/health limited to server.ops sources this host is not among: the doctor sends server.ops.token, and
+    without one says how to let it read /health."""
+    ops = {"allow": ["10.0.0.0/8"], "token": "t0ken"}
+    gated = _config(tmp_path, server={"ops": ops})
+    limits, metrics, nobody = ServerLimits.from_config(gated), MinerMetrics(), StaticAllowList([], stake=0.0)
+    me = miner_wallet.hotkey.ss58_address
+    app = FastAPI()
+    app.include_router(ops_router(_ServingScheduler(), metrics, metrics_enabled=False))  # type: ignore[arg-type]
+    app.add_middleware(Gate, legacy=LegacyAuth(me, nobody), btauth=BtAuth(me, nobody), limits=limits,
+                       ops=OpsAccess.from_config(gated), metrics=metrics, sources=source_guard(limits, metrics))
+    with _ThreadedServer(app) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with_token = check_health(_context(_config(tmp_path, server={"port": port, "ops": ops}), miner_running=True))
+        assert with_token.status is Status.OK and "1 worker(s) on cpu" in with_token.detail
+        no_token = _config(tmp_path, server={"port": port, "ops": {"allow": ["10.0.0.0/8"]}})
+        without = check_health(_context(no_token, miner_running=True))
+    assert without.status is Status.FAIL and "answers 404" in without.detail
+    assert "server.ops.token" in without.fix and "server.ops.allow" in without.fix
 
 
 # --------------------------------------------------------------------------------------------- storage
