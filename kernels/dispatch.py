@@ -10,6 +10,7 @@ PyTorch's flash SDPA: the cost of attention without LCSA sparsity, as a speed ba
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -76,9 +77,17 @@ def active_backend() -> str:
         flex=_flex_available(),
     )
     device = torch.cuda.get_device_name() if cuda else "cpu"
-    logger.info("attention backend selected: backend=%s reason=%r device=%r torch=%s", name, reason, device,
-                torch.__version__)
+    logger.info("attention backend selected: backend=%s reason=%r device=%r torch=%s triton=%s", name, reason, device,
+                torch.__version__, _triton_version())
     return name
+
+
+def _triton_version() -> str:
+    """The installed Triton's version (read from its metadata: no import), or "none"."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def backend_for(tensor: torch.Tensor) -> str:

@@ -36,6 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.reference import K_BLOCK, Q_BLOCK
+from kernels.triton_compat import tma_load, tma_store
 
 ARCH = 90  # wgmma exists on sm_90 only (Blackwell has tcgen05 instead)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
@@ -128,7 +129,7 @@ def _load_partition(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready
     PAIRS: gl.constexpr = k_bufs.type.shape[1] // BLOCK
     mbarrier.expect(q_bar, SPLIT * q_desc.block_type.nbytes, pred=count > 0)
     for i in gl.static_range(SPLIT):
-        tma.async_copy_global_to_shared(q_desc, [q_row + i * Q_ROWS, q_col], q_bar, q_bufs.index(i), pred=count > 0)
+        tma_load(q_desc, [q_row + i * Q_ROWS, q_col], q_bar, q_bufs.index(i), pred=count > 0)
     for t in range(gl.cdiv(count, PAIRS)):
         stage = t % STAGES
         # A fresh barrier counts as "phase 1 complete": the first pass over the ring does not wait.
@@ -136,10 +137,8 @@ def _load_partition(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready
         mbarrier.expect(ready.index(stage), PAIRS * (k_desc.block_type.nbytes + v_desc.block_type.nbytes))
         for i in gl.static_range(PAIRS):
             key_row = kv_row + gl.load(idx_row + gl.minimum(t * PAIRS + i, count - 1)) * BLOCK
-            tma.async_copy_global_to_shared(k_desc, [key_row, 0], ready.index(stage),
-                                            k_bufs.index(stage).slice(i * BLOCK, BLOCK))
-            tma.async_copy_global_to_shared(v_desc, [key_row, 0], ready.index(stage),
-                                            v_bufs.index(stage).slice(i * BLOCK, BLOCK))
+            tma_load(k_desc, [key_row, 0], ready.index(stage), k_bufs.index(stage).slice(i * BLOCK, BLOCK))
+            tma_load(v_desc, [key_row, 0], ready.index(stage), v_bufs.index(stage).slice(i * BLOCK, BLOCK))
 
 
 @gluon.jit
@@ -209,7 +208,7 @@ def _attend_partition(q_smem, k_bufs, v_bufs, q_bar, ready, empty, o_desc, count
     out = acc / gl.convert_layout(l_safe, o_rows)[:, None]
     q_smem.store(out.to(dtype))  # the query rows are no longer read: their buffer stages the output
     fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [q_row, q_col], q_smem)
+    tma_store(o_desc, [q_row, q_col], q_smem)
     tma.store_wait(0)
 
 

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import triton_compat
 from kernels.reference import K_BLOCK, Q_BLOCK, SliceScales, check_attention_inputs, check_key_dtype
 
 logger = logging.getLogger(__name__)
@@ -134,8 +135,11 @@ def _sparse_attn_fwd(
                 s = tl.dot(q, tl.trans(k), input_precision="ieee")
                 m_i, l_i, acc = _attend_tile(s, q_scale, v, m_i, l_i, acc)
     else:
+        # An empty row loads nothing. The mask compares a splatted tensor, not a splatted scalar comparison:
+        # the interpreter materialises ``count > 0`` splatted as int32, which Triton 3.9 refuses as a mask
+        # (the compiled code is the same either way).
         q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                    mask=(count > 0) & (offs_d[None, :] >= 0), other=0.0)
+                    mask=tl.full([1, HEAD_DIM], count, tl.int32) > 0, other=0.0)
         if K_FP8:
             q, q_scale = _quantize_rows(q)
             q_scale = q_scale * qk_scale
@@ -232,18 +236,25 @@ _GLUON = _GluonStatus()
 @functools.cache
 def _gluon_kernels():
     """:mod:`kernels.gluon_sparse`, or None where it is switched off (``FLASHVSR_WARP_SPECIALIZED=0``) or
-    this Triton has no Gluon (older than 3.5); decided once and logged."""
+    this Triton cannot express it (:data:`kernels.triton_compat.GLUON`). Decided once, at the first
+    attention call (a worker's warm-up), and logged in one line: the Triton release, why, and what serves
+    sm_90 instead; a warning where the Triton release is the reason (the operator loses the fast path)."""
     value = os.environ.get(WARP_SPECIALIZED_ENV, "1").strip().lower()
     if value not in ("0", "1"):
         raise ValueError(f"{WARP_SPECIALIZED_ENV}={value!r}: expected 0 or 1")
-    module, reason = None, f"{WARP_SPECIALIZED_ENV}=0"
+    module, reason, level = None, f"{WARP_SPECIALIZED_ENV}=0", logging.INFO
     if value == "1":
-        try:
+        reason = triton_compat.GLUON.reason
+        if triton_compat.GLUON.available:
             from kernels import gluon_sparse as module
-            reason = "Gluon available"
-        except ImportError as exc:
-            reason = f"Gluon unavailable: {exc}"
-    logger.info("warp-specialised attention kernel for sm_90: enabled=%s reason=%r", module is not None, reason)
+        else:
+            reason += f"; to get it back, install a Triton it is tested on ({', '.join(triton_compat.TESTED)})"
+            level = logging.WARNING
+    message = "warp-specialised attention kernel for sm_90: enabled=%s triton=%s reason=%r"
+    if module is None:
+        logger.log(level, message + " instead=%r", False, triton.__version__, reason, "the Triton kernel (TMA loads)")
+    else:
+        logger.log(level, message, True, triton.__version__, reason)
     return module
 
 
@@ -313,7 +324,10 @@ def sparse_attention_triton(
     if warp_specialized is None:
         warp_specialized = (gluon is not None and _GLUON.failure is None and not k_fp8 and config is None
                             and use_tma is not False and gluon.supported(q, k, v))
-    elif warp_specialized and (gluon is None or k_fp8 or not gluon.supported(q, k, v)):
+    elif warp_specialized and gluon is None:
+        off = triton_compat.GLUON.reason if not triton_compat.GLUON.available else f"{WARP_SPECIALIZED_ENV}=0"
+        raise ValueError(f"the warp-specialised kernel is off in this process: {off}")
+    elif warp_specialized and (k_fp8 or not gluon.supported(q, k, v)):
         raise ValueError("the warp-specialised kernel needs an sm_90 GPU, bf16/fp16 q/k/v of one dtype, head dim "
                          "64 or 128 and layouts it addresses (kernels.gluon_sparse.layouts_fit)")
     idx, cnt, order = compact_block_lists(block_mask, schedule)

@@ -1,6 +1,7 @@
 """``flashvsr-miner``: run the Vidaio miner (HTTP server, GPU workers, storage).
 
     flashvsr-miner --config configs/local.toml --no-chain --weights random-small --port 8091
+    flashvsr-miner doctor --config configs/local.toml    # check everything before going live
 """
 
 from __future__ import annotations
@@ -19,8 +20,29 @@ from miner.log import setup_logging
 log = logging.getLogger("miner")
 
 
+DOCTOR = "doctor"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="flashvsr-miner", description=__doc__.splitlines()[0])
+    """``[doctor] [flags]``: ``args.command`` is ``"serve"`` or ``"doctor"`` (which also takes ``--allow-cpu``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    doctor = bool(argv) and argv[0] == DOCTOR
+    if doctor:
+        parser = argparse.ArgumentParser(
+            prog="flashvsr-miner doctor", description="Check GPU, kernels, weights, encoder, wallet, storage, port "
+            "and chain with the miner's configuration: one OK/FAIL/SKIP line each; exit status 1 on any FAIL.")
+        parser.add_argument("--allow-cpu", action="store_true", help="no CUDA GPU is not a failure (tests, demos)")
+    else:
+        parser = argparse.ArgumentParser(prog="flashvsr-miner", description=__doc__.splitlines()[0],
+                                         epilog="flashvsr-miner doctor [flags]: check the setup before going live")
+    _add_config_flags(parser)
+    args = parser.parse_args(argv[1:] if doctor else argv)
+    args.command = DOCTOR if doctor else "serve"
+    return args
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that override configuration keys (serving and the doctor take the same)."""
     parser.add_argument("--config", default=os.environ.get(CONFIG_ENV), help="TOML file overriding configs/miner.toml")
     parser.add_argument("--no-chain", action="store_true", default=None,
                         help="accept only chain.allow_list hotkeys; never contact the chain")
@@ -36,7 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="let downloads reach loopback/private addresses (a local validator)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
     parser.add_argument("--log-format", choices=("kv", "json"))
-    return parser.parse_args(argv)
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,24 +79,34 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def serve(config: MinerConfig) -> None:
     """Run until SIGTERM/SIGINT; uvicorn stops accepting, then the lifespan drains the workers."""
     from miner.server.app import create_app
-    from miner.server.wiring import auth_dependencies
+    from miner.server.limits import uvicorn_options
+    from miner.server.wiring import authenticators
 
-    app = create_app(config, auth_dependencies(config))
-    server = config.section("server")
-    uvicorn.run(
-        app, host=server["host"], port=int(server["port"]), log_config=None, access_log=False,
-        timeout_graceful_shutdown=int(server["shutdown_grace_s"]) + 5,
-    )
+    app = create_app(config, authenticators(config))
+    uvicorn.run(app, **uvicorn_options(config, app))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve, or run the doctor; 2 with one line on stderr when the configuration or the machine cannot
+    start the miner (bad value, missing hotkey, busy port, storage refusing writes)."""
     args = parse_args(argv)
     try:
         config = load_miner_config(args.config, overrides=cli_overrides(args))
     except (ValueError, FileNotFoundError) as exc:
         print(f"flashvsr-miner: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == DOCTOR:
+        from miner.doctor.checks import run_doctor
+
+        setup_logging(args.log_level or "WARNING", config.get("log.format"))
+        return run_doctor(config, allow_cpu=args.allow_cpu)
+    from miner.doctor.start import start_problem  # no torch import: a refused start answers at once
+
     setup_logging(config.get("log.level"), config.get("log.format"))
+    problem = start_problem(config)
+    if problem is not None:
+        print(problem.start_error(), file=sys.stderr)
+        return 2
     log.info("configuration", extra={"fields": {"source": config.source, "merged": config.as_json()}})
     serve(config)
     return 0

@@ -10,12 +10,15 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from miner.protocol.tasks import UpscalingTask
 from upscaler.configfiles import config_path, load_config
+from upscaler.settings import load_settings
 
 ENV_PREFIX = "FLASHVSR_MINER_"
 CONFIG_ENV = "FLASHVSR_MINER_CONFIG"  # a config file path, read by the CLI (not a key)
@@ -79,11 +82,19 @@ class MinerConfig:
         host = "127.0.0.1" if server["host"] in ("0.0.0.0", "::", "") else server["host"]
         return f"http://{host}:{server['port']}"
 
+    @property
+    def upscaler_overrides(self) -> dict[str, Any]:
+        """The ``[upscaler]`` keys a worker passes to ``upscaler.settings.load_settings``."""
+        upscaler = self.raw["upscaler"]
+        return {key: upscaler[key] for key in ("weights", "model_version", "dtype", "kv_cache_dtype", "compile",
+                                               "max_vram_gib")}
+
     def as_json(self) -> str:
         """The merged configuration with secrets masked (for the start-up log)."""
         masked = copy.deepcopy(self.raw)
         masked["storage"]["local"]["secret"] = "***" if masked["storage"]["local"]["secret"] else ""
         masked["storage"]["s3"]["secret_access_key"] = "***" if masked["storage"]["s3"]["secret_access_key"] else ""
+        masked["server"]["ops"]["token"] = "***" if masked["server"]["ops"]["token"] else ""
         return json.dumps(masked, sort_keys=True)
 
 
@@ -163,7 +174,8 @@ def load_miner_config(
     environ: Mapping[str, str] | None = None,
 ) -> MinerConfig:
     """Merge the embedded defaults, ``path``, the environment and ``overrides`` (nested tables)."""
-    raw = copy.deepcopy(load_config(config_path("miner")))
+    defaults = load_config(config_path("miner"))
+    raw = copy.deepcopy(defaults)
     raw["tasks"] = {  # Vidaio's task geometry lives in the protocol; [tasks] in a config file may override it
         task.value: {"width": task.output_size[0], "height": task.output_size[1], "scale": task.scale}
         for task in UpscalingTask
@@ -180,21 +192,106 @@ def load_miner_config(
         raw["jobs"]["workers"] = int(workers)
     tasks = {name: TaskGeometry(**spec) for name, spec in raw["tasks"].items()}
     config = MinerConfig(raw=raw, source=source, tasks=tasks)
-    _validate(config)
+    _validate(config, defaults)
     return config
 
 
-def _validate(config: MinerConfig) -> None:
-    """Raise ``ValueError`` on values that would only fail later, at the first request."""
+def _validate(config: MinerConfig, defaults: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the key and the allowed values for any value the miner would only
+    trip over later (at start, or at the first request)."""
+    _check_types(config.raw, defaults, "")
+    for key in _POSITIVE:
+        if config.get(key) <= 0:
+            raise ValueError(f"{key} must be greater than 0, got {config.get(key)!r}")
+    for key in _NON_NEGATIVE:
+        if config.get(key) < 0:
+            raise ValueError(f"{key} must be 0 or more, got {config.get(key)!r}")
+    for key, allowed in _CHOICES.items():
+        value = config.get(key)
+        if (value.upper() if key == "log.level" else value) not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    port = config.get("server.port")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"server.port must be from 1 to 65535, got {port}")
+    public_url = config.get("server.public_url")
+    if public_url and (urlsplit(public_url).scheme not in ("http", "https") or not urlsplit(public_url).hostname):
+        raise ValueError(f"server.public_url must be \"\" or an http(s)://host[:port] URL, got {public_url!r}")
     storage = config.section("storage")
-    if storage["backend"] not in ("local", "s3"):
-        raise ValueError(f"storage.backend must be 'local' or 's3', got {storage['backend']!r}")
     if storage["backend"] == "s3" and not storage["s3"]["bucket"]:
         raise ValueError("storage.backend = 's3' needs storage.s3.bucket (or MINER_STORAGE_S3_BUCKET_NAME)")
-    if config.get("log.format") not in ("kv", "json"):
-        raise ValueError("log.format must be 'kv' or 'json'")
-    workers = config.get("jobs.workers")
-    if workers != "auto" and (not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}")
     if storage["retention_s"] < storage["url_expiry_s"]:
         raise ValueError("storage.retention_s must be at least storage.url_expiry_s (URLs must not outlive files)")
+    workers = config.get("jobs.workers")
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}")
+    for device in config.get("jobs.devices"):
+        if not _DEVICE.fullmatch(device):
+            raise ValueError(f"jobs.devices entries must be 'cpu' or 'cuda:N', got {device!r}")
+    for key in ("jobs.length_check_task", "jobs.warmup_tasks"):
+        value = config.get(key)
+        for name in [value] if isinstance(value, str) else value:
+            if name not in config.tasks:
+                raise ValueError(f"{key}: {name!r} is not a task type; choose from {', '.join(config.tasks)}")
+    calibration = config.get("jobs.calibration")
+    if not 0 < calibration["weight"] <= 1:
+        raise ValueError(f"jobs.calibration.weight must be in (0, 1], got {calibration['weight']!r}")
+    if not 0 < calibration["min_factor"] <= 1 <= calibration["max_factor"]:
+        raise ValueError("jobs.calibration.min_factor must be in (0, 1] and jobs.calibration.max_factor at least 1, "
+                         f"got {calibration['min_factor']!r} and {calibration['max_factor']!r}")
+    if not config.get("upscaler.weights").strip():
+        raise ValueError("upscaler.weights must be 'auto', 'random', 'random-small' or a model directory, got ''")
+    crf = config.get("upscaler.crf")
+    if not 0 <= crf <= 51:
+        raise ValueError(f"upscaler.crf must be from 0 to 51, got {crf}")
+    for key in ("upscaler.config", "upscaler.throughput"):
+        try:
+            load_config(config.get(key))
+        except FileNotFoundError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    try:
+        load_settings(config.get("upscaler.config"), **config.upscaler_overrides)
+    except ValueError as exc:
+        raise ValueError(f"upscaler.{exc}") from None
+
+
+def _check_types(raw: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> None:
+    """Every value has its default's type (an int is accepted for a float; ``jobs.workers`` may be a number)."""
+    for key, default in defaults.items():
+        path = f"{where}.{key}" if where else key
+        value = raw[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{path} must be a table, got {value!r}")
+            _check_types(value, default, path)
+            continue
+        if path == "jobs.workers":
+            continue
+        expected = float if isinstance(default, float) else type(default)
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, (int, float) if expected is float else expected):
+            raise ValueError(f"{path} must be {_TYPE_NAMES[expected]}, got {value!r}")
+        if expected is list and not all(isinstance(item, str) for item in value):
+            raise ValueError(f"{path} must be a list of strings, got {value!r}")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+_POSITIVE = (
+    "server.default_timeout_s", "chain.metagraph_refresh_s", "jobs.max_queue", "jobs.worker_start_timeout_s",
+    "jobs.download_concurrency", "jobs.clip_fps_assumed", "jobs.result_ttl_s", "jobs.oom_retry_tile_size",
+    "jobs.organic_timeout_s", "jobs.long_clip_frames", "fetch.max_bytes", "fetch.connect_timeout_s",
+    "fetch.read_timeout_s", "fetch.total_timeout_s", "fetch.chunk_bytes", "storage.url_expiry_s",
+    "storage.cleanup_interval_s",
+)
+_NON_NEGATIVE = (
+    "server.shutdown_grace_s", "chain.netuid", "chain.min_stake", "chain.allow_list_stake", "jobs.deadline_margin_s",
+    "jobs.progress_log_s", "jobs.calibration.min_frames", "jobs.test_hooks.delay_s", "fetch.max_redirects",
+)
+_CHOICES = {
+    "storage.backend": ("local", "s3"),
+    "log.format": ("kv", "json"),
+    "log.level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "upscaler.variant": ("auto", "tiny", "tiny-long", "full"),
+    "upscaler.codec": ("hevc",),  # Vidaio scores HEVC (or AV1); an H.264 answer scores 0
+    "upscaler.preset": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                        "veryslow", "placebo"),
+}

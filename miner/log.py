@@ -69,7 +69,7 @@ def setup_logging(level: str = "INFO", fmt: str = "kv") -> None:
     handler._flashvsr_miner = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "uvicorn.access"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -40,6 +40,16 @@ class MinerMetrics:
         )
         self.worker_restarts = Counter("miner_worker_restarts", "Worker processes restarted after a crash", registry=r)
         self.refusals = Counter("miner_refusals", "Work refused before it started, by reason", ["reason"], registry=r)
+        self.refused = Counter(
+            "miner_refused_requests", "Requests refused by the server's gate before any work, by reason",
+            ["reason"], registry=r,
+        )
+        self.blocked_sources = Counter(
+            "miner_blocked_sources", "Source addresses blocked for too many refused requests", registry=r,
+        )
+        self.connections_closed = Counter(
+            "miner_connections_closed", "Connections closed by the server's guards, by reason", ["reason"], registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -6,8 +6,8 @@
 """
 
 from miner.chain.metagraph import ChainReader, MetagraphView, SubtensorReader
-from miner.chain.publish import endpoint_intent, publish_endpoint
+from miner.chain.publish import endpoint_address, endpoint_intent, publish_endpoint
 from miner.chain.registry import StaticAllowList, ValidatorInfo, ValidatorRegistry
 
 __all__ = ["ChainReader", "MetagraphView", "StaticAllowList", "SubtensorReader", "ValidatorInfo",
-           "ValidatorRegistry", "endpoint_intent", "publish_endpoint"]
+           "ValidatorRegistry", "endpoint_address", "endpoint_intent", "publish_endpoint"]

@@ -49,7 +49,7 @@ class SubtensorReader:
         if graph is None:
             raise LookupError(f"subnet {netuid} does not exist on {self.network}")
         return [ValidatorInfo(hotkey=n.hotkey, uid=int(n.uid), permit=bool(n.validator_permit),
-                              stake=float(n.total_stake)) for n in graph.neurons]
+                              stake=float(n.total_stake), axon=n.axon) for n in graph.neurons]
 
 
 class MetagraphView:
@@ -130,7 +130,8 @@ class MetagraphView:
     def _save_snapshot(self, neurons: list[ValidatorInfo]) -> None:
         data = {"format": SNAPSHOT_FORMAT, "network": self.network, "netuid": self.netuid,
                 "updated_at": self._updated_at,
-                "neurons": [{"uid": n.uid, "hotkey": n.hotkey, "permit": n.permit, "stake": n.stake} for n in neurons]}
+                "neurons": [{"uid": n.uid, "hotkey": n.hotkey, "permit": n.permit, "stake": n.stake, "axon": n.axon}
+                            for n in neurons]}
         try:
             self.snapshot_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.snapshot_path.with_suffix(self.snapshot_path.suffix + ".tmp")
@@ -148,7 +149,7 @@ class MetagraphView:
             if data.get("format") != SNAPSHOT_FORMAT or data.get("netuid") != self.netuid:
                 raise ValueError(f"snapshot is for format {data.get('format')} netuid {data.get('netuid')}")
             neurons = [ValidatorInfo(hotkey=str(n["hotkey"]), uid=int(n["uid"]), permit=bool(n["permit"]),
-                                     stake=float(n["stake"])) for n in data["neurons"]]
+                                     stake=float(n["stake"]), axon=n.get("axon")) for n in data["neurons"]]
             updated_at = float(data["updated_at"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("metagraph snapshot ignored", extra={"fields": {"path": str(self.snapshot_path), "error": str(exc)}})

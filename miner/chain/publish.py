@@ -34,7 +34,8 @@ def endpoint_intent(netuid: int, ip: str, port: int) -> bt.ServeAxon:
     return bt.ServeAxon(netuid=netuid, ip=str(address), port=port, protocol=AXON_PROTOCOL)
 
 
-def _ip_and_port(ip: Optional[str], port: Optional[int], public_url: Optional[str]) -> tuple[str, int]:
+def endpoint_address(ip: Optional[str], port: Optional[int], public_url: Optional[str]) -> tuple[str, int]:
+    """The ``(host, port)`` to publish: ``public_url``'s (``port`` when it names none), else ``ip`` and ``port``."""
     if public_url:
         parts = urlsplit(public_url)
         if not parts.hostname:
@@ -53,7 +54,7 @@ def publish_endpoint(wallet: Any, netuid: int, ip: Optional[str] = None, port: O
     The endpoint is ``ip:port``, or the host and port of ``public_url`` (``port`` when the URL has
     none). ``client`` is anything with ``execute(intent, wallet)``; default ``bt.SyncClient(network)``.
     """
-    host, real_port = _ip_and_port(ip, port, public_url)
+    host, real_port = endpoint_address(ip, port, public_url)
     intent = endpoint_intent(netuid, host, real_port)
     client = client or bt.SyncClient(network)
     log.info("publishing endpoint", extra={"fields": {"netuid": netuid, "ip": intent.ip, "port": intent.port,

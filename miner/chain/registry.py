@@ -13,12 +13,14 @@ from typing import Iterable, Optional, Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class ValidatorInfo:
-    """One hotkey's standing on the subnet: ``uid`` (``None`` off-chain), validator ``permit``, ``stake``."""
+    """One hotkey's standing on the subnet: ``uid`` (``None`` off-chain), validator ``permit``, ``stake``, and
+    the ``ip:port`` its axon publishes (``None`` when nothing is served, or off-chain)."""
 
     hotkey: str
     uid: Optional[int]
     permit: bool
     stake: float
+    axon: Optional[str] = None
 
 
 @runtime_checkable

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import time
 from enum import IntEnum
-from typing import Any, ClassVar, Optional
+from typing import Annotated, Any, ClassVar, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, model_validator
+
+MAX_CLIPS = 64          # URLs per request: Vidaio sends a handful; bounds the work one request can ask for
+Url = Annotated[str, StringConstraints(max_length=4096)]
+Name = Annotated[str, StringConstraints(max_length=256)]
 
 
 class TerminalInfo(BaseModel):
@@ -102,11 +106,11 @@ def _sync_list_and_scalar(model: BaseModel, plural: str, singular: str) -> None:
 class UpscalingMinerPayload(BaseModel):
     """What the validator asks for: one task per reference video, same order."""
 
-    reference_video_urls: list[str] = Field(default_factory=list)
-    reference_video_url: str = ""
+    reference_video_urls: list[Url] = Field(default_factory=list, max_length=MAX_CLIPS)
+    reference_video_url: Url = ""
     maximum_optimized_size_mb: int = Field(default=100, gt=0)
-    task_types: list[str] = Field(default_factory=list)
-    task_type: str = "HD24K"
+    task_types: list[Name] = Field(default_factory=list, max_length=MAX_CLIPS)
+    task_type: Name = "HD24K"
 
     @model_validator(mode="after")
     def _legacy_fields(self) -> "UpscalingMinerPayload":
@@ -158,7 +162,7 @@ class PollResponse(BaseModel):
 
 class VideoUpscalingProtocol(Synapse):
     version: Optional[Version] = None
-    round_id: Optional[str] = None
+    round_id: Optional[Name] = None
     miner_payload: UpscalingMinerPayload = Field(default_factory=UpscalingMinerPayload, frozen=True)
     miner_response: MinerResponse = Field(default_factory=MinerResponse)
 
@@ -174,14 +178,14 @@ class TaskWarrantProtocol(Synapse):
 
 
 class VideoUpscalingJobProtocol(Synapse):
-    job_id: str = ""
+    job_id: Name = ""
     miner_payload: UpscalingMinerPayload = Field(default_factory=UpscalingMinerPayload, frozen=True)
     job_response: JobKickoffResponse = Field(default_factory=JobKickoffResponse)
     miner_response: MinerResponse = Field(default_factory=MinerResponse)
 
 
 class VideoUpscalingPollProtocol(Synapse):
-    job_id: str = ""
+    job_id: Name = ""
     poll_response: PollResponse = Field(default_factory=PollResponse)
 
 

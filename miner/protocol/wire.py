@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -70,6 +71,13 @@ def body_hash(synapse: Synapse) -> str:
     return sha3_hex("".join(sha3_hex(str(values[f])) for f in fields))
 
 
+def class_body_hash(cls: type[Synapse]) -> str:
+    """The body hash of every instance of ``cls``, known without a body (it hashes no fields)."""
+    if cls.required_hash_fields:
+        raise ValueError(f"{cls.__name__} hashes body fields: its body hash needs the body")
+    return sha3_hex("")
+
+
 @dataclass(frozen=True)
 class LegacyHeaders:
     """The ``bt_header_*`` values of one request (``None`` where absent)."""
@@ -97,9 +105,12 @@ class LegacyHeaders:
             if raw is None:
                 return None
             try:
-                return kind(raw)
+                value = kind(raw)
             except ValueError:
                 raise WireError(401, f"header {key} is not a number: {raw[:40]!r}") from None
+            if not math.isfinite(value):
+                raise WireError(401, f"header {key} is not a finite number: {raw[:40]!r}")
+            return value
 
         return cls(
             name=lowered.get("name"),
@@ -137,6 +148,8 @@ def parse_synapse(cls: type[S], body: bytes) -> S:
         data = json.loads(body or b"{}")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(400, f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise WireError(400, "body nests too deeply") from None
     if not isinstance(data, dict):
         raise WireError(400, "body is not a JSON object")
     try:

@@ -1,7 +1,8 @@
 """The miner's FastAPI application: routes, and the lifespan that starts and stops everything.
 
-``create_app(config, auth)`` builds it; ``auth`` supplies the per-transport FastAPI dependencies
-(legacy bittensor-10 synapse verification and btauth/1) that return the authenticated ``Caller``.
+``create_app(config, auth)`` builds it; ``auth`` supplies the two-step authenticators of both
+transports (legacy bittensor-10 synapses and btauth/1), run by the gate (``miner.server.gate``) in
+front of every route, before a byte of a body is read.
 """
 
 from __future__ import annotations
@@ -14,34 +15,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
+from miner.auth import BtAuth, LegacyAuth
 from miner.config import MinerConfig
 from miner.fetch import Fetcher, FetchSettings
 from miner.jobs.organic import JobStore
 from miner.jobs.round import RoundRunner
 from miner.jobs.scheduler import Scheduler
 from miner.metrics import MinerMetrics
+from miner.protocol import WireError, legacy_response
 from miner.server.btauth import btauth_router
 from miner.server.files import files_router
+from miner.server.gate import Gate, source_guard
 from miner.server.legacy import legacy_router
+from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.ops import ops_router
 from miner.server.service import MinerService
-from miner.storage import LocalStorage, Storage, make_storage
+from miner.storage import InvalidSignature, LocalStorage, Storage, make_storage
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AuthDependencies:
-    """FastAPI dependencies returning a ``Caller`` (``hotkey``, ``stake``) or answering 401/403."""
+class Authenticators:
+    """The two-step authentication of each transport (``begin`` from headers, ``complete`` with the body)."""
 
-    legacy: Callable[..., Any]
-    btauth: Callable[..., Any]
+    legacy: LegacyAuth
+    btauth: BtAuth
 
 
-def create_app(config: MinerConfig, auth: AuthDependencies, *, storage: Storage | None = None) -> FastAPI:
-    """The app; workers start in its lifespan (``uvicorn`` runs it), and stop gracefully on shutdown."""
+def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | None = None) -> FastAPI:
+    """The app; workers start in its lifespan (``uvicorn`` runs it), and stop gracefully on shutdown.
+    ``app.state`` holds ``limits``, ``metrics`` and ``sources`` (the per-IP block list) for ``uvicorn_options``."""
     metrics = MinerMetrics()
     scheduler = Scheduler(config, metrics)
     storage = storage or make_storage(config)
@@ -77,13 +83,39 @@ def create_app(config: MinerConfig, auth: AuthDependencies, *, storage: Storage 
     app.state.service = service
     app.state.metrics = metrics
 
+    app.add_exception_handler(WireError, _bad_synapse)
     app.add_middleware(_RequestCounter, metrics=metrics)
+    limits = ServerLimits.from_config(config)
+    app.state.limits = limits
+    app.state.sources = source_guard(limits, metrics)
+    app.add_middleware(Gate, legacy=auth.legacy, btauth=auth.btauth, limits=limits, ops=OpsAccess.from_config(config),
+                       metrics=metrics, sources=app.state.sources,
+                       files_check=_files_check(storage) if isinstance(storage, LocalStorage) else None)
     app.include_router(ops_router(scheduler, metrics, metrics_enabled=bool(config.get("metrics.enabled"))))
-    app.include_router(legacy_router(service, auth.legacy, float(config.get("server.default_timeout_s"))))
-    app.include_router(btauth_router(service, auth.btauth, float(config.get("server.default_timeout_s"))))
+    app.include_router(legacy_router(service, float(config.get("server.default_timeout_s"))))
+    app.include_router(btauth_router(service, float(config.get("server.default_timeout_s"))))
     if isinstance(storage, LocalStorage):
         app.include_router(files_router(storage))
     return app
+
+
+async def _bad_synapse(request: Request, exc: Exception) -> Response:
+    """A synapse body that does not parse: 400 in the dendrite's wire format (never a 500)."""
+    assert isinstance(exc, WireError)
+    body, headers = legacy_response(None, exc.status, exc.message)
+    return Response(body, status_code=exc.status, headers=headers)
+
+
+def _files_check(storage: LocalStorage) -> Callable[[str, str, str], bool]:
+    """Whether a ``/files`` URL carries a valid, unexpired signature (such requests are served first)."""
+    def check(key: str, exp: str, sig: str) -> bool:
+        try:
+            storage.verify(key, exp, sig)
+        except InvalidSignature:
+            return False
+        return True
+
+    return check
 
 
 class _RequestCounter:

@@ -1,6 +1,6 @@
 """btauth/1 JSON routes: the same operations as the legacy synapse routes, for bittensor-11 validators.
 
-Every route takes the ``Caller`` of the btauth dependency (401/403 before any work). Failed clips
+Every route takes the ``Caller`` the gate proved (401/403 before any work, and before the body). Failed clips
 are ``""`` in ``urls`` with their reason in ``results`` (as on the legacy route); a request where
 every clip failed answers 422.
 """
@@ -8,13 +8,16 @@ every clip failed answers 422.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
+from miner.auth import Caller
 from miner.jobs.round import Clip, ClipResult, RoundRejected
+from miner.protocol.models import MAX_CLIPS, Name, Url
+from miner.server.gate import gate_caller
 from miner.server.service import CallerGone, MinerService, until_disconnected
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away; logged and counted, never read
@@ -23,10 +26,10 @@ CLIENT_CLOSED = 499  # nginx's status for a client that went away; logged and co
 class UpscaleBody(BaseModel):
     """A round of clips; ``task_types`` has one entry per URL, or one for all."""
 
-    reference_video_urls: list[str] = Field(default_factory=list)
-    task_types: list[str] = Field(default_factory=list)
+    reference_video_urls: list[Url] = Field(default_factory=list, max_length=MAX_CLIPS)
+    task_types: list[Name] = Field(default_factory=list, max_length=MAX_CLIPS)
     maximum_optimized_size_mb: int = Field(default=100, gt=0)
-    round_id: str | None = None
+    round_id: Name | None = None
     timeout_s: float | None = Field(default=None, gt=0, description="seconds the caller waits; default server.default_timeout_s")
 
     @model_validator(mode="after")
@@ -44,7 +47,7 @@ class UpscaleBody(BaseModel):
 class JobBody(UpscaleBody):
     """An organic job: the same inputs plus the validator's ``job_id``."""
 
-    job_id: str
+    job_id: Name
 
 
 def results_json(results: list[ClipResult]) -> dict[str, Any]:
@@ -55,12 +58,12 @@ def results_json(results: list[ClipResult]) -> dict[str, Any]:
     }
 
 
-def btauth_router(service: MinerService, auth: Callable[..., Any], default_timeout_s: float) -> APIRouter:
-    """``/v1/*`` routes guarded by the ``auth`` dependency (returns a ``Caller``)."""
+def btauth_router(service: MinerService, default_timeout_s: float) -> APIRouter:
+    """``/v1/*`` routes; the gate proved the ``Caller`` and read the body (capped) before they run."""
     router = APIRouter(prefix="/v1")
 
     @router.post("/upscale")
-    async def upscale(body: UpscaleBody, request: Request, caller: Any = Depends(auth)) -> JSONResponse:
+    async def upscale(body: UpscaleBody, request: Request, caller: Caller = Depends(gate_caller)) -> JSONResponse:
         deadline = time.time() + (body.timeout_s or default_timeout_s)
         try:
             results = await until_disconnected(request, service.upscale(
@@ -73,15 +76,15 @@ def btauth_router(service: MinerService, auth: Callable[..., Any], default_timeo
         return JSONResponse(results_json(results), status_code=200 if any(r.ok for r in results) else 422)
 
     @router.post("/length")
-    async def length(caller: Any = Depends(auth)) -> dict[str, int]:
+    async def length(caller: Caller = Depends(gate_caller)) -> dict[str, int]:
         return {"max_content_length": service.max_content_length()}
 
     @router.post("/warrant")
-    async def warrant(caller: Any = Depends(auth)) -> dict[str, int]:
+    async def warrant(caller: Caller = Depends(gate_caller)) -> dict[str, int]:
         return {"warrant_task": service.warrant_task()}
 
     @router.post("/jobs")
-    async def start_job(body: JobBody, caller: Any = Depends(auth)) -> JSONResponse:
+    async def start_job(body: JobBody, caller: Caller = Depends(gate_caller)) -> JSONResponse:
         refusal = service.start_job(body.job_id, body.clips(), max_size_mb=body.maximum_optimized_size_mb,
                                     stake=caller.stake, caller=caller.hotkey)
         if refusal:
@@ -89,7 +92,7 @@ def btauth_router(service: MinerService, auth: Callable[..., Any], default_timeo
         return JSONResponse({"accepted": True, "job_id": body.job_id}, status_code=202)
 
     @router.api_route("/jobs/{job_id}", methods=["GET", "POST"])
-    async def poll(job_id: str, caller: Any = Depends(auth)) -> dict[str, Any]:
+    async def poll(job_id: str, caller: Caller = Depends(gate_caller)) -> dict[str, Any]:
         status = service.poll(job_id)
         return {"job_id": job_id, "status": status.status, "urls": status.urls, "errors": status.errors}
 

@@ -1,4 +1,9 @@
-"""``GET /files/{key}?exp=..&sig=..``: results of the local storage backend, behind signed URLs."""
+"""``GET``/``HEAD /files/{key}?exp=..&sig=..``: results of the local storage backend, behind signed URLs.
+
+Signed (HMAC over key and expiry), expiring, no traversal (``LocalStorage.verify``/``path_for``). ``HEAD``
+answers the headers only; ``Range`` is served by Starlette's ``FileResponse``: 206 for satisfiable byte
+ranges, 416 past the end, 400 for a malformed header. The gate refuses any request body (413).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ def files_router(storage: LocalStorage) -> APIRouter:
     """Routes serving ``storage``'s files (403 for bad/expired signatures, 404 once deleted)."""
     router = APIRouter()
 
-    @router.get("/files/{key:path}")
+    @router.api_route("/files/{key:path}", methods=["GET", "HEAD"])
     async def get_file(key: str, exp: str = Query(...), sig: str = Query(...)) -> FileResponse:
         try:
             path = storage.verify(key, exp, sig)

@@ -1,27 +1,27 @@
 """Legacy synapse routes, wire-compatible with a bittensor 10.1.0 ``Dendrite``.
 
 ``miner.protocol`` parses the synapse JSON and builds the answer with the status headers the
-dendrite reads; the ``auth`` dependency has already verified the ``bt_header_*`` signature, nonce,
-receiver and caller before a handler runs. Failed clips are ``""`` URLs (see docs/miner.md).
+dendrite reads; the gate (``miner.server.gate``) has already verified the ``bt_header_*`` signature,
+nonce, receiver and caller, and read the body (capped), before a handler runs; it also answers the
+synapses we do not serve (501). Failed clips are ``""`` URLs (see docs/miner.md).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from miner.auth import Caller
 from miner.jobs.round import Clip, RoundRejected
 from miner.protocol import (
     LengthCheckProtocol, TaskWarrantProtocol, VideoUpscalingJobProtocol, VideoUpscalingPollProtocol,
     VideoUpscalingProtocol, answer_synapse, parse_synapse, request_timeout,
 )
 from miner.server.btauth import CLIENT_CLOSED
+from miner.server.gate import gate_caller
 from miner.server.service import CallerGone, MinerService, until_disconnected
-
-NOT_SERVED = ("VideoCompressionProtocol", "VideoCompressionJobProtocol", "VideoCompressionPollProtocol",
-              "CompetitionInvitationProtocol", "CompetitionSubmissionProtocol")
 
 
 def _clips(payload: Any) -> list[Clip]:
@@ -32,12 +32,12 @@ def _clips(payload: Any) -> list[Clip]:
     return [Clip(url, task) for url, task in zip(urls, tasks)]
 
 
-def legacy_router(service: MinerService, auth: Callable[..., Any], default_timeout_s: float) -> APIRouter:
-    """The five served synapse routes and the not-served ones."""
+def legacy_router(service: MinerService, default_timeout_s: float) -> APIRouter:
+    """The five served synapse routes."""
     router = APIRouter()
 
     @router.post("/VideoUpscalingProtocol")
-    async def upscale(request: Request, caller: Any = Depends(auth)) -> Response:
+    async def upscale(request: Request, caller: Caller = Depends(gate_caller)) -> Response:
         synapse = parse_synapse(VideoUpscalingProtocol, await request.body())
         timeout = request_timeout(request.headers) or default_timeout_s
         clips = _clips(synapse.miner_payload)
@@ -58,19 +58,19 @@ def legacy_router(service: MinerService, auth: Callable[..., Any], default_timeo
         return answer_synapse(synapse, status_code=422, message=f"every clip failed: {reasons}")
 
     @router.post("/LengthCheckProtocol")
-    async def length(request: Request, caller: Any = Depends(auth)) -> Response:
+    async def length(request: Request, caller: Caller = Depends(gate_caller)) -> Response:
         synapse = parse_synapse(LengthCheckProtocol, await request.body())
         synapse.max_content_length = service.max_content_length()
         return answer_synapse(synapse, status_code=200, message="Success")
 
     @router.post("/TaskWarrantProtocol")
-    async def warrant(request: Request, caller: Any = Depends(auth)) -> Response:
+    async def warrant(request: Request, caller: Caller = Depends(gate_caller)) -> Response:
         synapse = parse_synapse(TaskWarrantProtocol, await request.body())
         synapse.warrant_task = service.warrant_task()
         return answer_synapse(synapse, status_code=200, message="Success")
 
     @router.post("/VideoUpscalingJobProtocol")
-    async def start_job(request: Request, caller: Any = Depends(auth)) -> Response:
+    async def start_job(request: Request, caller: Caller = Depends(gate_caller)) -> Response:
         synapse = parse_synapse(VideoUpscalingJobProtocol, await request.body())
         refusal = service.start_job(synapse.job_id, _clips(synapse.miner_payload),
                                     max_size_mb=synapse.miner_payload.maximum_optimized_size_mb,
@@ -79,7 +79,7 @@ def legacy_router(service: MinerService, auth: Callable[..., Any], default_timeo
         return answer_synapse(synapse, status_code=200, message=refusal or "Success")
 
     @router.post("/VideoUpscalingPollProtocol")
-    async def poll(request: Request, caller: Any = Depends(auth)) -> Response:
+    async def poll(request: Request, caller: Caller = Depends(gate_caller)) -> Response:
         synapse = parse_synapse(VideoUpscalingPollProtocol, await request.body())
         status = service.poll(synapse.job_id)
         synapse.poll_response.job_id = synapse.job_id
@@ -88,19 +88,4 @@ def legacy_router(service: MinerService, auth: Callable[..., Any], default_timeo
         synapse.poll_response.optimized_video_url = status.urls[0] if status.urls else ""
         return answer_synapse(synapse, status_code=200, message="Success")
 
-    for name in NOT_SERVED:
-        router.add_api_route(f"/{name}", _not_served(name), methods=["POST"])
     return router
-
-
-def _not_served(name: str) -> Callable[[], Response]:
-    async def handler() -> Response:
-        return Response(
-            content=f'{{"message": "{name} is not served by this miner (upscaling only)"}}', status_code=501,
-            media_type="application/json",
-            headers={"bt_header_axon_status_code": "501",
-                     "bt_header_axon_status_message": f"{name} is not served by this miner (upscaling only)"},
-        )
-
-    handler.__name__ = f"not_served_{name}"
-    return handler

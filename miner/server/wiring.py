@@ -1,4 +1,4 @@
-"""Builds the validator registry and the two auth dependencies from the configuration."""
+"""Builds the validator registry and the two transports' authenticators from the configuration."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import bittensor as bt
 from miner.auth import BtAuth, LegacyAuth
 from miner.chain import MetagraphView, StaticAllowList, publish_endpoint
 from miner.config import MinerConfig
-from miner.server.app import AuthDependencies
+from miner.server.app import Authenticators
 
 log = logging.getLogger(__name__)
 
 
-def auth_dependencies(config: MinerConfig) -> AuthDependencies:
-    """Wallet hotkey, registry (static allow-list or metagraph view), and the auth dependencies."""
+def authenticators(config: MinerConfig) -> Authenticators:
+    """Wallet hotkey, registry (static allow-list or metagraph view), and the authenticators."""
     chain = config.section("chain")
     wallet = bt.Wallet(name=chain["wallet_name"], hotkey=chain["wallet_hotkey"], path=chain["wallet_path"])
     own_hotkey = wallet.hotkey.ss58_address
@@ -31,7 +31,7 @@ def auth_dependencies(config: MinerConfig) -> AuthDependencies:
     min_stake = float(chain["min_stake"])
     log.info("auth configured", extra={"fields": {"hotkey": own_hotkey, "no_chain": chain["no_chain"],
                                                   "min_stake": min_stake}})
-    return AuthDependencies(
+    return Authenticators(
         legacy=LegacyAuth(own_hotkey, registry, min_stake=min_stake),
         btauth=BtAuth(own_hotkey, registry, min_stake=min_stake),
     )

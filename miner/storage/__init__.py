@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from miner.config import MinerConfig
 from miner.storage.base import Storage, new_key
-from miner.storage.local import InvalidSignature, LocalStorage
+from miner.storage.local import InvalidSignature, LocalStorage, StorageFull
 
-__all__ = ["InvalidSignature", "LocalStorage", "Storage", "make_storage", "new_key"]
+__all__ = ["InvalidSignature", "LocalStorage", "Storage", "StorageFull", "make_storage", "new_key"]
 
 
 def make_storage(config: MinerConfig) -> Storage:

@@ -18,6 +18,10 @@ class Storage(Protocol):
         """Store the file at ``path`` under ``key`` and return a download URL."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Delete the object ``key`` (no error when it is already gone)."""
+        ...
+
     def delete_expired(self) -> int:
         """Delete objects older than the retention; return how many were deleted."""
         ...

@@ -5,6 +5,7 @@ URL: ``{base}/files/{key}?exp={unix_seconds}&sig={hex}``, ``sig = HMAC-SHA256(se
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
@@ -22,6 +23,10 @@ SECRET_FILE = ".url-secret"
 
 class InvalidSignature(Exception):
     """A /files request whose signature is wrong, whose URL expired, or whose key is malformed."""
+
+
+class StorageFull(OSError):
+    """The result could not be stored: the storage directory's disk (or quota) is full."""
 
 
 def load_or_create_secret(directory: Path, configured: str) -> bytes:
@@ -76,18 +81,42 @@ class LocalStorage:
             expires = int(exp)
         except ValueError:
             raise InvalidSignature("exp is not a number") from None
-        if not hmac.compare_digest(self._signature(key, expires), sig):
+        if not hmac.compare_digest(self._signature(key, expires).encode(), sig.encode("utf-8", "replace")):
             raise InvalidSignature("bad signature")
         if expires < (time.time() if now is None else now):
             raise InvalidSignature("URL expired")
         return self.path_for(key)
 
     def put(self, path: Path, key: str) -> str:
-        """Move ``path`` into storage under ``key`` (copy when on another filesystem)."""
+        """Move ``path`` into storage under ``key``; ``StorageFull`` when the disk is full.
+
+        Across filesystems the file is copied to a hidden temporary name and renamed into place, so a
+        copy cut short (no space left) leaves nothing under ``key``: no partial file is ever served.
+        """
         target = self.path_for(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(path), target)
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(path, target)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copyfile(path, partial)
+                os.replace(partial, target)
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = shutil.disk_usage(self.directory).free
+                raise StorageFull(f"no space left in storage.local.dir {self.directory} ({free // 1024} KiB free) "
+                                  "for this result: free disk space or lower storage.retention_s") from None
+            raise
         return self.signed_url(key)
+
+    def delete(self, key: str) -> None:
+        """Delete the file of ``key`` (no error when it is already gone)."""
+        self.path_for(key).unlink(missing_ok=True)
 
     def delete_expired(self) -> int:
         """Delete files older than the retention, and the directories they leave empty."""

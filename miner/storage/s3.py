@@ -42,6 +42,10 @@ class S3Storage:
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.expiry_s,
         )
 
+    def delete(self, key: str) -> None:
+        """Delete the object ``key`` (S3 answers success for a missing key too)."""
+        self._client.delete_object(Bucket=self.bucket, Key=key)
+
     def delete_expired(self) -> int:
         """Delete objects under ``prefix`` last modified before the retention window."""
         cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=self.retention_s)

@@ -4,12 +4,17 @@
 
 Triton's front end, its GPU passes and ptxas run on the CPU, so a kernel that the interpreter accepts
 but the compiler rejects (e.g. an early ``return`` inside a ``constexpr`` branch) fails here, in CI.
-Prints one line per kernel variant; exits non-zero if any fails.
+Every Triton kernel compiles for sm_90 (H100/H200), sm_89 (RTX 4090, L40) and sm_80 (A100) within the
+block's shared memory there, the attention kernel on the load paths each one takes (FP8 keys from sm_89,
+refused on sm_80); the warp-specialised Gluon kernel for sm_90 without register spills, where this
+Triton can express it (:data:`kernels.triton_compat.GLUON`). Prints one line per kernel variant; exits
+non-zero if any fails.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +22,8 @@ from pathlib import Path
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon._runtime import GluonASTSource
 
-from kernels import gluon_sparse
+from kernels import triton_compat
 from kernels.channel_norm import _bias_norm_silu_kernel
 from kernels.frame_pairs import _stack_with_previous_kernel
 from kernels.layer_norm import LAUNCH_OPTIONS as LAYER_NORM_LAUNCH
@@ -38,11 +41,30 @@ def _signature(fn, pointers: dict[str, str], floats: tuple[str, ...], consts: di
     return sig
 
 
+# Shared memory one block may use (opt-in maximum, CUDA C++ Programming Guide): A100 163 KB, Ada 99 KB, Hopper 227 KB.
+SHARED_MEMORY_LIMIT = {80: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+
+
+def _contracted_bf16_fmas(ptx: str) -> int:
+    """Count the ``fma.rn.bf16`` in ``ptx`` that contract a multiply and an add. Before sm_90 PTX has no
+    bf16 ``mul``/``add``: Triton emits ``fma x, y, -0.0`` and ``fma x, 1.0, y``, each one exact rounding,
+    so those are not contractions."""
+    constants: dict[str, str] = {}
+    for reg, value in re.findall(r"mov\.b16\s+(%\w+),\s*(0x[0-9A-Fa-f]+);", ptx):
+        constants[reg] = value.upper()
+    contracted = 0
+    for a, b, c in re.findall(r"fma\.rn\.bf16\s+%\w+,\s*(%\w+),\s*(%\w+),\s*(%\w+);", ptx):
+        if constants.get(c) != "0X8000" and "0X3F80" not in (constants.get(a), constants.get(b)):
+            contracted += 1
+    return contracted
+
+
 def _compile(label: str, fn, arch: int, pointers: dict[str, str], floats: tuple[str, ...], consts: dict,
              num_warps: int = 4, num_stages: int = 2, *, fp_fusion: bool = True,
              no_bf16_fma: bool = False) -> bool:
     """Compile one variant with the kernel's launch options; with ``no_bf16_fma`` its PTX must hold no
-    bf16 fused multiply-add, which would skip a rounding the kernel keeps on purpose."""
+    bf16 fused multiply-add contracting a product and a sum, which would skip a rounding the kernel
+    keeps on purpose."""
     src = ASTSource(fn=fn, signature=_signature(fn, pointers, floats, consts), constexprs=consts)
     try:
         kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
@@ -51,8 +73,12 @@ def _compile(label: str, fn, arch: int, pointers: dict[str, str], floats: tuple[
     except Exception as exc:  # noqa: BLE001 - report every failing variant, then exit non-zero
         print(f"FAIL {label} sm_{arch}: {type(exc).__name__}: {str(exc)[:2000]}")
         return False
-    if no_bf16_fma and "fma.rn.bf16" in kernel.asm.get("ptx", ""):
+    if no_bf16_fma and _contracted_bf16_fmas(kernel.asm.get("ptx", "")):
         print(f"FAIL {label} sm_{arch}: bf16 multiply and add contracted into fma.rn.bf16")
+        return False
+    if kernel.metadata.shared > SHARED_MEMORY_LIMIT[arch]:
+        print(f"FAIL {label} sm_{arch}: {kernel.metadata.shared} B shared memory, over the "
+              f"{SHARED_MEMORY_LIMIT[arch]} B a block may use there")
         return False
     ok = bool(kernel.asm.get("cubin"))
     print(f"{'ok' if ok else 'FAIL (no cubin)'} {label} sm_{arch}: {len(kernel.asm.get('cubin', b''))} B cubin, "
@@ -79,6 +105,11 @@ GLUON_VARIANTS = ({}, {"pairs": 1, "stages": 4}, {"split": 1, "num_warps": 8, "p
 
 def _compile_gluon_attention(variant: dict, head_dim: int) -> bool:
     """The warp-specialised Gluon kernel for sm_90 with its launch options; it must not spill."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from kernels import gluon_sparse
+
     opts = {**gluon_sparse.LAUNCH_OPTIONS, **variant}
     split, pairs = opts["split"], opts["pairs"]
     fn = gluon_sparse._sparse_attn_ws_kernel
@@ -103,8 +134,85 @@ def _compile_gluon_attention(variant: dict, head_dim: int) -> bool:
     if spills:
         print(f"FAIL {label} sm_90: {spills} B of local memory per thread (register spills)")
         return False
+    if kernel.metadata.shared > SHARED_MEMORY_LIMIT[90]:
+        print(f"FAIL {label} sm_90: {kernel.metadata.shared} B shared memory, over {SHARED_MEMORY_LIMIT[90]} B")
+        return False
     print(f"ok {label} sm_90: {len(kernel.asm['cubin'])} B cubin, {kernel.metadata.shared} B shared memory, no spills")
     return True
+
+
+ARCHS = (90, 89, 80)  # Hopper (H100/H200), Ada (RTX 4090, L40), Ampere (A100)
+ATTENTION_POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "IDX": "*i32", "CNT": "*i32",
+                      "ORDER": "*i32", "KS": "*fp32"}
+# (arch, TMA loads, FP8 keys, BLOCK_N): the load paths each architecture takes (TMA from sm_90, FP8 Q.K^T
+# from sm_89: kernels.triton_sparse.TMA_MIN_ARCH / FP8_MIN_ARCH).
+ATTENTION_VARIANTS = ((90, True, False, 64), (90, True, True, 64), (90, False, False, 128),
+                      (89, False, False, 128), (89, False, True, 64), (80, False, False, 128))
+
+
+def _attention_label(tma: bool, fp8: bool) -> str:
+    return f"sparse attention ({'TMA' if tma else 'pointers'}, {'FP8' if fp8 else 'bf16'} keys)"
+
+
+def _attention_consts(arch: int, tma: bool, fp8: bool, block_n: int) -> dict:
+    return {"ARCH": arch, "HEAD_DIM": 128, "BLOCK_M": 128, "BLOCK_N": block_n, "USE_TMA": tma, "K_FP8": fp8}
+
+
+def _fp8_refused_below_sm89() -> bool:
+    """Triton has no e4m3 (fp8e4nv) before sm_89: the FP8 key path must not compile for sm_80, which is why
+    the dispatcher refuses FP8 keys there (kernels.triton_sparse.FP8_MIN_ARCH)."""
+    label = f"{_attention_label(False, True)} sm_80"
+    src = ASTSource(fn=_sparse_attn_fwd, signature=_signature(_sparse_attn_fwd, dict(ATTENTION_POINTERS, K="*fp8e4nv"),
+                                                              ("qk_scale",), _attention_consts(80, False, True, 64)),
+                    constexprs=_attention_consts(80, False, True, 64))
+    try:
+        triton.compile(src, target=GPUTarget("cuda", 80, 32), options={"num_warps": 4, "num_stages": 2})
+    except Exception as exc:  # noqa: BLE001 - the refusal is the expected outcome
+        if "fp8e4nv" in str(exc):
+            print(f"ok {label}: refused as expected (no e4m3 before sm_89)")
+            return True
+        print(f"FAIL {label}: refused for another reason: {type(exc).__name__}: {str(exc)[:2000]}")
+        return False
+    print(f"FAIL {label}: compiled, but sm_80 has no e4m3: update FP8_MIN_ARCH and this check")
+    return False
+
+
+def _other_kernels(arch: int) -> list[bool]:
+    """Every Triton kernel of ours besides attention, for one architecture."""
+    results = [
+        _compile("compact rows", _compact_rows_kernel, arch, {"MASK": "*u8", "IDX": "*i32", "CNT": "*i32"}, (),
+                 {"CHUNK": 1024}, num_stages=1),
+        _compile("sub-pixel interleave", _interleave_kernel, arch, {"Y": "*bf16", "OUT": "*bf16"}, (),
+                 {"RELU": True, "BLOCK_X": 32, "BLOCK_C": 128}, num_stages=1),
+        _compile("MemBlock frame pairs", _stack_with_previous_kernel, arch,
+                 {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128}, num_stages=1),
+        _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16"}, (),
+                 {"HAS_CONTEXT": True, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1),
+        _compile("LQ conv epilogue (bias + channel norm + SiLU)", _bias_norm_silu_kernel, arch,
+                 {"X": "*bf16", "BIAS": "*bf16", "GAMMA": "*bf16"}, ("gain", "eps"),
+                 {"HAS_BIAS": True, "BLOCK_C": 4096}, num_warps=8, num_stages=1),
+        _compile("q/k RMSNorm + RoPE", _norm_rope_kernel, arch,
+                 {"X": "*bf16", "WEIGHT": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16"}, ("eps",),
+                 {"HEADS": 12, "HEAD_DIM": 128, "HEADS_P2": 16, "BLOCK_R": 2}, num_stages=1),
+    ]
+    for affine in (False, True):
+        results.append(_compile(f"residual add + layer norm ({'affine' if affine else 'modulated'})",
+                                _add_layer_norm_kernel, arch,
+                                {"X": "*bf16", "UPDATE": "*bf16", "GATE": "*bf16", "SCALE": "*bf16", "SHIFT": "*bf16",
+                                 "X_OUT": "*bf16", "Y": "*bf16"}, ("eps",),
+                                {"HAS_UPDATE": True, "HAS_GATE": True, "AFFINE": affine, "BLOCK_R": 2,
+                                 "BLOCK_D": 2048}, num_warps=LAYER_NORM_LAUNCH["num_warps"], num_stages=1,
+                                fp_fusion=LAYER_NORM_LAUNCH["enable_fp_fusion"], no_bf16_fma=True))
+    return results
+
+
+def _gluon_variants() -> list[bool]:
+    """Every Gluon variant, or one ``skip`` line where this Triton cannot express the kernel (the
+    dispatcher then serves sm_90 with the Triton kernel, compiled for sm_90 above)."""
+    if not triton_compat.GLUON.available:
+        print(f"skip warp-specialised attention (Gluon) sm_90: not expressible: {triton_compat.GLUON.reason}")
+        return []
+    return [_compile_gluon_attention(variant, d) for variant in GLUON_VARIANTS for d in (128, 64)]
 
 
 def main() -> int:
@@ -112,38 +220,14 @@ def main() -> int:
         print("run without TRITON_INTERPRET")
         return 2
     results = []
-    attention = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "IDX": "*i32", "CNT": "*i32",
-                 "ORDER": "*i32", "KS": "*fp32"}
-    for arch, tma, fp8, block_n in ((90, True, False, 64), (90, True, True, 64), (90, False, False, 128),
-                                    (89, False, True, 64), (80, False, False, 128)):
-        consts = {"ARCH": arch, "HEAD_DIM": 128, "BLOCK_M": 128, "BLOCK_N": block_n, "USE_TMA": tma, "K_FP8": fp8}
-        pointers = dict(attention, K="*fp8e4nv") if fp8 else attention
-        label = f"sparse attention ({'TMA' if tma else 'pointers'}, {'FP8' if fp8 else 'bf16'} keys)"
-        results.append(_compile(label, _sparse_attn_fwd, arch, pointers, ("qk_scale",), consts))
-    results += [_compile_gluon_attention(variant, d) for variant in GLUON_VARIANTS for d in (128, 64)]
-    results.append(_compile("compact rows", _compact_rows_kernel, 90, {"MASK": "*u8", "IDX": "*i32", "CNT": "*i32"},
-                            (), {"CHUNK": 1024}, num_stages=1))
-    results.append(_compile("sub-pixel interleave", _interleave_kernel, 90, {"Y": "*bf16", "OUT": "*bf16"}, (),
-                            {"RELU": True, "BLOCK_X": 32, "BLOCK_C": 128}, num_stages=1))
-    results.append(_compile("MemBlock frame pairs", _stack_with_previous_kernel, 90,
-                            {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128},
-                            num_stages=1))
-    results.append(_compile("LQ time taps", _time_taps_kernel, 90, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16"}, (),
-                            {"HAS_CONTEXT": True, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1))
-    results.append(_compile("LQ conv epilogue (bias + channel norm + SiLU)", _bias_norm_silu_kernel, 90,
-                            {"X": "*bf16", "BIAS": "*bf16", "GAMMA": "*bf16"}, ("gain", "eps"),
-                            {"HAS_BIAS": True, "BLOCK_C": 4096}, num_warps=8, num_stages=1))
-    results.append(_compile("q/k RMSNorm + RoPE", _norm_rope_kernel, 90,
-                            {"X": "*bf16", "WEIGHT": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16"}, ("eps",),
-                            {"HEADS": 12, "HEAD_DIM": 128, "HEADS_P2": 16, "BLOCK_R": 2}, num_stages=1))
-    for affine in (False, True):
-        results.append(_compile(f"residual add + layer norm ({'affine' if affine else 'modulated'})",
-                                _add_layer_norm_kernel, 90,
-                                {"X": "*bf16", "UPDATE": "*bf16", "GATE": "*bf16", "SCALE": "*bf16", "SHIFT": "*bf16",
-                                 "X_OUT": "*bf16", "Y": "*bf16"}, ("eps",),
-                                {"HAS_UPDATE": True, "HAS_GATE": True, "AFFINE": affine, "BLOCK_R": 2,
-                                 "BLOCK_D": 2048}, num_warps=LAYER_NORM_LAUNCH["num_warps"], num_stages=1,
-                                fp_fusion=LAYER_NORM_LAUNCH["enable_fp_fusion"], no_bf16_fma=True))
+    for arch, tma, fp8, block_n in ATTENTION_VARIANTS:
+        pointers = dict(ATTENTION_POINTERS, K="*fp8e4nv") if fp8 else ATTENTION_POINTERS
+        results.append(_compile(_attention_label(tma, fp8), _sparse_attn_fwd, arch, pointers, ("qk_scale",),
+                                _attention_consts(arch, tma, fp8, block_n)))
+    results.append(_fp8_refused_below_sm89())
+    results += _gluon_variants()
+    for arch in ARCHS:
+        results += _other_kernels(arch)
     return 0 if all(results) else 1
 
 

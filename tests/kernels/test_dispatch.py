@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+import triton
 
 import kernels
 from kernels import dispatch
@@ -48,6 +49,7 @@ def test_active_backend_on_cpu_is_sdpa_and_logged_once(fresh_backend, caplog):
         assert kernels.active_backend() == "sdpa"
     assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
     assert "backend=sdpa" in caplog.records[0].getMessage()
+    assert caplog.records[0].getMessage().endswith(f" torch={torch.__version__} triton={triton.__version__}")
 
 
 @pytest.mark.parametrize("name", ["triton", "flex", "sdpa"])

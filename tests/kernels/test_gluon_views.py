@@ -9,9 +9,11 @@ import logging
 
 import pytest
 import torch
+import triton
 
-from kernels import gluon_sparse, triton_sparse
+from kernels import gluon_sparse, triton_compat, triton_sparse
 from kernels.gluon_sparse import rows_view
+from tests.kernels.helpers import dense_block_sparse_attention
 
 
 def _layouts() -> dict[str, torch.Tensor]:
@@ -40,6 +42,17 @@ def test_rows_view_addresses_every_element(name):
     cols = hi * view.col_per_head + di
     assert int(rows.max()) < view.rows and int(cols.max()) < view.cols
     assert torch.equal(matrix[rows, cols], t)
+
+
+@pytest.mark.parametrize("name", list(_layouts()))
+def test_this_tritons_tensor_descriptors_take_the_views(name):
+    """The kernel's host side on this Triton release: its TensorDescriptor accepts each 2D view."""
+    t = _layouts()[name]
+    view = rows_view(t)
+    desc = gluon_sparse._descriptor(t, view, 64)
+    assert (list(desc.shape), list(desc.strides), list(desc.block_shape)) == (
+        [view.rows, view.cols], [view.row_stride, 1], [64, t.shape[-1]])
+    assert desc.layout.element_bitwidth == 32 and desc.base is t
 
 
 def test_rows_view_refuses_layouts_without_one():
@@ -77,7 +90,8 @@ def test_switch_is_read_once_and_logged(gluon_state, caplog):
         assert triton_sparse._gluon_kernels() is None
         assert triton_sparse._gluon_kernels() is None
     assert [r.message for r in caplog.records].count(
-        "warp-specialised attention kernel for sm_90: enabled=False reason='FLASHVSR_WARP_SPECIALIZED=0'") == 1
+        f"warp-specialised attention kernel for sm_90: enabled=False triton={triton.__version__} "
+        "reason='FLASHVSR_WARP_SPECIALIZED=0' instead='the Triton kernel (TMA loads)'") == 1
     triton_sparse._gluon_kernels.cache_clear()
     gluon_state.setenv(triton_sparse.WARP_SPECIALIZED_ENV, "yes")
     with pytest.raises(ValueError, match="expected 0 or 1"):
@@ -105,6 +119,30 @@ def test_failure_on_first_use_falls_back_to_the_triton_kernel(gluon_state, caplo
     assert triton_sparse._GLUON.failure == "RuntimeError: ptxas fatal: unsupported target"
     assert sum("failed on first use" in r.message for r in caplog.records) == 1
     with pytest.raises(RuntimeError, match="ptxas"):
+        triton_sparse.sparse_attention_triton(q, k, v, mask, warp_specialized=True)
+
+
+def test_a_triton_that_cannot_express_it_logs_one_warning_and_the_triton_kernel_answers(gluon_state, caplog):
+    """Where :data:`kernels.triton_compat.GLUON` says this Triton cannot express the kernel, the first
+    call logs one warning (the Triton release, why, the fix, what runs instead), the Gluon module is never
+    used, and every call, including an sm_90-shaped one, is answered by the Triton kernel."""
+    reason = "Triton 9.9's gl.warp_specialize takes (default_args, default_partition)"
+    gluon_state.setattr(triton_compat, "GLUON", triton_compat.Capability(False, reason))
+    gluon_state.setattr(gluon_sparse, "supported", lambda q, k, v: True)  # as on an sm_90 GPU
+    gluon_state.setattr(gluon_sparse, "sparse_attention_gluon", lambda *a, **k: pytest.fail("Gluon kernel called"))
+    q, k, v, mask = _inputs()
+    expected = dense_block_sparse_attention(q, k, v, mask)
+    with caplog.at_level(logging.INFO, logger="kernels.triton_sparse"):
+        outs = [triton_sparse.sparse_attention_triton(q, k, v, mask) for _ in range(2)]
+    lines = [r for r in caplog.records if "warp-specialised" in r.message]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert lines[0].message == (
+        f"warp-specialised attention kernel for sm_90: enabled=False triton={triton.__version__} "
+        f"reason=\"{reason}; to get it back, install a Triton it is tested on (3.6, 3.8, 3.9)\" "
+        "instead='the Triton kernel (TMA loads)'")
+    for out in outs:
+        torch.testing.assert_close(out.double(), expected, atol=3e-3, rtol=0)
+    with pytest.raises(ValueError, match="warp-specialised kernel is off in this process: Triton 9.9's"):
         triton_sparse.sparse_attention_triton(q, k, v, mask, warp_specialized=True)
 
 

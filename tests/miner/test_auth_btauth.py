@@ -11,10 +11,13 @@ from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
 from miner.auth import (
-    BadSignature, BtAuth, BtAuthVerifier, Caller, MalformedRequest, ReplayedRequest, StaleNonce, WrongReceiver,
-    install_auth_error_handler, sign_btauth,
+    BadSignature, BtAuth, BtAuthVerifier, Caller, LegacyAuth, MalformedRequest, ReplayedRequest, StaleNonce,
+    WrongReceiver, sign_btauth,
 )
 from miner.chain import StaticAllowList, ValidatorInfo
+from miner.metrics import MinerMetrics
+from miner.server.gate import Gate, gate_caller
+from miner.server.limits import OpsAccess, ServerLimits
 
 PATH = "/v1/upscale"
 BODY = json.dumps({"reference_video_urls": ["https://example.com/a.mp4"], "task_types": ["SD2HD"]}).encode()
@@ -57,17 +60,18 @@ def test_stale_nonce_and_replay(verifier, validator_wallet, miner_wallet):
         verifier.verify(old, BODY, method="POST", path=PATH)
     fresh = sign_btauth(validator_wallet, me, "POST", PATH, BODY)
     verifier.verify(fresh, BODY, method="POST", path=PATH)
-    with pytest.raises(ReplayedRequest, match="already accepted"):
+    with pytest.raises(ReplayedRequest, match="already used"):
         verifier.verify(fresh, BODY, method="POST", path=PATH)
 
 
 def make_app(miner_hotkey: str, registry, min_stake: float = 0.0) -> FastAPI:
     app = FastAPI()
-    auth = BtAuth(miner_hotkey, registry, min_stake=min_stake)
-    install_auth_error_handler(app)
+    app.add_middleware(Gate, legacy=LegacyAuth(miner_hotkey, registry, min_stake=min_stake),
+                       btauth=BtAuth(miner_hotkey, registry, min_stake=min_stake), limits=ServerLimits(),
+                       ops=OpsAccess(allow=()), metrics=MinerMetrics())
 
     @app.post(PATH)
-    async def upscale(caller: Caller = Depends(auth)):
+    async def upscale(caller: Caller = Depends(gate_caller)):
         return {"caller": caller.hotkey, "stake": caller.stake, "transport": caller.transport}
 
     return app
@@ -80,7 +84,7 @@ def test_dependency_happy_path_and_failures(validator_wallet, miner_wallet, make
     ok = client.post(PATH, headers=headers, content=BODY)
     assert ok.status_code == 200 and ok.json() == {"caller": hotkey, "stake": 3.0, "transport": "btauth"}
     replay = client.post(PATH, headers=headers, content=BODY)
-    assert replay.status_code == 401 and "already accepted" in replay.json()["error"]
+    assert replay.status_code == 401 and "already used" in replay.json()["error"]
     tampered = client.post(PATH, headers=sign_btauth(validator_wallet, me, "POST", PATH, BODY), content=BODY + b"x")
     assert tampered.status_code == 401 and "does not verify" in tampered.json()["error"]
     outsider = make_wallet("outsider")

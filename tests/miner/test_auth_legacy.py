@@ -12,10 +12,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
 from miner.auth import (
-    BadSignature, BodyHashMismatch, Caller, LegacyAuth, LegacySettings, LegacyVerifier, MalformedRequest,
-    ReplayedRequest, StaleNonce, WrongReceiver, install_auth_error_handler,
+    BadSignature, BodyHashMismatch, BtAuth, Caller, LegacyAuth, LegacySettings, LegacyVerifier, MalformedRequest,
+    ReplayedRequest, StaleNonce, WrongReceiver,
 )
 from miner.chain import StaticAllowList, ValidatorInfo
+from miner.metrics import MinerMetrics
+from miner.server.gate import Gate, gate_caller
+from miner.server.limits import OpsAccess, ServerLimits
 from miner.protocol import (
     LengthCheckProtocol, MinerResponse, VideoUpscalingProtocol, answer_synapse, build_legacy_request,
     new_dendrite_uuid, parse_legacy_response, parse_synapse,
@@ -120,6 +123,14 @@ def test_timeout_header_cannot_stretch_the_window_past_the_cap(miner_wallet, val
         verifier.verify(req.path, req.headers, req.body, now_ns=now)
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_timeout_cannot_open_the_window(verifier, validator_wallet, miner_wallet, value):
+    now = time.time_ns()
+    old = signed(LengthCheckProtocol(), validator_wallet, miner_wallet.hotkey.ss58_address, nonce_ns=now - 3600 * NS)
+    with pytest.raises(MalformedRequest, match="not a finite number"):
+        verifier.verify(old.path, {**old.headers, "timeout": value}, old.body, now_ns=now)
+
+
 def test_replay_is_refused_but_out_of_order_nonces_are_not(verifier, validator_wallet, miner_wallet):
     me, uuid, now = miner_wallet.hotkey.ss58_address, new_dendrite_uuid(), time.time_ns()
     first = signed(LengthCheckProtocol(), validator_wallet, me, uuid=uuid, nonce_ns=now)
@@ -152,12 +163,14 @@ def test_replay_store_stays_bounded_and_strict(miner_wallet, validator_wallet):
 
 
 def make_app(miner_hotkey: str, registry, min_stake: float = 0.0) -> FastAPI:
+    """A FastAPI app behind the server's gate, as the miner's (its limits and ops access at their defaults)."""
     app = FastAPI()
-    auth = LegacyAuth(miner_hotkey, registry, min_stake=min_stake)
-    install_auth_error_handler(app)
+    app.add_middleware(Gate, legacy=LegacyAuth(miner_hotkey, registry, min_stake=min_stake),
+                       btauth=BtAuth(miner_hotkey, registry, min_stake=min_stake), limits=ServerLimits(),
+                       ops=OpsAccess(allow=()), metrics=MinerMetrics())
 
     @app.post("/VideoUpscalingProtocol")
-    async def upscale(request: Request, caller: Caller = Depends(auth)):
+    async def upscale(request: Request, caller: Caller = Depends(gate_caller)):
         synapse = parse_synapse(VideoUpscalingProtocol, await request.body())
         urls = [f"https://results.example/{caller.hotkey[:6]}/{i}" for i, _ in enumerate(synapse.miner_payload.tasks())]
         synapse.miner_response = MinerResponse(optimized_video_urls=urls)
@@ -219,13 +232,19 @@ def test_dependency_refuses_non_validators(validator_wallet, miner_wallet, info,
 def test_dependency_answers_401_in_wire_format_and_keeps_serving(validator_wallet, miner_wallet):
     me, hotkey = miner_wallet.hotkey.ss58_address, validator_wallet.hotkey.ss58_address
     client = TestClient(make_app(me, StaticAllowList([hotkey])))
-    good = signed(upscaling_synapse(), validator_wallet, me)
-    forged = {**good.headers, "bt_header_dendrite_signature": "0x" + "22" * 64}
-    resp = client.post(good.path, headers=forged, content=good.body)
+    copied = signed(upscaling_synapse(), validator_wallet, me)
+    forged = {**copied.headers, "bt_header_dendrite_signature": "0x" + "22" * 64}
+    resp = client.post(copied.path, headers=forged, content=copied.body)
     assert resp.status_code == 401 and "does not verify" in resp.json()["message"]
-    assert parse_legacy_response(good.synapse, resp.status_code, resp.headers, resp.content).dendrite.status_code == 401
+    assert parse_legacy_response(copied.synapse, resp.status_code, resp.headers, resp.content).dendrite.status_code == 401
+    # a forged signature is verified once: its exact (hotkey, uuid, nonce) is refused from then on, unverified ...
+    again = client.post(copied.path, headers=forged, content=copied.body)
+    assert again.status_code == 401 and "already failed verification" in again.json()["message"]
+    # ... and only that one: the validator's next request (a new nonce) is served
+    good = signed(upscaling_synapse(), validator_wallet, me)
     assert post(client, good)[0].status_code == 200
     replay, _ = post(client, good)
     assert replay.status_code == 401 and "already used" in replay.json()["message"]
-    bad_body = client.post(good.path, headers=good.headers, content=b"{not json")
+    fresh = signed(upscaling_synapse(), validator_wallet, me)
+    bad_body = client.post(fresh.path, headers=fresh.headers, content=b"{not json")
     assert bad_body.status_code == 400 and "not JSON" in bad_body.json()["message"]

@@ -47,6 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", "file:///etc/passwd")
             self.end_headers()
+        elif parts[0] == "echo-host":
+            self._send(f"{self.headers['Host']} {self.connection.getsockname()[0]}".encode())
         elif parts[0] == "missing":
             self._send(b"no", status=404)
 
@@ -124,6 +126,14 @@ def test_private_targets_refused(server: str, tmp_path: Path) -> None:
                 "http://169.254.169.254/latest/meta-data", "http://[::1]/clip"):
         with pytest.raises(ForbiddenTarget):
             _fetch(url, tmp_path / "a.mp4", allow_private_urls=False)
+
+
+def test_host_name_kept_while_connecting_to_the_checked_address(server: str, tmp_path: Path) -> None:
+    """The guarded resolver's address is the one connected to; ``Host`` stays the URL's name."""
+    port = server.rsplit(":", 1)[1]
+    result = _fetch(f"http://localhost:{port}/echo-host", tmp_path / "host.txt")
+    host, address = result.path.read_text().split()
+    assert host == f"localhost:{port}" and address in ("127.0.0.1", "::1")
 
 
 def test_forbidden_reason_classifies_addresses() -> None:

@@ -71,6 +71,17 @@ def test_local_signed_urls_over_http(tmp_path: Path) -> None:
 
         escape = httpx.get(f"{base}/files/..%2F..%2Fetc%2Fpasswd?exp=9999999999&sig=00")
         assert escape.status_code in (403, 404)
+        assert httpx.get(f"{base}/files/upscaling/x.mp4?exp=9999999999&sig=%C3%A9").status_code == 403  # not a 500
+
+        storage.expiry_s = 60
+        url = storage.put(_result(tmp_path), new_key("upscaling/"))
+        head = httpx.head(url)
+        assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"]) == len(PAYLOAD)
+        part = httpx.get(url, headers={"Range": "bytes=0-9"})
+        assert part.status_code == 206 and part.content == PAYLOAD[:10]
+        assert part.headers["content-range"] == f"bytes 0-9/{len(PAYLOAD)}"
+        assert httpx.get(url, headers={"Range": f"bytes={len(PAYLOAD) + 10}-"}).status_code == 416
+        assert httpx.get(url, headers={"Range": "bytes=junk"}).status_code in (200, 400)
 
 
 def test_local_secret_is_persisted(tmp_path: Path) -> None:

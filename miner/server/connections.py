@@ -1,0 +1,83 @@
+"""Connection-level guards uvicorn lacks: a deadline for a request's headers, and connections per IP.
+
+uvicorn bounds idle keep-alive connections (``timeout_keep_alive``) and the header size
+(``h11_max_incomplete_event_size``), but arms no timer while a connection is still sending its
+request line and headers: a client that opens a connection and never finishes its headers holds it
+forever (slowloris), and such connections count against ``limit_concurrency`` until everyone gets
+503. ``guarded_protocol`` returns uvicorn's h11 protocol with:
+
+- a header deadline: a connection whose next request's headers are not complete ``header_timeout_s``
+  after it opened (or after its previous answer) is closed;
+- a cap of ``max_per_ip`` open connections per client IP: the one over it is closed at once;
+- connections from an IP that ``blocked(ip)`` names (the gate's block list) are closed at once.
+
+``on_close(ip, reason)`` is called for each connection closed here (``header_timeout``,
+``per_ip_limit``, ``blocked``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any, Callable
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+
+def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, blocked: Callable[[str], bool] = lambda ip: False,
+                     on_close: Callable[[str, str], None] | None = None) -> type[H11Protocol]:
+    """An ``H11Protocol`` subclass for ``uvicorn.run(http=...)`` (one per server: it owns the per-IP counts)."""
+    per_ip: Counter[str] = Counter()
+    closed = on_close or (lambda ip, reason: None)
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+        _ip: str | None = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._ip = self.client[0] if self.client else ""
+            per_ip[self._ip] += 1
+            reason = "blocked" if blocked(self._ip) else "per_ip_limit" if per_ip[self._ip] > max_per_ip else None
+            if reason:
+                closed(self._ip, reason)
+                transport.close()
+                return
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._cancel_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm_header_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_header_timer()
+            if self._ip is not None:
+                per_ip[self._ip] -= 1
+                if per_ip[self._ip] <= 0:
+                    del per_ip[self._ip]
+                self._ip = None
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_overdue)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_overdue(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                closed(self._ip or "", "header_timeout")
+                self.transport.close()
+
+    return GuardedH11Protocol

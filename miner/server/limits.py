@@ -1,0 +1,110 @@
+"""The server's limits (``[server.limits]`` and ``[server.ops]``) and the uvicorn options built from them.
+
+    uvicorn.run(app, **uvicorn_options(config, metrics))
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from miner.config import MinerConfig
+from miner.metrics import MinerMetrics
+from miner.server.connections import guarded_protocol
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """See configs/miner.toml ``[server.limits]`` and docs/miner.md for each field."""
+
+    max_in_flight: int = 256
+    open_in_flight: int = 32
+    synapse_max_bytes: int = 65536
+    json_max_bytes: int = 65536
+    json_max_depth: int = 16
+    body_timeout_s: float = 10.0
+    max_body_reads_per_ip: int = 8
+    header_timeout_s: float = 10.0
+    keep_alive_s: int = 5
+    max_header_bytes: int = 16384
+    max_header_count: int = 64
+    max_connections: int = 1024
+    max_connections_per_ip: int = 64
+    refusal_burst: int = 30
+    refusal_rate_per_s: float = 1.0
+    block_s: float = 60.0
+    max_sources: int = 65536
+
+    @classmethod
+    def from_config(cls, config: MinerConfig) -> "ServerLimits":
+        limits = cls(**dict(config.get("server.limits")))
+        limits.validate()
+        return limits
+
+    def validate(self) -> None:
+        """``ValueError`` for settings that would refuse everyone or bound nothing."""
+        if not 0 < self.open_in_flight <= self.max_in_flight:
+            raise ValueError("server.limits.open_in_flight must be between 1 and server.limits.max_in_flight")
+        if self.max_connections <= self.max_in_flight:
+            raise ValueError("server.limits.max_connections must exceed server.limits.max_in_flight "
+                             "(idle keep-alive connections count against it)")
+        for name in ("synapse_max_bytes", "json_max_bytes", "json_max_depth", "body_timeout_s", "max_body_reads_per_ip",
+                     "header_timeout_s",
+                     "max_header_bytes", "max_header_count", "max_connections_per_ip", "refusal_burst",
+                     "refusal_rate_per_s", "max_sources"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"server.limits.{name} must be positive")
+
+
+@dataclass(frozen=True)
+class OpsAccess:
+    """Who may read ``/health`` and ``/metrics``: sources in ``allow``, or any presenting the bearer ``token``."""
+
+    allow: tuple[IPNetwork, ...]
+    token: str = ""
+
+    @classmethod
+    def from_config(cls, config: MinerConfig) -> "OpsAccess":
+        ops = config.get("server.ops")
+        try:
+            networks = tuple(ipaddress.ip_network(n, strict=False) for n in ops["allow"])
+        except ValueError as exc:
+            raise ValueError(f"server.ops.allow: {exc}") from None
+        return cls(allow=networks, token=str(ops["token"]))
+
+    def source_allowed(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allow)
+
+
+def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.run`` for the miner app (``create_app``): h11 with bounded headers,
+    connections and idle time, sharing the app's per-IP block list; closures counted in its metrics, and
+    a header deadline missed spends a token of the source's refusal budget (slowloris sources get blocked)."""
+    server = config.section("server")
+    limits: ServerLimits = app.state.limits
+    metrics: MinerMetrics = app.state.metrics
+
+    def on_close(ip: str, reason: str) -> None:
+        metrics.connections_closed.labels(reason).inc()
+        if reason == "header_timeout":
+            app.state.sources.refused(ip, reason)
+
+    return {
+        "host": server["host"], "port": int(server["port"]), "log_config": None, "access_log": False,
+        "timeout_graceful_shutdown": int(server["shutdown_grace_s"]) + 5,
+        "http": guarded_protocol(header_timeout_s=limits.header_timeout_s, max_per_ip=limits.max_connections_per_ip,
+                                 blocked=app.state.sources.blocked, on_close=on_close),
+        "h11_max_incomplete_event_size": limits.max_header_bytes,
+        "limit_concurrency": limits.max_connections,
+        "timeout_keep_alive": limits.keep_alive_s,
+        "server_header": False,
+    }
