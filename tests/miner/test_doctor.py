@@ -120,6 +120,7 @@ def test_run_steps_prints_one_line_per_check_and_exit_status(tmp_path: Path) -> 
     ({"upscaler": {"preset": "turbo"}}, "upscaler.preset must be one of 'ultrafast'"),
     ({"upscaler": {"crf": 60}}, "upscaler.crf must be from 0 to 51"),
     ({"upscaler": {"dtype": "int8"}}, "upscaler.dtype must be bf16, fp16 or fp32"),
+    ({"upscaler": {"max_vram_gib": -1}}, "upscaler.max_vram_gib must be >= 0 (0: the whole GPU)"),
     ({"upscaler": {"throughput": "no-such-table"}}, "upscaler.throughput: configuration file not found"),
     ({"metrics": {"enabled": 1}}, "metrics.enabled must be true or false"),
 ])
