@@ -107,8 +107,9 @@ class TileStore:
         self.wait_s += time.perf_counter() - began
 
     def _store(self, out: RawFrames, frames: HostFrames) -> None:
+        host = frames.wait()
         began = time.perf_counter()
-        out.append(frames.wait())
+        out.append(host)
         self.busy_s += time.perf_counter() - began
 
     def drain(self) -> None:
