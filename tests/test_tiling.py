@@ -114,3 +114,17 @@ def test_raw_frames_read_ranges_back_map_and_report_errors(tmp_path) -> None:
         store.read(3, 7)
     with pytest.raises(ValueError, match="do not cover 3x4x3"):
         store.append(torch.zeros(1, 2, 4, 3, dtype=torch.uint8))
+
+
+def test_shared_weight_cache_gives_the_same_blend() -> None:
+    tiles = tile_grid(40, 64, 32, 8, 8)
+    image = torch.rand(2, 40, 64)
+    cache: dict[Tile, torch.Tensor] = {}
+    results = []
+    for shared in (None, cache, cache):
+        blender = FeatherBlender((2, 40, 64), ramp=8, weight_cache=shared)
+        for tile in tiles:
+            blender.add(tile, image[..., tile.rows, tile.cols])
+        results.append(blender.result())
+    assert set(cache) == set(tiles) and all(torch.equal(results[0], r) for r in results[1:])
+    assert FeatherBlender((2, 40, 64), ramp=8, weight_cache=cache).weights(tiles[0]) is cache[tiles[0]]

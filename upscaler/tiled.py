@@ -152,6 +152,7 @@ class TiledRun:
         tiling = settings.tiling
         self.tiles = run_tiles(geometry, tiling)
         self.ramp = max(1, min(tiling.tile_overlap, tiling.tile_size // 2, tiling.height // 2))
+        self._weights: dict[Tile, torch.Tensor] = {}  # each tile's blend weights, uploaded once per run
 
     def frames(
         self, path: str | Path, *, timer: StageTimer, should_cancel: Callable[[], bool] | None = None,
@@ -167,6 +168,10 @@ class TiledRun:
             files = [(tile, RawFrames(Path(scratch) / f"tile{index}.u8", tile.height, tile.width))
                      for index, tile in enumerate(self.tiles)]
             blend = _GroupBlend(self, files, timer, reads)
+            plane = FeatherBlender((self.geometry.out_height, self.geometry.out_width), self.ramp, device=self.device,
+                                   weight_cache=self._weights)
+            for tile in self.tiles:  # uploaded now, while the GPU has nothing queued, not during the last tile
+                plane.weights(tile)
             for _ in self._run_tiles(path, Path(scratch), files, timer, should_cancel):
                 yield from blend.ready(min(out.frames for _, out in files), final=False)
             counts = {out.frames for _, out in files}
@@ -224,7 +229,7 @@ class TiledRun:
 
     def _blend(self, files: list[tuple[Tile, RawFrames]], tiles: list[torch.Tensor], count: int) -> HostFrames:
         shape = (count, 3, self.geometry.out_height, self.geometry.out_width)
-        blender = FeatherBlender(shape, self.ramp, device=self.device)
+        blender = FeatherBlender(shape, self.ramp, device=self.device, weight_cache=self._weights)
         for (tile, _), values in zip(files, tiles):
             blender.add(tile, values.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
         blended = blender.result().round_().clamp_(0, 255).to(torch.uint8)

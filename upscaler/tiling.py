@@ -86,20 +86,26 @@ class FeatherBlender:
     constant input is reproduced exactly (to float rounding).
     """
 
-    def __init__(self, shape: tuple[int, ...], ramp: int, device: torch.device | str | None = None) -> None:
+    def __init__(self, shape: tuple[int, ...], ramp: int, device: torch.device | str | None = None,
+                 weight_cache: dict[Tile, torch.Tensor] | None = None) -> None:
         if ramp <= 0:
             raise ValueError(f"ramp must be positive, got {ramp}")
         self.height, self.width = shape[-2:]
         self.ramp = ramp
         self._sum = torch.zeros(shape, dtype=torch.float32, device=device)
         self._weight = torch.zeros(self.height, self.width, dtype=torch.float32, device=device)
+        self._cache = {} if weight_cache is None else weight_cache
 
     def weights(self, tile: Tile) -> torch.Tensor:
-        """The ``(tile.height, tile.width)`` blend weights of ``tile`` in this plane."""
-        device = self._weight.device
-        rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < self.height, self.ramp).to(device)
-        cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < self.width, self.ramp).to(device)
-        return rows[:, None] * cols[None, :]
+        """The ``(tile.height, tile.width)`` blend weights of ``tile`` in this plane, on the plane's device;
+        kept in the ``weight_cache`` given (blenders of one plane size and ramp may share one: a cached
+        weight needs no host-to-device copy, which would wait for the GPU's queue)."""
+        if tile not in self._cache:
+            device = self._weight.device
+            rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < self.height, self.ramp).to(device)
+            cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < self.width, self.ramp).to(device)
+            self._cache[tile] = rows[:, None] * cols[None, :]
+        return self._cache[tile]
 
     def add(self, tile: Tile, values: torch.Tensor) -> None:
         """Add ``values (..., tile.height, tile.width)`` (extra rows/columns, e.g. padding, are cropped)."""
