@@ -224,7 +224,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flashvsr-bench", description="End-to-end FlashVSR throughput per stage.")
     p.add_argument("--case", action="append", type=Case.parse, dest="cases",
-                   help="variant:TASK:frames[:tile] (repeatable; default tiny:SD2HD:300 and tiny:SD24K:300)")
+                   help="variant:TASK:frames[:tile][@GiB], tile N, WxH or auto (repeatable; default tiny:SD2HD:300 and "
+                        "tiny:SD24K:300)")
     p.add_argument("--weights", default="random", help="weights spec (default: random weights of the real shapes)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT's element-wise chains")
