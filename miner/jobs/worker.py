@@ -134,21 +134,29 @@ class _Runner:
         self.config = config
         self.cancel = cancel
         self.base_settings = load_settings(config.upscaler_config, device=config.device, **config.upscaler_overrides)
+        # A first attempt runs untiled when the clip fits this worker's memory, else in the layout the
+        # planner estimated (chosen again here from the same memory); so does the warm-up.
+        self.auto_settings = self.base_settings.with_overrides(tiling=replace(self.base_settings.tiling, auto=True))
         self.upscaler = Upscaler.load(self.base_settings)
         if config.device.startswith("cuda"):
             self._warm_up(config.warmup)
 
     def _warm_up(self, shapes: tuple[tuple[int, int, int, int], ...]) -> None:
-        """Upscale a short generated clip at each shape (29 frames: the first and one steady step)."""
-        with tempfile.TemporaryDirectory(prefix="flashvsr-warmup-") as tmp:
-            for in_w, in_h, out_w, out_h in shapes:
-                began = time.perf_counter()
-                src = write_test_clip(Path(tmp) / f"warm-{in_w}x{in_h}.mp4", in_w, in_h, WARMUP_FRAMES)
-                with torch.inference_mode():
-                    self.upscaler.upscale_file(src, Path(tmp) / "out.mp4", width=out_w, height=out_h, variant="tiny")
-                torch.cuda.empty_cache()
-                log.info("warm-up done", extra={"fields": {"shape": f"{in_w}x{in_h}->{out_w}x{out_h}",
-                                                           "seconds": round(time.perf_counter() - began, 1)}})
+        """Upscale a short generated clip at each shape (29 frames: the first and one steady step), tiled as
+        a task of that shape would be on this worker's memory."""
+        self.upscaler.settings = self.auto_settings
+        try:
+            with tempfile.TemporaryDirectory(prefix="flashvsr-warmup-") as tmp:
+                for in_w, in_h, out_w, out_h in shapes:
+                    began = time.perf_counter()
+                    src = write_test_clip(Path(tmp) / f"warm-{in_w}x{in_h}.mp4", in_w, in_h, WARMUP_FRAMES)
+                    with torch.inference_mode():
+                        self.upscaler.upscale_file(src, Path(tmp) / "out.mp4", width=out_w, height=out_h, variant="tiny")
+                    torch.cuda.empty_cache()
+                    log.info("warm-up done", extra={"fields": {"shape": f"{in_w}x{in_h}->{out_w}x{out_h}",
+                                                               "seconds": round(time.perf_counter() - began, 1)}})
+        finally:
+            self.upscaler.settings = self.base_settings
 
     def run(self, spec: TaskSpec) -> TaskOutcome:
         """Upscale one clip and fit it under the size cap; every failure becomes an outcome."""
@@ -187,9 +195,8 @@ class _Runner:
             overlap = min(self.base_settings.tiling.tile_overlap, spec.tile_size // 2)
             self.upscaler.settings = self.base_settings.with_overrides(
                 tiling=TilingSettings(tile_size=spec.tile_size, tile_overlap=overlap)).validate()
-        else:  # untiled when the clip fits this worker's memory, else the layout the planner estimated
-            self.upscaler.settings = self.base_settings.with_overrides(
-                tiling=replace(self.base_settings.tiling, auto=True))
+        else:
+            self.upscaler.settings = self.auto_settings
         with torch.inference_mode():
             return self.upscaler.upscale_file(
                 spec.src, spec.dst, width=spec.width, height=spec.height, variant=spec.variant, crf=spec.crf,
