@@ -166,3 +166,13 @@ def test_cli_runs_capped_and_banded(tmp_path) -> None:
     assert (capped["tiled"], capped["tiles"]) == (False, 1)
     assert (bands["tiled"], bands["tiles"], bands["tile_width"], bands["tile_height"]) == (True, 2, 256, 128)
     assert bands["frames"] == capped["frames"] == 5
+
+
+def test_a_clip_that_fits_with_fewer_decoder_frames_is_planned_untiled() -> None:
+    """1080p Tiny peaks at 19.8 GiB; in 19 GiB it fits untiled with fewer decoder frames per pass, so the
+    plan is untiled at the untiled speed (not tiled, not slowed down)."""
+    table = ThroughputTable.load()
+    tight = plan(1920, 1080, 300, free_vram_bytes=19 * GIB, deadline_s=None, table=table, device="h200")
+    roomy = plan(1920, 1080, 300, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h200")
+    assert tight.tile_size == 0 and tight.est_seconds == roomy.est_seconds
+    assert _layout(19, 1920, 1080).tiles == 1 and _layout(19, 1920, 1080).decoder_frames < 4

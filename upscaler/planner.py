@@ -107,8 +107,8 @@ class ThroughputTable:
         slowdown: float | None = None,
     ) -> float:
         """Expected frames/s at ``width x height`` (seconds per frame interpolated in pixels), divided by
-        ``slowdown`` (default ``tiled_slowdown``) for a tiled run, times the calibration factor of untiled or tiled runs unless
-        ``calibrated`` is false (the table's own figure)."""
+        ``slowdown`` (default ``tiled_slowdown``) for a tiled run, times the calibration factor of untiled
+        or tiled runs unless ``calibrated`` is false (the table's own figure)."""
         rows, factor = self._rows(device, variant)
         seconds_per_frame = self._interpolate(rows, width * height, lambda e: 1.0 / e.fps)
         if tiled:
@@ -160,7 +160,8 @@ def plan(
 
     ``auto``: Full when quality is preferred and it fits both memory and deadline; else Tiny, or
     Tiny-Long for clips longer than ``long_clip_frames``; tiled when the untiled estimate does not
-    fit in ``free_vram_bytes``.
+    fit in ``free_vram_bytes``: in the layout :mod:`upscaler.tile_plan` chooses for that memory (its
+    smaller tile side reported as ``tile_size``), or in ``tile_size`` squares when nothing is free.
     """
     candidates = [variant] if variant != "auto" else (["full"] if prefer_quality else []) + [
         "tiny-long" if frames > long_clip_frames else "tiny"
@@ -171,7 +172,7 @@ def plan(
         fits_memory = free_vram_bytes is None or peak <= free_vram_bytes
         tile, slowdown = (0, None) if fits_memory else _tiling(table, name, device, width, height, free_vram_bytes,
                                                                 tile_size)
-        seconds = estimate_seconds(width, height, frames, table, name, device, tiled=not fits_memory, slowdown=slowdown)
+        seconds = estimate_seconds(width, height, frames, table, name, device, tiled=tile > 0, slowdown=slowdown)
         on_time = deadline_s is None or seconds <= deadline_s
         if name == "full" and variant == "auto" and not (fits_memory and on_time):
             reasons.append(f"full skipped (est {seconds:.1f}s, {peak / GIB:.1f} GiB)")
@@ -207,7 +208,7 @@ def _tiling(table: ThroughputTable, variant: str, device: str, width: int, heigh
         return fallback_tile, None
     layout = plan_layout(width, height, free_vram_bytes, variant)
     if not layout.tiled:  # fits untiled with fewer decoder frames per pass
-        return 0, 1.0
+        return 0, None
     slowdown = tiled_slowdown_for(table, device, variant, width, height, layout.tiles, layout.tile_width,
                                   layout.tile_height)
     return min(layout.tile_width, layout.tile_height), slowdown
