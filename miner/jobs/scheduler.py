@@ -361,6 +361,7 @@ class Scheduler:
             self._threads, _receive, slot.conn, slot.process.sentinel, timeout)
         if reply is not None and reply[0] == "done":
             return reply[1]
+        slot.process.join(timeout=1.0)  # the sentinel fires as the process exits, before it can be reaped
         crashed = not slot.process.is_alive()
         kind = ErrorKind.CRASH if crashed else ErrorKind.DEADLINE
         message = (f"worker {slot.index} exited with code {slot.process.exitcode}" if crashed
