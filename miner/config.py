@@ -86,7 +86,8 @@ class MinerConfig:
     def upscaler_overrides(self) -> dict[str, Any]:
         """The ``[upscaler]`` keys a worker passes to ``upscaler.settings.load_settings``."""
         upscaler = self.raw["upscaler"]
-        return {key: upscaler[key] for key in ("weights", "model_version", "dtype", "kv_cache_dtype", "compile")}
+        return {key: upscaler[key] for key in ("weights", "model_version", "dtype", "kv_cache_dtype", "compile",
+                                               "precision")}
 
     def as_json(self) -> str:
         """The merged configuration with secrets masked (for the start-up log)."""

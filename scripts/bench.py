@@ -9,11 +9,14 @@ Speed does not depend on weight values, so random weights of the real shapes giv
 with random weights the output is noise, which makes the encoder slower than on real content.
 ``--compare-sdpa`` runs every case again (with ``--baseline-frames`` frames) with attention replaced
 by dense flash SDPA over the whole sequence, in the same process: the speed without LCSA sparsity.
+``--precision bf16 --precision fp8`` runs every case in each compute precision, in the same process
+(the models reloaded per precision, the previous ones released first, so peak memory compares).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import platform
@@ -29,7 +32,7 @@ import kernels
 from miner.protocol.tasks import UpscalingTask
 from upscaler.api import Upscaler
 from upscaler.report import GIB, UpscaleReport
-from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, UpscalerSettings, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, PRECISIONS, TilingSettings, UpscalerSettings, load_settings
 from upscaler.video import FrameReader
 from upscaler.video.synthetic import write_test_clip
 
@@ -95,7 +98,7 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
     seconds = report.seconds
     frames = report.frames
     return {
-        "case": case.name, "variant": case.variant, "task": case.task.value, "frames": frames,
+        "case": case.name, "precision": upscaler.settings.precision, "variant": case.variant, "task": case.task.value, "frames": frames,
         "in_size": list(report.in_size), "out_size": list(report.out_size), "tile_size": case.tile_size,
         "attention": kernels.active_backend(),
         "total_s": round(seconds["total"], 3), "fps": round(report.frames_per_second, 2),
@@ -105,14 +108,14 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'case':28} {'attention':9} {'frames':>6} {'fps':>7} {'peak GiB':>8}  ms/frame: " + " ".join(f"{s:>9}" for s in STAGES)
+    head = f"{'case':28} {'precision':9} {'attention':9} {'frames':>6} {'fps':>7} {'peak GiB':>8}  ms/frame: " + " ".join(f"{s:>9}" for s in STAGES)
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['case']:28} {r.get('attention', ''):9} ERROR {r['error']}")
+            lines.append(f"{r['case']:28} {r.get('precision', ''):9} {r.get('attention', ''):9} ERROR {r['error']}")
             continue
         stages = " ".join(f"{r['ms_per_frame'].get(s, 0.0):9.2f}" for s in STAGES)
-        lines.append(f"{r['case']:28} {r['attention']:9} {r['frames']:6d} {r['fps']:7.2f} {r['peak_vram_gib']:8.2f}            {stages}")
+        lines.append(f"{r['case']:28} {r['precision']:9} {r['attention']:9} {r['frames']:6d} {r['fps']:7.2f} {r['peak_vram_gib']:8.2f}            {stages}")
     return "\n".join(lines)
 
 
@@ -124,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT's element-wise chains")
     p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, default="model", help="K/V cache storage")
+    p.add_argument("--precision", action="append", choices=PRECISIONS, dest="precisions",
+                   help="DiT compute precision (repeatable: each case runs in each; default bf16)")
     p.add_argument("--codec", default="hevc", choices=("h264", "hevc"), help="output codec (Vidaio scores HEVC)")
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
     p.add_argument("--compare-sdpa", action="store_true", help="also run each case with dense flash SDPA attention")
@@ -141,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print("flashvsr-bench measures GPU speed: no CUDA device here")
         return 2
     cases = args.cases or [Case("tiny", UpscalingTask.SD2HD, 300), Case("tiny", UpscalingTask.SD24K, 300)]
-    upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
-                                             kv_cache_dtype=args.kv_cache, compile=args.compile))
+    precisions = list(dict.fromkeys(args.precisions or ["bf16"]))
     rows: list[dict[str, Any]] = []
+    labels: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="flashvsr-bench-") as tmp:
         work = Path(tmp)
         inputs: dict[tuple[UpscalingTask, int], Path] = {}
@@ -156,23 +161,31 @@ def main(argv: list[str] | None = None) -> int:
 
         decode = {c.task.value: round(decode_fps(clip(c.task, c.frames)), 1) for c in cases}
         backends = ["default", "dense"] if args.compare_sdpa else ["default"]
-        for backend in backends:
-            kernels.set_backend(None if backend == "default" else backend)
-            for case in cases:
-                if backend == "dense":
-                    case = Case(case.variant, case.task, min(case.frames, args.baseline_frames), case.tile_size)
-                row = run_case(upscaler, case, clip(case.task, case.frames), clip(case.task, WARMUP_FRAMES), work,
-                               args.codec, args.preset)
-                rows.append(row)
-                print(_table([row]).splitlines()[-1], flush=True)
+        for precision in precisions:
+            upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
+                                                   kv_cache_dtype=args.kv_cache, compile=args.compile,
+                                                   precision=precision))
+            labels.add(upscaler.weights_label)
+            for backend in backends:
+                kernels.set_backend(None if backend == "default" else backend)
+                for case in cases:
+                    if backend == "dense":
+                        case = Case(case.variant, case.task, min(case.frames, args.baseline_frames), case.tile_size)
+                    row = run_case(upscaler, case, clip(case.task, case.frames), clip(case.task, WARMUP_FRAMES), work,
+                                   args.codec, args.preset)
+                    rows.append(row)
+                    print(_table([row]).splitlines()[-1], flush=True)
+            del upscaler  # the next precision's models load into the memory these held
+            gc.collect()
+            torch.cuda.empty_cache()
     props = torch.cuda.get_device_properties(0)
     result = {
         "date": time.strftime("%Y-%m-%d"), "gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "weights": upscaler.weights_label, "dtype": args.dtype, "kv_cache": args.kv_cache, "compile": args.compile, "codec": args.codec, "decode_fps": decode, "rows": rows,
+        "weights": ",".join(sorted(labels)), "dtype": args.dtype, "precisions": precisions, "kv_cache": args.kv_cache, "compile": args.compile, "codec": args.codec, "decode_fps": decode, "rows": rows,
     }
     print()
-    print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {upscaler.weights_label}, "
+    print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {result['weights']}, "
           f"{args.dtype}, output {args.codec}; decode-only fps per task input: {decode}")
     print(_table(rows))
     if args.json:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from upscaler.api import Upscaler
 from upscaler.errors import UpscalerError
 from upscaler.report import Progress
-from upscaler.settings import KV_CACHE_DTYPES, VARIANTS, TilingSettings, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, PRECISIONS, VARIANTS, TilingSettings, load_settings
 
 log = logging.getLogger("flashvsr-upscale")
 
@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the DiT's element-wise chains")
     p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, dest="kv_cache_dtype",
                    help="K/V cache storage: the compute dtype, fp8 (half the memory), or fp8-qk (fp8, and Q.K^T in FP8)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="DiT compute precision: bf16 (default) or fp8 (opt-in; check quality with flashvsr-quality)")
     p.add_argument("--tile-size", type=int, help="spatial tile side in output pixels (multiple of 128; 0 = off)")
     p.add_argument("--tile-overlap", type=int, help="tile overlap in output pixels")
     p.add_argument("--color-fix", choices=("wavelet", "adain", "none"), help="colour correction")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(
         weights=args.weights, model_version=args.model_version, device=args.device, dtype=args.dtype,
         color_fix=args.color_fix, seed=args.seed, vae_path=args.vae_path, kv_cache_dtype=args.kv_cache_dtype,
-        compile=args.compile,
+        compile=args.compile, precision=args.precision,
     )
     if args.tile_size is not None or args.tile_overlap is not None:
         tiling = TilingSettings(

@@ -34,6 +34,7 @@ class Measurement:
     height: int
     fps: float
     peak_gib: float
+    precision: str = "bf16"
 
     @property
     def pixels(self) -> int:
@@ -53,11 +54,12 @@ class ThroughputTable:
     calibration: ThroughputCalibration | None = None
 
     @classmethod
-    def load(cls, path: str = "throughput") -> "ThroughputTable":
-        """Read ``configs/throughput.toml`` (or another file)."""
+    def load(cls, path: str = "throughput", precision: str = "bf16") -> "ThroughputTable":
+        """Read ``configs/throughput.toml`` (or another file): the rows of ``precision`` (the DiT's compute
+        precision), and for a device and variant without such rows, their bf16 rows."""
         raw = load_config(path)
         return cls(
-            entries=tuple(Measurement(**e) for e in raw.get("entry", [])),
+            entries=_precision_rows([Measurement(**e) for e in raw.get("entry", [])], precision),
             unknown_gpu_factor=float(raw.get("unknown_gpu_factor", 0.5)),
             safety_margin=float(raw.get("safety_margin", 1.15)),
             clip_overhead_s=float(raw.get("clip_overhead_s", 1.5)),
@@ -112,6 +114,13 @@ class ThroughputTable:
         """Expected peak GPU memory (interpolated in pixels)."""
         rows, _ = self._rows(device, variant)
         return int(self._interpolate(rows, width * height, lambda e: e.peak_gib) * GIB)
+
+
+def _precision_rows(entries: list[Measurement], precision: str) -> tuple[Measurement, ...]:
+    """The entries measured in ``precision``, plus the bf16 ones of (device, variant) pairs it lacks."""
+    measured = {(e.device, e.variant) for e in entries if e.precision == precision}
+    return tuple(e for e in entries
+                 if e.precision == precision or (e.precision == "bf16" and (e.device, e.variant) not in measured))
 
 
 def estimate_seconds(width: int, height: int, frames: int, table: ThroughputTable, variant: str, device: str,

@@ -100,7 +100,8 @@ class Scheduler:
         self._slots = [_Slot(i, devices[i % len(devices)]) for i in range(count)]
         self._queue: PriorityTaskQueue[_Job] = PriorityTaskQueue(int(jobs["max_queue"]))
         self._ctx = mp.get_context("spawn")
-        self._table = _calibrated(ThroughputTable.load(config.get("upscaler.throughput")), jobs["calibration"])
+        self._table = _calibrated(ThroughputTable.load(config.get("upscaler.throughput"),
+                                                          config.get("upscaler.precision")), jobs["calibration"])
         self._threads = ThreadPoolExecutor(max_workers=count + 1, thread_name_prefix="worker-wait")
         self._serve_tasks: list[asyncio.Task[None]] = []
         self._accepting = False

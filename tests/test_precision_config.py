@@ -1,0 +1,52 @@
+"""``precision = "bf16" | "fp8"`` as configuration: upscaler settings, the miner's [upscaler] table, the
+CLIs, and the throughput rows the planner reads for each precision."""
+
+from __future__ import annotations
+
+import pytest
+
+from miner.config import load_miner_config
+from scripts.bench import build_parser as bench_parser
+from upscaler.cli import build_parser as upscale_parser
+from upscaler.models.fp8 import FP8_LAYER_GROUPS
+from upscaler.planner import Measurement, ThroughputTable, _precision_rows
+from upscaler.settings import load_settings
+
+
+def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
+    settings = load_settings(weights="random-small", device="cpu")
+    assert settings.precision == "bf16" and settings.fp8_layers == FP8_LAYER_GROUPS
+    assert load_settings(weights="random-small", device="cpu", precision="fp8").precision == "fp8"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_settings(weights="random-small", device="cpu", precision="fp4")
+    with pytest.raises(ValueError, match="fp8_layers: unknown"):
+        load_settings(weights="random-small", device="cpu", fp8_layers=("self_qkv", "everything"))
+
+
+def test_miner_config_carries_and_checks_the_precision() -> None:
+    assert load_miner_config(environ={}).get("upscaler.precision") == "bf16"
+    assert load_miner_config(overrides={"upscaler": {"precision": "fp8"}}, environ={}).get("upscaler.precision") == "fp8"
+    with pytest.raises(ValueError, match="upscaler.precision must be one of"):
+        load_miner_config(overrides={"upscaler": {"precision": "int8"}}, environ={})
+
+
+def test_clis_take_the_precision() -> None:
+    args = upscale_parser().parse_args(["in.mp4", "out.mp4", "--scale", "2", "--precision", "fp8"])
+    assert args.precision == "fp8"
+    assert upscale_parser().parse_args(["in.mp4", "out.mp4", "--scale", "2"]).precision is None  # the TOML's
+    assert bench_parser().parse_args(["--precision", "bf16", "--precision", "fp8"]).precisions == ["bf16", "fp8"]
+    with pytest.raises(SystemExit):
+        bench_parser().parse_args(["--precision", "fp16"])
+
+
+def test_planner_reads_the_precisions_rows_and_falls_back_to_bf16() -> None:
+    rows = [Measurement("h200", "tiny", 3840, 2160, 9.9, 44.1), Measurement("h200", "tiny", 3840, 2160, 13.0, 40.0, "fp8"),
+            Measurement("h200", "full", 1920, 1080, 7.1, 29.4)]
+    bf16 = _precision_rows(rows, "bf16")
+    fp8 = _precision_rows(rows, "fp8")
+    assert [r.fps for r in bf16] == [9.9, 7.1]
+    assert [r.fps for r in fp8] == [13.0, 7.1]  # full has no fp8 rows: its bf16 rows stand
+    table = ThroughputTable.load("throughput", "fp8")
+    assert all(e.precision in ("bf16", "fp8") for e in table.entries)
+    plain = ThroughputTable.load("throughput")
+    assert all(e.precision == "bf16" for e in plain.entries)
