@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, default="model", help="K/V cache storage")
     p.add_argument("--precision", action="append", choices=PRECISIONS, dest="precisions",
                    help="DiT compute precision (repeatable: each case runs in each; default bf16)")
+    p.add_argument("--fp8-layers", help="comma-separated linears run in FP8 with --precision fp8 "
+                                        "(default: configs/upscaler.toml fp8_layers)")
     p.add_argument("--codec", default="hevc", choices=("h264", "hevc"), help="output codec (Vidaio scores HEVC)")
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
     p.add_argument("--compare-sdpa", action="store_true", help="also run each case with dense flash SDPA attention")
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cases = args.cases or [Case("tiny", UpscalingTask.SD2HD, 300), Case("tiny", UpscalingTask.SD24K, 300)]
     precisions = list(dict.fromkeys(args.precisions or ["bf16"]))
+    fp8_layers = tuple(g for g in args.fp8_layers.split(",") if g) if args.fp8_layers is not None else None
     rows: list[dict[str, Any]] = []
     labels: set[str] = set()
     with tempfile.TemporaryDirectory(prefix="flashvsr-bench-") as tmp:
@@ -164,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         for precision in precisions:
             upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
                                                    kv_cache_dtype=args.kv_cache, compile=args.compile,
-                                                   precision=precision))
+                                                   precision=precision, fp8_layers=fp8_layers))
             labels.add(upscaler.weights_label)
+            upscaler_fp8_layers = upscaler.settings.fp8_layers
             for backend in backends:
                 kernels.set_backend(None if backend == "default" else backend)
                 for case in cases:
@@ -182,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d"), "gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "weights": ",".join(sorted(labels)), "dtype": args.dtype, "precisions": precisions, "kv_cache": args.kv_cache, "compile": args.compile, "codec": args.codec, "decode_fps": decode, "rows": rows,
+        "weights": ",".join(sorted(labels)), "dtype": args.dtype, "precisions": precisions,
+        "fp8_layers": list(upscaler_fp8_layers), "kv_cache": args.kv_cache, "compile": args.compile, "codec": args.codec, "decode_fps": decode, "rows": rows,
     }
     print()
     print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {result['weights']}, "

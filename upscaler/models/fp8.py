@@ -41,9 +41,33 @@ class QuantisedRows:
 
 
 def scaled_mm_supported(device: torch.device) -> bool:
-    """Whether ``torch._scaled_mm`` runs FP8 products with rowwise scales on ``device``."""
-    return (device.type == "cuda" and hasattr(torch, "_scaled_mm")
-            and torch.cuda.get_device_capability(device) >= SCALED_MM_MIN_CAPABILITY)
+    """Whether ``torch._scaled_mm`` runs FP8 products with rowwise scales and a bias on ``device``: a GPU
+    with FP8 tensor cores, and one small product that runs and matches the emulated one (a PyTorch build
+    without the rowwise kernels refuses it; the emulated path then runs, with a warning)."""
+    if not (device.type == "cuda" and hasattr(torch, "_scaled_mm")
+            and torch.cuda.get_device_capability(device) >= SCALED_MM_MIN_CAPABILITY):
+        return False
+    from kernels.fp8_quant import quantise_rows_torch
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x, weight = (torch.randn(shape, generator=g).to(device, torch.bfloat16) for shape in ((32, 64), (48, 64)))
+    bias = torch.randn(48, generator=g).to(device, torch.bfloat16)
+    (a, a_scale), (w, w_scale) = quantise_rows_torch(x), quantise_rows_torch(weight)
+    w_scale = w_scale.reshape(1, -1).contiguous()
+    try:
+        got = torch._scaled_mm(a, w.t(), scale_a=a_scale, scale_b=w_scale, bias=bias, out_dtype=torch.bfloat16)
+    except (RuntimeError, TypeError) as exc:
+        log.warning("torch._scaled_mm with rowwise scales is not available here (%s); FP8 linears are emulated "
+                    "(not faster): use a PyTorch build with FP8 rowwise kernels, or precision = \"bf16\"",
+                    str(exc).splitlines()[0])
+        return False
+    want = emulated_scaled_mm(a, a_scale, w, w_scale, bias, torch.bfloat16)
+    error = float((got.float() - want.float()).norm() / want.float().norm())
+    if error > 1e-2:
+        log.warning("torch._scaled_mm disagrees with the emulated FP8 product (relative error %.3g); "
+                    "FP8 linears are emulated", error)
+        return False
+    return True
 
 
 def quantise(x: torch.Tensor, *, gelu: bool = False) -> QuantisedRows:
