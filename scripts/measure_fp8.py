@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.fp8_quant import quantise_rows_torch
+from miner.jobs.worker import device_class
 from miner.mock_validator.metrics import psnr
 from miner.protocol.tasks import UpscalingTask
 from scripts import bench
@@ -271,6 +272,19 @@ def measure_errors(weights: str, device: str, in_size: tuple[int, int], out_size
     }
 
 
+def throughput_rows(rows: list[dict[str, Any]], device: str) -> str:
+    """``configs/throughput.toml`` entries for the fp8 rows of a bench run (paste them beside the bf16 ones)."""
+    entries = []
+    for row in rows:
+        if row.get("precision") != "fp8" or "error" in row:
+            continue
+        width, height = row["out_size"]
+        entries.append(f"[[entry]]   # {row['case']}, flashvsr-bench --precision fp8 (scripts/measure_fp8.py)\n"
+                       f'device = "{device}"\nvariant = "{row["variant"]}"\nprecision = "fp8"\n'
+                       f"width = {width}\nheight = {height}\nfps = {row['fps']}\npeak_gib = {row['peak_vram_gib']}\n")
+    return "\n".join(entries)
+
+
 def write(out: Path, result: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / RESULT_FILE).write_text(json.dumps(result, indent=2))
@@ -300,6 +314,8 @@ def summary(result: dict[str, Any]) -> str:
     for row in result.get("e2e", {}).get("rows", []):
         lines.append(f"  {row['case']:20} {row.get('precision', ''):5} "
                      + (f"ERROR {row['error']}" if "error" in row else f"{row['fps']:7.2f} fps {row['peak_vram_gib']:6.2f} GiB"))
+    if result.get("throughput_rows_toml"):
+        lines.append("configs/throughput.toml rows:\n" + result["throughput_rows_toml"])
     return "\n".join(lines)
 
 
@@ -349,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                       "--json", str(bench_json)]
         code = bench.main(argv_bench)
         result["e2e"] = json.loads(bench_json.read_text()) if bench_json.exists() else {"error": f"bench exit {code}"}
+        result["throughput_rows_toml"] = throughput_rows(result["e2e"].get("rows", []), device_class("cuda"))
         result["seconds"]["e2e"] = round(time.perf_counter() - t0, 1)
         write(args.out, result)
     with tempfile.TemporaryDirectory(prefix="measure-fp8-") as tmp:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
-from scripts.measure_fp8 import group_costs, main, steady_tokens
+from scripts.measure_fp8 import group_costs, main, steady_tokens, throughput_rows
 from upscaler.models.fp8 import FP8_LAYER_GROUPS
 
 
@@ -47,3 +48,14 @@ def test_smoke_run_writes_every_figure(tmp_path, capsys) -> None:
     assert "e2e" not in result  # GPU only
     out = capsys.readouterr().out
     assert "FP8 faster:" in out and "output PSNR (bf16 vs fp8)" in out
+
+
+def test_fp8_bench_rows_become_throughput_entries() -> None:
+    rows = [{"case": "tiny:SD24K:300", "precision": "bf16", "variant": "tiny", "out_size": [3840, 2160], "fps": 9.9,
+             "peak_vram_gib": 44.1},
+            {"case": "tiny:SD24K:300", "precision": "fp8", "variant": "tiny", "out_size": [3840, 2160], "fps": 12.6,
+             "peak_vram_gib": 42.0},
+            {"case": "tiny:SD2HD:300", "precision": "fp8", "error": "out of memory"}]
+    entries = tomllib.loads(throughput_rows(rows, "h200"))["entry"]
+    assert entries == [{"device": "h200", "variant": "tiny", "precision": "fp8", "width": 3840, "height": 2160,
+                        "fps": 12.6, "peak_gib": 42.0}]
