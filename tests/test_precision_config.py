@@ -9,7 +9,7 @@ from miner.config import load_miner_config
 from scripts.bench import build_parser as bench_parser
 from upscaler.cli import build_parser as upscale_parser
 from upscaler.models.fp8 import FP8_LAYER_GROUPS
-from upscaler.planner import Measurement, ThroughputTable, _precision_rows
+from upscaler.planner import Measurement, ThroughputTable, _precision_rows, max_content_length
 from upscaler.settings import load_settings
 
 
@@ -47,6 +47,9 @@ def test_planner_reads_the_precisions_rows_and_falls_back_to_bf16() -> None:
     assert [r.fps for r in bf16] == [9.9, 7.1]
     assert [r.fps for r in fp8] == [13.0, 7.1]  # full has no fp8 rows: its bf16 rows stand
     table = ThroughputTable.load("throughput", "fp8")
-    assert all(e.precision in ("bf16", "fp8") for e in table.entries)
     plain = ThroughputTable.load("throughput")
     assert all(e.precision == "bf16" for e in plain.entries)
+    assert table.frames_per_second("cpu", "tiny", 320, 180) == 3.5  # the fp8 row
+    assert plain.frames_per_second("cpu", "tiny", 320, 180) == 4.0
+    # LengthCheck reads the same table: a 4K answer with the precision's rows (bf16 rows where fp8 has none)
+    assert max_content_length(table, 3840, 2160, device="h200") == max_content_length(plain, 3840, 2160, device="h200")
