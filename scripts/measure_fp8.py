@@ -48,7 +48,8 @@ from upscaler.geometry import Geometry
 import upscaler.models.dit as dit_module
 from upscaler.models.config import SparsityParams
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import FP8_LAYER_GROUPS, FP8Linear, QuantisedRows, emulated_scaled_mm, quantise
+from upscaler.models.fp8 import (FP8_LAYER_GROUPS, FP8Linear, QuantisedRows, emulated_scaled_mm, quantise,
+                                  scaled_mm_supported)
 from upscaler.settings import load_settings
 from upscaler.timing import StageTimer
 from upscaler.video.synthetic import write_test_clip
@@ -116,7 +117,7 @@ def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: i
     clock = Clock(device, repeats)
     shapes = {"q/k/v/o": (dim, dim), "qkv fused": (dim, 3 * dim), "ffn up": (dim, ffn_dim), "ffn down": (ffn_dim, dim)}
     out: dict[str, Any] = {"shapes": {}, "groups": {}, "scaled_mm": None}
-    use_scaled_mm = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    use_scaled_mm = scaled_mm_supported(device)  # probed: a build without rowwise kernels is emulated, not fatal
     for label, tokens in token_counts.items():
         per_shape: dict[str, Any] = {}
         for name, (k, n) in shapes.items():
