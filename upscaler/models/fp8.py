@@ -151,6 +151,10 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str]) -> frozenset[str]
         raise ValueError(f"unknown FP8 layer groups {sorted(unknown)}; choose from {FP8_LAYER_GROUPS}")
     device = next(dit.parameters()).device
     use_scaled_mm = scaled_mm_supported(device)
+    if use_scaled_mm and dit.dtype != torch.bfloat16:
+        log.warning("FP8 products with rowwise scales write bf16, the model runs in %s: FP8 linears are emulated "
+                    "(not faster); set dtype = \"bf16\" with precision = \"fp8\"", str(dit.dtype).removeprefix("torch."))
+        use_scaled_mm = False
     converted = 0
     for block in dit.blocks:
         for group in FP8_LAYER_GROUPS:
