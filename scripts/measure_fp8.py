@@ -111,6 +111,7 @@ def _layer_norm_ms(clock: Clock, x: torch.Tensor, fp8: bool) -> dict[str, float]
     }
 
 
+@torch.no_grad()
 def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: int, token_counts: dict[str, int],
                   repeats: int) -> dict[str, Any]:
     """Section 1: the product timings per shape and token count, and the per-block cost of each group."""
@@ -299,6 +300,14 @@ def summary(result: dict[str, Any]) -> str:
         label = gemm["decided_at"]
         lines.append(f"per-block ms at {label} ({gemm['shapes'][label]['tokens']} tokens), "
                      f"_scaled_mm {'on' if gemm['scaled_mm'] else 'off (emulated)'}:")
+        for name, e in gemm["shapes"][label].items():
+            if isinstance(e, dict) and "bf16_linear_ms" in e:
+                lines.append(f"  {name:10} bf16 {e['bf16_linear_ms']:.3f} ms ({e['bf16_tflops']} TFLOP/s), fp8 "
+                             f"{e['fp8_product_ms']:.3f} ms ({e['fp8_tflops']} TFLOP/s), fast-accum "
+                             f"{e.get('fp8_product_fast_accum_ms', float('nan')):.3f}, quantise pass "
+                             f"{e['quantise_pass_ms']:.3f}; fp8 vs emulated rel. error {e['product_vs_emulated_rel_error']:.2e}")
+            elif isinstance(e, dict):
+                lines.append(f"  {name:15} " + ", ".join(f"{k} {v:.3f} ms" for k, v in e.items()))
         for group, cost in gemm["groups"][label].items():
             lines.append(f"  {group:9} bf16 {cost['bf16_ms']:8.3f}  fp8 {cost['fp8_ms']:8.3f}")
         lines.append(f"  FP8 faster: {', '.join(gemm['fp8_faster_groups']) or 'none'}  "
