@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="append", dest="references",
                    help="high-resolution reference of each clip, in clip order (repeatable)")
     p.add_argument("--scale", type=int, choices=SCORED_SCALES, default=4, help="upscale factor without references")
-    p.add_argument("--a", type=Setting.parse, default=Setting.parse("precision=bf16"), help="first setting")
-    p.add_argument("--b", type=Setting.parse, default=Setting.parse("precision=fp8"), help="second setting")
+    p.add_argument("--a", type=Setting.parse, default=Setting.parse("precision=bf16"), help="first setting: upscaler keys key=value[,key=value], tuples joined with + (default precision=bf16)")
+    p.add_argument("--b", type=Setting.parse, default=Setting.parse("precision=fp8"), help="second setting, the one judged (default precision=fp8; e.g. precision=fp8,fp8_layers=self_qkv+ffn_up)")
     p.add_argument("--weights", help="model dir or 'auto' (default: configs/upscaler.toml)")
     p.add_argument("--config", default="upscaler", help="upscaler TOML to start from")
     p.add_argument("--device", help="auto, cuda, cuda:N or cpu")
