@@ -8,6 +8,7 @@ miner's ``MINER_STORAGE_S3_*`` names; explicit overrides (CLI flags).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -196,5 +197,30 @@ def _validate(config: MinerConfig) -> None:
     workers = config.get("jobs.workers")
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}")
+    _validate_cluster(config.section("cluster"))
     if storage["retention_s"] < storage["url_expiry_s"]:
         raise ValueError("storage.retention_s must be at least storage.url_expiry_s (URLs must not outlive files)")
+
+
+def _validate_cluster(cluster: Mapping[str, Any]) -> None:
+    """``[cluster]``: a known backend, and Ray installed when it is asked for."""
+    if cluster["backend"] not in ("local", "ray"):
+        raise ValueError(f"cluster.backend must be 'local' or 'ray', got {cluster['backend']!r}")
+    if not isinstance(cluster["resources"], Mapping) or not all(
+            isinstance(v, (int, float)) and v > 0 for v in cluster["resources"].values()):
+        raise ValueError(f"cluster.resources must be a table of positive amounts, got {cluster['resources']!r}")
+    if cluster["num_gpus"] < 0 or cluster["num_cpus"] < 0 or cluster["lost_clip_retries"] < 0:
+        raise ValueError("cluster.num_gpus, cluster.num_cpus and cluster.lost_clip_retries must not be negative")
+    if cluster["result_chunk_bytes"] < 65536:
+        raise ValueError("cluster.result_chunk_bytes must be at least 65536")
+    if cluster["backend"] == "ray" and not _installed("ray"):
+        raise ValueError("cluster.backend = 'ray' needs Ray, which is not installed: "
+                         "pip install -e '.[cluster]' (or set cluster.backend = 'local')")
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-installed package
+        return False
