@@ -323,7 +323,7 @@ class Scheduler:
                 if slot.info else None
             workers.append({
                 "index": slot.index, "backend": slot.handle.backend, "state": slot.state,
-                "node": slot.info.get("node"), "gpu": slot.info.get("gpu"), "device": slot.info.get("device"),
+                "node": slot.info.get("node"), "node_id": slot.info.get("node_id"), "gpu": slot.info.get("gpu"), "device": slot.info.get("device"),
                 "device_class": slot.info.get("device_class"),
                 "calibrated_fps": None if fps is None else round(fps, 3),
                 "running": slot.running.spec.task_id if slot.running else None,

@@ -1,0 +1,164 @@
+"""The Ray backend for real: a Ray cluster of two node processes on loopback (each declaring two fake GPUs,
+``test_gpu``), the miner as a subprocess driving four actors (CPU, random-small weights), mock-validator
+rounds over legacy synapses, and the second node killed mid-round."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import aiohttp
+import pytest
+
+from miner.mock_validator import wallets
+from miner.mock_validator.report import Report
+from miner.mock_validator.runner import RunOptions, make_client, run_validators
+from miner.mock_validator.settings import load_settings
+from scripts.run_local import MINER_WALLET, free_port, stop, wait_healthy
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+NODE = {"num_cpus": 2, "resources": {"test_gpu": 2}, "object_store_memory": 100 * MIB}
+FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                   "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
+# The LengthCheck task of this test: 300 frames at 240x136 on the CPU row take 50.4 s (x1.15 + 1.5 s), so
+# five of them fit 135 s on 3 or 4 workers (two each at most: 100.8 s) and not on 2 (three: 151 s).
+LENGTH_TASK = {"width": 240, "height": 136, "scale": 2}
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cluster, Any]]:
+    """A head node and a second node (separate raylets on 127.0.0.1); the actors import the checkout."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **NODE, "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
+    second = cluster.add_node(**NODE)
+    try:
+        yield cluster, second
+    finally:
+        cluster.shutdown()
+
+
+def miner_toml(root: Path, port: int, address: str, allow_list: list[str]) -> Path:
+    """The miner on loopback, no chain, local storage, ``backend = "ray"`` with one fake GPU per actor."""
+    path = root / "miner.toml"
+    path.write_text("\n".join([
+        "[server]", 'host = "127.0.0.1"', f"port = {port}", "shutdown_grace_s = 5.0",
+        "[chain]", "no_chain = true", f"allow_list = {json.dumps(allow_list)}",
+        f'wallet_name = "{MINER_WALLET}"', f"wallet_path = {json.dumps(str(root / 'wallets'))}",
+        "[jobs]", f"work_dir = {json.dumps(str(root / 'miner-work'))}", 'length_check_task = "LC"',
+        "worker_start_timeout_s = 180.0", "progress_log_s = 0.0",
+        "[jobs.calibration]", 'state_path = ""',
+        "[jobs.test_hooks]", "delay_s = 1.5",  # each clip runs long enough to be caught mid-round
+        "[cluster]", 'backend = "ray"', f"address = {json.dumps(address)}", "num_gpus = 0.0", "num_cpus = 0.0",
+        "resources = { test_gpu = 1.0 }", f"work_dir = {json.dumps(str(root / 'actors'))}",
+        "result_chunk_bytes = 65536",  # several chunks per result even for these small clips
+        "[fetch]", "allow_private_urls = true",
+        "[storage]", 'backend = "local"', "[storage.local]", f"dir = {json.dumps(str(root / 'files'))}",
+        "[upscaler]", 'weights = "random-small"',
+        "[log]", 'format = "json"',
+        "[tasks]", f"LC = {{ width = {LENGTH_TASK['width']}, height = {LENGTH_TASK['height']}, scale = 2 }}", ""]))
+    return path
+
+
+def health(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+async def length_check(opts: RunOptions, wallet: Any) -> int | None:
+    async with aiohttp.ClientSession() as session:
+        value, answer = await make_client("legacy", session, opts.miner_url, wallet, opts.miner_hotkey).length(10.0)
+        assert answer.status == 200, answer.message
+        return value
+
+
+def clips_of(report: Report) -> list[Any]:
+    (validator,) = report.validators
+    (rnd,) = validator.rounds
+    assert rnd.met_deadline, f"round not answered inside its deadline: {rnd.status} {rnd.message}"
+    return rnd.clips
+
+
+def test_round_over_four_actors_on_two_nodes_survives_losing_a_node(tmp_path: Path, ray_cluster) -> None:
+    cluster, second = ray_cluster
+    (validator,) = wallets.validator_wallets(tmp_path / "wallets", 1)
+    miner_hotkey = wallets.load_or_create(tmp_path / "wallets", MINER_WALLET).hotkey.ss58_address
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = miner_toml(tmp_path, port, cluster.address, [validator.hotkey.ss58_address])
+    settings = load_settings(overrides={"round": {"use_length_check": False}})
+    opts = RunOptions(miner_url=url, miner_hotkey=miner_hotkey, task="SD2HD", clips=4, seconds=0.5, small=True,
+                      organic=False, transport="legacy", baseline=False, quality_gate=False, workers=2)
+    log_path = tmp_path / "miner.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "miner", "--config", str(config)], cwd=REPO,
+                                stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            wait_healthy(f"{url}/health", proc, 240)
+            asyncio.run(_scenario(url, opts, settings, validator, tmp_path, cluster, second))
+        except BaseException:
+            print(log_path.read_text(errors="replace")[-12000:])
+            raise
+        finally:
+            assert stop(proc, grace=30) == 0, "the miner stops cleanly"
+    lines = [json.loads(line) for line in log_path.read_text(errors="replace").splitlines() if line.startswith("{")]
+    assert any(e.get("msg") == "worker lost" for e in lines)
+
+
+async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, tmp_path: Path, cluster: Cluster,
+                    second: Any) -> None:
+    state = health(url)
+    assert state["backend"] == "ray" and state["workers"] == state["workers_up"] == 4, state
+    nodes = {w["node_id"] for w in state["worker_status"]}
+    assert len(nodes) == 2, f"four actors on two nodes: {state['worker_status']}"
+    assert await length_check(opts, validator) == 10  # five LC clips fit 135 s on four workers
+
+    # A round spread over the four actors: every clip passes its hard checks, served from local storage.
+    report = await run_validators([validator], opts, settings, tmp_path / "round1", "ray backend")
+    for clip in clips_of(report):
+        assert clip.passed, (clip.error, clip.score)
+        assert all(c.ok for c in clip.score.checks if c.enforced)
+        assert clip.result_url.startswith(f"{url}/files/")
+    state = health(url)
+    assert all(w["clips_done"] == 1 and w["clips_failed"] == 0 for w in state["worker_status"]), state
+    assert all(w["calibrated_fps"] > 0 and w["gpu"] == "cpu" for w in state["worker_status"])
+
+    # Round two; the second node dies while its actors are running clips.
+    on_second = {w["index"] for w in state["worker_status"] if w["node_id"] == second.node_id}
+    assert len(on_second) == 2
+    running = asyncio.create_task(run_validators([validator], replace(opts, seed=7), settings, tmp_path / "round2",
+                                                 "ray backend, node lost"))
+    began = time.monotonic()
+    while not any(w["running"] and w["index"] in on_second for w in health(url)["worker_status"]):
+        assert time.monotonic() - began < 120 and not running.done(), "no clip ever ran on the second node"
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(cluster.remove_node, second, False)
+    report = await running
+    for clip in clips_of(report):  # every clip finished on the head's actors, or failed with a reason
+        assert clip.passed or clip.error.split(":")[0] in {"worker_crash", "deadline", "refused"}, clip.error
+    assert sum(c.passed for c in clips_of(report)) >= 2
+
+    # The miner keeps serving on the two actors left; the LengthCheck follows.
+    state = health(url)
+    assert state["workers_up"] == 2, state
+    lost = [w for w in state["worker_status"] if w["index"] in on_second]
+    assert all(w["state"] in ("restarting", "down") for w in lost), lost
+    assert await length_check(opts, validator) == 5
+    report = await run_validators([validator], replace(opts, clips=2, seed=9), settings, tmp_path / "round3",
+                                  "ray backend, one node")
+    assert all(clip.passed for clip in clips_of(report))
