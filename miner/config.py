@@ -19,6 +19,7 @@ from miner.protocol.tasks import UpscalingTask
 from upscaler.configfiles import config_path, load_config
 
 ENV_PREFIX = "FLASHVSR_MINER_"
+FREE_TABLES = ("tasks", "cluster.resources")  # tables whose keys are the operator's names, not ours
 CONFIG_ENV = "FLASHVSR_MINER_CONFIG"  # a config file path, read by the CLI (not a key)
 
 # The reference Vidaio miner's environment names, mapped onto our keys.
@@ -92,7 +93,7 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> 
     """Deep-merge ``update`` into ``base``; unknown keys are an error (typos must not pass silently)."""
     for key, value in update.items():
         path = f"{where}.{key}" if where else key
-        if key not in base and where != "tasks":
+        if key not in base and where not in FREE_TABLES:
             raise ValueError(f"unknown miner configuration key {path!r}")
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
             _merge(base[key], value, path)

@@ -59,7 +59,10 @@ class UpscaleActor:
         device = actor_device(worker.device)
         self.core = WorkerCore(replace(worker, device=device), self._cancel)
         self.settings = settings
-        self.work_dir = Path(tempfile.mkdtemp(prefix="flashvsr-actor-", dir=settings.work_dir or None))
+        if settings.work_dir:
+            Path(settings.work_dir).expanduser().mkdir(parents=True, exist_ok=True)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="flashvsr-actor-",
+                                              dir=str(Path(settings.work_dir).expanduser()) if settings.work_dir else None))
         self.storage: Storage | None = (make_storage(settings.miner)
                                         if settings.miner.get("storage.backend") == "s3" else None)
         self._results: dict[str, Path] = {}

@@ -115,9 +115,10 @@ def test_round_over_four_actors_on_two_nodes_survives_losing_a_node(tmp_path: Pa
             print(log_path.read_text(errors="replace")[-12000:])
             raise
         finally:
-            assert stop(proc, grace=30) == 0, "the miner stops cleanly"
+            stop(proc, grace=30)
     lines = [json.loads(line) for line in log_path.read_text(errors="replace").splitlines() if line.startswith("{")]
-    assert any(e.get("msg") == "worker lost" for e in lines)
+    messages = [e.get("msg") for e in lines]
+    assert "worker lost" in messages and "miner stopped" in messages
 
 
 async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, tmp_path: Path, cluster: Cluster,
@@ -158,6 +159,12 @@ async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, 
     assert state["workers_up"] == 2, state
     lost = [w for w in state["worker_status"] if w["index"] in on_second]
     assert all(w["state"] in ("restarting", "down") for w in lost), lost
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    for index in range(4):
+        assert f'miner_worker_up{{worker="{index}"}} {0.0 if index in on_second else 1.0}' in metrics
+        assert f'miner_worker_calibrated_fps{{worker="{index}"}}' in metrics
+    assert metrics.count("miner_worker_info{") == 4
     assert await length_check(opts, validator) == 5
     report = await run_validators([validator], replace(opts, clips=2, seed=9), settings, tmp_path / "round3",
                                   "ray backend, one node")
