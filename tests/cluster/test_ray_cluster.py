@@ -1,6 +1,6 @@
 """The Ray backend for real: a Ray cluster of two node processes on loopback (each declaring two fake GPUs,
 ``test_gpu``), the miner as a subprocess driving four actors (CPU, random-small weights), mock-validator
-rounds over legacy synapses, and the second node killed mid-round."""
+rounds over legacy synapses, the second node killed mid-round, then a node joining again."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def clips_of(report: Report) -> list[Any]:
     return rnd.clips
 
 
-def test_round_over_four_actors_on_two_nodes_survives_losing_a_node(tmp_path: Path, ray_cluster) -> None:
+def test_round_over_four_actors_on_two_nodes_survives_losing_a_node_and_regains_it(tmp_path: Path, ray_cluster) -> None:
     cluster, second = ray_cluster
     (validator,) = wallets.validator_wallets(tmp_path / "wallets", 1)
     miner_hotkey = wallets.load_or_create(tmp_path / "wallets", MINER_WALLET).hotkey.ss58_address
@@ -169,3 +169,11 @@ async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, 
     report = await run_validators([validator], replace(opts, clips=2, seed=9), settings, tmp_path / "round3",
                                   "ray backend, one node")
     assert all(clip.passed for clip in clips_of(report))
+
+    # A GPU host joins again: Ray places the two restarting actors on it, the LengthCheck rises again.
+    cluster.add_node(**NODE)  # in the main thread: a node registers signal handlers
+    began = time.monotonic()
+    while health(url)["workers_up"] < 4:
+        assert time.monotonic() - began < 120, health(url)
+        await asyncio.sleep(0.5)
+    assert await length_check(opts, validator) == 10
