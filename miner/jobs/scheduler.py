@@ -10,6 +10,7 @@ calibrated speed (:func:`upscaler.planner.schedule`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -209,7 +210,7 @@ class Scheduler:
     async def _recover(self, slot: _Slot) -> None:
         """Bring a lost worker back (a new process; the actor Ray restarted, or a new one), retrying with
         a backoff for as long as it takes; the LengthCheck and admission see it only once it is up."""
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             self._mark_down(slot, RESTARTING)
             began = time.perf_counter()
             try:
