@@ -51,3 +51,18 @@ def test_cluster_settings_are_validated() -> None:
             load_miner_config(overrides={"cluster": bad}, environ={})
     with pytest.raises(ValueError, match="unknown miner configuration key 'cluster.adress'"):
         load_miner_config(overrides={"cluster": {"adress": "auto"}}, environ={})
+
+
+def test_auto_workers_count_the_actors_the_cluster_holds() -> None:
+    pytest.importorskip("ray")
+    from miner.cluster.ray_pool import actor_count
+
+    cluster = load_miner_config(environ={}).section("cluster")  # num_gpus = 1, no extra resources
+    assert actor_count(cluster, {"CPU": 64.0, "GPU": 8.0}) == 8
+    assert actor_count(cluster, {"CPU": 16.0}) == 0  # a head without GPUs holds none
+    pinned = {**cluster, "num_gpus": 1.0, "resources": {"h200": 1}}
+    assert actor_count(pinned, {"GPU": 6.0, "h200": 2.0}) == 2  # only the H200 hosts' GPUs
+    fake = {**cluster, "num_gpus": 0.0, "resources": {"test_gpu": 1}}
+    assert actor_count(fake, {"CPU": 4.0, "test_gpu": 4.0}) == 4
+    with pytest.raises(ValueError, match="needs cluster.num_gpus or cluster.resources"):
+        actor_count({**cluster, "num_gpus": 0.0}, {"CPU": 4.0})
