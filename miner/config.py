@@ -198,12 +198,12 @@ def _validate(config: MinerConfig) -> None:
     workers = config.get("jobs.workers")
     if workers != "auto" and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}")
-    _validate_cluster(config.section("cluster"))
+    _validate_cluster(config.section("cluster"), workers)
     if storage["retention_s"] < storage["url_expiry_s"]:
         raise ValueError("storage.retention_s must be at least storage.url_expiry_s (URLs must not outlive files)")
 
 
-def _validate_cluster(cluster: Mapping[str, Any]) -> None:
+def _validate_cluster(cluster: Mapping[str, Any], workers: Any) -> None:
     """``[cluster]``: a known backend, and Ray installed when it is asked for."""
     if cluster["backend"] not in ("local", "ray"):
         raise ValueError(f"cluster.backend must be 'local' or 'ray', got {cluster['backend']!r}")
@@ -212,6 +212,9 @@ def _validate_cluster(cluster: Mapping[str, Any]) -> None:
         raise ValueError(f"cluster.resources must be a table of positive amounts, got {cluster['resources']!r}")
     if cluster["num_gpus"] < 0 or cluster["num_cpus"] < 0 or cluster["lost_clip_retries"] < 0:
         raise ValueError("cluster.num_gpus, cluster.num_cpus and cluster.lost_clip_retries must not be negative")
+    if cluster["backend"] == "ray" and workers == "auto" and not cluster["num_gpus"] and not cluster["resources"]:
+        raise ValueError("jobs.workers = 'auto' counts one actor per cluster.num_gpus GPUs or cluster.resources: "
+                         "set one of them, or a number of workers")
     if cluster["result_chunk_bytes"] < 65536:
         raise ValueError("cluster.result_chunk_bytes must be at least 65536")
     if cluster["backend"] == "ray" and not _installed("ray"):

@@ -46,7 +46,8 @@ def test_cluster_settings_are_validated() -> None:
     for bad, message in (({"backend": "slurm"}, "cluster.backend must be"),
                          ({"resources": {"h100": 0}}, "positive amounts"),
                          ({"num_gpus": -1.0}, "must not be negative"),
-                         ({"result_chunk_bytes": 1024}, "at least 65536")):
+                         ({"result_chunk_bytes": 1024}, "at least 65536"),
+                         ({"backend": "ray", "num_gpus": 0.0}, "set one of them, or a number of workers")):
         with pytest.raises(ValueError, match=message):
             load_miner_config(overrides={"cluster": bad}, environ={})
     with pytest.raises(ValueError, match="unknown miner configuration key 'cluster.adress'"):
