@@ -5,6 +5,7 @@ rounds over legacy synapses, the second node killed mid-round, then a node joini
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import aiohttp
+import boto3
 import pytest
 
 from miner.mock_validator import wallets
@@ -39,18 +41,43 @@ FAST_NODE_DEATH = {"health_check_initial_delay_ms": 0, "health_check_period_ms":
 LENGTH_TASK = {"width": 240, "height": 136, "scale": 2}
 
 
-@pytest.fixture
-def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cluster, Any]]:
-    """A head node and a second node (separate raylets on 127.0.0.1); the actors import the checkout."""
+def _head(monkeypatch: pytest.MonkeyPatch, **node: Any) -> Cluster:
+    """A head node on 127.0.0.1 whose actors import this checkout."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **NODE, "include_dashboard": False, "_system_config": FAST_NODE_DEATH})
-    second = cluster.add_node(**NODE)
+    return Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False,
+                                                         "_system_config": FAST_NODE_DEATH})
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cluster, Any]]:
+    """A head node and a second node (separate raylets on 127.0.0.1)."""
+    cluster = _head(monkeypatch, **NODE)
     try:
-        yield cluster, second
+        yield cluster, cluster.add_node(**NODE)
     finally:
         cluster.shutdown()
+
+
+@pytest.fixture
+def one_gpu_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """A head node alone, with one fake GPU."""
+    cluster = _head(monkeypatch, **{**NODE, "resources": {"test_gpu": 1}})
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 def miner_toml(root: Path, port: int, address: str, allow_list: list[str]) -> Path:
@@ -94,34 +121,68 @@ def clips_of(report: Report) -> list[Any]:
     return rnd.clips
 
 
-def test_round_over_four_actors_on_two_nodes_survives_losing_a_node_and_regains_it(tmp_path: Path, ray_cluster) -> None:
-    cluster, second = ray_cluster
+def run_miner(tmp_path: Path, address: str, scenario: Any, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Start the miner (subprocess) on ``address``'s cluster, run ``scenario(url, opts, settings, validator)``
+    against it, stop it; the miner's JSON log lines."""
     (validator,) = wallets.validator_wallets(tmp_path / "wallets", 1)
     miner_hotkey = wallets.load_or_create(tmp_path / "wallets", MINER_WALLET).hotkey.ss58_address
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config = miner_toml(tmp_path, port, cluster.address, [validator.hotkey.ss58_address])
+    config = miner_toml(tmp_path, port, address, [validator.hotkey.ss58_address])
     settings = load_settings(overrides={"round": {"use_length_check": False}})
     opts = RunOptions(miner_url=url, miner_hotkey=miner_hotkey, task="SD2HD", clips=4, seconds=0.5, small=True,
                       organic=False, transport="legacy", baseline=False, quality_gate=False, workers=2)
     log_path = tmp_path / "miner.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "miner", "--config", str(config)], cwd=REPO,
-                                stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                stdout=log_file, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         try:
             wait_healthy(f"{url}/health", proc, 240)
-            asyncio.run(_scenario(url, opts, settings, validator, tmp_path, cluster, second))
+            asyncio.run(scenario(url, opts, settings, validator))
         except BaseException:
             print(log_path.read_text(errors="replace")[-12000:])
             raise
         finally:
             stop(proc, grace=30)
     lines = [json.loads(line) for line in log_path.read_text(errors="replace").splitlines() if line.startswith("{")]
-    messages = [e.get("msg") for e in lines]
-    assert "worker lost" in messages and "miner stopped" in messages
+    assert "miner stopped" in [e.get("msg") for e in lines]
+    return lines
 
 
-async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, tmp_path: Path, cluster: Cluster,
+def test_round_over_four_actors_on_two_nodes_survives_losing_a_node_and_regains_it(tmp_path: Path, ray_cluster) -> None:
+    cluster, second = ray_cluster
+    lines = run_miner(tmp_path, cluster.address, functools.partial(
+        _scenario, tmp_path=tmp_path, cluster=cluster, second=second))
+    assert "worker lost" in [e.get("msg") for e in lines]
+
+
+def test_actor_uploads_to_s3_itself(tmp_path: Path, one_gpu_cluster: Cluster, moto_endpoint: str) -> None:
+    """With S3 storage the actor uploads the result from its own host: the URL is the bucket's, and nothing
+    comes back to the public host's storage."""
+    s3 = {"MINER_STORAGE_S3_BUCKET_NAME": "results", "MINER_STORAGE_S3_ENDPOINT_URL": moto_endpoint,
+          "MINER_STORAGE_S3_ACCESS_KEY_ID": "testing", "MINER_STORAGE_S3_SECRET_ACCESS_KEY": "testing",
+          "FLASHVSR_MINER_STORAGE_BACKEND": "s3"}
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="results")
+
+    async def scenario(url: str, opts: RunOptions, settings: dict, validator: Any) -> None:
+        assert health(url)["workers_up"] == 1
+        report = await run_validators([validator], replace(opts, clips=2), settings, tmp_path / "round", "ray, s3")
+        for clip in clips_of(report):
+            assert clip.passed, (clip.error, clip.score)
+            assert clip.result_url.startswith(f"{moto_endpoint}/results/") and "X-Amz-Signature" in clip.result_url
+
+    lines = run_miner(tmp_path, one_gpu_cluster.address, scenario, env=s3)
+    tasks = [e for e in lines if e.get("msg") == "task"]
+    assert len(tasks) == 2 and all(t["result"] == "ok" and "upload_s" in t and "remote_download_s" in t
+                                   for t in tasks)
+    assert not (tmp_path / "files").exists() or not any(p.is_file() and p.suffix == ".mp4"
+                                                        for p in (tmp_path / "files").rglob("*"))
+    assert not any((tmp_path / "actors").rglob("*.mp4")), "the actor leaves no files behind"
+
+
+async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, *, tmp_path: Path, cluster: Cluster,
                     second: Any) -> None:
     state = health(url)
     assert state["backend"] == "ray" and state["workers"] == state["workers_up"] == 4, state
