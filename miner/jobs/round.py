@@ -20,8 +20,8 @@ from miner.jobs.scheduler import Scheduler
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.metrics import MinerMetrics
 from miner.storage import Storage, new_key
-from upscaler.planner import ClipWork, longest_first
 from upscaler.errors import InputVideoError
+from upscaler.planner import ClipWork, longest_first
 from upscaler.video import probe
 
 log = logging.getLogger(__name__)
