@@ -21,6 +21,8 @@ from miner.jobs.pool import KILL_GRACE_S, WorkerLost, WorkerStartError
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerCore, prepare_process, worker_info
 
+EXIT_WAIT_S = 2.0  # how long a worker whose pipe closed may take to exit before it counts as hung
+
 
 def worker_main(config: WorkerConfig, conn: Connection, cancel: Event) -> None:
     """Process entry point (spawn start method)."""
@@ -78,6 +80,8 @@ class ProcessWorker:
         reply = await self._receive(max(spec.deadline - time.time(), 0.0) + KILL_GRACE_S)
         if reply is not None and reply[0] == "done":
             return reply[1]
+        # a closed pipe can be seen before the exiting process can be reaped: give it a moment to finish
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._process.join, EXIT_WAIT_S)
         if not self._process.is_alive():
             raise WorkerLost(ErrorKind.CRASH, f"worker {self.index} exited with code {self._process.exitcode}")
         raise WorkerLost(ErrorKind.DEADLINE, f"worker {self.index} did not stop {KILL_GRACE_S:.0f}s after the deadline")
