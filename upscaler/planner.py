@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from upscaler.calibration import ThroughputCalibration
@@ -186,18 +189,89 @@ def plan(
     raise AssertionError("unreachable: the last candidate always returns")
 
 
+@dataclass(frozen=True)
+class ClipWork:
+    """One clip to schedule: output size, frames, and the pipeline it runs."""
+
+    width: int
+    height: int
+    frames: int
+    variant: str = "tiny"
+    tiled: bool = False
+
+    @property
+    def size(self) -> int:
+        """Output pixels over the whole clip: the order of "longest first"."""
+        return self.width * self.height * self.frames
+
+
+@dataclass(frozen=True, eq=False)
+class WorkerCapacity:
+    """One worker that is up: its device class, its (calibrated) throughput table, and the seconds until
+    it is free of the work it already has."""
+
+    device: str
+    table: ThroughputTable
+    busy_for: float = 0.0
+
+    def seconds(self, clip: ClipWork) -> float:
+        """Estimated wall seconds of ``clip`` on this worker."""
+        return estimate_seconds(clip.width, clip.height, clip.frames, self.table, clip.variant, self.device,
+                                tiled=clip.tiled)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where and when one clip runs in a schedule (seconds from now)."""
+
+    worker: int
+    start: float
+    finish: float
+
+
+def longest_first(clips: Sequence[ClipWork]) -> list[int]:
+    """Indices of ``clips``, largest first (ties keep their order)."""
+    return sorted(range(len(clips)), key=lambda i: -clips[i].size)
+
+
+def schedule(clips: Sequence[ClipWork], workers: Sequence[WorkerCapacity]) -> list[Assignment]:
+    """Assign ``clips`` in the order given, each to the worker that frees up first (the lowest index among
+    equals), each running at its worker's own speed; what the workers pull from the queue does the same."""
+    if not workers:
+        raise ValueError("no workers to schedule on")
+    free_at = [(w.busy_for, i) for i, w in enumerate(workers)]
+    heapq.heapify(free_at)
+    assignments = []
+    for clip in clips:
+        start, index = heapq.heappop(free_at)
+        finish = start + workers[index].seconds(clip)
+        heapq.heappush(free_at, (finish, index))
+        assignments.append(Assignment(index, start, finish))
+    return assignments
+
+
+def round_makespan(clips: Sequence[ClipWork], workers: Sequence[WorkerCapacity]) -> float:
+    """Seconds until the last of ``clips`` finishes, assigned longest first (inf with no workers)."""
+    if not workers:
+        return math.inf
+    order = longest_first(clips)
+    return max((a.finish for a in schedule([clips[i] for i in order], workers)), default=0.0)
+
+
 def max_content_length(
-    table: ThroughputTable,
     width: int,
     height: int,
+    workers: Sequence[WorkerCapacity],
     *,
-    device: str,
     clips: int = VIDAIO_CLIPS_PER_ROUND,
     round_s: float = VIDAIO_ROUND_SECONDS,
     fps: int = VIDAIO_FPS,
 ) -> int:
-    """Answer to LengthCheck: 10 s clips only if ``clips`` x 10 s fit the round, else 5 s."""
-    ten_second_round = clips * estimate_seconds(width, height, 10 * fps, table, "tiny", device)
-    answer = 10 if ten_second_round <= round_s else 5
-    log.info("length check est_round_s=%.1f budget_s=%.0f answer=%d", ten_second_round, round_s, answer)
+    """Answer to LengthCheck: 10 s clips only if ``clips`` x 10 s of Tiny fit the round on ``workers``
+    (their backlog included), else 5 s."""
+    work = [ClipWork(width, height, 10 * fps)] * clips
+    makespan = round_makespan(work, workers)
+    answer = 10 if makespan <= round_s else 5
+    log.info("length check workers=%d devices=%s est_round_s=%.1f budget_s=%.0f answer=%d", len(workers),
+             ",".join(sorted({w.device for w in workers})) or "-", makespan, round_s, answer)
     return answer
