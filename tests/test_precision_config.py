@@ -9,7 +9,7 @@ from miner.config import load_miner_config
 from scripts.bench import build_parser as bench_parser
 from upscaler.cli import build_parser as upscale_parser
 from upscaler.models.fp8 import FP8_LAYER_GROUPS
-from upscaler.planner import Measurement, ThroughputTable, _precision_rows, max_content_length
+from upscaler.planner import Measurement, ThroughputTable, WorkerCapacity, _precision_rows, max_content_length
 from upscaler.settings import load_settings
 
 
@@ -52,4 +52,5 @@ def test_planner_reads_the_precisions_rows_and_falls_back_to_bf16() -> None:
     assert table.frames_per_second("cpu", "tiny", 320, 180) == 3.5  # the fp8 row
     assert plain.frames_per_second("cpu", "tiny", 320, 180) == 4.0
     # LengthCheck reads the same table: a 4K answer with the precision's rows (bf16 rows where fp8 has none)
-    assert max_content_length(table, 3840, 2160, device="h200") == max_content_length(plain, 3840, 2160, device="h200")
+    assert max_content_length(3840, 2160, [WorkerCapacity("h200", table)]) == \
+        max_content_length(3840, 2160, [WorkerCapacity("h200", plain)])
