@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.fp8_quant import E4M3, quantise_rows_tile
+
 ROWS_PER_PROGRAM = 2
 # How the kernel is launched (and compile-checked in tests/kernels/gpu_compile.py): no floating-point
 # contraction, so the rounded products of the eager expressions stay rounded.
@@ -26,13 +28,13 @@ LAUNCH_OPTIONS = {"num_warps": 4, "enable_fp_fusion": False}
 
 
 @triton.jit
-def _add_layer_norm_kernel(
-    X, UPDATE, GATE, SCALE, SHIFT, X_OUT, Y, ROWS, DIM, eps,
+def _add_layer_norm_rows(
+    X, UPDATE, GATE, SCALE, SHIFT, X_OUT, ROWS, DIM, eps,
     HAS_UPDATE: tl.constexpr, HAS_GATE: tl.constexpr, AFFINE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Program = ``BLOCK_R`` rows of the contiguous ``(ROWS, DIM)`` tensors; ``GATE``/``SCALE``/``SHIFT``
-    are ``(DIM,)`` vectors."""
+    """The body both kernels share: adds the update (storing the new residual rows) and returns
+    ``(y, rows, offsets, keep)``, ``y`` the norm's output in fp32 (before its final rounding)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < DIM
@@ -58,7 +60,37 @@ def _add_layer_norm_kernel(
     else:
         scaled = (normed.to(x.dtype).to(tl.float32) * scale).to(x.dtype)
         y = scaled.to(tl.float32) + shift
-    tl.store(Y + offsets, y.to(x.dtype), mask=keep)
+    return y, rows, offsets, keep
+
+
+@triton.jit
+def _add_layer_norm_kernel(
+    X, UPDATE, GATE, SCALE, SHIFT, X_OUT, Y, ROWS, DIM, eps,
+    HAS_UPDATE: tl.constexpr, HAS_GATE: tl.constexpr, AFFINE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Program = ``BLOCK_R`` rows of the contiguous ``(ROWS, DIM)`` tensors; ``GATE``/``SCALE``/``SHIFT``
+    are ``(DIM,)`` vectors."""
+    y, rows, offsets, keep = _add_layer_norm_rows(X, UPDATE, GATE, SCALE, SHIFT, X_OUT, ROWS, DIM, eps, HAS_UPDATE,
+                                                  HAS_GATE, AFFINE, BLOCK_R, BLOCK_D)
+    tl.store(Y + offsets, y.to(X.dtype.element_ty), mask=keep)
+
+
+@triton.jit
+def _add_layer_norm_fp8_kernel(
+    X, UPDATE, GATE, SCALE, SHIFT, X_OUT, Y, Y_SCALE, ROWS, DIM, eps,
+    HAS_UPDATE: tl.constexpr, HAS_GATE: tl.constexpr, AFFINE: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """:func:`_add_layer_norm_kernel` whose norm output goes straight to an FP8 matrix product: the row,
+    rounded to the input dtype as the bf16 kernel writes it, is quantised per row to e4m3 ``Y`` with
+    fp32 ``Y_SCALE`` (one per row, :func:`kernels.fp8_quant.quantise_rows_tile`)."""
+    y, rows, offsets, keep = _add_layer_norm_rows(X, UPDATE, GATE, SCALE, SHIFT, X_OUT, ROWS, DIM, eps, HAS_UPDATE,
+                                                  HAS_GATE, AFFINE, BLOCK_R, BLOCK_D)
+    rounded = tl.where(keep, y.to(X.dtype.element_ty).to(tl.float32), 0.0)
+    q, row_scale = quantise_rows_tile(rounded)
+    tl.store(Y + offsets, q.to(Y.dtype.element_ty), mask=keep)
+    tl.store(Y_SCALE + rows, row_scale, mask=rows < ROWS)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -82,12 +114,15 @@ def add_layer_norm(
     update: torch.Tensor | None = None,
     gate: torch.Tensor | None = None,
     affine: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    fp8: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """``(x', y)``: ``x' = x + gate * update`` (``x + update`` without a gate; ``x`` itself without an
     update) and the layer norm of ``x'`` over the last dim, ``* scale + shift`` (``affine``: an
     ``nn.LayerNorm``'s weight and bias, rounded once; else the timestep modulation, rounded as the
     eager ``F.layer_norm(x) * scale + shift``). ``x`` and ``update`` contiguous ``(..., dim)``;
-    ``gate``, ``scale``, ``shift`` hold ``dim`` values (e.g. ``(1, 1, dim)``)."""
+    ``gate``, ``scale``, ``shift`` hold ``dim`` values (e.g. ``(1, 1, dim)``). ``fp8``: ``y`` is
+    ``(q, row_scale)``, the norm's output quantised per row to e4m3 ``(..., dim)`` with fp32 scales
+    ``(..., 1)``, for an FP8 matrix product (as :func:`kernels.fp8_quant.quantise_rows` of the bf16 ``y``)."""
     dim = x.shape[-1]
     x = _rows(x)
     if update is not None and (update.shape != x.shape or update.dtype != x.dtype):
@@ -96,12 +131,17 @@ def add_layer_norm(
         raise ValueError("a gate needs an update")
     scale, shift = _vector(scale, dim), _vector(shift, dim)
     x_out = torch.empty_like(x) if update is not None else x
-    y = torch.empty_like(x)
     rows = x.numel() // dim
-    _add_layer_norm_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
-        x, _rows(update) if update is not None else x, _vector(gate, dim) if gate is not None else scale,
-        scale, shift, x_out, y, rows, dim, eps,
-        HAS_UPDATE=update is not None, HAS_GATE=gate is not None, AFFINE=affine,
-        BLOCK_R=ROWS_PER_PROGRAM, BLOCK_D=triton.next_power_of_2(dim), **LAUNCH_OPTIONS,
-    )
+    args = (x, _rows(update) if update is not None else x, _vector(gate, dim) if gate is not None else scale,
+            scale, shift, x_out)
+    meta = dict(HAS_UPDATE=update is not None, HAS_GATE=gate is not None, AFFINE=affine, BLOCK_R=ROWS_PER_PROGRAM,
+                BLOCK_D=triton.next_power_of_2(dim), **LAUNCH_OPTIONS)
+    grid = (triton.cdiv(rows, ROWS_PER_PROGRAM),)
+    if fp8:
+        q = torch.empty(x.shape, dtype=E4M3, device=x.device)
+        row_scale = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device)
+        _add_layer_norm_fp8_kernel[grid](*args, q, row_scale, rows, dim, eps, **meta)
+        return x_out, (q, row_scale)
+    y = torch.empty_like(x)
+    _add_layer_norm_kernel[grid](*args, y, rows, dim, eps, **meta)
     return x_out, y

@@ -66,10 +66,13 @@ def patch_interpreter() -> None:
 
     Triton 3.6's interpreter turns a scalar into an int with ``int(ndarray)``, which NumPy >= 2.4 rejects
     for 1-element arrays (e.g. ``range(0, n)`` over a runtime ``n``); 3.8 fixed it (``.squeeze()``).
-    Where the fix is missing, convert with ``.item()``. Call before launching interpreted kernels."""
+    Where the fix is missing, convert with ``.item()``. Every release: :func:`_patch_e4m3_rounding`.
+    Call before launching interpreted kernels."""
+    import triton.runtime.interpreter as interpreter
+
+    _patch_e4m3_rounding(interpreter)
     if TRITON_VERSION >= (3, 8):
         return
-    import triton.runtime.interpreter as interpreter
 
     original = interpreter._patch_lang_tensor
 
@@ -78,3 +81,26 @@ def patch_interpreter() -> None:
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
 
     interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+def _patch_e4m3_rounding(interpreter: Any) -> None:
+    """The interpreter's fp32 -> e4m3 (``fp8e4nv``) cast rounds half up and drops the carry when a value
+    rounds up into the next binade (31.6 becomes 16, not 32), where the GPU's ``cvt.rn.satfinite`` rounds
+    to nearest even; route that one cast through PyTorch's e4m3 rounding (the same as the GPU's for
+    values in range, which the kernels clamp to)."""
+    import numpy as np
+    import torch
+
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_fp_to_fp, "_e4m3_fixed", False):
+        return
+    original = builder.create_fp_to_fp
+
+    def create_fp_to_fp(self, src, dst_type, rounding_mode):
+        if src.dtype.scalar == triton.language.float32 and dst_type.scalar == triton.language.float8e4nv:
+            rounded = torch.from_numpy(np.ascontiguousarray(src.data, dtype=np.float32)).to(torch.float8_e4m3fn)
+            return interpreter.TensorHandle(rounded.view(torch.uint8).numpy(), dst_type.scalar)
+        return original(self, src, dst_type, rounding_mode)
+
+    create_fp_to_fp._e4m3_fixed = True
+    builder.create_fp_to_fp = create_fp_to_fp

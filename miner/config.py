@@ -8,6 +8,7 @@ miner's ``MINER_STORAGE_S3_*`` names; explicit overrides (CLI flags).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from upscaler.configfiles import config_path, load_config
 from upscaler.settings import load_settings
 
 ENV_PREFIX = "FLASHVSR_MINER_"
+FREE_TABLES = ("tasks", "cluster.resources")  # tables whose keys are the operator's names, not ours
 CONFIG_ENV = "FLASHVSR_MINER_CONFIG"  # a config file path, read by the CLI (not a key)
 
 # The reference Vidaio miner's environment names, mapped onto our keys.
@@ -87,7 +89,7 @@ class MinerConfig:
         """The ``[upscaler]`` keys a worker passes to ``upscaler.settings.load_settings``."""
         upscaler = self.raw["upscaler"]
         return {key: upscaler[key] for key in ("weights", "model_version", "dtype", "kv_cache_dtype", "compile",
-                                               "max_vram_gib")}
+                                               "precision", "max_vram_gib")}
 
     def as_json(self) -> str:
         """The merged configuration with secrets masked (for the start-up log)."""
@@ -102,7 +104,7 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> 
     """Deep-merge ``update`` into ``base``; unknown keys are an error (typos must not pass silently)."""
     for key, value in update.items():
         path = f"{where}.{key}" if where else key
-        if key not in base and where != "tasks":
+        if key not in base and where not in FREE_TABLES:
             raise ValueError(f"unknown miner configuration key {path!r}")
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
             _merge(base[key], value, path)
@@ -224,6 +226,7 @@ def _validate(config: MinerConfig, defaults: Mapping[str, Any]) -> None:
     workers = config.get("jobs.workers")
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}")
+    _validate_cluster(config.section("cluster"), workers)
     for device in config.get("jobs.devices"):
         if not _DEVICE.fullmatch(device):
             raise ValueError(f"jobs.devices entries must be 'cpu' or 'cuda:N', got {device!r}")
@@ -271,6 +274,33 @@ def _check_types(raw: Mapping[str, Any], defaults: Mapping[str, Any], where: str
             raise ValueError(f"{path} must be {_TYPE_NAMES[expected]}, got {value!r}")
         if expected is list and not all(isinstance(item, str) for item in value):
             raise ValueError(f"{path} must be a list of strings, got {value!r}")
+
+
+def _validate_cluster(cluster: Mapping[str, Any], workers: Any) -> None:
+    """``[cluster]``: a known backend, and Ray installed when it is asked for."""
+    if cluster["backend"] not in ("local", "ray"):
+        raise ValueError(f"cluster.backend must be 'local' or 'ray', got {cluster['backend']!r}")
+    if not isinstance(cluster["resources"], Mapping) or not all(
+            isinstance(v, (int, float)) and v > 0 for v in cluster["resources"].values()):
+        raise ValueError(f"cluster.resources must be a table of positive amounts, got {cluster['resources']!r}")
+    if cluster["num_gpus"] < 0 or cluster["num_cpus"] < 0 or cluster["lost_clip_retries"] < 0:
+        raise ValueError("cluster.num_gpus, cluster.num_cpus and cluster.lost_clip_retries must not be negative")
+    if cluster["backend"] == "ray" and workers == "auto" and not cluster["num_gpus"] and not cluster["resources"]:
+        raise ValueError("jobs.workers = 'auto' counts one actor per cluster.num_gpus GPUs or cluster.resources: "
+                         "set one of them, or a number of workers")
+    if cluster["result_chunk_bytes"] < 65536:
+        raise ValueError("cluster.result_chunk_bytes must be at least 65536")
+    if cluster["backend"] == "ray" and not _installed("ray"):
+        raise ValueError("cluster.backend = 'ray' needs Ray, which is not installed: "
+                         "pip install -e '.[cluster]' (or set cluster.backend = 'local')")
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or half-installed package
+        return False
 
 
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}

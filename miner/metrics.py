@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -50,6 +52,25 @@ class MinerMetrics:
         self.connections_closed = Counter(
             "miner_connections_closed", "Connections closed by the server's guards, by reason", ["reason"], registry=r,
         )
+        self.worker_info = Gauge(
+            "miner_worker_info", "One per worker: the node it runs on, its GPU and the planner's device class",
+            ["worker", "node", "gpu", "device_class"], registry=r,
+        )
+        self.worker_up = Gauge("miner_worker_up", "1 while the worker is up (idle or busy), 0 while lost or restarting",
+                               ["worker"], registry=r)
+        self.worker_fps = Gauge(
+            "miner_worker_calibrated_fps", "The worker's calibrated frames/s at the LengthCheck task's size (Tiny)",
+            ["worker"], registry=r,
+        )
+        self.worker_clips = Counter("miner_worker_clips", "Clips finished per worker, by result (ok, failed)",
+                                    ["worker", "result"], registry=r)
+
+    def forget_worker(self, worker: str, info: dict[str, Any]) -> None:
+        """Drop a worker's old info series (it came back on another node or GPU)."""
+        try:
+            self.worker_info.remove(worker, info.get("node", ""), info.get("gpu", ""), info.get("device_class", ""))
+        except KeyError:
+            pass
 
     def render(self) -> bytes:
         """The text exposition format."""

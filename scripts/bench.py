@@ -13,11 +13,14 @@ and the miner planner's estimate next to the measured time. ``--seam-error N`` c
 case's output with the untiled output over N frames (same weights), at and away from the seams.
 ``--compare-sdpa`` runs every case again (with ``--baseline-frames`` frames) with attention replaced
 by dense flash SDPA over the whole sequence, in the same process: the speed without LCSA sparsity.
+``--precision bf16 --precision fp8`` runs every case in each compute precision, in the same process
+(the models reloaded per precision, the previous ones released first, so peak memory compares).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import platform
@@ -37,9 +40,9 @@ from upscaler.api import Upscaler
 from upscaler.geometry import Geometry
 from upscaler.planner import ThroughputTable, plan
 from upscaler.report import GIB, UpscaleReport
-from upscaler.tiled import run_tiles
 from upscaler.seams import seam_error
-from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, UpscalerSettings, VariantSettings, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, PRECISIONS, TilingSettings, UpscalerSettings, VariantSettings, load_settings
+from upscaler.tiled import run_tiles
 from upscaler.timing import StageTimer
 from upscaler.video import FrameReader
 from upscaler.video.synthetic import write_test_clip
@@ -137,7 +140,8 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
     seconds = report.seconds
     frames = report.frames
     row = {
-        "case": case.name, "variant": case.variant, "task": case.task.value, "frames": frames,
+        "case": case.name, "precision": upscaler.settings.precision, "variant": case.variant, "task": case.task.value,
+        "frames": frames,
         "in_size": list(report.in_size), "out_size": list(report.out_size), "tile_size": case.tile_size,
         "max_vram_gib": case.max_vram_gib, "usable_gib": round((usable or 0) / GIB, 2),
         "tiling": {"tile_width": report.tile_width, "tile_height": report.tile_height,
@@ -183,7 +187,8 @@ def seam_rows(upscaler: Upscaler, case: Case, src: Path, overlaps: list[int]) ->
         vram.apply_cap(upscaler.device, 0)
     if not tiling.enabled:
         return []
-    rows = [dict(case=case.name, **row) for row in seam_comparison(upscaler, src, geometry, variant, tiling, overlaps)]
+    rows = [dict(case=case.name, precision=base.precision, **row)
+            for row in seam_comparison(upscaler, src, geometry, variant, tiling, overlaps)]
     torch.cuda.empty_cache()
     return rows
 
@@ -210,14 +215,14 @@ def seam_comparison(upscaler: Upscaler, src: Path, geometry: Geometry, variant: 
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'case':28} {'attention':9} {'frames':>6} {'fps':>7} {'peak GiB':>8}  ms/frame: " + " ".join(f"{s:>9}" for s in STAGES)
+    head = f"{'case':28} {'precision':9} {'attention':9} {'frames':>6} {'fps':>7} {'peak GiB':>8}  ms/frame: " + " ".join(f"{s:>9}" for s in STAGES)
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['case']:28} {r.get('attention', ''):9} ERROR {r['error']}")
+            lines.append(f"{r['case']:28} {r.get('precision', ''):9} {r.get('attention', ''):9} ERROR {r['error']}")
             continue
         stages = " ".join(f"{r['ms_per_frame'].get(s, 0.0):9.2f}" for s in STAGES)
-        lines.append(f"{r['case']:28} {r['attention']:9} {r['frames']:6d} {r['fps']:7.2f} {r['peak_vram_gib']:8.2f}            {stages}")
+        lines.append(f"{r['case']:28} {r['precision']:9} {r['attention']:9} {r['frames']:6d} {r['fps']:7.2f} {r['peak_vram_gib']:8.2f}            {stages}")
     return "\n".join(lines)
 
 
@@ -230,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT's element-wise chains")
     p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, default="model", help="K/V cache storage")
+    p.add_argument("--precision", action="append", choices=PRECISIONS, dest="precisions",
+                   help="DiT compute precision (repeatable: each case runs in each; default bf16)")
+    p.add_argument("--fp8-layers", help="comma-separated linears run in FP8 with --precision fp8 "
+                                        "(default: configs/upscaler.toml fp8_layers)")
     p.add_argument("--codec", default="hevc", choices=("h264", "hevc"), help="output codec (Vidaio scores HEVC)")
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
     p.add_argument("--compare-sdpa", action="store_true", help="also run each case with dense flash SDPA attention")
@@ -256,17 +265,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_vram:
         cases = [c if c.max_vram_gib else replace(c, max_vram_gib=args.max_vram, auto_tiles=c.auto_tiles or not c.tile_size)
                  for c in cases]
-    table = ThroughputTable.load()
-    upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
-                                             kv_cache_dtype=args.kv_cache, compile=args.compile))
+    precisions = list(dict.fromkeys(args.precisions or ["bf16"]))
+    fp8_layers = tuple(g for g in args.fp8_layers.split(",") if g) if args.fp8_layers is not None else None
     props = torch.cuda.get_device_properties(0)
     rows: list[dict[str, Any]] = []
     seams: list[dict[str, Any]] = []
-    result = {
+    labels: set[str] = set()
+    result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"), "gpu": props.name, "gpu_memory_gib": round(props.total_memory / GIB, 1),
         "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "weights": upscaler.weights_label, "dtype": args.dtype, "kv_cache": args.kv_cache, "compile": args.compile,
-        "codec": args.codec, "decode_fps": {}, "rows": rows, "seam_error": seams,
+        "weights": "", "dtype": args.dtype, "precisions": precisions, "fp8_layers": [], "kv_cache": args.kv_cache,
+        "compile": args.compile, "codec": args.codec, "decode_fps": {}, "rows": rows, "seam_error": seams,
     }
 
     def save() -> None:  # after every row: a run stopped by a time limit keeps what it measured
@@ -287,23 +296,34 @@ def main(argv: list[str] | None = None) -> int:
         decode = {c.task.value: round(decode_fps(clip(c.task, c.frames)), 1) for c in cases}
         result["decode_fps"] = decode
         backends = ["default", "dense"] if args.compare_sdpa else ["default"]
-        for backend in backends:
-            kernels.set_backend(None if backend == "default" else backend)
+        for precision in precisions:
+            table = ThroughputTable.load(precision=precision)
+            upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
+                                                   kv_cache_dtype=args.kv_cache, compile=args.compile,
+                                                   precision=precision, fp8_layers=fp8_layers))
+            labels.add(upscaler.weights_label)
+            result["weights"] = ",".join(sorted(labels))
+            result["fp8_layers"] = list(upscaler.settings.fp8_layers)
+            for backend in backends:
+                kernels.set_backend(None if backend == "default" else backend)
+                for case in cases:
+                    if backend == "dense":
+                        case = replace(case, frames=min(case.frames, args.baseline_frames))
+                    row = run_case(upscaler, case, clip(case.task, case.frames), clip(case.task, WARMUP_FRAMES), work,
+                                   args.codec, args.preset, table if backend == "default" else None)
+                    rows.append(row)
+                    save()
+                    print(_table([row]).splitlines()[-1], flush=True)
+            kernels.set_backend(None)
             for case in cases:
-                if backend == "dense":
-                    case = replace(case, frames=min(case.frames, args.baseline_frames))
-                row = run_case(upscaler, case, clip(case.task, case.frames), clip(case.task, WARMUP_FRAMES), work,
-                               args.codec, args.preset, table if backend == "default" else None)
-                rows.append(row)
-                save()
-                print(_table([row]).splitlines()[-1], flush=True)
-        kernels.set_backend(None)
-        for case in cases:
-            if args.seam_error and (case.tile_size or case.auto_tiles):
-                seams.extend(seam_rows(upscaler, case, clip(case.task, args.seam_error), args.seam_overlaps))
-                save()
+                if args.seam_error and (case.tile_size or case.auto_tiles):
+                    seams.extend(seam_rows(upscaler, case, clip(case.task, args.seam_error), args.seam_overlaps))
+                    save()
+            del upscaler  # the next precision's models load into the memory these held
+            gc.collect()
+            torch.cuda.empty_cache()
     print()
-    print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {upscaler.weights_label}, "
+    print(f"{props.name}, torch {torch.__version__}, CUDA {torch.version.cuda}, weights {result['weights']}, "
           f"{args.dtype}, output {args.codec}; decode-only fps per task input: {decode}")
     print(_table(rows))
     save()

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from upscaler.calibration import ThroughputCalibration
-from upscaler.planner import (GIB, Measurement, ThroughputTable, calibration_key, estimate_seconds,
+from upscaler.planner import (GIB, Measurement, ThroughputTable, WorkerCapacity, calibration_key, estimate_seconds,
                               max_content_length, plan)
 
 
@@ -66,10 +66,10 @@ def test_the_shipped_table_estimates_tiled_runs_slower() -> None:
 
 def test_length_check_answers_ten_only_when_five_clips_fit() -> None:
     table = _table()
-    assert max_content_length(table, 1920, 1080, device="h100") == 10
-    assert max_content_length(table, 3840, 2160, device="h100") == 10  # 5 x 300 / 12 = 125 s
+    assert max_content_length(1920, 1080, [WorkerCapacity("h100", table)]) == 10
+    assert max_content_length(3840, 2160, [WorkerCapacity("h100", table)]) == 10  # 5 x 300 / 12 = 125 s
     slow = ThroughputTable(table.entries, 0.5, 1.2, 1.5)
-    assert max_content_length(slow, 3840, 2160, device="h100") == 5
+    assert max_content_length(3840, 2160, [WorkerCapacity("h100", slow)]) == 5
 
 
 def test_a_measured_gpu_without_tiny_long_rows_uses_its_own_tiny_rows() -> None:
@@ -92,8 +92,8 @@ def test_calibration_moves_estimates_toward_measured_speed() -> None:
     assert calibration.factor("tiny", 2560, 1440) == 0.875
     assert table.frames_per_second("h100", "full", 1920, 1080) == 10.0
     # The LengthCheck answer follows: 5 x 300 frames at 4K take 125 s by the table, ~143 s as measured.
-    assert max_content_length(_table(), 3840, 2160, device="h100") == 10
-    assert max_content_length(table, 3840, 2160, device="h100") == 5
+    assert max_content_length(3840, 2160, [WorkerCapacity("h100", _table())]) == 10
+    assert max_content_length(3840, 2160, [WorkerCapacity("h100", table)]) == 5
 
 
 def test_calibration_clamps_odd_clips_and_rejects_bad_settings() -> None:

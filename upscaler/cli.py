@@ -14,7 +14,7 @@ from tqdm import tqdm
 from upscaler.api import Upscaler
 from upscaler.errors import UpscalerError
 from upscaler.report import Progress
-from upscaler.settings import KV_CACHE_DTYPES, VARIANTS, TilingSettings, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, PRECISIONS, VARIANTS, TilingSettings, load_settings
 
 log = logging.getLogger("flashvsr-upscale")
 
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the DiT's element-wise chains")
     p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, dest="kv_cache_dtype",
                    help="K/V cache storage: the compute dtype, fp8 (half the memory), or fp8-qk (fp8, and Q.K^T in FP8)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="DiT compute precision: bf16 (default) or fp8 (opt-in; check quality with flashvsr-quality)")
     p.add_argument("--tile-size", type=_tile_size,
                    help="spatial tile side in output pixels (multiple of 128; 0 = off), or 'auto': tiles chosen from "
                         "the free GPU memory (the default with --max-vram)")
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(
         weights=args.weights, model_version=args.model_version, device=args.device, dtype=args.dtype,
         color_fix=args.color_fix, seed=args.seed, vae_path=args.vae_path, kv_cache_dtype=args.kv_cache_dtype,
-        compile=args.compile, max_vram_gib=args.max_vram_gib,
+        compile=args.compile, precision=args.precision, max_vram_gib=args.max_vram_gib,
     )
     tiling = tiling_from_args(settings.tiling, args.tile_size, args.tile_height, args.tile_overlap, args.max_vram_gib)
     settings = settings.with_overrides(tiling=tiling).validate()

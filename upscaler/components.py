@@ -16,6 +16,7 @@ from torch import nn
 
 from upscaler.models.config import ModelPreset, load_preset
 from upscaler.models.dit import WanDiT
+from upscaler.models.fp8 import convert_dit_linears
 from upscaler.settings import UpscalerSettings
 from upscaler.weights import (
     WeightFiles,
@@ -72,5 +73,7 @@ def load_components(settings: UpscalerSettings, device: torch.device, dtype: tor
     preset = load_preset(files.preset)
     dit = load_dit(files, preset, device, dtype)
     dit.prepare(load_context(files, preset))
+    if settings.precision == "fp8":
+        convert_dit_linears(dit, settings.fp8_layers)
     lq_proj = load_lq_proj(files, preset, device, dtype)
     return Components(files=files, preset=preset, settings=settings, device=device, dtype=dtype, dit=dit, lq_proj=lq_proj)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from upscaler.calibration import ThroughputCalibration
@@ -36,6 +39,7 @@ class Measurement:
     height: int
     fps: float
     peak_gib: float
+    precision: str = "bf16"
 
     @property
     def pixels(self) -> int:
@@ -58,11 +62,12 @@ class ThroughputTable:
     from its tile layout (:func:`upscaler.tile_plan.layout_slowdown`) instead of ``tiled_slowdown``."""
 
     @classmethod
-    def load(cls, path: str = "throughput") -> "ThroughputTable":
-        """Read ``configs/throughput.toml`` (or another file)."""
+    def load(cls, path: str = "throughput", precision: str = "bf16") -> "ThroughputTable":
+        """Read ``configs/throughput.toml`` (or another file): the rows of ``precision`` (the DiT's compute
+        precision), and for a device and variant without such rows, their bf16 rows."""
         raw = load_config(path)
         return cls(
-            entries=tuple(Measurement(**e) for e in raw.get("entry", [])),
+            entries=_precision_rows([Measurement(**e) for e in raw.get("entry", [])], precision),
             unknown_gpu_factor=float(raw.get("unknown_gpu_factor", 0.5)),
             safety_margin=float(raw.get("safety_margin", 1.15)),
             clip_overhead_s=float(raw.get("clip_overhead_s", 1.5)),
@@ -121,6 +126,13 @@ class ThroughputTable:
         """Expected peak GPU memory (interpolated in pixels)."""
         rows, _ = self._rows(device, variant)
         return int(self._interpolate(rows, width * height, lambda e: e.peak_gib) * GIB)
+
+
+def _precision_rows(entries: list[Measurement], precision: str) -> tuple[Measurement, ...]:
+    """The entries measured in ``precision``, plus the bf16 ones of (device, variant) pairs it lacks."""
+    measured = {(e.device, e.variant) for e in entries if e.precision == precision}
+    return tuple(e for e in entries
+                 if e.precision == precision or (e.precision == "bf16" and (e.device, e.variant) not in measured))
 
 
 def estimate_seconds(width: int, height: int, frames: int, table: ThroughputTable, variant: str, device: str,
@@ -214,18 +226,98 @@ def _tiling(table: ThroughputTable, variant: str, device: str, width: int, heigh
     return min(layout.tile_width, layout.tile_height), slowdown
 
 
+@dataclass(frozen=True)
+class ClipWork:
+    """One clip to schedule: output size, frames, and the pipeline it runs."""
+
+    width: int
+    height: int
+    frames: int
+    variant: str = "tiny"
+    tiled: bool = False
+
+    @property
+    def size(self) -> int:
+        """Output pixels over the whole clip: the order of "longest first"."""
+        return self.width * self.height * self.frames
+
+
+@dataclass(frozen=True, eq=False)
+class WorkerCapacity:
+    """One worker that is up: its device class, its (calibrated) throughput table, and the seconds until
+    it is free of the work it already has."""
+
+    device: str
+    table: ThroughputTable
+    busy_for: float = 0.0
+    free_vram_bytes: int | None = None
+    """GPU memory the worker may use (its ready report); None when unknown (a CPU worker)."""
+
+    def seconds(self, clip: ClipWork) -> float:
+        """Estimated wall seconds of ``clip`` on this worker: a tiled clip in the layout this worker's memory
+        gets (untiled where the frame fits it, as the worker runs it), or at the table's ``tiled_slowdown``
+        when the worker's memory is unknown."""
+        tiled, slowdown = clip.tiled, None
+        if clip.tiled and self.free_vram_bytes:
+            tile, slowdown = _tiling(self.table, clip.variant, self.device, clip.width, clip.height,
+                                     self.free_vram_bytes, 0)
+            tiled = tile > 0
+        return estimate_seconds(clip.width, clip.height, clip.frames, self.table, clip.variant, self.device,
+                                tiled=tiled, slowdown=slowdown)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Where and when one clip runs in a schedule (seconds from now)."""
+
+    worker: int
+    start: float
+    finish: float
+
+
+def longest_first(clips: Sequence[ClipWork]) -> list[int]:
+    """Indices of ``clips``, largest first (ties keep their order)."""
+    return sorted(range(len(clips)), key=lambda i: -clips[i].size)
+
+
+def schedule(clips: Sequence[ClipWork], workers: Sequence[WorkerCapacity]) -> list[Assignment]:
+    """Assign ``clips`` in the order given, each to the worker that frees up first (the lowest index among
+    equals), each running at its worker's own speed; what the workers pull from the queue does the same."""
+    if not workers:
+        raise ValueError("no workers to schedule on")
+    free_at = [(w.busy_for, i) for i, w in enumerate(workers)]
+    heapq.heapify(free_at)
+    assignments = []
+    for clip in clips:
+        start, index = heapq.heappop(free_at)
+        finish = start + workers[index].seconds(clip)
+        heapq.heappush(free_at, (finish, index))
+        assignments.append(Assignment(index, start, finish))
+    return assignments
+
+
+def round_makespan(clips: Sequence[ClipWork], workers: Sequence[WorkerCapacity]) -> float:
+    """Seconds until the last of ``clips`` finishes, assigned longest first (inf with no workers)."""
+    if not workers:
+        return math.inf
+    order = longest_first(clips)
+    return max((a.finish for a in schedule([clips[i] for i in order], workers)), default=0.0)
+
+
 def max_content_length(
-    table: ThroughputTable,
     width: int,
     height: int,
+    workers: Sequence[WorkerCapacity],
     *,
-    device: str,
     clips: int = VIDAIO_CLIPS_PER_ROUND,
     round_s: float = VIDAIO_ROUND_SECONDS,
     fps: int = VIDAIO_FPS,
 ) -> int:
-    """Answer to LengthCheck: 10 s clips only if ``clips`` x 10 s fit the round, else 5 s."""
-    ten_second_round = clips * estimate_seconds(width, height, 10 * fps, table, "tiny", device)
-    answer = 10 if ten_second_round <= round_s else 5
-    log.info("length check est_round_s=%.1f budget_s=%.0f answer=%d", ten_second_round, round_s, answer)
+    """Answer to LengthCheck: 10 s clips only if ``clips`` x 10 s of Tiny fit the round on ``workers``
+    (their backlog included), else 5 s."""
+    work = [ClipWork(width, height, 10 * fps)] * clips
+    makespan = round_makespan(work, workers)
+    answer = 10 if makespan <= round_s else 5
+    log.info("length check workers=%d devices=%s est_round_s=%.1f budget_s=%.0f answer=%d", len(workers),
+             ",".join(sorted({w.device for w in workers})) or "-", makespan, round_s, answer)
     return answer

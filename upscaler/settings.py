@@ -6,11 +6,13 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from upscaler.configfiles import load_config
+from upscaler.models.fp8 import FP8_LAYER_GROUPS
 
 VARIANTS = ("tiny", "tiny-long", "full")
 DECODERS = ("tcdecoder", "wan-vae")
 COLOR_FIXES = ("wavelet", "adain", "none")
 KV_CACHE_DTYPES = ("model", "fp8", "fp8-qk")
+PRECISIONS = ("bf16", "fp8")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class UpscalerSettings:
     vae_path: str | None = None
     model_preset: str = "wan2.1-1.3b"
     kv_cache_dtype: str = "model"
+    precision: str = "bf16"
+    fp8_layers: tuple[str, ...] = FP8_LAYER_GROUPS
     compile: bool = False
     max_vram_gib: float = 0.0
     """Cap this process's GPU memory at this many GiB (0: the whole card): see :mod:`upscaler.vram`."""
@@ -113,6 +117,11 @@ class UpscalerSettings:
             raise ValueError(f"dtype must be bf16, fp16 or fp32, got {self.dtype!r}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        unknown_layers = set(self.fp8_layers) - set(FP8_LAYER_GROUPS)
+        if unknown_layers:
+            raise ValueError(f"fp8_layers: unknown {sorted(unknown_layers)}; choose from {FP8_LAYER_GROUPS}")
         if self.color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
         if self.pad_mode not in ("replicate", "reflect"):
@@ -143,6 +152,8 @@ def load_settings(config: str = "upscaler", **overrides: Any) -> UpscalerSetting
     """Read ``configs/upscaler.toml`` (or another file) and apply non-None overrides."""
     raw = load_config(config)
     defaults = _pick(UpscalerSettings, raw.get("defaults", {}))
+    if "fp8_layers" in defaults:
+        defaults["fp8_layers"] = tuple(defaults["fp8_layers"])
     variants = {
         name: VariantSettings(name=name, **_pick(VariantSettings, table))
         for name, table in raw.get("variants", {}).items()

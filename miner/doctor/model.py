@@ -84,7 +84,7 @@ def check_warmup(context: DoctorContext) -> CheckResult:
     measured = report.frames_per_second
     seconds = report.seconds["total"]
     shape = f"{frames} frames {in_w}x{in_h}->{out_w}x{out_h} in {seconds:.1f} s = {measured:.2f} frames/s"
-    table = ThroughputTable.load(config.get("upscaler.throughput"))
+    table = ThroughputTable.load(config.get("upscaler.throughput"), config.get("upscaler.precision"))
     name = device_class(context.device)
     try:
         expected = table.frames_per_second(name, "tiny", out_w, out_h, calibrated=False)

@@ -21,6 +21,7 @@ from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.metrics import MinerMetrics
 from miner.storage import Storage, new_key
 from upscaler.errors import InputVideoError
+from upscaler.planner import ClipWork, longest_first
 from upscaler.video import probe
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ class RoundRunner:
             await asyncio.gather(*(self._download(s) for s in states))
             ready = [s for s in states if not s.result.error_kind]
             self._admit(ready, work_deadline, priority)
-            ready = [s for s in ready if not s.result.error_kind]
+            ready = sorted((s for s in ready if not s.result.error_kind), key=lambda s: -self._work(s).size)
+            # queued longest first, as admission and the LengthCheck price the round
             await asyncio.gather(*(self._process(s, max_size_mb * MIB, work_deadline, priority) for s in ready))
         finally:
             for state in states:
@@ -146,8 +148,14 @@ class RoundRunner:
         finally:
             state.seconds = {"download": time.perf_counter() - began}
 
+    @staticmethod
+    def _work(state: _ClipState) -> ClipWork:
+        return ClipWork(*state.target, state.frames, state.variant, state.tile_size > 0)
+
     def _admit(self, states: list[_ClipState], deadline: float, priority: float) -> None:
-        decisions = self.scheduler.admit([s.est_seconds for s in states], deadline, priority)
+        order = longest_first([self._work(s) for s in states])
+        states = [states[i] for i in order]
+        decisions = self.scheduler.admit([self._work(s) for s in states], deadline, priority)
         for state, refusal in zip(states, decisions):
             if refusal:
                 self.metrics.refusals.labels("deadline").inc()
@@ -160,13 +168,17 @@ class RoundRunner:
             dst=str(state.folder / "output.mp4"), width=width, height=height,
             frames=state.frames, variant=state.variant, tile_size=state.tile_size, max_bytes=max_bytes,
             deadline=deadline, crf=int(self.config.get("upscaler.crf")),
-            codec=str(self.config.get("upscaler.codec")), preset=str(self.config.get("upscaler.preset")), est_seconds=state.est_seconds,
+            codec=str(self.config.get("upscaler.codec")), preset=str(self.config.get("upscaler.preset")),
+            est_seconds=state.est_seconds, src_url=state.clip.url,
         )
         outcome = await self.scheduler.run(spec, priority)
         state.seconds.update(outcome.seconds)
         state.outcome = outcome
         if not outcome.ok:
             self._fail(state, outcome.error_kind or ErrorKind.ERROR, outcome.message)
+            return
+        if outcome.url:  # a remote worker stored it (S3, straight from its host)
+            state.result = ClipResult(outcome.url)
             return
         began = time.perf_counter()
         try:

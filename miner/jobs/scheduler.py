@@ -1,18 +1,19 @@
-"""The GPU scheduler: one worker process per device, a priority queue, OOM retry, crash restart.
+"""The GPU scheduler: one worker per GPU (local processes or Ray actors), a priority queue, OOM retry,
+recovery of lost workers.
 
 ``await scheduler.run(spec, priority)`` queues one clip and returns its ``TaskOutcome``; cancelling
 the awaiting task (the caller went away) removes the clip from the queue or stops it on its worker.
+Admission and the LengthCheck answer price work on the workers that are up now, each at its own
+calibrated speed (:func:`upscaler.planner.schedule`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import multiprocessing as mp
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +21,20 @@ import torch
 
 from miner.config import MinerConfig
 from miner.jobs.admission import Backlog, admit
+from miner.jobs.pool import KILL_GRACE_S, WorkerHandle, WorkerLost, WorkerStartError
 from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
-from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_main
+from miner.jobs.worker import WorkerConfig, WorkerHooks
 from miner.metrics import MinerMetrics
 from upscaler.calibration import CalibrationStore, ThroughputCalibration
 from upscaler.configfiles import load_config
-from upscaler.planner import Plan, ThroughputTable, calibration_key, plan, tiled_slowdown_for
+from upscaler.planner import (ClipWork, Plan, ThroughputTable, WorkerCapacity, calibration_key, plan,
+                              tiled_slowdown_for)
 
 log = logging.getLogger(__name__)
 
-KILL_GRACE_S = 10.0  # a worker silent this long past its task's deadline is killed and restarted
-
-
-class WorkerStartError(RuntimeError):
-    """A worker process could not load the upscaler."""
+STARTING, IDLE, BUSY, RESTARTING, DOWN, STOPPED = "starting", "idle", "busy", "restarting", "down", "stopped"
+RECOVERY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between attempts to bring a lost worker back
 
 
 @dataclass(eq=False)
@@ -42,20 +42,28 @@ class _Job:
     spec: TaskSpec
     priority: float
     future: asyncio.Future[TaskOutcome]
+    losses: int = 0
 
 
 @dataclass(eq=False)
 class _Slot:
-    """One worker process and what it is doing."""
+    """One worker and what it is doing."""
 
-    index: int
-    device: str
-    process: Any = None
-    conn: Connection | None = None
-    cancel: Any = None
+    handle: WorkerHandle
     info: dict[str, Any] = field(default_factory=dict)
+    state: str = STARTING
     running: _Job | None = None
     started_at: float = 0.0
+    done: int = 0
+    failed: int = 0
+
+    @property
+    def index(self) -> int:
+        return self.handle.index
+
+    @property
+    def up(self) -> bool:
+        return self.state in (IDLE, BUSY)
 
 
 def visible_devices(config: MinerConfig) -> list[str]:
@@ -65,15 +73,6 @@ def visible_devices(config: MinerConfig) -> list[str]:
         return configured
     count = torch.cuda.device_count()
     return [f"cuda:{i}" for i in range(count)] or ["cpu"]
-
-
-def _calibrated(table: ThroughputTable, settings: dict) -> ThroughputTable:
-    """``table`` with a :class:`ThroughputCalibration` from ``[jobs.calibration]`` (unless disabled)."""
-    if not settings["enabled"]:
-        return table
-    return replace(table, calibration=ThroughputCalibration(
-        weight=float(settings["weight"]), min_factor=float(settings["min_factor"]),
-        max_factor=float(settings["max_factor"])))
 
 
 MIN_TILE_SIZE = 256
@@ -88,31 +87,97 @@ def retry_tile_size(failed_tile: int, planned_tile: int, multiple: int) -> int:
     return max(MIN_TILE_SIZE, failed_tile // 2 // multiple * multiple)
 
 
+def clip_work(spec: TaskSpec) -> ClipWork:
+    """The planner's view of a task."""
+    return ClipWork(spec.width, spec.height, spec.frames, spec.variant, spec.tile_size > 0)
+
+
 class Scheduler:
-    """Owns the worker processes and the queue feeding them."""
+    """Owns the workers and the queue feeding them."""
 
     def __init__(self, config: MinerConfig, metrics: MinerMetrics) -> None:
         jobs = config.section("jobs")
         self.config = config
         self.metrics = metrics
-        devices = visible_devices(config)
-        count = len(devices) if jobs["workers"] == "auto" else int(jobs["workers"])
-        self._slots = [_Slot(i, devices[i % len(devices)]) for i in range(count)]
+        self.backend = str(config.get("cluster.backend"))
+        self._slots: list[_Slot] = []
         self._queue: PriorityTaskQueue[_Job] = PriorityTaskQueue(int(jobs["max_queue"]))
-        self._ctx = mp.get_context("spawn")
-        self._table = _calibrated(ThroughputTable.load(config.get("upscaler.throughput")), jobs["calibration"])
-        self._threads = ThreadPoolExecutor(max_workers=count + 1, thread_name_prefix="worker-wait")
+        self._base_table = ThroughputTable.load(config.get("upscaler.throughput"), config.get("upscaler.precision"))
+        self._tables: dict[str, ThroughputTable] = {}
+        self._stores: dict[str, CalibrationStore] = {}
+        self._lost_clip_retries = int(config.get("cluster.lost_clip_retries")) if self.backend == "ray" else 0
         self._serve_tasks: list[asyncio.Task[None]] = []
         self._accepting = False
-        self._calibration_store: CalibrationStore | None = None
 
     # ----- lifecycle -------------------------------------------------------------------------
+    def worker_config(self, index: int, device: str) -> WorkerConfig:
+        """What worker ``index`` needs to load the upscaler on ``device`` (any backend)."""
+        jobs = self.config.section("jobs")
+        upscaler = self.config.section("upscaler")
+        return WorkerConfig(
+            index=index,
+            device=device,
+            upscaler_config=upscaler["config"],
+            upscaler_overrides=self.config.upscaler_overrides,
+            log_level=self.config.get("log.level"),
+            log_format=self.config.get("log.format"),
+            hooks=WorkerHooks(**jobs["test_hooks"]),
+            warmup=self._warmup_shapes(jobs["warmup_tasks"]),
+            progress_log_s=float(jobs["progress_log_s"]),
+        )
+
+    async def _make_handles(self) -> list[WorkerHandle]:
+        start_timeout = float(self.config.get("jobs.worker_start_timeout_s"))
+        if self.backend == "ray":
+            from miner.cluster.ray_pool import ray_workers  # Ray is imported only when configured
+
+            return await ray_workers(self.config, self.worker_config, start_timeout)
+        from miner.jobs.local_pool import ProcessWorker
+
+        devices = visible_devices(self.config)
+        workers = self.config.get("jobs.workers")
+        count = len(devices) if workers == "auto" else int(workers)
+        return [ProcessWorker(self.worker_config(i, devices[i % len(devices)]), start_timeout) for i in range(count)]
+
     async def start(self) -> None:
-        """Start every worker and wait until each has loaded the model."""
-        await asyncio.gather(*(self._spawn(slot) for slot in self._slots))
-        self._restore_calibration()
+        """Start every worker and wait until each has loaded the model (or failed: a worker that fails to
+        start is retried in the background; the miner starts when at least one is up)."""
+        self._slots = [_Slot(handle) for handle in await self._make_handles()]
+        errors = await asyncio.gather(*(self._bring_up(slot) for slot in self._slots), return_exceptions=True)
+        if not any(slot.up for slot in self._slots):
+            raise next((e for e in errors if isinstance(e, BaseException)), WorkerStartError("no workers"))
         self._serve_tasks = [asyncio.create_task(self._serve(slot), name=f"serve-{slot.index}") for slot in self._slots]
         self._accepting = True
+
+    async def _bring_up(self, slot: _Slot) -> None:
+        began = time.perf_counter()
+        try:
+            info = await slot.handle.start()
+        except Exception as exc:
+            slot.state = DOWN
+            log.error("worker failed to start; retrying in the background",
+                      extra={"fields": {"worker": slot.index, "backend": slot.handle.backend, "error": str(exc)[:2000]}})
+            raise
+        self._mark_up(slot, info)
+        log.info("worker ready", extra={"fields": {"worker": slot.index, "backend": slot.handle.backend, **info,
+                                                   "seconds": round(time.perf_counter() - began, 1)}})
+
+    def _mark_up(self, slot: _Slot, info: dict[str, Any]) -> None:
+        old = slot.info
+        slot.info, slot.state = info, IDLE
+        self.metrics.workers_ready.inc()
+        if old and old != info:
+            self.metrics.forget_worker(str(slot.index), old)
+        self.metrics.worker_info.labels(str(slot.index), info.get("node", ""), info.get("gpu", ""),
+                                        info.get("device_class", "")).set(1)
+        self.metrics.worker_up.labels(str(slot.index)).set(1)
+        self._update_fps_metrics()
+
+    def _mark_down(self, slot: _Slot, state: str) -> None:
+        if slot.up:
+            self.metrics.workers_ready.dec()
+        slot.state = state
+        self.metrics.worker_up.labels(str(slot.index)).set(0)
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, fail waiting work, let running work finish within ``grace_s``, stop workers."""
@@ -125,15 +190,14 @@ class Scheduler:
             _, pending = await asyncio.wait(running, timeout=grace_s)
             if pending:
                 for slot in self._slots:
-                    if slot.cancel is not None:
-                        slot.cancel.set()
+                    slot.handle.cancel()
                 await asyncio.wait(pending, timeout=KILL_GRACE_S)
         for task in self._serve_tasks:
             task.cancel()
         await asyncio.gather(*self._serve_tasks, return_exceptions=True)
+        await asyncio.gather(*(slot.handle.stop() for slot in self._slots), return_exceptions=True)
         for slot in self._slots:
-            await asyncio.to_thread(self._terminate, slot)
-        self._threads.shutdown(wait=False, cancel_futures=True)
+            self._mark_down(slot, STOPPED)
         self.metrics.workers_ready.set(0)
 
     def _warmup_shapes(self, task_types: list[str]) -> tuple[tuple[int, int, int, int], ...]:
@@ -144,68 +208,58 @@ class Scheduler:
             shapes.append((task.width // task.scale, task.height // task.scale, task.width, task.height))
         return tuple(dict.fromkeys(shapes))
 
-    async def _spawn(self, slot: _Slot) -> None:
-        jobs = self.config.section("jobs")
-        upscaler = self.config.section("upscaler")
-        worker_config = WorkerConfig(
-            index=slot.index,
-            device=slot.device,
-            upscaler_config=upscaler["config"],
-            upscaler_overrides=self.config.upscaler_overrides,
-            log_level=self.config.get("log.level"),
-            log_format=self.config.get("log.format"),
-            hooks=WorkerHooks(**jobs["test_hooks"]),
-            warmup=self._warmup_shapes(jobs["warmup_tasks"]),
-            progress_log_s=float(jobs["progress_log_s"]),
-        )
-        parent, child = self._ctx.Pipe()
-        slot.cancel = self._ctx.Event()
-        slot.process = self._ctx.Process(
-            target=worker_main, args=(worker_config, child, slot.cancel), name=f"flashvsr-worker-{slot.index}",
-            daemon=True,
-        )
-        began = time.perf_counter()
-        slot.process.start()
-        child.close()
-        slot.conn = parent
-        reply = await asyncio.get_running_loop().run_in_executor(
-            self._threads, _receive, parent, slot.process.sentinel, float(jobs["worker_start_timeout_s"]))
-        if reply is None or reply[0] != "ready":
-            self._terminate(slot)
-            detail = reply[1] if reply else "exited or timed out before loading"
-            raise WorkerStartError(f"worker {slot.index} on {slot.device} failed to start: {detail}")
-        slot.info = reply[1]
-        self.metrics.workers_ready.inc()
-        log.info("worker ready", extra={"fields": {"worker": slot.index, **slot.info,
-                                                   "seconds": round(time.perf_counter() - began, 1)}})
-
-    @staticmethod
-    def _terminate(slot: _Slot) -> None:
-        if slot.process is None:
-            return
-        if slot.process.is_alive() and slot.conn is not None:
+    async def _recover(self, slot: _Slot) -> None:
+        """Bring a lost worker back (a new process; the actor Ray restarted, or a new one), retrying with
+        a backoff for as long as it takes; the LengthCheck and admission see it only once it is up."""
+        for attempt in itertools.count():
+            self._mark_down(slot, RESTARTING)
+            began = time.perf_counter()
             try:
-                slot.conn.send(("stop", None))
-            except (BrokenPipeError, OSError):
-                pass
-            slot.process.join(timeout=5)
-        if slot.process.is_alive():
-            slot.process.kill()
-        slot.process.join(timeout=5)
-        if slot.conn is not None:
-            slot.conn.close()
-
-    async def _restart(self, slot: _Slot) -> None:
-        self.metrics.workers_ready.dec()
-        self.metrics.worker_restarts.inc()
-        await asyncio.to_thread(self._terminate, slot)
-        await self._spawn(slot)
+                info = await slot.handle.restart()
+            except Exception as exc:
+                wait_s = RECOVERY_BACKOFF_S[min(attempt, len(RECOVERY_BACKOFF_S) - 1)]
+                self._mark_down(slot, DOWN)
+                log.warning("worker still down", extra={"fields": {"worker": slot.index, "attempt": attempt + 1,
+                                                                   "retry_in_s": wait_s, "error": str(exc)[:500]}})
+                await asyncio.sleep(wait_s)
+                continue
+            self._mark_up(slot, info)
+            log.info("worker back", extra={"fields": {"worker": slot.index, **info,
+                                                      "seconds": round(time.perf_counter() - began, 1)}})
+            return
 
     # ----- planning and admission ------------------------------------------------------------
+    def table_for(self, device_class: str) -> ThroughputTable:
+        """The throughput table of one device class, with that class's own calibration (restored from
+        ``jobs.calibration.state_path`` when it was saved by an earlier run on the same class and table)."""
+        table = self._tables.get(device_class)
+        if table is not None:
+            return table
+        settings = self.config.section("jobs")["calibration"]
+        table = self._base_table
+        if settings["enabled"]:
+            calibration = ThroughputCalibration(weight=float(settings["weight"]), min_factor=float(settings["min_factor"]),
+                                                max_factor=float(settings["max_factor"]))
+            table = replace(table, calibration=calibration)
+            if settings["state_path"]:
+                path = Path(str(settings["state_path"])).expanduser()
+                store = CalibrationStore(path.with_name(f"{path.stem}.{device_class}{path.suffix}"),
+                                         {"device_class": device_class, "table": table.fingerprint()})
+                self._stores[device_class] = store
+                store.load_into(calibration)
+                for record in calibration.state():
+                    self.metrics.throughput_factor.labels(record["variant"]).set(record["factor"])
+        self._tables[device_class] = table
+        return table
+
+    def _class_of(self, slot: _Slot) -> str:
+        return str(slot.info.get("device_class", "cpu"))
+
     @property
     def device_class(self) -> str:
-        """The planner's device name of the workers (all workers are assumed alike)."""
-        return self._slots[0].info.get("device_class", "cpu")
+        """The device class of the first worker that is up (the reference for per-clip plans)."""
+        slot = next((s for s in self._slots if s.up), next((s for s in self._slots if s.info), None))
+        return self._class_of(slot) if slot else "cpu"
 
     @property
     def workers(self) -> int:
@@ -217,37 +271,76 @@ class Scheduler:
 
     @property
     def table(self) -> ThroughputTable:
-        return self._table
+        """The table of the reference device class."""
+        return self.table_for(self.device_class)
 
     def queue_depth(self) -> int:
         return len(self._queue)
 
     def plan(self, width: int, height: int, frames: int, deadline_s: float | None) -> Plan:
-        """Variant, tiling and estimated seconds for one clip on these workers."""
+        """Variant, tiling and estimated seconds for one clip (on the reference device class)."""
         jobs = self.config.section("jobs")
         free = [s.info.get("free_vram_bytes") for s in self._slots if s.info.get("free_vram_bytes") is not None]
         return plan(
             width, height, frames, free_vram_bytes=min(free) if free else None, deadline_s=deadline_s,
-            table=self._table, device=self.device_class, variant=self.config.get("upscaler.variant"),
+            table=self.table, device=self.device_class, variant=self.config.get("upscaler.variant"),
             prefer_quality=bool(jobs["prefer_quality"]), long_clip_frames=int(jobs["long_clip_frames"]),
             tile_size=int(jobs["oom_retry_tile_size"]),
         )
 
-    def backlog(self, priority: float) -> Backlog:
-        """Work ahead of a request with ``priority``: running remainders and outranking queued clips."""
+    def capacity(self) -> list[WorkerCapacity]:
+        """The workers that are up now, each with its calibrated table and the seconds left of its running clip."""
         now = time.time()
-        busy = tuple(
-            max(slot.running.spec.est_seconds - (now - slot.started_at), 0.0) if slot.running else 0.0
-            for slot in self._slots
-        )
-        queued = tuple(job.spec.est_seconds for job in self._queue.items() if job.priority >= priority)
-        return Backlog(busy, queued)
+        workers = []
+        for slot in self._slots:
+            if not slot.up:
+                continue
+            device = self._class_of(slot)
+            worker = WorkerCapacity(device, self.table_for(device), free_vram_bytes=slot.info.get("free_vram_bytes"))
+            if slot.running is not None:
+                left = worker.seconds(clip_work(slot.running.spec)) - (now - slot.started_at)
+                worker = replace(worker, busy_for=max(left, 0.0))
+            workers.append(worker)
+        return workers
 
-    def admit(self, estimates: list[float], deadline: float, priority: float) -> list[str | None]:
+    def backlog(self, priority: float) -> Backlog:
+        """Work ahead of a request with ``priority``: the workers up (with their running remainders) and
+        the queued clips that outrank it."""
+        queued = tuple(clip_work(job.spec) for job in self._queue.items() if job.priority >= priority)
+        return Backlog(tuple(self.capacity()), queued)
+
+    def admit(self, clips: list[ClipWork], deadline: float, priority: float) -> list[str | None]:
         """Admission decision per clip: None, or why it cannot finish before ``deadline``."""
         if not self._accepting:
-            return ["miner is shutting down"] * len(estimates)
-        return admit(self.backlog(priority), estimates, deadline - time.time())
+            return ["miner is shutting down"] * len(clips)
+        return admit(self.backlog(priority), clips, deadline - time.time())
+
+    def health(self) -> dict[str, Any]:
+        """Per-worker state for ``/health``: node, GPU, state, calibrated frames/s, clips done and failed."""
+        geometry = self.config.tasks[self.config.get("jobs.length_check_task")]
+        workers = []
+        for slot in self._slots:
+            device = self._class_of(slot)
+            fps = self.table_for(device).frames_per_second(device, "tiny", geometry.width, geometry.height) \
+                if slot.info else None
+            workers.append({
+                "index": slot.index, "backend": slot.handle.backend, "state": slot.state,
+                "node": slot.info.get("node"), "node_id": slot.info.get("node_id"), "gpu": slot.info.get("gpu"), "device": slot.info.get("device"),
+                "device_class": slot.info.get("device_class"),
+                "calibrated_fps": None if fps is None else round(fps, 3),
+                "running": slot.running.spec.task_id if slot.running else None,
+                "clips_done": slot.done, "clips_failed": slot.failed,
+            })
+        return {"backend": self.backend, "workers": len(self._slots), "workers_up": sum(s.up for s in self._slots),
+                "device": self.device_class, "worker_status": workers}
+
+    def _update_fps_metrics(self) -> None:
+        geometry = self.config.tasks[self.config.get("jobs.length_check_task")]
+        for slot in self._slots:
+            if slot.info:
+                device = self._class_of(slot)
+                fps = self.table_for(device).frames_per_second(device, "tiny", geometry.width, geometry.height)
+                self.metrics.worker_fps.labels(str(slot.index)).set(fps)
 
     # ----- running ---------------------------------------------------------------------------
     async def run(self, spec: TaskSpec, priority: float) -> TaskOutcome:
@@ -255,21 +348,28 @@ class Scheduler:
         if not self._accepting:
             return TaskOutcome.failed(spec.task_id, ErrorKind.SHUTDOWN, "miner is shutting down")
         job = _Job(spec, priority, asyncio.get_running_loop().create_future())
-        try:
-            displaced = await self._queue.put(job, priority)
-        except QueueFull as exc:
-            self.metrics.refusals.labels("queue_full").inc()
-            return TaskOutcome.failed(spec.task_id, ErrorKind.REFUSED, str(exc))
-        if displaced is not None:
-            self.metrics.refusals.labels("displaced").inc()
-            self._resolve(displaced, TaskOutcome.failed(
-                displaced.spec.task_id, ErrorKind.REFUSED, "queue full: displaced by a higher-stake validator"))
-        self.metrics.queue_depth.set(len(self._queue))
+        refusal = await self._enqueue(job)
+        if refusal is not None:
+            return refusal
         try:
             return await asyncio.shield(job.future)
         except asyncio.CancelledError:
             self._abandon(job)
             raise
+
+    async def _enqueue(self, job: _Job) -> TaskOutcome | None:
+        """Queue ``job``; the refusal when the queue is full (and the displaced job's outcome is set)."""
+        try:
+            displaced = await self._queue.put(job, job.priority)
+        except QueueFull as exc:
+            self.metrics.refusals.labels("queue_full").inc()
+            return TaskOutcome.failed(job.spec.task_id, ErrorKind.REFUSED, str(exc))
+        if displaced is not None:
+            self.metrics.refusals.labels("displaced").inc()
+            self._resolve(displaced, TaskOutcome.failed(
+                displaced.spec.task_id, ErrorKind.REFUSED, "queue full: displaced by a higher-stake validator"))
+        self.metrics.queue_depth.set(len(self._queue))
+        return None
 
     def _abandon(self, job: _Job) -> None:
         if self._queue.remove(job):
@@ -279,7 +379,7 @@ class Scheduler:
         for slot in self._slots:
             if slot.running is job:
                 log.info("cancelling running task", extra={"fields": {"task_id": job.spec.task_id, "worker": slot.index}})
-                slot.cancel.set()
+                slot.handle.cancel()
 
     @staticmethod
     def _resolve(job: _Job, outcome: TaskOutcome) -> None:
@@ -288,60 +388,86 @@ class Scheduler:
 
     async def _serve(self, slot: _Slot) -> None:
         while True:
+            if not slot.up:
+                await self._recover(slot)
             job = await self._queue.get()
             self.metrics.queue_depth.set(len(self._queue))
+            if job.future.done():
+                continue
             if time.time() >= job.spec.deadline:
                 self._resolve(job, TaskOutcome.failed(job.spec.task_id, ErrorKind.DEADLINE, "deadline passed while queued"))
                 continue
-            slot.running = job
+            slot.running, slot.state, slot.started_at = job, BUSY, time.time()
             self.metrics.running.inc()
             try:
-                outcome = await self._execute(slot, job.spec)
+                outcome = await slot.handle.execute(job.spec)
                 if outcome.error_kind == ErrorKind.OOM:
                     outcome = await self._retry_tiled(slot, job.spec, outcome)
+            except WorkerLost as lost:
+                outcome = await self._lost(slot, job, lost)
             finally:
                 slot.running = None
                 self.metrics.running.dec()
-            self._calibrate(outcome)
+                if slot.state == BUSY:
+                    slot.state = IDLE
+            if outcome is None:
+                continue  # queued again for another worker
+            slot.done += outcome.ok
+            slot.failed += not outcome.ok
+            self.metrics.worker_clips.labels(str(slot.index), "ok" if outcome.ok else "failed").inc()
+            self._calibrate(slot, outcome)
             self._resolve(job, outcome)
 
-    def _calibrate(self, outcome: TaskOutcome) -> None:
-        """Fold a finished clip's measured frames/s into the table's calibration (tiled runs apart)."""
-        calibration, report = self._table.calibration, outcome.report
+    async def _lost(self, slot: _Slot, job: _Job, lost: WorkerLost) -> TaskOutcome | None:
+        """A worker died or hung with ``job``: retry the clip on another worker when the deadline still
+        allows (Ray backend, ``cluster.lost_clip_retries``), else its failure; the worker is recovered."""
+        self._mark_down(slot, DOWN)
+        self.metrics.worker_restarts.inc()
+        spec = job.spec
+        left = spec.deadline - time.time()
+        fastest = min((w.seconds(clip_work(spec)) for w in self.capacity()), default=None)
+        log.error("worker lost", extra={"fields": {"task_id": spec.task_id, "worker": slot.index,
+                                                   "node": slot.info.get("node"), "reason": lost.message}})
+        if job.losses >= self._lost_clip_retries or not self._accepting:
+            return TaskOutcome.failed(spec.task_id, lost.kind, lost.message)
+        if fastest is None or fastest > left:
+            why = "no other worker is up" if fastest is None else \
+                f"{fastest:.1f}s of work on the fastest worker up, {max(left, 0.0):.1f}s left"
+            return TaskOutcome.failed(spec.task_id, lost.kind, f"{lost.message}; not retried: {why}")
+        job.losses += 1
+        log.warning("retrying a lost worker's clip on another worker", extra={"fields": {
+            "task_id": spec.task_id, "lost_worker": slot.index, "seconds_left": round(left, 1)}})
+        return await self._enqueue(job)
+
+    def _calibrate(self, slot: _Slot, outcome: TaskOutcome) -> None:
+        """Fold a finished clip's measured frames/s into its device class's calibration (tiled runs apart)."""
+        device = self._class_of(slot)
+        table, report = self.table_for(device), outcome.report
+        calibration = table.calibration
         min_frames = int(self.config.get("jobs.calibration.min_frames"))
         if (calibration is None or not outcome.ok or not report or report["frames"] < min_frames
                 or report["frames_per_second"] <= 0):
             return
         width, height = report["out_size"]
         variant, tiled = report["variant"], bool(report["tiled"])
-        slowdown = tiled_slowdown_for(self._table, self.device_class, variant, width, height, report["tiles"],
-                                      report["tile_width"], report["tile_height"]) if tiled else None
-        table_fps = self._table.frames_per_second(self.device_class, variant, width, height, tiled=tiled,
-                                                  calibrated=False, slowdown=slowdown)
+        slowdown = tiled_slowdown_for(table, device, variant, width, height, report["tiles"], report["tile_width"],
+                                      report["tile_height"]) if tiled else None
+        table_fps = table.frames_per_second(device, variant, width, height, tiled=tiled, calibrated=False,
+                                            slowdown=slowdown)
         key = calibration_key(variant, tiled)
         factor = calibration.observe(key, width, height, report["frames_per_second"], table_fps)
         self.metrics.throughput_factor.labels(key).set(factor)
-        if self._calibration_store is not None:
-            self._calibration_store.save(calibration)
-
-    def _restore_calibration(self) -> None:
-        """Load the calibration saved by an earlier run on this device class and table (once the workers
-        have said what device they run on)."""
-        path = str(self.config.get("jobs.calibration.state_path"))
-        calibration = self._table.calibration
-        if calibration is None or not path:
-            return
-        self._calibration_store = CalibrationStore(
-            Path(path).expanduser(), {"device_class": self.device_class, "table": self._table.fingerprint()})
-        if self._calibration_store.load_into(calibration):
-            for record in calibration.state():
-                self.metrics.throughput_factor.labels(record["variant"]).set(record["factor"])
+        self._update_fps_metrics()
+        store = self._stores.get(device)
+        if store is not None:
+            store.save(calibration)
 
     async def _retry_tiled(self, slot: _Slot, spec: TaskSpec, first: TaskOutcome) -> TaskOutcome:
         """After an out-of-memory: plan again as if no untiled run fits, and retry once tiled."""
+        device = self._class_of(slot)
         replanned = plan(
             spec.width, spec.height, spec.frames, free_vram_bytes=0, deadline_s=spec.deadline - time.time(),
-            table=self._table, device=self.device_class, variant=spec.variant,
+            table=self.table_for(device), device=device, variant=spec.variant,
             tile_size=int(self.config.get("jobs.oom_retry_tile_size")),
         )
         multiple = int(load_config(self.config.get("upscaler.config"))["defaults"]["spatial_multiple"])
@@ -349,35 +475,4 @@ class Scheduler:
                                multiple)
         log.warning("retrying tiled after out-of-memory", extra={"fields": {
             "task_id": spec.task_id, "tile": tile, "first_error": first.message}})
-        return await self._execute(slot, spec.retry_tiled(tile))
-
-    async def _execute(self, slot: _Slot, spec: TaskSpec) -> TaskOutcome:
-        """Send one task to the slot's worker and wait for its reply, death, or a hung deadline."""
-        slot.cancel.clear()
-        slot.started_at = time.time()
-        slot.conn.send(("task", spec))
-        timeout = max(spec.deadline - time.time(), 0.0) + KILL_GRACE_S
-        reply = await asyncio.get_running_loop().run_in_executor(
-            self._threads, _receive, slot.conn, slot.process.sentinel, timeout)
-        if reply is not None and reply[0] == "done":
-            return reply[1]
-        slot.process.join(timeout=1.0)  # the sentinel fires as the process exits, before it can be reaped
-        crashed = not slot.process.is_alive()
-        kind = ErrorKind.CRASH if crashed else ErrorKind.DEADLINE
-        message = (f"worker {slot.index} exited with code {slot.process.exitcode}" if crashed
-                   else f"worker {slot.index} did not stop {KILL_GRACE_S:.0f}s after the deadline")
-        log.error("worker lost; restarting it", extra={"fields": {"task_id": spec.task_id, "worker": slot.index,
-                                                                   "reason": message}})
-        await self._restart(slot)
-        return TaskOutcome.failed(spec.task_id, kind, message)
-
-
-def _receive(conn: Connection, sentinel: int, timeout: float) -> tuple[str, Any] | None:
-    """Blocking: the next message from a worker, or None if it died or ``timeout`` passed."""
-    ready = wait([conn, sentinel], timeout=timeout)
-    if conn in ready:
-        try:
-            return conn.recv()
-        except (EOFError, OSError):
-            return None
-    return None
+        return await slot.handle.execute(spec.retry_tiled(tile))

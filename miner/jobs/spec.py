@@ -1,4 +1,4 @@
-"""What the scheduler sends to a worker process and what comes back (picklable, file paths only)."""
+"""What the scheduler sends to a worker and what comes back (picklable: file paths and URLs, never video bytes)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class TaskSpec:
     preset: str = ""             # encoder preset ("" = configs/video.toml)
     est_seconds: float = 0.0
     attempt: int = 0
+    src_url: str = ""            # where ``src`` was downloaded from: a worker on another host fetches it again
 
     def retry_tiled(self, tile_size: int) -> "TaskSpec":
         """The same task, second attempt, with spatial tiling."""
@@ -58,6 +59,7 @@ class TaskOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     out_bytes: int = 0
     attempts: int = 1
+    url: str = ""                # set when the worker stored the result itself (a Ray actor uploading to S3)
 
     @classmethod
     def failed(cls, task_id: str, kind: str, message: str) -> "TaskOutcome":

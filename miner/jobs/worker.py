@@ -1,8 +1,6 @@
-"""One worker process per GPU: loads the upscaler once, then runs tasks sent over a pipe.
-
-Messages (parent -> worker): ``("task", TaskSpec)``, ``("stop", None)``.
-Messages (worker -> parent): ``("ready", info)`` once the model is loaded, ``("done", TaskOutcome)``
-per task, or ``("load_failed", message)``. A cancel ``Event`` shared with the parent stops the
+"""The worker core shared by every kind of worker (a local process, :mod:`miner.jobs.local_pool`; a Ray
+actor, :mod:`miner.cluster.ray_pool`): loads the upscaler once, keeps it warm, and runs one
+``TaskSpec`` at a time into a ``TaskOutcome``. A cancel event (anything with ``is_set()``) stops the
 running task at the next chunk boundary.
 """
 
@@ -12,15 +10,13 @@ import gc
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -102,33 +98,35 @@ def free_vram(device: str) -> int | None:
     return vram.usable_bytes(torch.device(device))
 
 
-def worker_main(config: WorkerConfig, conn: Connection, cancel: Event) -> None:
-    """Process entry point (spawn start method)."""
-    # Before CUDA initialises: the streaming buffers change size between the first and later steps,
-    # and expandable segments keep that from fragmenting the 4K working set (measured: fits in 80 GB).
+def prepare_process(config: WorkerConfig) -> None:
+    """Process-wide settings of a worker, before CUDA initialises: logging, and expandable segments (the
+    streaming buffers change size between the first and later steps, and expandable segments keep that
+    from fragmenting the 4K working set; measured: fits in 80 GB)."""
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     setup_logging(config.log_level, config.log_format)
-    try:
-        runner = _Runner(config, cancel)
-    except Exception as exc:  # reported to the parent, which logs it and gives up on this device
-        conn.send(("load_failed", f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc()}"))
-        return
-    conn.send(("ready", {"device": config.device, "device_class": device_class(config.device),
-                         "free_vram_bytes": free_vram(config.device), "pid": os.getpid()}))
-    while True:
-        try:
-            kind, payload = conn.recv()
-        except EOFError:
-            return
-        if kind == "stop":
-            return
-        conn.send(("done", runner.run(payload)))
 
 
-class _Runner:
-    """Holds the warm ``Upscaler`` of this process."""
+class CancelFlag(Protocol):
+    """A multiprocessing or threading ``Event``: set by the pool to stop the running task."""
 
-    def __init__(self, config: WorkerConfig, cancel: Event) -> None:
+    def is_set(self) -> bool: ...
+
+
+def gpu_name(device: str) -> str:
+    """The device's marketing name (``NVIDIA H100 80GB HBM3``), or ``cpu``."""
+    return torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
+
+
+def worker_info(device: str) -> dict[str, Any]:
+    """What a ready worker reports: its device, the planner's class of it, free memory, host and pid."""
+    return {"device": device, "device_class": device_class(device), "gpu": gpu_name(device),
+            "free_vram_bytes": free_vram(device), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+class WorkerCore:
+    """Holds the warm ``Upscaler`` of one worker and runs its tasks (one at a time)."""
+
+    def __init__(self, config: WorkerConfig, cancel: CancelFlag) -> None:
         if config.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(config.device))
         self.config = config

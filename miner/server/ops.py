@@ -17,8 +17,7 @@ def ops_router(scheduler: Scheduler, metrics: MinerMetrics, *, metrics_enabled: 
         response.status_code = 200 if scheduler.accepting else 503
         return {
             "status": "ok" if scheduler.accepting else "unavailable",
-            "workers": scheduler.workers,
-            "device": scheduler.device_class,
+            **scheduler.health(),
             "queue_depth": scheduler.queue_depth(),
         }
 

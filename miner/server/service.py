@@ -43,10 +43,9 @@ class MinerService:
                                      caller=caller, round_id=round_id)
 
     def max_content_length(self) -> int:
-        """5 or 10: the clip length we can process 5 of inside a 135 s round, by measured throughput."""
+        """5 or 10: the clip length we can process 5 of inside a 135 s round on the workers up now."""
         geometry = self.config.tasks[self.config.get("jobs.length_check_task")]
-        return max_content_length(self.scheduler.table, geometry.width, geometry.height,
-                                  device=self.scheduler.device_class)
+        return max_content_length(geometry.width, geometry.height, self.scheduler.capacity())
 
     @staticmethod
     def warrant_task() -> int:

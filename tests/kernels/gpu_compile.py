@@ -6,7 +6,7 @@ Triton's front end, its GPU passes and ptxas run on the CPU, so a kernel that th
 but the compiler rejects (e.g. an early ``return`` inside a ``constexpr`` branch) fails here, in CI.
 Every Triton kernel compiles for sm_90 (H100/H200), sm_89 (RTX 4090, L40) and sm_80 (A100) within the
 block's shared memory there, the attention kernel on the load paths each one takes (FP8 keys from sm_89,
-refused on sm_80); the warp-specialised Gluon kernel for sm_90 without register spills, where this
+refused on sm_80), the FP8 linears' quantising kernels from sm_89; the warp-specialised Gluon kernel for sm_90 without register spills, where this
 Triton can express it (:data:`kernels.triton_compat.GLUON`). Prints one line per kernel variant; exits
 non-zero if any fails.
 """
@@ -27,7 +27,8 @@ from kernels import triton_compat
 from kernels.channel_norm import _bias_norm_silu_kernel
 from kernels.frame_pairs import _stack_with_previous_kernel
 from kernels.layer_norm import LAUNCH_OPTIONS as LAYER_NORM_LAUNCH
-from kernels.layer_norm import _add_layer_norm_kernel
+from kernels.fp8_quant import _quantise_rows_kernel
+from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kernel
 from kernels.norm_rope import _norm_rope_kernel
 from kernels.subpixel import _interleave_kernel
 from kernels.time_taps import _time_taps_kernel
@@ -200,6 +201,30 @@ def _other_kernels(arch: int) -> list[bool]:
                                 _add_layer_norm_kernel, arch,
                                 {"X": "*bf16", "UPDATE": "*bf16", "GATE": "*bf16", "SCALE": "*bf16", "SHIFT": "*bf16",
                                  "X_OUT": "*bf16", "Y": "*bf16"}, ("eps",),
+                                {"HAS_UPDATE": True, "HAS_GATE": True, "AFFINE": affine, "BLOCK_R": 2,
+                                 "BLOCK_D": 2048}, num_warps=LAYER_NORM_LAUNCH["num_warps"], num_stages=1,
+                                fp_fusion=LAYER_NORM_LAUNCH["enable_fp_fusion"], no_bf16_fma=True))
+    if arch >= FP8_MIN_ARCH:
+        results += _fp8_kernels(arch)
+    return results
+
+
+FP8_MIN_ARCH = 89  # e4m3 (fp8e4nv) exists from sm_89: the FP8 linears' kernels run there and above
+
+
+def _fp8_kernels(arch: int) -> list[bool]:
+    """The FP8 linears' quantising kernels (precision = "fp8"), at the DiT's widths (1536, FFN 8960)."""
+    results = [
+        _compile(f"row quantise to e4m3{' + GELU' if gelu else ''}", _quantise_rows_kernel, arch,
+                 {"X": "*bf16", "Q": "*fp8e4nv", "SCALE": "*fp32"}, (), {"GELU": gelu, "BLOCK_D": block_d},
+                 num_warps=min(16, max(4, block_d // 1024)), num_stages=1)
+        for gelu, block_d in ((False, 2048), (True, 16384))
+    ]
+    for affine in (False, True):
+        results.append(_compile(f"residual add + layer norm to e4m3 ({'affine' if affine else 'modulated'})",
+                                _add_layer_norm_fp8_kernel, arch,
+                                {"X": "*bf16", "UPDATE": "*bf16", "GATE": "*bf16", "SCALE": "*bf16", "SHIFT": "*bf16",
+                                 "X_OUT": "*bf16", "Y": "*fp8e4nv", "Y_SCALE": "*fp32"}, ("eps",),
                                 {"HAS_UPDATE": True, "HAS_GATE": True, "AFFINE": affine, "BLOCK_R": 2,
                                  "BLOCK_D": 2048}, num_warps=LAYER_NORM_LAUNCH["num_warps"], num_stages=1,
                                 fp_fusion=LAYER_NORM_LAUNCH["enable_fp_fusion"], no_bf16_fma=True))

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OTHER_KERNELS = ("compact rows", "sub-pixel interleave", "MemBlock frame pairs", "LQ time taps",
                  "LQ conv epilogue (bias + channel norm + SiLU)", "q/k RMSNorm + RoPE",
                  "residual add + layer norm (modulated)", "residual add + layer norm (affine)")
+FP8_KERNELS = ("row quantise to e4m3", "row quantise to e4m3 + GELU", "residual add + layer norm to e4m3 (modulated)",
+               "residual add + layer norm to e4m3 (affine)")  # sm_89 and sm_90 only (no e4m3 before)
 
 
 def test_kernels_compile_for_gpu_targets(tmp_path):
@@ -31,9 +33,10 @@ def test_kernels_compile_for_gpu_targets(tmp_path):
         reason = triton_compat.GLUON.reason
         assert gluon == [f"skip warp-specialised attention (Gluon) sm_90: not expressible: {reason}"]
     others = [line for line in lines if line not in gluon]
-    assert len(others) == 7 + 3 * len(OTHER_KERNELS) and all(line.startswith("ok ") for line in others), run.stdout
+    assert len(others) == 7 + 3 * len(OTHER_KERNELS) + 2 * len(FP8_KERNELS), run.stdout
+    assert all(line.startswith("ok ") for line in others), run.stdout
     for arch in (90, 89, 80):
-        for name in OTHER_KERNELS:
+        for name in OTHER_KERNELS + (FP8_KERNELS if arch >= 89 else ()):
             assert sum(line.startswith(f"ok {name} sm_{arch}:") for line in others) == 1, (name, arch, run.stdout)
     for variant in ("TMA, bf16 keys) sm_90", "TMA, FP8 keys) sm_90", "pointers, bf16 keys) sm_90",
                     "pointers, bf16 keys) sm_89", "pointers, FP8 keys) sm_89", "pointers, bf16 keys) sm_80"):

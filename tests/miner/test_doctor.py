@@ -230,7 +230,11 @@ def test_wallet_ok_with_a_real_wallet(tmp_path: Path, miner_wallet, wallet_root:
 class _ServingScheduler:
     """What ``/health`` reads from the scheduler, for a server answering as a serving miner."""
 
-    accepting, workers, device_class = True, 1, "cpu"
+    accepting = True
+
+    @staticmethod
+    def health() -> dict[str, Any]:
+        return {"backend": "local", "workers": 1, "workers_up": 1, "device": "cpu", "worker_status": []}
 
     @staticmethod
     def queue_depth() -> int:

@@ -17,6 +17,7 @@ from miner.jobs.admission import Backlog, admit, predict_finishes
 from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskSpec
 from miner.metrics import MinerMetrics
+from upscaler.planner import ClipWork, Measurement, ThroughputTable, WorkerCapacity
 
 SRC_W, SRC_H, FRAMES = 64, 36, 9
 OUT_W, OUT_H = 128, 72
@@ -69,11 +70,19 @@ def test_full_queue_displaces_lower_stake_or_refuses() -> None:
 
 
 def test_admission_predicts_from_backlog() -> None:
-    backlog = Backlog(busy_for=(4.0, 0.0), queued=(6.0,))
-    assert predict_finishes(backlog, [2.0, 2.0]) == [6.0, 8.0]
-    decisions = admit(backlog, [2.0, 2.0, 30.0], seconds_left=9.0)
+    """1 frame = 1 s on the row below: a worker 4 s from free, an idle one, 6 s queued ahead."""
+    table = ThroughputTable((Measurement("h100", "tiny", 10, 10, 1.0, 0.0),), unknown_gpu_factor=0.5,
+                            safety_margin=1.0, clip_overhead_s=0.0)
+    workers = (WorkerCapacity("h100", table, busy_for=4.0), WorkerCapacity("h100", table))
+    backlog = Backlog(workers, queued=(ClipWork(10, 10, 6),))
+    two = ClipWork(10, 10, 2)
+    assert predict_finishes(backlog, [two, two]) == [(6.0, 2.0), (8.0, 2.0)]
+    decisions = admit(backlog, [two, two, ClipWork(10, 10, 30)], seconds_left=9.0)
     assert decisions[:2] == [None, None]
     assert "exceeds the 9.0s left" in decisions[2]
+    # A worker of the unmeasured class runs at half the speed: the same clip takes it twice as long.
+    assert predict_finishes(Backlog((WorkerCapacity("gpu-x", table),), ()), [two]) == [(4.0, 4.0)]
+    assert admit(Backlog((), ()), [two], seconds_left=100.0) == ["no worker is up (all lost or restarting)"]
 
 
 def _config(tmp_path: Path):
@@ -140,8 +149,7 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             assert not bad.ok and bad.error_kind == ErrorKind.INPUT
 
             # Admission: an estimate that cannot finish before the deadline is refused with a reason.
-            plan = scheduler.plan(OUT_W, OUT_H, 300, None)
-            refusal = scheduler.admit([plan.est_seconds], time.time() + 0.5, priority=1.0)[0]
+            refusal = scheduler.admit([ClipWork(OUT_W, OUT_H, 300)], time.time() + 0.5, priority=1.0)[0]
             assert refusal and "exceeds" in refusal
 
             # Caller gone: cancelling the awaiting task stops the work; the worker stays usable.

@@ -19,6 +19,7 @@ from torch import nn
 
 from upscaler.models.attention import CrossAttention, LCSAStep, SelfAttention
 from upscaler.models.config import DiTConfig, SparsityParams
+from upscaler.models.fp8 import FP8Linear, QuantisedRows, feed_forward_fp8, quantise
 from upscaler.models.fusion import fusable
 from upscaler.models.kv_cache import DiTStreamCache
 from upscaler.models.rope import Rope3D
@@ -61,6 +62,10 @@ def lcsa_topk(sparsity: SparsityParams, windows_per_slice: int, model_pixels: in
 class DiTBlock(nn.Module):
     """One Wan block: modulated self-attention, cross-attention, modulated FFN (keys as the checkpoint)."""
 
+    fp8_inputs: frozenset[str] = frozenset()
+    """The layer groups whose linears run in FP8 (:func:`upscaler.models.fp8.convert_dit_linears`): the
+    norms feeding them emit e4m3 rows."""
+
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         dim = cfg.dim
@@ -81,18 +86,24 @@ class DiTBlock(nn.Module):
         step: LCSAStep,
     ) -> torch.Tensor:
         eps = self.norm1.eps
-        _, attn_in = _add_norm(x, mod.scale_msa, mod.shift_msa, eps)
+        fp8 = self.fp8_inputs
+        _, attn_in = _add_norm(x, mod.scale_msa, mod.shift_msa, eps, fp8="self_qkv" in fp8)
         attn = self.self_attn(attn_in, index, step)
         norm3 = self.norm3
-        x, cross_in = _add_norm(x, norm3.weight, norm3.bias, norm3.eps, update=attn, gate=mod.gate_msa, affine=True)
-        x, ffn_in = _add_norm(x, mod.scale_mlp, mod.shift_mlp, eps, update=self.cross_attn(cross_in, cross_kv))
+        x, cross_in = _add_norm(x, norm3.weight, norm3.bias, norm3.eps, update=attn, gate=mod.gate_msa, affine=True,
+                                fp8="cross_q" in fp8)
+        x, ffn_in = _add_norm(x, mod.scale_mlp, mod.shift_mlp, eps, update=self.cross_attn(cross_in, cross_kv),
+                              fp8="ffn_up" in fp8)
         return _gated_add(x, mod.gate_mlp, feed_forward(self.ffn, ffn_in))
 
 
-def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def feed_forward(ffn: nn.Sequential, x: torch.Tensor | QuantisedRows) -> torch.Tensor:
     """``ffn(x)`` for ``Sequential(Linear, GELU(tanh), Linear)``. On CUDA the GELU runs in the first
     GEMM's epilogue (cuBLASLt's GELU is the tanh form): one pass less over the 8960-wide hidden
-    activations (on an H200 at 4K, 3.11 -> 2.86 ms per block for that GEMM and its GELU)."""
+    activations (on an H200 at 4K, 3.11 -> 2.86 ms per block for that GEMM and its GELU). With FP8
+    linears: :func:`upscaler.models.fp8.feed_forward_fp8`."""
+    if isinstance(ffn[0], FP8Linear) or isinstance(ffn[2], FP8Linear):
+        return feed_forward_fp8(ffn[0], ffn[2], x)
     if not x.is_cuda:
         return ffn(x)
     up, _, down = ffn
@@ -102,19 +113,26 @@ def feed_forward(ffn: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 def _add_norm(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float, *,
               update: torch.Tensor | None = None, gate: torch.Tensor | None = None,
-              affine: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              affine: bool = False, fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor | QuantisedRows]:
     """``x + gate * update`` (or ``x + update``, or ``x``) and its layer norm times ``scale`` plus
     ``shift`` (``affine``: an ``nn.LayerNorm``'s own weight and bias; else the timestep modulation): one
-    Triton pass on CUDA (:mod:`kernels.layer_norm`), PyTorch elsewhere."""
+    Triton pass on CUDA (:mod:`kernels.layer_norm`), PyTorch elsewhere. ``fp8``: the norm's output
+    quantised per row for FP8 linears (in the same Triton pass on CUDA)."""
     if x.is_cuda and x.is_contiguous() and (update is None or update.is_contiguous()):
         from kernels.layer_norm import add_layer_norm
 
+        if fp8:
+            x, (data, row_scale) = add_layer_norm(x, scale, shift, eps, update=update, gate=gate, affine=affine,
+                                                  fp8=True)
+            return x, QuantisedRows(data, row_scale)
         return add_layer_norm(x, scale, shift, eps, update=update, gate=gate, affine=affine)
     if update is not None:
         x = _gated_add(x, gate, update) if gate is not None else x + update
     if affine:
-        return x, F.layer_norm(x, (x.shape[-1],), scale, shift, eps)
-    return x, _norm_modulate(x, scale, shift, eps)
+        y = F.layer_norm(x, (x.shape[-1],), scale, shift, eps)
+    else:
+        y = _norm_modulate(x, scale, shift, eps)
+    return x, quantise(y) if fp8 else y
 
 
 @fusable

@@ -1,0 +1,133 @@
+"""The Ray actor of one GPU: the same worker core as a local worker process, on any node of the cluster.
+
+It gets the clip's URL (never its bytes), downloads it itself under the miner's ``[fetch]`` limits,
+upscales it with the warm model, then stores the result: straight to S3 from its own host, or (local
+storage on the public host) keeps the file until the pool pulls it back in chunks
+(:meth:`UpscaleActor.result_chunks`, at most two chunks in the object store at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from miner.config import MinerConfig
+from miner.fetch import Fetcher, FetchError, FetchSettings
+from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
+from miner.jobs.worker import WorkerConfig, WorkerCore, prepare_process, worker_info
+from miner.storage import Storage, make_storage, new_key
+
+log = logging.getLogger(__name__)
+
+CONTROL = "control"  # the concurrency group of the calls answered while a clip runs (info, cancel, chunks)
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """What an actor needs besides the worker's own configuration (picklable)."""
+
+    fetch: FetchSettings
+    miner: MinerConfig          # for S3 storage: the actor uploads with the miner's [storage] settings
+    work_dir: str
+    chunk_bytes: int
+
+
+def actor_device(requested: str) -> str:
+    """The device of an actor: Ray makes its one GPU ``cuda:0``; the CPU where there is none (tests)."""
+    if requested != "auto":
+        return requested
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class UpscaleActor:
+    """One warm upscaler on one GPU of some node (declared with ``ray.remote`` in :mod:`ray_pool`)."""
+
+    def __init__(self, worker: WorkerConfig, settings: ActorSettings) -> None:
+        prepare_process(worker)
+        self._cancel = threading.Event()
+        device = actor_device(worker.device)
+        self.core = WorkerCore(replace(worker, device=device), self._cancel)
+        self.settings = settings
+        if settings.work_dir:
+            Path(settings.work_dir).expanduser().mkdir(parents=True, exist_ok=True)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="flashvsr-actor-",
+                                              dir=str(Path(settings.work_dir).expanduser()) if settings.work_dir else None))
+        self.storage: Storage | None = (make_storage(settings.miner)
+                                        if settings.miner.get("storage.backend") == "s3" else None)
+        self._results: dict[str, Path] = {}
+        self._info = {**worker_info(device), "node": ray.util.get_node_ip_address(),
+                      "node_id": ray.get_runtime_context().get_node_id()}
+
+    @ray.method(concurrency_group=CONTROL)
+    def info(self) -> dict[str, Any]:
+        """The worker's info (device, GPU, node): answered once the model is loaded."""
+        return self._info
+
+    @ray.method(concurrency_group=CONTROL)
+    def cancel(self) -> None:
+        """Stop the running clip at its next chunk boundary."""
+        self._cancel.set()
+
+    def run(self, spec: TaskSpec) -> TaskOutcome:
+        """Download ``spec.src_url``, upscale, store (S3) or keep the result for :meth:`result_chunks`."""
+        self._cancel.clear()
+        folder = self.work_dir / spec.task_id
+        folder.mkdir(parents=True, exist_ok=True)
+        local = replace(spec, src=str(folder / Path(spec.src).name), dst=str(folder / "output.mp4"))
+        began = time.perf_counter()
+        if not Path(local.src).exists():  # a tiled retry after an out-of-memory reuses the download
+            try:
+                asyncio.run(_download(self.settings.fetch, spec.src_url, Path(local.src)))
+            except FetchError as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                return TaskOutcome.failed(spec.task_id, f"download_{exc.kind}", f"on {self._info['node']}: {exc}")
+        downloaded = time.perf_counter() - began
+        outcome = self.core.run(local)
+        outcome.seconds["remote_download"] = downloaded
+        if not outcome.ok:
+            if outcome.error_kind != ErrorKind.OOM:
+                shutil.rmtree(folder, ignore_errors=True)
+            return outcome
+        Path(local.src).unlink(missing_ok=True)
+        if self.storage is None:
+            self._results[spec.task_id] = Path(local.dst)
+            return outcome
+        began = time.perf_counter()
+        try:
+            outcome.url = self.storage.put(Path(local.dst), new_key(self.settings.miner.get("storage.key_prefix")))
+        except Exception as exc:
+            log.exception("upload failed", extra={"fields": {"task_id": spec.task_id}})
+            return TaskOutcome.failed(spec.task_id, "upload_error", f"{exc.__class__.__name__}: {exc}")
+        finally:
+            outcome.seconds["upload"] = time.perf_counter() - began
+            shutil.rmtree(folder, ignore_errors=True)
+        return outcome
+
+    @ray.method(concurrency_group=CONTROL, _generator_backpressure_num_objects=2)
+    def result_chunks(self, task_id: str) -> Iterator[bytes]:
+        """The kept result of ``task_id``, in ``chunk_bytes`` pieces; the file is deleted afterwards."""
+        path = self._results.pop(task_id)
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(self.settings.chunk_bytes):
+                    yield chunk
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
+async def _download(settings: FetchSettings, url: str, dest: Path) -> None:
+    """One download under the miner's limits (a module function: an ``async`` method would make Ray run
+    the whole actor on an event loop)."""
+    async with Fetcher(settings) as fetcher:
+        await fetcher.fetch(url, dest)

@@ -1,0 +1,163 @@
+"""The Ray worker pool: one :class:`~miner.cluster.actor.UpscaleActor` per GPU of an existing Ray
+cluster, driven from the miner process like local worker processes (``WorkerHandle``).
+
+A dead actor (its process crashed, or its node went away) is restarted by Ray (``cluster.max_restarts``)
+on any node with room; the scheduler retries its clip on another actor when the deadline allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, RayActorError
+
+from miner.cluster.actor import CONTROL, ActorSettings, UpscaleActor
+from miner.config import MinerConfig
+from miner.fetch import FetchSettings
+from miner.jobs.pool import KILL_GRACE_S, WorkerLost, WorkerStartError
+from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
+from miner.jobs.worker import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+RemoteActor = ray.remote(concurrency_groups={CONTROL: 4})(UpscaleActor)
+
+
+def connect(cluster: dict[str, Any]) -> None:
+    """Join the Ray cluster at ``cluster.address`` as a driver (once per process)."""
+    if ray.is_initialized():
+        return
+    ray.init(address=cluster["address"], namespace=cluster["namespace"], log_to_driver=True,
+             configure_logging=False)
+    log.info("joined the Ray cluster", extra={"fields": {"address": cluster["address"],
+                                                         "resources": ray.cluster_resources()}})
+
+
+def actor_count(cluster: dict[str, Any], totals: dict[str, float]) -> int:
+    """How many actors the cluster's resources hold (``jobs.workers = "auto"``): the least, over the
+    resources one actor needs, of the cluster's total divided by the actor's share."""
+    needs = {**({"GPU": float(cluster["num_gpus"])} if cluster["num_gpus"] else {}),
+             **{k: float(v) for k, v in cluster["resources"].items()}}
+    if not needs:
+        raise ValueError("cluster: jobs.workers = 'auto' needs cluster.num_gpus or cluster.resources to count actors")
+    return int(min(totals.get(name, 0.0) // amount for name, amount in needs.items()))
+
+
+async def ray_workers(config: MinerConfig, worker_config: Callable[[int, str], WorkerConfig],
+                      start_timeout_s: float) -> list["RayWorker"]:
+    """Join the cluster and make one handle per actor (``jobs.workers``: a number, or one per GPU)."""
+    cluster = config.section("cluster")
+    await asyncio.to_thread(connect, cluster)
+    workers = config.get("jobs.workers")
+    count = actor_count(cluster, ray.cluster_resources()) if workers == "auto" else int(workers)
+    if count < 1:
+        raise WorkerStartError(f"the Ray cluster at {cluster['address']} has no room for an actor "
+                               f"(each needs num_gpus={cluster['num_gpus']}, resources={cluster['resources']}); "
+                               f"join a GPU host with `ray start --address <head>:6379`")
+    settings = ActorSettings(fetch=FetchSettings.from_table(config.section("fetch")), miner=config,
+                             work_dir=str(cluster["work_dir"]), chunk_bytes=int(cluster["result_chunk_bytes"]))
+    return [RayWorker(worker_config(i, "auto"), settings, cluster, start_timeout_s) for i in range(count)]
+
+
+class RayWorker:
+    """One actor (``WorkerHandle``): created on start, restarted by Ray after a loss."""
+
+    backend = "ray"
+
+    def __init__(self, config: WorkerConfig, settings: ActorSettings, cluster: dict[str, Any],
+                 start_timeout_s: float) -> None:
+        self.index = config.index
+        self.config = config
+        self.settings = settings
+        self.cluster = cluster
+        self.start_timeout_s = start_timeout_s
+        self._actor: Any = None
+        self._node = "?"
+
+    def _create(self) -> None:
+        self._actor = RemoteActor.options(
+            name=f"flashvsr-worker-{self.index}-{os.getpid()}", num_gpus=float(self.cluster["num_gpus"]),
+            num_cpus=float(self.cluster["num_cpus"]), resources=dict(self.cluster["resources"]),
+            max_restarts=int(self.cluster["max_restarts"]), max_task_retries=0,
+        ).remote(self.config, self.settings)
+
+    async def _ready(self) -> dict[str, Any]:
+        try:
+            info = await asyncio.wait_for(_awaitable(self._actor.info.remote()), self.start_timeout_s)
+        except asyncio.TimeoutError:
+            raise WorkerStartError(
+                f"actor {self.index} not ready after {self.start_timeout_s:.0f}s: no node with a free "
+                f"num_gpus={self.cluster['num_gpus']} resources={self.cluster['resources']}, or the model is "
+                f"still loading (see `ray status` and the actor's log)") from None
+        self._node = str(info["node"])
+        return info
+
+    async def start(self) -> dict[str, Any]:
+        if self._actor is None:
+            self._create()
+        try:
+            return await self._ready()
+        except ActorDiedError as exc:  # dead for good (failed to load, or max_restarts reached)
+            self._actor = None
+            raise WorkerStartError(f"actor {self.index} died: {_first_line(exc)}; a new one is created on "
+                                   f"the next attempt") from None
+        except RayActorError as exc:  # restarting: Ray brings it back where there is room
+            raise WorkerStartError(f"actor {self.index} unavailable: {_first_line(exc)}") from None
+
+    async def restart(self) -> dict[str, Any]:
+        """Wait for the actor Ray restarts (or a new one, when Ray gave up on it)."""
+        return await self.start()
+
+    async def execute(self, spec: TaskSpec) -> TaskOutcome:
+        timeout = max(spec.deadline - time.time(), 0.0) + KILL_GRACE_S
+        try:
+            outcome: TaskOutcome = await asyncio.wait_for(_awaitable(self._actor.run.remote(spec)), timeout)
+            if outcome.ok and not outcome.url:
+                began = time.perf_counter()
+                await self._pull(spec.task_id, Path(spec.dst))
+                outcome.seconds["transfer"] = time.perf_counter() - began
+            return outcome
+        except RayActorError as exc:
+            raise WorkerLost(ErrorKind.CRASH, f"worker {self.index} (Ray actor on {self._node}) died: "
+                                              f"{_first_line(exc)}") from None
+        except asyncio.TimeoutError:
+            ray.kill(self._actor, no_restart=False)  # Ray starts it again
+            raise WorkerLost(ErrorKind.DEADLINE, f"worker {self.index} (Ray actor on {self._node}) did not stop "
+                                                 f"{KILL_GRACE_S:.0f}s after the deadline; restarted") from None
+
+    async def _pull(self, task_id: str, dst: Path) -> None:
+        """Stream the kept result into ``dst`` (a ``.part`` file renamed when complete)."""
+        partial = dst.with_name(dst.name + ".part")
+        try:
+            with open(partial, "wb") as out:
+                async for ref in self._actor.result_chunks.remote(task_id):
+                    out.write(await ref)
+            partial.replace(dst)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def cancel(self) -> None:
+        if self._actor is not None:
+            self._actor.cancel.remote()
+
+    async def stop(self) -> None:
+        if self._actor is not None:
+            ray.kill(self._actor, no_restart=True)
+            self._actor = None
+
+
+async def _awaitable(ref: Any) -> Any:
+    """An ``ObjectRef`` as a coroutine (``asyncio.wait_for`` wants one)."""
+    return await ref
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__

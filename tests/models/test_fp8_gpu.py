@@ -1,0 +1,59 @@
+"""GPU-only guards of the FP8 linears (skipped on CPU-only machines such as CI; ``pytest -q -m gpu``):
+the fused quantising kernels equal the reference on the GPU, ``torch._scaled_mm`` runs where the GPU has
+FP8 tensor cores, and an FP8 DiT streams within the error budget of the bf16 one."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+
+from kernels.fp8_quant import quantise_rows, quantise_rows_torch
+from kernels.layer_norm import add_layer_norm
+from upscaler.models.config import SparsityParams, load_preset
+from upscaler.models.dit import WanDiT
+from upscaler.models.fp8 import FP8_LAYER_GROUPS, convert_dit_linears, scaled_mm_supported
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+FP8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+CFG = load_preset("small").dit
+
+
+@pytest.mark.skipif(not FP8_GPU, reason="no e4m3 before compute capability 8.9")
+def test_fused_quantisation_equals_the_reference_on_the_gpu() -> None:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = (torch.randn(1, 300, 1536, generator=g) * 3).to("cuda", torch.bfloat16)
+    update = torch.randn(1, 300, 1536, generator=g).to("cuda", torch.bfloat16)
+    scale, shift, gate = (torch.randn(1536, generator=g).to("cuda", torch.bfloat16) for _ in range(3))
+    _, plain = add_layer_norm(x, scale, shift, 1e-6, update=update, gate=gate)
+    _, (q, row_scale) = add_layer_norm(x, scale, shift, 1e-6, update=update, gate=gate, fp8=True)
+    q_ref, scale_ref = quantise_rows_torch(plain)
+    assert torch.equal(row_scale, scale_ref) and torch.equal(q.float(), q_ref.float())
+    hidden = torch.randn(300, 8960, generator=g).to("cuda", torch.bfloat16)
+    q, row_scale = quantise_rows(hidden, gelu=True)
+    q_ref, scale_ref = quantise_rows_torch(hidden, gelu=True)
+    torch.testing.assert_close(row_scale, scale_ref, rtol=1e-5, atol=0)
+    assert (q.float() != q_ref.float()).float().mean().item() < 0.01
+
+
+@torch.no_grad()
+def test_fp8_dit_uses_scaled_mm_and_stays_within_budget(caplog) -> None:
+    torch.manual_seed(0)
+    dit = WanDiT(CFG).eval().to("cuda", torch.bfloat16)
+    dit.prepare(torch.randn(1, CFG.text_len, CFG.text_dim))
+    fp8 = copy.deepcopy(dit)
+    with caplog.at_level(logging.INFO, logger="upscaler.models.fp8"):
+        convert_dit_linears(fp8, FP8_LAYER_GROUPS)
+    assert ("path=torch._scaled_mm" in caplog.text) == (FP8_GPU and scaled_mm_supported(torch.device("cuda")))
+    sparsity = SparsityParams(sparse_ratio=0.1, kv_ratio=3, local_range=3)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    caches = (dit.new_cache(), fp8.new_cache())
+    for step in range(3):
+        noise = torch.randn(1, 16, 6 if step == 0 else 2, 48, 48, generator=g).to("cuda", torch.bfloat16)
+        want, got = (model.stream_step(noise, None, cache, step=step, sparsity=sparsity)
+                     for model, cache in zip((dit, fp8), caches))
+        pred_want, pred_got = (noise - want).float(), (noise - got).float()
+        rel = ((pred_got - pred_want).norm() / pred_want.norm()).item()
+        assert rel < 0.08, (step, rel)

@@ -1,0 +1,68 @@
+"""``precision = "bf16" | "fp8"`` as configuration: upscaler settings, the miner's [upscaler] table, the
+CLIs, and the throughput rows the planner reads for each precision."""
+
+from __future__ import annotations
+
+import pytest
+
+from miner.config import load_miner_config
+from scripts.bench import build_parser as bench_parser
+from upscaler.cli import build_parser as upscale_parser
+from upscaler.models.fp8 import FP8_LAYER_GROUPS
+from upscaler.planner import Measurement, ThroughputTable, WorkerCapacity, _precision_rows, max_content_length
+from upscaler.settings import load_settings
+
+
+def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
+    settings = load_settings(weights="random-small", device="cpu")
+    assert settings.precision == "bf16" and settings.fp8_layers == FP8_LAYER_GROUPS
+    assert load_settings(weights="random-small", device="cpu", precision="fp8").precision == "fp8"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_settings(weights="random-small", device="cpu", precision="fp4")
+    with pytest.raises(ValueError, match="fp8_layers: unknown"):
+        load_settings(weights="random-small", device="cpu", fp8_layers=("self_qkv", "everything"))
+
+
+def test_miner_config_carries_and_checks_the_precision() -> None:
+    assert load_miner_config(environ={}).get("upscaler.precision") == "bf16"
+    assert load_miner_config(overrides={"upscaler": {"precision": "fp8"}}, environ={}).get("upscaler.precision") == "fp8"
+    with pytest.raises(ValueError, match="upscaler.precision must be one of"):
+        load_miner_config(overrides={"upscaler": {"precision": "int8"}}, environ={})
+
+
+def test_clis_take_the_precision() -> None:
+    args = upscale_parser().parse_args(["in.mp4", "out.mp4", "--scale", "2", "--precision", "fp8"])
+    assert args.precision == "fp8"
+    assert upscale_parser().parse_args(["in.mp4", "out.mp4", "--scale", "2"]).precision is None  # the TOML's
+    assert bench_parser().parse_args(["--precision", "bf16", "--precision", "fp8"]).precisions == ["bf16", "fp8"]
+    with pytest.raises(SystemExit):
+        bench_parser().parse_args(["--precision", "fp16"])
+
+
+def test_planner_reads_the_precisions_rows_and_falls_back_to_bf16() -> None:
+    rows = [Measurement("h200", "tiny", 3840, 2160, 9.9, 44.1), Measurement("h200", "tiny", 3840, 2160, 13.0, 40.0, "fp8"),
+            Measurement("h200", "full", 1920, 1080, 7.1, 29.4)]
+    bf16 = _precision_rows(rows, "bf16")
+    fp8 = _precision_rows(rows, "fp8")
+    assert [r.fps for r in bf16] == [9.9, 7.1]
+    assert [r.fps for r in fp8] == [13.0, 7.1]  # full has no fp8 rows: its bf16 rows stand
+    table = ThroughputTable.load("throughput", "fp8")
+    plain = ThroughputTable.load("throughput")
+    assert all(e.precision == "bf16" for e in plain.entries)
+    assert table.frames_per_second("cpu", "tiny", 320, 180) == 3.5  # the fp8 row
+    assert plain.frames_per_second("cpu", "tiny", 320, 180) == 4.0
+    # LengthCheck reads the same table: a 4K answer with the precision's rows (bf16 rows where fp8 has none)
+    assert max_content_length(3840, 2160, [WorkerCapacity("h200", table)]) == \
+        max_content_length(3840, 2160, [WorkerCapacity("h200", plain)])
+
+
+def test_precision_rows_and_tiled_rows_load_together() -> None:
+    """The fp8 table keeps the [[tiled]] rows, and a worker gets both the precision and the memory cap."""
+    fp8, bf16 = ThroughputTable.load("throughput", "fp8"), ThroughputTable.load("throughput")
+    assert fp8.tiled_rows == bf16.tiled_rows and {r.device for r in fp8.tiled_rows} == {"h100", "h200"}
+    overrides = load_miner_config(overrides={"upscaler": {"precision": "fp8", "max_vram_gib": 22.0}},
+                                  environ={}).upscaler_overrides
+    assert (overrides["precision"], overrides["max_vram_gib"]) == ("fp8", 22.0)
+    settings = load_settings(weights="random-small", device="cpu",
+                             **{key: overrides[key] for key in ("precision", "max_vram_gib")})
+    assert (settings.precision, settings.max_vram_gib) == ("fp8", 22.0)

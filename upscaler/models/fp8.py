@@ -1,0 +1,181 @@
+"""FP8 linear layers for the DiT (``precision = "fp8"``), opt-in.
+
+Weights are quantised once, at load, to e4m3 with one fp32 scale per output channel; activations per
+row (token) to e4m3 with one fp32 scale per row, by the kernel that produces them where that kernel is
+ours (the layer norms: :func:`kernels.layer_norm.add_layer_norm` with ``fp8=True``; the FFN's GELU:
+:func:`kernels.fp8_quant.quantise_rows` with ``gelu=True``), else by one stand-alone pass (the attention
+outputs before ``o``). The product runs as ``torch._scaled_mm`` with rowwise scales on CUDA GPUs with FP8
+tensor cores (compute capability >= 8.9); everywhere else (the CPU, older GPUs) the same roundings are
+emulated: quantise, dequantise, fp32 matrix product; so quality checks and tests run anywhere.
+
+Layer groups (``fp8_layers``): ``self_qkv`` (self-attention q/k/v), ``self_o``, ``cross_q``, ``cross_o``,
+``ffn_up``, ``ffn_down``. The cross-attention's k/v run once per prompt and stay in the model dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FP8_LAYER_GROUPS = ("self_qkv", "self_o", "cross_q", "cross_o", "ffn_up", "ffn_down")
+SCALED_MM_MIN_CAPABILITY = (8, 9)
+
+
+@dataclass(frozen=True)
+class QuantisedRows:
+    """Activations quantised per row: ``data`` e4m3 ``(..., K)``, ``scale`` fp32 ``(..., 1)``."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.data.shape
+
+
+def scaled_mm_supported(device: torch.device) -> bool:
+    """Whether ``torch._scaled_mm`` runs FP8 products with rowwise scales and a bias on ``device``: a GPU
+    with FP8 tensor cores, and one small product that runs and matches the emulated one (a PyTorch build
+    without the rowwise kernels refuses it; the emulated path then runs, with a warning)."""
+    if not (device.type == "cuda" and hasattr(torch, "_scaled_mm")
+            and torch.cuda.get_device_capability(device) >= SCALED_MM_MIN_CAPABILITY):
+        return False
+    from kernels.fp8_quant import quantise_rows_torch
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x, weight = (torch.randn(shape, generator=g).to(device, torch.bfloat16) for shape in ((32, 64), (48, 64)))
+    bias = torch.randn(48, generator=g).to(device, torch.bfloat16)
+    (a, a_scale), (w, w_scale) = quantise_rows_torch(x), quantise_rows_torch(weight)
+    w_scale = w_scale.reshape(1, -1).contiguous()
+    try:
+        got = torch._scaled_mm(a, w.t(), scale_a=a_scale, scale_b=w_scale, bias=bias, out_dtype=torch.bfloat16)
+    except (RuntimeError, TypeError) as exc:
+        log.warning("torch._scaled_mm with rowwise scales is not available here (%s); FP8 linears are emulated "
+                    "(not faster): use a PyTorch build with FP8 rowwise kernels, or precision = \"bf16\"",
+                    str(exc).splitlines()[0])
+        return False
+    want = emulated_scaled_mm(a, a_scale, w, w_scale, bias, torch.bfloat16)
+    error = float((got.float() - want.float()).norm() / want.float().norm())
+    if error > 1e-2:
+        log.warning("torch._scaled_mm disagrees with the emulated FP8 product (relative error %.3g); "
+                    "FP8 linears are emulated", error)
+        return False
+    return True
+
+
+def quantise(x: torch.Tensor, *, gelu: bool = False) -> QuantisedRows:
+    """Quantise the rows of ``x`` (``gelu``: of ``gelu_tanh(x)``): one Triton pass on CUDA, PyTorch elsewhere."""
+    if x.is_cuda:
+        from kernels.fp8_quant import quantise_rows
+    else:
+        from kernels.fp8_quant import quantise_rows_torch as quantise_rows
+    return QuantisedRows(*quantise_rows(x, gelu=gelu))
+
+
+class FP8Linear(nn.Module):
+    """An ``nn.Linear`` whose product runs in FP8; takes model-dtype activations or :class:`QuantisedRows`,
+    returns the bias dtype (the model dtype)."""
+
+    def __init__(self, linear: nn.Linear, *, use_scaled_mm: bool) -> None:
+        super().__init__()
+        from kernels.fp8_quant import quantise_rows_torch
+
+        weight, weight_scale = quantise_rows_torch(linear.weight.detach())
+        self.register_buffer("weight", weight)  # (N, K) e4m3, one scale per output channel
+        self.register_buffer("weight_scale", weight_scale.reshape(1, -1).contiguous())  # (1, N) fp32
+        self.register_buffer("bias", linear.bias.detach() if linear.bias is not None else None)
+        self.out_dtype = linear.weight.dtype
+        self.use_scaled_mm = use_scaled_mm
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(self, x: torch.Tensor | QuantisedRows) -> torch.Tensor:
+        rows = x if isinstance(x, QuantisedRows) else quantise(x)
+        lead = rows.data.shape[:-1]
+        a = rows.data.reshape(-1, self.in_features)
+        a_scale = rows.scale.reshape(-1, 1)
+        if self.use_scaled_mm:
+            out = torch._scaled_mm(a, self.weight.t(), scale_a=a_scale, scale_b=self.weight_scale, bias=self.bias,
+                                   out_dtype=self.out_dtype)
+        else:
+            out = emulated_scaled_mm(a, a_scale, self.weight, self.weight_scale, self.bias, self.out_dtype)
+        return out.unflatten(0, lead)
+
+
+def emulated_scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                       bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """``torch._scaled_mm``'s result computed in fp32: ``(a @ weight^T) * a_scale * weight_scale + bias``."""
+    out = (a.float() @ weight.float().t()) * a_scale * weight_scale
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def feed_forward_fp8(up: nn.Module, down: nn.Module, x: torch.Tensor | QuantisedRows) -> torch.Tensor:
+    """``down(gelu_tanh(up(x)))`` where ``up`` and/or ``down`` is an :class:`FP8Linear`: the GELU runs in
+    the quantising pass of the down projection's input when ``down`` is FP8."""
+    hidden = up(x)
+    if isinstance(down, FP8Linear):
+        return down(quantise(hidden, gelu=True))
+    return down(F.gelu(hidden, approximate="tanh"))
+
+
+def _targets(block: nn.Module, group: str) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of each ``nn.Linear`` of ``group`` in one DiT block."""
+    return {
+        "self_qkv": [(block.self_attn, "q"), (block.self_attn, "k"), (block.self_attn, "v")],
+        "self_o": [(block.self_attn, "o")],
+        "cross_q": [(block.cross_attn, "q")],
+        "cross_o": [(block.cross_attn, "o")],
+        "ffn_up": [(block.ffn, "0")],
+        "ffn_down": [(block.ffn, "2")],
+    }[group]
+
+
+def convert_dit_linears(dit: nn.Module, groups: Iterable[str]) -> frozenset[str]:
+    """Replace the linears of ``groups`` in every block of ``dit`` by :class:`FP8Linear` (weights
+    quantised now, the model-dtype weights released) and tell each block which of its inputs to quantise;
+    logs once which product path runs. Returns the groups converted."""
+    chosen = frozenset(groups)
+    unknown = chosen - set(FP8_LAYER_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown FP8 layer groups {sorted(unknown)}; choose from {FP8_LAYER_GROUPS}")
+    device = next(dit.parameters()).device
+    use_scaled_mm = scaled_mm_supported(device)
+    if use_scaled_mm and dit.dtype != torch.bfloat16:
+        log.warning("FP8 products with rowwise scales write bf16, the model runs in %s: FP8 linears are emulated "
+                    "(not faster); set dtype = \"bf16\" with precision = \"fp8\"", str(dit.dtype).removeprefix("torch."))
+        use_scaled_mm = False
+    converted = 0
+    for block in dit.blocks:
+        for group in FP8_LAYER_GROUPS:
+            if group not in chosen:
+                continue
+            for parent, name in _targets(block, group):
+                setattr(parent, name, FP8Linear(getattr(parent, name), use_scaled_mm=use_scaled_mm))
+                converted += 1
+        block.fp8_inputs = chosen
+    if use_scaled_mm:
+        log.info("dit fp8 linears=%d groups=%s path=torch._scaled_mm (rowwise scales, FP8 tensor cores)",
+                 converted, ",".join(sorted(chosen)))
+    else:
+        log.info("dit fp8 linears=%d groups=%s path=emulated (quantise, dequantise, fp32 product: no FP8 tensor "
+                 "cores on %s) - same roundings, not faster", converted, ",".join(sorted(chosen)),
+                 _device_name(device))
+    return chosen
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type != "cuda":
+        return device.type
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
