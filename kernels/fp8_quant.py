@@ -74,4 +74,3 @@ def quantise_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor,
     _quantise_rows_kernel[(rows,)](rows_view, q, scale, rows, dim, rows_view.stride(0), GELU=gelu, BLOCK_D=block_d,
                                    num_warps=min(16, max(4, block_d // 1024)))
     return q.view(*x.shape[:-1], dim), scale.view(*x.shape[:-1], 1)
-

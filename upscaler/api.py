@@ -135,6 +135,8 @@ class Upscaler:
             variant=variant, overlap=tiling.tile_overlap, multiple=multiple,
         )
         variant = replace(variant, decoder_frames_per_pass=layout.decoder_frames)
+        log.info("tile layout out=%dx%d usable_gib=%.1f %s", geometry.out_width, geometry.out_height,
+                 usable / 2**30, layout.describe())
         if not layout.tiled:
             return replace(tiling, tile_size=0, tile_height=0), variant
         return replace(tiling, tile_size=round_up(layout.tile_width, multiple),

@@ -167,8 +167,8 @@ def choose_layout(
         chosen = min(options, key=lambda o: o[1].peak_gib)[1]
         log.warning("no tile layout fits usable_gib=%.1f budget_gib=%.1f: using the smallest, %s",
                     usable_bytes / GIB, budget, chosen.describe())
-    log.info("tile layout out=%dx%d usable_gib=%.1f budget_gib=%.1f %s", width, height, usable_bytes / GIB, budget,
-             chosen.describe())
+    log.debug("tile layout out=%dx%d usable_gib=%.1f budget_gib=%.1f %s", width, height, usable_bytes / GIB, budget,
+              chosen.describe())
     return chosen
 
 
