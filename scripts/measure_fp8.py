@@ -23,7 +23,6 @@ keeps what finished):
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -38,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.fp8_quant import quantise_rows_torch
 from miner.jobs.worker import device_class
 from miner.mock_validator.metrics import psnr
 from miner.protocol.tasks import UpscalingTask

@@ -21,14 +21,6 @@ HEIGHT, WIDTH = 384, 384  # 3x3 LCSA windows per time slice
 SPARSE = SparsityParams(sparse_ratio=0.1, kv_ratio=3, local_range=3)  # small enough that the mask drops blocks
 
 
-@pytest.fixture(scope="module")
-def dit() -> WanDiT:
-    torch.manual_seed(0)
-    model = WanDiT(CFG).eval()
-    model.prepare(torch.randn(1, CFG.text_len, CFG.text_dim))
-    return model
-
-
 def _inputs(steps: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -19,14 +19,6 @@ CFG = load_preset("small").dit
 SPARSE = SparsityParams(sparse_ratio=0.1, kv_ratio=3, local_range=3)
 
 
-@pytest.fixture(scope="module")
-def dit() -> WanDiT:
-    torch.manual_seed(0)
-    model = WanDiT(CFG).eval()
-    model.prepare(torch.randn(1, CFG.text_len, CFG.text_dim))
-    return model
-
-
 def _steps(model: WanDiT, steps: int = 3) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     cache, out = model.new_cache(), []
