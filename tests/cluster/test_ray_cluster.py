@@ -69,17 +69,6 @@ def one_gpu_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
         cluster.shutdown()
 
 
-@pytest.fixture
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def miner_toml(root: Path, port: int, address: str, allow_list: list[str]) -> Path:
     """The miner on loopback, no chain, local storage, ``backend = "ray"`` with one fake GPU per actor."""
     path = root / "miner.toml"

@@ -348,19 +348,13 @@ def _s3_config(tmp: Path, s3: dict[str, str], **changes: str) -> MinerConfig:
 
 
 @pytest.fixture()
-def open_s3() -> Iterator[dict[str, str]]:
+def open_s3(moto_endpoint: str) -> dict[str, str]:
     """moto's in-process server with bucket ``results``; it checks no credentials (moto's credential
     checks do not cover presigned URLs)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    s3 = {"endpoint_url": f"http://{host}:{port}", "access_key_id": "testing", "secret_access_key": "testing"}
+    s3 = {"endpoint_url": moto_endpoint, "access_key_id": "testing", "secret_access_key": "testing"}
     boto3.client("s3", region_name="us-east-1", endpoint_url=s3["endpoint_url"], aws_access_key_id="testing",
                  aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
-    yield s3
-    server.stop()
+    return s3
 
 
 def test_s3_round_trip_through_the_presigned_url(tmp_path: Path, open_s3: dict[str, str]) -> None:

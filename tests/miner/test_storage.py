@@ -9,7 +9,6 @@ from pathlib import Path
 
 import boto3
 import httpx
-import pytest
 import uvicorn
 from fastapi import FastAPI
 
@@ -100,17 +99,6 @@ def test_local_delete_expired(tmp_path: Path) -> None:
     os.utime(old, (time.time() - 200, time.time() - 200))
     assert storage.delete_expired() == 1
     assert not old.exists() and (tmp_path / "files/upscaling/new.mp4").exists()
-
-
-@pytest.fixture()
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def test_s3_presigned_url_and_expiry(tmp_path: Path, moto_endpoint: str) -> None:
