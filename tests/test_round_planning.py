@@ -93,3 +93,14 @@ def test_a_tiled_clip_is_priced_in_the_layout_of_its_workers_memory(shipped: Thr
         _clip_s(shipped, "h200"))
     assert WorkerCapacity("h200", shipped).seconds(clip) == pytest.approx(
         estimate_seconds(*SD24K, 300, shipped, "tiny", "h200", tiled=True))
+
+
+def test_length_check_prices_workers_whose_memory_makes_them_tile(shipped: ThroughputTable) -> None:
+    """Workers that must tile 4K (22 GiB usable, as a 24 GB card) are priced in their layout: four such
+    H100s cannot take 5 x 10 s of 4K, though four with the whole card can."""
+    untiled = ClipWork(*SD24K, 300, "tiny")
+    small = WorkerCapacity("h100", shipped, free_vram_bytes=22 * GIB)
+    assert small.seconds(untiled) == pytest.approx(small.seconds(ClipWork(*SD24K, 300, "tiny", tiled=True)))
+    assert small.seconds(untiled) > _clip_s(shipped, "h100")
+    assert max_content_length(*SD24K, [small] * 4) == 5
+    assert max_content_length(*SD24K, [WorkerCapacity("h100", shipped, free_vram_bytes=80 * GIB)] * 4) == 10

@@ -61,8 +61,11 @@ class UpscaleActor:
         self.settings = settings
         if settings.work_dir:
             Path(settings.work_dir).expanduser().mkdir(parents=True, exist_ok=True)
-        self.work_dir = Path(tempfile.mkdtemp(prefix="flashvsr-actor-",
-                                              dir=str(Path(settings.work_dir).expanduser()) if settings.work_dir else None))
+        # one folder per worker index, emptied at start: a restarted actor removes what its predecessor left
+        root = Path(settings.work_dir).expanduser() if settings.work_dir else Path(tempfile.gettempdir())
+        self.work_dir = root / f"flashvsr-actor-{worker.index}"
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir.mkdir(parents=True)
         self.storage: Storage | None = (make_storage(settings.miner)
                                         if settings.miner.get("storage.backend") == "s3" else None)
         self._results: dict[str, Path] = {}
@@ -96,7 +99,7 @@ class UpscaleActor:
         outcome = self.core.run(local)
         outcome.seconds["remote_download"] = downloaded
         if not outcome.ok:
-            if outcome.error_kind != ErrorKind.OOM:
+            if outcome.error_kind != ErrorKind.OOM or spec.attempt > 0:  # the download is kept for one tiled retry
                 shutil.rmtree(folder, ignore_errors=True)
             return outcome
         Path(local.src).unlink(missing_ok=True)

@@ -54,7 +54,11 @@ async def ray_workers(config: MinerConfig, worker_config: Callable[[int, str], W
                       start_timeout_s: float) -> list["RayWorker"]:
     """Join the cluster and make one handle per actor (``jobs.workers``: a number, or one per GPU)."""
     cluster = config.section("cluster")
-    await asyncio.to_thread(connect, cluster)
+    try:
+        await asyncio.to_thread(connect, cluster)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ... for an unreachable cluster
+        raise WorkerStartError(f"cannot join the Ray cluster at {cluster['address']}: {exc}; start its head with "
+                               "`ray start --head` (docs/cluster.md) or set cluster.address") from None
     workers = config.get("jobs.workers")
     count = actor_count(cluster, ray.cluster_resources()) if workers == "auto" else int(workers)
     if count < 1:

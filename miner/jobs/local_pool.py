@@ -68,7 +68,7 @@ class ProcessWorker:
         self._conn = parent
         reply = await self._receive(self.start_timeout_s)
         if reply is None or reply[0] != "ready":
-            self._terminate()
+            await asyncio.to_thread(self._terminate)
             detail = reply[1] if reply else "exited or timed out before loading"
             raise WorkerStartError(f"worker {self.index} on {self.config.device} failed to start: {detail}")
         return {**reply[1], "node": reply[1]["host"]}
@@ -76,7 +76,10 @@ class ProcessWorker:
     async def execute(self, spec: TaskSpec) -> TaskOutcome:
         assert self._conn is not None and self._cancel is not None, "execute() before start()"
         self._cancel.clear()
-        self._conn.send(("task", spec))
+        try:
+            self._conn.send(("task", spec))
+        except OSError as exc:  # the worker died while idle
+            raise WorkerLost(ErrorKind.CRASH, f"worker {self.index} is gone: {exc}") from None
         reply = await self._receive(max(spec.deadline - time.time(), 0.0) + KILL_GRACE_S)
         if reply is not None and reply[0] == "done":
             return reply[1]

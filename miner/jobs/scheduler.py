@@ -405,6 +405,8 @@ class Scheduler:
                     outcome = await self._retry_tiled(slot, job.spec, outcome)
             except WorkerLost as lost:
                 outcome = await self._lost(slot, job, lost)
+            except Exception as exc:  # a failure of the transport (Ray, the pipe): the worker is not trusted again
+                outcome = await self._lost(slot, job, WorkerLost(ErrorKind.CRASH, f"{type(exc).__name__}: {exc}"))
             finally:
                 slot.running = None
                 self.metrics.running.dec()

@@ -56,6 +56,7 @@ class SourceGuard:
         source = self._sources.get(ip)
         if source is None or source.blocked_until <= self._clock():
             return False
+        self._sources.move_to_end(ip)  # still seen: the last to be forgotten when the table is full
         self._note(ip, source, "rate_limited")
         return True
 
