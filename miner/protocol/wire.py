@@ -44,6 +44,7 @@ from miner.protocol.models import SERVED_SYNAPSES, Synapse, TerminalInfo
 S = TypeVar("S", bound=Synapse)
 
 HEADER_BODY_HASH = "computed_body_hash"
+MAX_NUMBER_CHARS = 32  # a nanosecond nonce has 19 digits; longer numeric headers are refused unparsed
 HEADER_TIMEOUT = "timeout"
 AXON_PREFIX = "bt_header_axon_"
 DENDRITE_PREFIX = "bt_header_dendrite_"
@@ -104,11 +105,13 @@ class LegacyHeaders:
             raw = lowered.get(key)
             if raw is None:
                 return None
+            if len(raw) > MAX_NUMBER_CHARS:
+                raise WireError(401, f"header {key} is too long for a number: {raw[:40]!r}...")
             try:
                 value = kind(raw)
-            except ValueError:
+            except (ValueError, OverflowError):
                 raise WireError(401, f"header {key} is not a number: {raw[:40]!r}") from None
-            if not math.isfinite(value):
+            if kind is float and not math.isfinite(value):
                 raise WireError(401, f"header {key} is not a finite number: {raw[:40]!r}")
             return value
 

@@ -228,3 +228,15 @@ def test_task_geometry():
     assert UpscalingTask.HD24K.input_size == (1920, 1080)
     with pytest.raises(ValueError, match="known: SD2HD, HD24K, SD24K, 4K28K"):
         UpscalingTask.parse("8K216K")
+
+
+@pytest.mark.parametrize("header", ["bt_header_dendrite_nonce", "bt_header_dendrite_version", "bt_header_axon_port",
+                                    "timeout"])
+def test_numeric_headers_too_long_or_too_large_are_401(header: str) -> None:
+    """A 400-digit number overflows float conversion: refused as a 401, never an unhandled error."""
+    from miner.protocol.wire import LegacyHeaders, WireError
+
+    for raw in ("9" * 400, "9" * 33, "1e400"):
+        with pytest.raises(WireError) as refused:
+            LegacyHeaders.parse({header: raw})
+        assert refused.value.status == 401, raw
