@@ -83,7 +83,21 @@ def serve(config: MinerConfig) -> None:
     from miner.server.wiring import authenticators
 
     app = create_app(config, authenticators(config))
-    uvicorn.run(app, **uvicorn_options(config, app))
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config, app)))
+    app.state.server = server  # the lifespan ends it when no worker starts
+    server.run()
+    if getattr(app.state, "start_error", None):
+        first_line = app.state.start_error.splitlines()[0]  # a worker's traceback follows in the log
+        print(f"flashvsr-miner: {first_line}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def check_server_settings(config: MinerConfig) -> None:
+    """``[server.limits]`` and ``[server.ops]`` as the server will read them (``ValueError`` naming the key)."""
+    from miner.server.limits import OpsAccess, ServerLimits
+
+    ServerLimits.from_config(config)
+    OpsAccess.from_config(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_miner_config(args.config, overrides=cli_overrides(args))
+        check_server_settings(config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"flashvsr-miner: configuration error: {exc}", file=sys.stderr)
         return 2

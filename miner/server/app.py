@@ -22,6 +22,7 @@ from miner.config import MinerConfig
 from miner.fetch import Fetcher, FetchSettings
 from miner.jobs.organic import JobStore
 from miner.jobs.round import RoundRunner
+from miner.jobs.pool import WorkerStartError
 from miner.jobs.scheduler import Scheduler
 from miner.metrics import MinerMetrics
 from miner.protocol import WireError, legacy_response
@@ -64,7 +65,17 @@ def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | 
         log.info("miner starting", extra={"fields": {"config": config.source, "storage": storage.name,
                                                      "public_url": config.public_url}})
         async with fetcher:
-            await scheduler.start()
+            try:
+                await scheduler.start()
+            except WorkerStartError as exc:
+                server = getattr(app.state, "server", None)
+                if server is None:
+                    raise
+                # no worker came up: end the server, and serve() ends the process with this one line
+                log.error("no worker started", extra={"fields": {"reason": str(exc)}})
+                app.state.start_error, server.should_exit = str(exc), True
+                yield
+                return
             cleaner = asyncio.create_task(_cleanup_loop(storage, float(config.get("storage.cleanup_interval_s"))))
             log.info("miner serving", extra={"fields": {"workers": scheduler.workers, "device": scheduler.device_class}})
             try:

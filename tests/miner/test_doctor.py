@@ -442,6 +442,8 @@ def test_bad_starts_exit_2_with_one_line(tmp_path: Path, wallet_root: Path, mine
                     "credentials were rejected (SignatureDoesNotMatch)"),
         "port": (config("port", server={"port": busy}), f"port {busy} is already in use by another program: pid "),
         "value": (config("value", jobs={"max_queue": -3}), "configuration error: jobs.max_queue must be greater than 0"),
+        "limits": (config("limits", **{"server.limits": {"open_in_flight": 0}}),
+                   "configuration error: server.limits.open_in_flight must be between 1"),
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
@@ -478,3 +480,20 @@ def test_doctor_subcommand_fails_without_a_gpu(tmp_path: Path, wallet_root: Path
     assert re.search(r"9 frames 64x36->128x72 in [\d.]+ s = [\d.]+ frames/s; table [\d.]+ frames/s, planner "
                      r"estimate [\d.]+ s \(CPU: reported only\)", lines["warm-up"])
     assert done.stdout.splitlines()[-1] == "1 check(s) failed" and "Traceback" not in done.stderr
+
+
+@cpu_only
+def test_no_worker_starting_ends_the_miner_with_status_2_and_the_reason(tmp_path: Path, wallet_root: Path,
+                                                                          miner_wallet) -> None:
+    """Every worker failing to start (here a CUDA device on a machine without one) ends the server, and the
+    process, with status 2 and the reason on its last line, not a traceback from the server's start-up."""
+    path = _toml(tmp_path / "workers.toml", {
+        "server": {"host": "127.0.0.1", "port": free_port()},
+        "chain": {"wallet_name": "miner", "wallet_path": str(wallet_root)},
+        "jobs": {"devices": ["cuda:0"]}, "storage.local": {"dir": str(tmp_path / "files")},
+        "upscaler": {"weights": "random-small"}})
+    done = subprocess.run([sys.executable, "-m", "miner", "--config", str(path)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("flashvsr-miner: worker 0 on cuda:0 failed to start")
+    assert "Application startup failed" not in done.stderr
