@@ -254,11 +254,13 @@ class WorkerCapacity:
     """GPU memory the worker may use (its ready report); None when unknown (a CPU worker)."""
 
     def seconds(self, clip: ClipWork) -> float:
-        """Estimated wall seconds of ``clip`` on this worker: a tiled clip in the layout this worker's memory
-        gets (untiled where the frame fits it, as the worker runs it), or at the table's ``tiled_slowdown``
-        when the worker's memory is unknown."""
+        """Estimated wall seconds of ``clip`` on this worker. With the worker's memory known, a clip whose
+        expected peak does not fit it (or one asked tiled) is priced in the layout that memory gets, as the
+        worker tiles it by itself (untiled where the frame fits after all); with the memory unknown, a tiled
+        clip is priced at the table's ``tiled_slowdown``."""
         tiled, slowdown = clip.tiled, None
-        if clip.tiled and self.free_vram_bytes:
+        if self.free_vram_bytes and (clip.tiled or self.table.peak_bytes(
+                self.device, clip.variant, clip.width, clip.height) > self.free_vram_bytes):
             tile, slowdown = _tiling(self.table, clip.variant, self.device, clip.width, clip.height,
                                      self.free_vram_bytes, 0)
             tiled = tile > 0

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from upscaler.configfiles import load_config
-from upscaler.models.fp8 import FP8_LAYER_GROUPS
 
 VARIANTS = ("tiny", "tiny-long", "full")
 DECODERS = ("tcdecoder", "wan-vae")
 COLOR_FIXES = ("wavelet", "adain", "none")
 KV_CACHE_DTYPES = ("model", "fp8", "fp8-qk")
 PRECISIONS = ("bf16", "fp8")
+
+FP8_LAYER_GROUPS = ("self_qkv", "self_o", "cross_q", "cross_o", "ffn_up", "ffn_down")  # the DiT linears fp8 can convert
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upscaler.settings import FP8_LAYER_GROUPS
+
 log = logging.getLogger(__name__)
 
-FP8_LAYER_GROUPS = ("self_qkv", "self_o", "cross_q", "cross_o", "ffn_up", "ffn_down")
 SCALED_MM_MIN_CAPABILITY = (8, 9)
 
 
@@ -150,6 +151,11 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str]) -> frozenset[str]
     if unknown:
         raise ValueError(f"unknown FP8 layer groups {sorted(unknown)}; choose from {FP8_LAYER_GROUPS}")
     device = next(dit.parameters()).device
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < SCALED_MM_MIN_CAPABILITY:
+        # our quantising kernels store e4m3, which Triton compiles only from sm_89 on
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ValueError(f"precision = \"fp8\" needs a GPU of compute capability 8.9 or newer (H100, H200, L40, "
+                         f"RTX 4090); {torch.cuda.get_device_name(device)} is {major}.{minor}: set precision = \"bf16\"")
     use_scaled_mm = scaled_mm_supported(device)
     if use_scaled_mm and dit.dtype != torch.bfloat16:
         log.warning("FP8 products with rowwise scales write bf16, the model runs in %s: FP8 linears are emulated "
