@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels.frame_pairs import canonical_channels_last
+from kernels.triton_compat import FP_FUSION
 
 NORM_EPS = 1e-12  # F.normalize's default: the norm is clamped to at least this
 
@@ -54,6 +55,6 @@ def bias_norm_silu_(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Ten
     if rows:
         _bias_norm_silu_kernel[(rows,)](
             x, (bias if bias is not None else gamma).reshape(-1), gamma.reshape(-1), c, c, float(gain), NORM_EPS,
-            HAS_BIAS=bias is not None, BLOCK_C=triton.next_power_of_2(c), num_warps=8 if c > 1024 else 4,
+            HAS_BIAS=bias is not None, BLOCK_C=triton.next_power_of_2(c), num_warps=8 if c > 1024 else 4, **FP_FUSION,
         )
     return x

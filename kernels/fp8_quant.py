@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_compat import FP_FUSION
+
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
 AMAX_FLOOR = 1e-12  # an all-zero row gets a tiny scale and quantises to zeros
@@ -72,5 +74,5 @@ def quantise_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor,
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
     block_d = triton.next_power_of_2(dim)
     _quantise_rows_kernel[(rows,)](rows_view, q, scale, rows, dim, rows_view.stride(0), GELU=gelu, BLOCK_D=block_d,
-                                   num_warps=min(16, max(4, block_d // 1024)))
+                                   num_warps=min(16, max(4, block_d // 1024)), **FP_FUSION)
     return q.view(*x.shape[:-1], dim), scale.view(*x.shape[:-1], 1)

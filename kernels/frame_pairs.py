@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_compat import FP_FUSION
+
 ELEMENTS_PER_PROGRAM = 4096
 
 
@@ -64,6 +66,6 @@ def stack_with_previous(x: torch.Tensor, past: torch.Tensor, batch: int) -> torc
         block_c = triton.next_power_of_2(c)
         block_p = max(1, ELEMENTS_PER_PROGRAM // block_c)
         _stack_with_previous_kernel[(triton.cdiv(total, block_p),)](
-            x, past, out, total, h * w, n // batch, c, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+            x, past, out, total, h * w, n // batch, c, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4, **FP_FUSION,
         )
     return out

@@ -36,7 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.reference import K_BLOCK, Q_BLOCK
-from kernels.triton_compat import tma_load, tma_store
+from kernels.triton_compat import FP_FUSION, tma_load, tma_store
 
 ARCH = 90  # wgmma exists on sm_90 only (Blackwell has tcgen05 instead)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
@@ -290,5 +290,6 @@ def sparse_attention_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, id
         _descriptor(out, ov, q_rows), idx, cnt, order, scale * math.log2(math.e),
         h, nq, nk, qv.per_batch, qv.per_head, qv.col_per_head, kv.per_batch, kv.per_head,
         SPLIT=opts["split"], PAIRS=opts["pairs"], STAGES=opts["stages"], ATTEND_REGISTERS=opts["attend_registers"],
-        LOAD_REGISTERS=opts["load_registers"], num_warps=opts["num_warps"], maxnreg=opts["maxnreg"])
+        LOAD_REGISTERS=opts["load_registers"], num_warps=opts["num_warps"], maxnreg=opts["maxnreg"],
+        **FP_FUSION)
     return out

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_compat import FP_FUSION
+
 ROWS_PER_PROGRAM = 2
 
 
@@ -79,6 +81,6 @@ def rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, heads: int,
     _norm_rope_kernel[(triton.cdiv(rows, ROWS_PER_PROGRAM),)](
         x, weight, cos, sin, out, rows, length, eps, x.stride(1), cos.stride(0),
         HEADS=heads, HEAD_DIM=head_dim, HEADS_P2=triton.next_power_of_2(heads), BLOCK_R=ROWS_PER_PROGRAM,
-        num_warps=4,
+        num_warps=4, **FP_FUSION,
     )
     return out.transpose(1, 2)

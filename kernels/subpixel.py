@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_compat import FP_FUSION
+
 PHASES = 4
 
 
@@ -99,6 +101,6 @@ def interleave_phases_triton(y: torch.Tensor, height: int, width: int, relu: boo
     grid = (n * 2 * height, triton.cdiv(2 * width, block_x))
     _interleave_kernel[grid](
         y, out, height, width, c, y.stride(0), y.stride(2), y.stride(3), *out.stride(),
-        RELU=relu, BLOCK_X=block_x, BLOCK_C=block_c, num_warps=4,
+        RELU=relu, BLOCK_X=block_x, BLOCK_C=block_c, num_warps=4, **FP_FUSION,
     )
     return out

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_compat import FP_FUSION
+
 TAPS = 4
 TIME_STRIDE = 2
 CONTEXT_FRAMES = 2
@@ -74,6 +76,6 @@ def stack_time_taps(x: torch.Tensor, context: torch.Tensor | None) -> torch.Tens
     grid = (b * frames * (h + 2), triton.cdiv(w + 2, BLOCK_X), triton.cdiv(c, BLOCK_C))
     _time_taps_kernel[grid](
         x, ctx, out, c, h, w, frames, *x.stride(), *ctx.stride(),
-        HAS_CONTEXT=context is not None, BLOCK_X=BLOCK_X, BLOCK_C=BLOCK_C, num_warps=4,
+        HAS_CONTEXT=context is not None, BLOCK_X=BLOCK_X, BLOCK_C=BLOCK_C, num_warps=4, **FP_FUSION,
     )
     return out

@@ -8,6 +8,10 @@ Kernels take the names below instead of testing versions themselves:
   the same builtin the release itself uses, so the generated code is that release's own.
 - :data:`GLUON`: whether this Triton can express the warp-specialised Gluon kernel
   (:mod:`kernels.gluon_sparse`), and why not where it cannot; the Triton kernel then serves sm_90.
+- :data:`FP_FUSION`: the floating-point contraction every launch asks for. Triton 3.9 warns at a launch
+  that leaves it unset, because 3.10 flips the default from on to off; our kernels were measured with it
+  on (``layer_norm`` alone turns it off, by design), so each launch says so and every release compiles
+  the same arithmetic.
 - :func:`patch_interpreter`: fixes for ``TRITON_INTERPRET=1`` (tests run the kernels on the CPU).
 
 Not a difference, so nothing here: ``gl.warp_specialize`` takes ``(functions_and_args,
@@ -59,6 +63,8 @@ def _gluon_api() -> tuple[Capability, Any, Any]:
 
 
 GLUON, tma_load, tma_store = _gluon_api()
+
+FP_FUSION: dict[str, bool] = {"enable_fp_fusion": True}  # launch option: FMA contraction, as measured
 
 
 def patch_interpreter() -> None:

@@ -211,7 +211,8 @@ def compact_block_lists(
     rows = block_mask.reshape(-1, nk).contiguous().view(torch.uint8)
     idx = torch.empty(rows.shape, dtype=torch.int32, device=rows.device)
     cnt = torch.empty(rows.shape[0], dtype=torch.int32, device=rows.device)
-    _compact_rows_kernel[(rows.shape[0],)](rows, idx, cnt, nk, CHUNK=min(1024, triton.next_power_of_2(nk)))
+    _compact_rows_kernel[(rows.shape[0],)](rows, idx, cnt, nk, CHUNK=min(1024, triton.next_power_of_2(nk)),
+                                          **triton_compat.FP_FUSION)
     if schedule == "lpt":
         order = torch.argsort(cnt, descending=True)
     elif schedule == "locality":
@@ -356,9 +357,9 @@ def sparse_attention_triton(
     flags = {"ARCH": _arch(q.device), "HEAD_DIM": d, "USE_TMA": use_tma, "K_FP8": k_fp8}
     if config is None and q.is_cuda:
         grid = lambda meta: (b * h * nq * (128 // meta["BLOCK_M"]),)  # noqa: E731
-        _tuned[use_tma][grid](*args, **flags)
+        _tuned[use_tma][grid](*args, **flags, **triton_compat.FP_FUSION)
     else:
         cfg = {**DEFAULT_CONFIG, **(config or {})}
         grid = (b * h * nq * (128 // cfg["BLOCK_M"]),)
-        _sparse_attn_fwd[grid](*args, **flags, **cfg)
+        _sparse_attn_fwd[grid](*args, **flags, **cfg, **triton_compat.FP_FUSION)
     return out

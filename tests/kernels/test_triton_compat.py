@@ -1,14 +1,19 @@
-"""kernels.triton_compat: the Gluon API probe on this Triton and on APIs it does not accept (simulated)."""
+"""kernels.triton_compat: the Gluon API probe on this Triton and on APIs it does not accept (simulated), and
+the launch options every kernel states."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import sys
+from pathlib import Path
 
 import pytest
 import triton
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import tma
 
+import kernels
 from kernels import triton_compat
 
 
@@ -56,3 +61,24 @@ def test_probe_refuses_a_triton_without_gluon(monkeypatch):
     capability, _, _ = triton_compat._gluon_api()
     assert not capability.available
     assert capability.reason.startswith(f"Triton {triton.__version__} has no Gluon Hopper API (")
+
+
+def _launches(tree: ast.AST) -> list[ast.Call]:
+    """Every ``kernel[grid](...)`` call in a module."""
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)]
+
+
+def test_every_kernel_launch_states_its_fp_fusion():
+    """Triton 3.10 turns FMA contraction off by default (3.9 warns at every launch that leaves it unset):
+    each of our launches says what it was measured with, so no release changes its arithmetic."""
+    unstated = []
+    for path in sorted(Path(kernels.__file__).parent.glob("*.py")):
+        module = importlib.import_module(f"kernels.{path.stem}")
+        for call in _launches(ast.parse(path.read_text())):
+            spread = [ast.unparse(k.value) for k in call.keywords if k.arg is None]
+            explicit = any(k.arg == "enable_fp_fusion" for k in call.keywords)
+            via_options = "meta" in spread and "enable_fp_fusion" in getattr(module, "LAUNCH_OPTIONS", {})
+            if not (explicit or via_options or any(s.endswith("FP_FUSION") for s in spread)):
+                unstated.append(f"{path.name}:{call.lineno}")
+    assert not unstated, f"kernel launches without enable_fp_fusion: {unstated}"
+    assert triton_compat.FP_FUSION == {"enable_fp_fusion": True}
