@@ -24,7 +24,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -43,6 +43,22 @@ SCORED_SCALES = (2, 4)  # Vidaio's upscaling tasks (the validator's size limits 
 MAX_SIZE_MB = 2048  # the output-size cap is a round setting, not a quality question: effectively off here
 
 
+def _boolean(value: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off); anything else is an error, not False."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true or false)")
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {  # UpscalerSettings field type -> parser of a setting's value
+    "str": str, "str | None": str, "int": int, "float": float, "bool": _boolean,
+    "tuple[str, ...]": lambda value: tuple(filter(None, value.split("+"))),
+}
+
+
 @dataclass(frozen=True)
 class Setting:
     """One named set of upscaler overrides, e.g. ``precision=fp8,fp8_layers=self_qkv+ffn_up``."""
@@ -57,13 +73,15 @@ class Setting:
         overrides: dict[str, Any] = {}
         for pair in filter(None, text.split(",")):
             key, sep, value = pair.partition("=")
-            if not sep or key not in types or types[key] not in ("str", "int", "bool", "tuple[str, ...]"):
+            convert = _CONVERTERS.get(types.get(key, ""))
+            if not sep or convert is None:
                 raise argparse.ArgumentTypeError(
                     f"setting {pair!r}: expected key=value with a top-level upscaler key (precision, fp8_layers, "
-                    "kv_cache_dtype, dtype, compile, color_fix, seed, ...)")
-            kind = types[key]
-            overrides[key] = (int(value) if kind == "int" else value.lower() in ("1", "true", "yes") if kind == "bool"
-                              else tuple(filter(None, value.split("+"))) if kind.startswith("tuple") else value)
+                    "kv_cache_dtype, dtype, compile, color_fix, seed, max_vram_gib, ...)")
+            try:
+                overrides[key] = convert(value)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(f"setting {pair!r}: {exc}") from None
         return cls(text, overrides)
 
 

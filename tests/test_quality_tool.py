@@ -33,6 +33,11 @@ def test_setting_parsing() -> None:
         Setting.parse("sparsity=3")
     with pytest.raises(argparse.ArgumentTypeError):
         Setting.parse("precision")
+    assert Setting.parse("max_vram_gib=22.5,compile=off").overrides == {"max_vram_gib": 22.5, "compile": False}
+    with pytest.raises(argparse.ArgumentTypeError, match="not a boolean"):
+        Setting.parse("compile=flase")
+    with pytest.raises(argparse.ArgumentTypeError, match="seed=x"):
+        Setting.parse("seed=x")
 
 
 @pytest.mark.slow
