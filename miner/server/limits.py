@@ -32,7 +32,7 @@ class ServerLimits:
     max_header_bytes: int = 16384
     max_header_count: int = 64
     max_connections: int = 1024
-    max_connections_per_ip: int = 64
+    max_connections_per_ip: int = 16
     refusal_burst: int = 30
     refusal_rate_per_s: float = 1.0
     block_s: float = 60.0
@@ -87,8 +87,9 @@ class OpsAccess:
 
 def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
     """Keyword arguments of ``uvicorn.run`` for the miner app (``create_app``): h11 with bounded headers,
-    connections and idle time, sharing the app's per-IP block list; closures counted in its metrics, and
-    a header deadline missed spends a token of the source's refusal budget (slowloris sources get blocked)."""
+    connections and idle time (the longest idle connection closed to make room at ``max_connections``),
+    sharing the app's per-IP block list; closures counted in its metrics, and a header deadline missed
+    spends a token of the source's refusal budget (slowloris sources get blocked)."""
     server = config.section("server")
     limits: ServerLimits = app.state.limits
     metrics: MinerMetrics = app.state.metrics
@@ -102,7 +103,8 @@ def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
         "host": server["host"], "port": int(server["port"]), "log_config": None, "access_log": False,
         "timeout_graceful_shutdown": int(server["shutdown_grace_s"]) + 5,
         "http": guarded_protocol(header_timeout_s=limits.header_timeout_s, max_per_ip=limits.max_connections_per_ip,
-                                 blocked=app.state.sources.blocked, on_close=on_close),
+                                 max_connections=limits.max_connections, blocked=app.state.sources.blocked,
+                                 on_close=on_close),
         "h11_max_incomplete_event_size": limits.max_header_bytes,
         "limit_concurrency": limits.max_connections,
         "timeout_keep_alive": limits.keep_alive_s,
