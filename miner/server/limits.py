@@ -57,6 +57,11 @@ class ServerLimits:
                      "refusal_rate_per_s", "max_sources"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"server.limits.{name} must be positive")
+        if self.header_timeout_s <= self.keep_alive_s:
+            raise ValueError(f"server.limits.header_timeout_s ({self.header_timeout_s:g}) must exceed "
+                             f"server.limits.keep_alive_s ({self.keep_alive_s:g}): both run on an idle keep-alive "
+                             "connection, and the header deadline closing it first counts as a slow-header refusal "
+                             "against its source (validators reuse connections)")
 
 
 @dataclass(frozen=True)

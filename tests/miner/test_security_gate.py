@@ -27,7 +27,7 @@ from miner.server.limits import OpsAccess, ServerLimits, uvicorn_options
 from scripts.run_local import free_port
 
 LIMITS = dict(synapse_max_bytes=4096, json_max_bytes=4096, body_timeout_s=1.0, max_body_reads_per_ip=2, header_timeout_s=1.0,
-              max_connections_per_ip=8, refusal_burst=5, refusal_rate_per_s=0.01, block_s=1.5, max_header_count=32)
+              keep_alive_s=0, max_connections_per_ip=8, refusal_burst=5, refusal_rate_per_s=0.01, block_s=1.5, max_header_count=32)
 CROWDED_LIMITS = dict(max_in_flight=4, open_in_flight=2, max_connections=12, max_connections_per_ip=4,
                       header_timeout_s=10.0)
 NS = 1_000_000_000
