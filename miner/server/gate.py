@@ -291,7 +291,7 @@ def _announces_body(headers: Mapping[str, str]) -> bool:
 
 def _bearer_ok(headers: Mapping[str, str], token: str) -> bool:
     given = headers.get("authorization", "")
-    return bool(token) and hmac.compare_digest(given.encode("latin-1"), f"Bearer {token}".encode("latin-1"))
+    return bool(token) and hmac.compare_digest(given.encode("latin-1"), f"Bearer {token}".encode("ascii"))
 
 
 async def _answer(send: Any, kind: str, status: int, message: str) -> None:

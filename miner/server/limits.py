@@ -71,6 +71,12 @@ class OpsAccess:
     allow: tuple[IPNetwork, ...]
     token: str = ""
 
+    def __post_init__(self) -> None:
+        if not all("!" <= char <= "~" for char in self.token):
+            raise ValueError("server.ops.token must be printable ASCII without spaces (it is matched against an "
+                             "'Authorization: Bearer <token>' header); generate one with "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+
     @classmethod
     def from_config(cls, config: MinerConfig) -> "OpsAccess":
         ops = config.get("server.ops")

@@ -9,6 +9,7 @@ import pytest
 
 from miner.__main__ import check_server_settings, main
 from miner.config import load_miner_config
+from miner.server.limits import OpsAccess
 
 
 def _start(tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str) -> tuple[int, str]:
@@ -32,3 +33,17 @@ def test_a_header_deadline_not_outlasting_keep_alive_is_refused(tmp_path: Path, 
     assert status == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"flashvsr-miner: configuration error: server.limits.header_timeout_s ({header_timeout_s:g}) "
                           f"must exceed server.limits.keep_alive_s ({keep_alive_s})"), err
+
+
+@pytest.mark.parametrize("token", ["секрет", "pässwort", "two words"])
+def test_an_ops_token_no_header_can_carry_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      token: str) -> None:
+    """Before: a non-latin-1 token passed the start and every /health or /metrics request from outside
+    server.ops.allow was a 500 (encoding it to compare with the header raised)."""
+    status, err = _start(tmp_path, capsys, f'[server.ops]\ntoken = "{token}"\n')
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("flashvsr-miner: configuration error: server.ops.token must be printable ASCII"), err
+    assert "secrets.token_urlsafe" in err
+    with pytest.raises(ValueError, match="server.ops.token"):
+        OpsAccess(allow=(), token=token)
+    assert OpsAccess(allow=(), token="Zx-9_a.b~c+d/e=").token  # RFC 6750 bearer characters pass
