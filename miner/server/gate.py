@@ -13,7 +13,8 @@ For each request, in order, answering (and closing the connection) at the first 
 5. ``Content-Length`` within the route's cap (413), at most ``max_body_reads_per_ip`` bodies being
    read from the source (503), then the body read at the ASGI level up to the cap (413) within
    ``body_timeout_s`` (408); then the btauth/1 signature over it (401);
-6. the body is JSON of bounded depth (400), and the app runs with the caller in ``request.state.caller``.
+6. the body is JSON of bounded depth (400), and the app runs with the caller in ``request.state.caller`` and
+   the body's JSON value, parsed here once, in ``request.state.body_json`` (absent for an empty body).
 
 Every refusal spends a token of the source's bucket and is counted in ``miner_refused_requests``; the
 refusal that empties it is answered 429 and blocks the source for ``block_s``: its requests on open
@@ -35,7 +36,7 @@ from fastapi import Request
 from miner.auth import AuthError, BtAuth, Caller, Forbidden, LegacyAuth, ReplayedRequest, StaleNonce
 from miner.metrics import MinerMetrics
 from miner.protocol import NOT_SERVED_SYNAPSES, SERVED_SYNAPSES, legacy_response
-from miner.protocol.limits import JsonShapeError, check_json_shape
+from miner.protocol.limits import JsonShapeError, load_json
 from miner.server.body import BodyError, ClientGone, read_capped, replay
 from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.sources import SourceGuard
@@ -115,6 +116,12 @@ def source_guard(limits: ServerLimits, metrics: MinerMetrics) -> SourceGuard:
 def gate_caller(request: Request) -> Caller:
     """FastAPI dependency: the caller the gate proved (every synapse and /v1 route is behind the gate)."""
     return request.state.caller
+
+
+def gate_json(request: Request, empty: Any) -> Any:
+    """The body's JSON value as the gate parsed it (once, depth-bounded); ``empty`` when there was no body.
+    The synapse and /v1 routes build their body dependencies on it."""
+    return getattr(request.state, "body_json", empty)
 
 
 class Gate:
@@ -199,9 +206,10 @@ class Gate:
                 caller = pending.complete(body)
             except AuthError as exc:
                 raise Refusal(exc.status, _auth_reason(exc), exc.reason) from None
+            state: dict[str, Any] = {"caller": caller}
             if body:
                 try:
-                    check_json_shape(body, max_depth=self.limits.json_max_depth)
+                    state["body_json"] = load_json(body, max_depth=self.limits.json_max_depth)
                 except JsonShapeError as exc:
                     raise Refusal(400, "bad_body", str(exc), charge=False) from None
         except ClientGone as gone:
@@ -212,7 +220,7 @@ class Gate:
             return
         finally:
             pending.close()
-        scope.setdefault("state", {})["caller"] = caller
+        scope.setdefault("state", {}).update(state)
         await self.app(scope, replay(body, receive), send)
 
     async def _body(self, receive: Any, headers: Mapping[str, str], ip: str, cap: int) -> bytes:
