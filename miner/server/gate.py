@@ -5,9 +5,11 @@ For each request, in order, answering (and closing the connection) at the first 
 1. the source IP is not blocked (429; see ``SourceGuard``), the header count is bounded (431);
 2. the route exists (404) and takes this method (405); bodiless routes (``/files``, ``/health``,
    ``/metrics``, not-served synapses) announce no body (413); ``/health`` and ``/metrics`` only for
-   ``[server.ops]`` sources or token (404 otherwise); not-served synapses: 501;
-3. a slot of ``max_in_flight`` is free; requests that name no admitted validator (or carry no valid
-   ``/files`` signature) may use only ``open_in_flight`` of them (503);
+   ``[server.ops]`` sources or token (404 otherwise); not-served synapses: 501; ``/files`` URLs
+   without a valid, unexpired signature: 403 (the one verification: the route serves the file the
+   gate hands on in ``request.state.signed_file``);
+3. a slot of ``max_in_flight`` is free; requests that name no admitted validator (and ``/files`` where
+   this miner serves none) may use only ``open_in_flight`` of them (503);
 4. synapse and ``/v1`` routes: the transport's header checks (``LegacyAuth``/``BtAuth.begin``:
    shape, receiver, freshness, admission by stake, nonce reservation; legacy signatures too) (401/403);
 5. ``Content-Length`` within the route's cap (413), at most ``max_body_reads_per_ip`` bodies being
@@ -28,8 +30,9 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from fastapi import Request
 
@@ -40,11 +43,12 @@ from miner.protocol.limits import JsonShapeError, load_json
 from miner.server.body import BodyError, ClientGone, read_capped, replay
 from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.sources import SourceGuard
+from miner.storage import InvalidSignature
 
 log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-FilesCheck = Callable[[str, str, str], bool]
+FilesCheck = Callable[[str, str, str], Path]  # (key, exp, sig) -> the file; InvalidSignature otherwise
 
 BTAUTH_ROUTES = {"/v1/upscale": ("POST",), "/v1/length": ("POST",), "/v1/warrant": ("POST",), "/v1/jobs": ("POST",)}
 BTAUTH_JOB_PREFIX = "/v1/jobs/"
@@ -118,6 +122,11 @@ def gate_caller(request: Request) -> Caller:
     return request.state.caller
 
 
+def gate_file(request: Request) -> Path:
+    """FastAPI dependency: the file of the ``/files`` URL whose signature the gate verified."""
+    return request.state.signed_file
+
+
 def gate_json(request: Request, empty: Any) -> Any:
     """The body's JSON value as the gate parsed it (once, depth-bounded); ``empty`` when there was no body.
     The synapse and /v1 routes build their body dependencies on it."""
@@ -125,7 +134,8 @@ def gate_json(request: Request, empty: Any) -> Any:
 
 
 class Gate:
-    """The middleware; ``files_check(key, exp, sig)`` says whether a ``/files`` URL is validly signed."""
+    """The middleware; ``files_check(key, exp, sig)`` verifies a ``/files`` URL (``LocalStorage.verify``), where
+    this miner serves them."""
 
     def __init__(self, app: ASGIApp, *, legacy: LegacyAuth, btauth: BtAuth, limits: ServerLimits, ops: OpsAccess,
                  metrics: MinerMetrics, sources: Optional[SourceGuard] = None,
@@ -183,11 +193,17 @@ class Gate:
         return self._files_signed(scope)
 
     def _files_signed(self, scope: dict[str, Any]) -> bool:
+        """A ``/files`` URL's signature, verified once: 403 if bad, else its file handed on to the route."""
         if self.files_check is None:
             return False
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        key = unquote(scope["path"][len(FILES_PREFIX):])
-        return self.files_check(key, query.get("exp", [""])[0], query.get("sig", [""])[0])
+        key = scope["path"][len(FILES_PREFIX):]  # percent-decoded once by the server: the key the URL was signed for
+        try:
+            path = self.files_check(key, query.get("exp", [""])[0], query.get("sig", [""])[0])
+        except InvalidSignature as exc:
+            raise Refusal(403, "files_denied", str(exc)) from None
+        scope.setdefault("state", {})["signed_file"] = path
+        return True
 
     async def _authenticated(self, scope: dict[str, Any], receive: Any, send: Any, route: Route,
                              headers: Mapping[str, str], ip: str) -> None:
