@@ -50,8 +50,7 @@ def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, max_connection
             per_ip[self._ip] += 1
             reason = "blocked" if blocked(self._ip) else "per_ip_limit" if per_ip[self._ip] > max_per_ip else None
             if reason:
-                closed(self._ip, reason)
-                transport.close()
+                self._close(reason)
                 return
             if len(self.connections) >= max_connections:
                 _close_longest_idle()
@@ -90,21 +89,24 @@ def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, max_connection
 
         def _headers_overdue(self) -> None:
             self._header_timer = None
-            idle.pop(self, None)
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-                closed(self._ip or "", "header_timeout")
-                self.transport.close()
+                self._close("header_timeout")
+
+        def _close(self, reason: str) -> None:
+            """Close this connection, and stop counting it at once: uvicorn forgets it in ``connection_lost``,
+            which uvloop may run after a new connection's request has arrived (then refused 503)."""
+            closed(self._ip or "", reason)
+            self._stop_waiting()
+            self.transport.close()
+            self.connections.discard(self)
 
     def _close_longest_idle() -> None:
-        """Close the connection waiting for headers the longest, and stop counting it at once: uvicorn forgets
-        it in ``connection_lost``, which uvloop may run after the new connection's request has arrived."""
+        """Close the connection waiting for headers the longest (passing over those already closing: uvicorn's
+        keep-alive timer closes idle ones without telling us)."""
         while idle:
             oldest, _ = idle.popitem(last=False)
-            oldest._stop_waiting()
             if not oldest.transport.is_closing():
-                closed(oldest._ip or "", "evicted")
-                oldest.transport.close()
-                oldest.connections.discard(oldest)
+                oldest._close("evicted")
                 return
 
     return GuardedH11Protocol
