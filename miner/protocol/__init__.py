@@ -2,7 +2,7 @@
 
 - ``models``: pydantic models of the synapses (``VideoUpscalingProtocol`` ...), ``SERVED_SYNAPSES``,
   ``NOT_SERVED_SYNAPSES``; ``tasks``: ``UpscalingTask`` with input/output geometry.
-- ``wire``: server side, ``parse_synapse`` / ``parse_legacy_request`` and ``answer_synapse`` /
+- ``wire``: server side, ``parse_synapse`` / ``synapse_from`` / ``parse_legacy_request`` and ``answer_synapse`` /
   ``legacy_response``; ``dendrite``: client side, ``build_legacy_request`` / ``parse_legacy_response``.
 """
 
@@ -17,7 +17,7 @@ from miner.protocol.models import (
 from miner.protocol.tasks import UpscalingTask
 from miner.protocol.wire import (
     LegacyHeaders, WireError, answer_synapse, body_hash, legacy_response, parse_legacy_request, parse_synapse,
-    request_timeout, signature_message, synapse_class, synapse_headers,
+    request_timeout, signature_message, synapse_class, synapse_from, synapse_headers,
 )
 
 __all__ = [
@@ -27,5 +27,5 @@ __all__ = [
     "VideoUpscalingJobProtocol", "VideoUpscalingPollProtocol", "VideoUpscalingProtocol", "WireError",
     "answer_synapse", "body_hash", "build_legacy_request", "legacy_response", "new_dendrite_uuid",
     "parse_legacy_request", "parse_legacy_response", "parse_synapse", "request_timeout", "signature_message",
-    "synapse_class", "synapse_headers",
+    "synapse_class", "synapse_from", "synapse_headers",
 ]

@@ -1,6 +1,6 @@
 """Shape limits of request bodies, checked before any model sees them.
 
-    check_json_shape(body, max_depth=16)   # JsonShapeError (answered 400): not JSON, or nested too deep
+    value = load_json(body, max_depth=16)   # JsonShapeError (answered 400): not JSON, or nested too deep
 
 ``json.loads`` recurses per nesting level: a 64 KiB body of ``[`` would end in a ``RecursionError``
 (an unhandled 500) in whatever parses it next. Sizes are bounded by the per-route body caps of the
@@ -31,8 +31,8 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def check_json_shape(body: bytes, *, max_depth: int) -> None:
-    """``JsonShapeError`` unless ``body`` is JSON nesting at most ``max_depth`` levels."""
+def load_json(body: bytes, *, max_depth: int) -> Any:
+    """The JSON value of ``body``; ``JsonShapeError`` unless it is JSON nesting at most ``max_depth`` levels."""
     try:
         value = json.loads(body)
     except RecursionError:
@@ -41,3 +41,4 @@ def check_json_shape(body: bytes, *, max_depth: int) -> None:
         raise JsonShapeError(f"body is not JSON: {exc}") from None
     if json_depth(value) > max_depth:
         raise JsonShapeError(f"request body nests deeper than {max_depth} levels")
+    return value

@@ -18,7 +18,7 @@ non-200), and the same header set with ``bt_header_axon_status_code``, ``..._sta
 
 Server-side usage (the auth dependency has already verified the request)::
 
-    synapse = parse_synapse(VideoUpscalingProtocol, await request.body())
+    synapse = parse_synapse(VideoUpscalingProtocol, await request.body())   # or synapse_from(cls, parsed_json)
     synapse.miner_response = MinerResponse(optimized_video_urls=urls)
     return answer_synapse(synapse, status_code=200, message="Success")
 
@@ -153,6 +153,11 @@ def parse_synapse(cls: type[S], body: bytes) -> S:
         raise WireError(400, f"body is not JSON: {exc}") from None
     except RecursionError:
         raise WireError(400, "body nests too deeply") from None
+    return synapse_from(cls, data)
+
+
+def synapse_from(cls: type[S], data: Any) -> S:
+    """The synapse of an already parsed JSON body; ``WireError(400)`` naming the problem when it is not one."""
     if not isinstance(data, dict):
         raise WireError(400, "body is not a JSON object")
     try:

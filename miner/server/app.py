@@ -13,7 +13,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request, Response
 
@@ -33,7 +33,7 @@ from miner.server.legacy import legacy_router
 from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.ops import ops_router
 from miner.server.service import MinerService
-from miner.storage import InvalidSignature, LocalStorage, Storage, make_storage
+from miner.storage import LocalStorage, Storage, make_storage
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,12 @@ def create_app(config: MinerConfig, auth: Authenticators, *, storage: Storage | 
     app.state.sources = source_guard(limits, metrics)
     app.add_middleware(Gate, legacy=auth.legacy, btauth=auth.btauth, limits=limits, ops=OpsAccess.from_config(config),
                        metrics=metrics, sources=app.state.sources,
-                       files_check=_files_check(storage) if isinstance(storage, LocalStorage) else None)
+                       files_check=storage.verify if isinstance(storage, LocalStorage) else None)
     app.include_router(ops_router(scheduler, metrics, metrics_enabled=bool(config.get("metrics.enabled"))))
     app.include_router(legacy_router(service, float(config.get("server.default_timeout_s"))))
     app.include_router(btauth_router(service, float(config.get("server.default_timeout_s"))))
     if isinstance(storage, LocalStorage):
-        app.include_router(files_router(storage))
+        app.include_router(files_router())
     return app
 
 
@@ -115,18 +115,6 @@ async def _bad_synapse(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WireError)
     body, headers = legacy_response(None, exc.status, exc.message)
     return Response(body, status_code=exc.status, headers=headers)
-
-
-def _files_check(storage: LocalStorage) -> Callable[[str, str, str], bool]:
-    """Whether a ``/files`` URL carries a valid, unexpired signature (such requests are served first)."""
-    def check(key: str, exp: str, sig: str) -> bool:
-        try:
-            storage.verify(key, exp, sig)
-        except InvalidSignature:
-            return False
-        return True
-
-    return check
 
 
 class _RequestCounter:

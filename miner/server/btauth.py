@@ -8,19 +8,21 @@ every clip failed answers 422.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from miner.auth import Caller
 from miner.jobs.round import Clip, ClipResult, RoundRejected
 from miner.protocol.models import MAX_CLIPS, Name, Url
-from miner.server.gate import gate_caller
+from miner.server.gate import gate_caller, gate_json
 from miner.server.service import CallerGone, MinerService, until_disconnected
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away; logged and counted, never read
+M = TypeVar("M", bound=BaseModel)
 
 
 class UpscaleBody(BaseModel):
@@ -50,6 +52,19 @@ class JobBody(UpscaleBody):
     job_id: Name
 
 
+def _body(model: type[M]) -> Callable[[Request], M]:
+    """FastAPI dependency: ``model`` from the JSON the gate parsed; a 422 worded as FastAPI's own when it is
+    not one (an empty body: not an object)."""
+    def parsed(request: Request) -> M:
+        try:
+            return model.model_validate(gate_json(request, empty=None))
+        except ValidationError as exc:
+            raise RequestValidationError([{**error, "loc": ("body", *error["loc"])}
+                                          for error in exc.errors(include_url=False)]) from None
+
+    return parsed
+
+
 def results_json(results: list[ClipResult]) -> dict[str, Any]:
     """``urls`` (``""`` for failures) and per-clip ``results``."""
     return {
@@ -59,11 +74,12 @@ def results_json(results: list[ClipResult]) -> dict[str, Any]:
 
 
 def btauth_router(service: MinerService, default_timeout_s: float) -> APIRouter:
-    """``/v1/*`` routes; the gate proved the ``Caller`` and read the body (capped) before they run."""
+    """``/v1/*`` routes; the gate proved the ``Caller``, read the body (capped) and parsed it before they run."""
     router = APIRouter(prefix="/v1")
 
     @router.post("/upscale")
-    async def upscale(body: UpscaleBody, request: Request, caller: Caller = Depends(gate_caller)) -> JSONResponse:
+    async def upscale(request: Request, caller: Caller = Depends(gate_caller),
+                      body: UpscaleBody = Depends(_body(UpscaleBody))) -> JSONResponse:
         deadline = time.time() + (body.timeout_s or default_timeout_s)
         try:
             results = await until_disconnected(request, service.upscale(
@@ -84,7 +100,7 @@ def btauth_router(service: MinerService, default_timeout_s: float) -> APIRouter:
         return {"warrant_task": service.warrant_task()}
 
     @router.post("/jobs")
-    async def start_job(body: JobBody, caller: Caller = Depends(gate_caller)) -> JSONResponse:
+    async def start_job(caller: Caller = Depends(gate_caller), body: JobBody = Depends(_body(JobBody))) -> JSONResponse:
         refusal = service.start_job(body.job_id, body.clips(), max_size_mb=body.maximum_optimized_size_mb,
                                     stake=caller.stake, caller=caller.hotkey)
         if refusal:

@@ -1,32 +1,27 @@
 """``GET``/``HEAD /files/{key}?exp=..&sig=..``: results of the local storage backend, behind signed URLs.
 
-Signed (HMAC over key and expiry), expiring, no traversal (``LocalStorage.verify``/``path_for``). ``HEAD``
-answers the headers only; ``Range`` is served by Starlette's ``FileResponse``: 206 for satisfiable byte
-ranges, 416 past the end, 400 for a malformed header. The gate refuses any request body (413).
+Signed (HMAC over key and expiry), expiring, no traversal: the gate verifies each URL once
+(``LocalStorage.verify``/``path_for``; 403 otherwise) and hands on its file. ``HEAD`` answers the headers
+only; ``Range`` is served by Starlette's ``FileResponse``: 206 for satisfiable byte ranges, 416 past the
+end, 400 for a malformed header. The gate refuses any request body (413).
 """
 
 from __future__ import annotations
 
-import logging
+from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 
-from miner.storage import InvalidSignature, LocalStorage
-
-log = logging.getLogger(__name__)
+from miner.server.gate import gate_file
 
 
-def files_router(storage: LocalStorage) -> APIRouter:
-    """Routes serving ``storage``'s files (403 for bad/expired signatures, 404 once deleted)."""
+def files_router() -> APIRouter:
+    """The route serving the file of a URL the gate verified (404 once deleted); the gate needs ``files_check``."""
     router = APIRouter()
 
     @router.api_route("/files/{key:path}", methods=["GET", "HEAD"])
-    async def get_file(key: str, exp: str = Query(...), sig: str = Query(...)) -> FileResponse:
-        try:
-            path = storage.verify(key, exp, sig)
-        except InvalidSignature as exc:
-            raise HTTPException(status_code=403, detail=str(exc)) from None
+    async def get_file(path: Path = Depends(gate_file)) -> FileResponse:
         if not path.is_file():
             raise HTTPException(status_code=404, detail="no such file (expired and deleted?)")
         return FileResponse(path, media_type="video/mp4")

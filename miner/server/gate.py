@@ -5,15 +5,18 @@ For each request, in order, answering (and closing the connection) at the first 
 1. the source IP is not blocked (429; see ``SourceGuard``), the header count is bounded (431);
 2. the route exists (404) and takes this method (405); bodiless routes (``/files``, ``/health``,
    ``/metrics``, not-served synapses) announce no body (413); ``/health`` and ``/metrics`` only for
-   ``[server.ops]`` sources or token (404 otherwise); not-served synapses: 501;
-3. a slot of ``max_in_flight`` is free; requests that name no admitted validator (or carry no valid
-   ``/files`` signature) may use only ``open_in_flight`` of them (503);
+   ``[server.ops]`` sources or token (404 otherwise); not-served synapses: 501; ``/files`` URLs
+   without a valid, unexpired signature: 403 (the one verification: the route serves the file the
+   gate hands on in ``request.state.signed_file``);
+3. a slot of ``max_in_flight`` is free; requests that name no admitted validator (and ``/files`` where
+   this miner serves none) may use only ``open_in_flight`` of them (503);
 4. synapse and ``/v1`` routes: the transport's header checks (``LegacyAuth``/``BtAuth.begin``:
    shape, receiver, freshness, admission by stake, nonce reservation; legacy signatures too) (401/403);
 5. ``Content-Length`` within the route's cap (413), at most ``max_body_reads_per_ip`` bodies being
    read from the source (503), then the body read at the ASGI level up to the cap (413) within
    ``body_timeout_s`` (408); then the btauth/1 signature over it (401);
-6. the body is JSON of bounded depth (400), and the app runs with the caller in ``request.state.caller``.
+6. the body is JSON of bounded depth (400), and the app runs with the caller in ``request.state.caller`` and
+   the body's JSON value, parsed here once, in ``request.state.body_json`` (absent for an empty body).
 
 Every refusal spends a token of the source's bucket and is counted in ``miner_refused_requests``; the
 refusal that empties it is answered 429 and blocks the source for ``block_s``: its requests on open
@@ -27,23 +30,25 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from fastapi import Request
 
 from miner.auth import AuthError, BtAuth, Caller, Forbidden, LegacyAuth, ReplayedRequest, StaleNonce
 from miner.metrics import MinerMetrics
 from miner.protocol import NOT_SERVED_SYNAPSES, SERVED_SYNAPSES, legacy_response
-from miner.protocol.limits import JsonShapeError, check_json_shape
+from miner.protocol.limits import JsonShapeError, load_json
 from miner.server.body import BodyError, ClientGone, read_capped, replay
 from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.sources import SourceGuard
+from miner.storage import InvalidSignature
 
 log = logging.getLogger(__name__)
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
-FilesCheck = Callable[[str, str, str], bool]
+FilesCheck = Callable[[str, str, str], Path]  # (key, exp, sig) -> the file; InvalidSignature otherwise
 
 BTAUTH_ROUTES = {"/v1/upscale": ("POST",), "/v1/length": ("POST",), "/v1/warrant": ("POST",), "/v1/jobs": ("POST",)}
 BTAUTH_JOB_PREFIX = "/v1/jobs/"
@@ -117,8 +122,20 @@ def gate_caller(request: Request) -> Caller:
     return request.state.caller
 
 
+def gate_file(request: Request) -> Path:
+    """FastAPI dependency: the file of the ``/files`` URL whose signature the gate verified."""
+    return request.state.signed_file
+
+
+def gate_json(request: Request, empty: Any) -> Any:
+    """The body's JSON value as the gate parsed it (once, depth-bounded); ``empty`` when there was no body.
+    The synapse and /v1 routes build their body dependencies on it."""
+    return getattr(request.state, "body_json", empty)
+
+
 class Gate:
-    """The middleware; ``files_check(key, exp, sig)`` says whether a ``/files`` URL is validly signed."""
+    """The middleware; ``files_check(key, exp, sig)`` verifies a ``/files`` URL (``LocalStorage.verify``), where
+    this miner serves them."""
 
     def __init__(self, app: ASGIApp, *, legacy: LegacyAuth, btauth: BtAuth, limits: ServerLimits, ops: OpsAccess,
                  metrics: MinerMetrics, sources: Optional[SourceGuard] = None,
@@ -176,11 +193,17 @@ class Gate:
         return self._files_signed(scope)
 
     def _files_signed(self, scope: dict[str, Any]) -> bool:
+        """A ``/files`` URL's signature, verified once: 403 if bad, else its file handed on to the route."""
         if self.files_check is None:
             return False
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        key = unquote(scope["path"][len(FILES_PREFIX):])
-        return self.files_check(key, query.get("exp", [""])[0], query.get("sig", [""])[0])
+        key = scope["path"][len(FILES_PREFIX):]  # percent-decoded once by the server: the key the URL was signed for
+        try:
+            path = self.files_check(key, query.get("exp", [""])[0], query.get("sig", [""])[0])
+        except InvalidSignature as exc:
+            raise Refusal(403, "files_denied", str(exc)) from None
+        scope.setdefault("state", {})["signed_file"] = path
+        return True
 
     async def _authenticated(self, scope: dict[str, Any], receive: Any, send: Any, route: Route,
                              headers: Mapping[str, str], ip: str) -> None:
@@ -199,9 +222,10 @@ class Gate:
                 caller = pending.complete(body)
             except AuthError as exc:
                 raise Refusal(exc.status, _auth_reason(exc), exc.reason) from None
+            state: dict[str, Any] = {"caller": caller}
             if body:
                 try:
-                    check_json_shape(body, max_depth=self.limits.json_max_depth)
+                    state["body_json"] = load_json(body, max_depth=self.limits.json_max_depth)
                 except JsonShapeError as exc:
                     raise Refusal(400, "bad_body", str(exc), charge=False) from None
         except ClientGone as gone:
@@ -212,7 +236,7 @@ class Gate:
             return
         finally:
             pending.close()
-        scope.setdefault("state", {})["caller"] = caller
+        scope.setdefault("state", {}).update(state)
         await self.app(scope, replay(body, receive), send)
 
     async def _body(self, receive: Any, headers: Mapping[str, str], ip: str, cap: int) -> bytes:
@@ -291,7 +315,7 @@ def _announces_body(headers: Mapping[str, str]) -> bool:
 
 def _bearer_ok(headers: Mapping[str, str], token: str) -> bool:
     given = headers.get("authorization", "")
-    return bool(token) and hmac.compare_digest(given.encode("latin-1"), f"Bearer {token}".encode("latin-1"))
+    return bool(token) and hmac.compare_digest(given.encode("latin-1"), f"Bearer {token}".encode("ascii"))
 
 
 async def _answer(send: Any, kind: str, status: int, message: str) -> None:

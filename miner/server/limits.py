@@ -32,7 +32,7 @@ class ServerLimits:
     max_header_bytes: int = 16384
     max_header_count: int = 64
     max_connections: int = 1024
-    max_connections_per_ip: int = 64
+    max_connections_per_ip: int = 16
     refusal_burst: int = 30
     refusal_rate_per_s: float = 1.0
     block_s: float = 60.0
@@ -57,6 +57,11 @@ class ServerLimits:
                      "refusal_rate_per_s", "max_sources"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"server.limits.{name} must be positive")
+        if self.header_timeout_s <= self.keep_alive_s:
+            raise ValueError(f"server.limits.header_timeout_s ({self.header_timeout_s:g}) must exceed "
+                             f"server.limits.keep_alive_s ({self.keep_alive_s:g}): both run on an idle keep-alive "
+                             "connection, and the header deadline closing it first counts as a slow-header refusal "
+                             "against its source (validators reuse connections)")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,12 @@ class OpsAccess:
 
     allow: tuple[IPNetwork, ...]
     token: str = ""
+
+    def __post_init__(self) -> None:
+        if not all("!" <= char <= "~" for char in self.token):
+            raise ValueError("server.ops.token must be printable ASCII without spaces (it is matched against an "
+                             "'Authorization: Bearer <token>' header); generate one with "
+                             "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
 
     @classmethod
     def from_config(cls, config: MinerConfig) -> "OpsAccess":
@@ -87,8 +98,9 @@ class OpsAccess:
 
 def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
     """Keyword arguments of ``uvicorn.run`` for the miner app (``create_app``): h11 with bounded headers,
-    connections and idle time, sharing the app's per-IP block list; closures counted in its metrics, and
-    a header deadline missed spends a token of the source's refusal budget (slowloris sources get blocked)."""
+    connections and idle time (the longest idle connection closed to make room at ``max_connections``),
+    sharing the app's per-IP block list; closures counted in its metrics, and a header deadline missed
+    spends a token of the source's refusal budget (slowloris sources get blocked)."""
     server = config.section("server")
     limits: ServerLimits = app.state.limits
     metrics: MinerMetrics = app.state.metrics
@@ -102,7 +114,8 @@ def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
         "host": server["host"], "port": int(server["port"]), "log_config": None, "access_log": False,
         "timeout_graceful_shutdown": int(server["shutdown_grace_s"]) + 5,
         "http": guarded_protocol(header_timeout_s=limits.header_timeout_s, max_per_ip=limits.max_connections_per_ip,
-                                 blocked=app.state.sources.blocked, on_close=on_close),
+                                 max_connections=limits.max_connections, blocked=app.state.sources.blocked,
+                                 on_close=on_close),
         "h11_max_incomplete_event_size": limits.max_header_bytes,
         "limit_concurrency": limits.max_connections,
         "timeout_keep_alive": limits.keep_alive_s,

@@ -36,13 +36,12 @@ from miner.doctor.storage import check_storage
 from miner.doctor.system import check_attention, check_gpu, check_versions, versions_result
 from miner.doctor.wallet import check_wallet
 from miner.metrics import MinerMetrics
-from miner.server.files import files_router
 from miner.server.gate import Gate, source_guard
 from miner.server.limits import OpsAccess, ServerLimits
 from miner.server.ops import ops_router
 from miner.storage import LocalStorage
 from scripts.run_local import free_port
-from tests.miner.test_storage import _ThreadedServer
+from tests.miner.test_storage import _ThreadedServer, serving_files
 
 REPO = Path(__file__).resolve().parents[2]
 BTCLI = Path(sys.executable).with_name("btcli")
@@ -259,8 +258,8 @@ def test_port_held_by_the_miner_health_and_local_storage_over_http(tmp_path: Pat
     config = _config(tmp_path)
     app = FastAPI()
     app.include_router(ops_router(_ServingScheduler(), MinerMetrics(), metrics_enabled=False))  # type: ignore[arg-type]
-    app.include_router(files_router(LocalStorage(config.get("storage.local.dir"), base_url=config.public_url)))
-    with _ThreadedServer(app) as base:
+    storage = LocalStorage(config.get("storage.local.dir"), base_url=config.public_url)
+    with _ThreadedServer(serving_files(storage, app, OpsAccess.from_config(config))) as base:
         port = int(base.rsplit(":", 1)[1])
         config = _config(tmp_path, server={"port": port})
         context = _context(config)

@@ -78,7 +78,7 @@ def test_round_and_length_checks_survive_a_flood(tmp_path: Path) -> None:
     media.mkdir()
     for i in range(CLIPS):
         make_clip(media / f"clip{i}.mp4", width=64, height=36, frames=9)
-    limits = "\n[server.limits]\nheader_timeout_s = 5.0\n"
+    limits = "\n[server.limits]\nheader_timeout_s = 5.0\nkeep_alive_s = 2\n"
     with media_server(media) as inputs, running_miner(tmp_path, extra_toml=limits) as miner:
         urls = [f"{inputs}/clip{i}.mp4" for i in range(CLIPS)]
         report = tmp_path / "attack.json"

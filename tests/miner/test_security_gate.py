@@ -5,6 +5,7 @@ record any work they start. Requests are signed by real wallets; sources are dis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -26,7 +27,9 @@ from miner.server.limits import OpsAccess, ServerLimits, uvicorn_options
 from scripts.run_local import free_port
 
 LIMITS = dict(synapse_max_bytes=4096, json_max_bytes=4096, body_timeout_s=1.0, max_body_reads_per_ip=2, header_timeout_s=1.0,
-              max_connections_per_ip=8, refusal_burst=5, refusal_rate_per_s=0.01, block_s=1.5, max_header_count=32)
+              keep_alive_s=0, max_connections_per_ip=8, refusal_burst=5, refusal_rate_per_s=0.01, block_s=1.5, max_header_count=32)
+CROWDED_LIMITS = dict(max_in_flight=4, open_in_flight=2, max_connections=12, max_connections_per_ip=4,
+                      header_timeout_s=10.0)
 NS = 1_000_000_000
 
 
@@ -37,14 +40,14 @@ class Server:
         self.release = threading.Event()
 
 
-@pytest.fixture()
-def server(validator_wallet, miner_wallet, tmp_path: Path) -> Iterator[Server]:
+@contextlib.contextmanager
+def _serving(validator_wallet, miner_wallet, tmp_path: Path, limits: dict[str, float]) -> Iterator[Server]:
     me, hotkey = miner_wallet.hotkey.ss58_address, validator_wallet.hotkey.ss58_address
     registry = StaticAllowList([hotkey], stake=10.0)
     port = free_port()
     toml = tmp_path / "miner.toml"
     toml.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[server.limits]\n'
-                    + "".join(f"{k} = {v}\n" for k, v in LIMITS.items())
+                    + "".join(f"{k} = {v}\n" for k, v in limits.items())
                     + '[server.ops]\nallow = ["127.0.0.1/32"]\ntoken = "s3cret"\n')
     config = load_miner_config(toml)
     limits, metrics = ServerLimits.from_config(config), MinerMetrics()
@@ -82,6 +85,19 @@ def server(validator_wallet, miner_wallet, tmp_path: Path) -> Iterator[Server]:
         srv.release.set()
         uv.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture()
+def server(validator_wallet, miner_wallet, tmp_path: Path) -> Iterator[Server]:
+    with _serving(validator_wallet, miner_wallet, tmp_path, LIMITS) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def crowded(validator_wallet, miner_wallet, tmp_path: Path) -> Iterator[Server]:
+    """Room for few connections, and a header deadline long enough to watch them idle."""
+    with _serving(validator_wallet, miner_wallet, tmp_path, CROWDED_LIMITS) as srv:
+        yield srv
 
 
 def _connect(server: Server, source: str = "127.0.0.1") -> socket.socket:
@@ -252,6 +268,39 @@ def test_connections_per_ip_are_capped(server: Server) -> None:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_idle_connections_cannot_lock_validators_out(crowded: Server) -> None:
+    """Sources filling the connection limit with idle connections (the defaults: 16 IPs x 64 idle connections
+    filled uvicorn's 1024 and every request got 503): the longest idle ones are closed to make room; a
+    connection with a request in flight is not."""
+    body = b'{"reference_video_urls": []}'
+    busy = _connect(crowded)
+    busy.sendall(_request("POST", "/v1/upscale", _btauth(crowded, body), body))
+    while not crowded.work:
+        time.sleep(0.02)
+    limit, cap = CROWDED_LIMITS["max_connections"], CROWDED_LIMITS["max_connections_per_ip"]
+    idle = []
+    for i in range(limit - 1):  # the last of them brings the open connections to the limit
+        idle.append(_connect(crowded, f"127.0.0.{11 + i // cap}"))
+        time.sleep(0.02)
+    time.sleep(0.3)
+    try:
+        headers, payload = _legacy(crowded)
+        assert _send(crowded, _request("POST", "/LengthCheckProtocol", headers, payload), source="127.0.0.20")[0] == 200
+        for sock in idle:
+            sock.settimeout(0.2)
+        assert [sock.recv(100) for sock in idle[:2]] == [b"", b""]  # the two idle the longest: closed
+        for sock in idle[2:]:
+            with pytest.raises(socket.timeout):  # the others: still open
+                sock.recv(100)
+        crowded.release.set()
+        assert _answer(busy)[0] == 200  # the oldest connection, but busy: never closed for room
+    finally:
+        busy.close()
+        for sock in idle:
+            sock.close()
+    assert 'miner_connections_closed_total{reason="evicted"} 2.0' in crowded.metrics.render().decode()
 
 
 def test_header_count_and_size_are_bounded(server: Server) -> None:

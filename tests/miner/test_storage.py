@@ -9,11 +9,17 @@ from pathlib import Path
 
 import boto3
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from miner.auth import BtAuth, LegacyAuth
+from miner.chain import StaticAllowList
 from miner.config import load_miner_config
+from miner.metrics import MinerMetrics
 from miner.server.files import files_router
+from miner.server.gate import Gate
+from miner.server.limits import OpsAccess, ServerLimits
 from miner.storage import LocalStorage, make_storage, new_key
 from miner.storage.s3 import S3Storage
 
@@ -40,6 +46,17 @@ class _ThreadedServer:
         self.thread.join(timeout=5)
 
 
+def serving_files(storage: LocalStorage, app: FastAPI | None = None, ops: OpsAccess = OpsAccess(allow=())) -> FastAPI:
+    """``app`` (a new one by default) serving ``storage``'s files as the miner does: the route behind the gate,
+    which verifies each URL (no validator is admitted; ``ops`` may read /health and /metrics)."""
+    app = app or FastAPI()
+    nobody = StaticAllowList([], stake=0.0)
+    app.add_middleware(Gate, legacy=LegacyAuth("miner", nobody), btauth=BtAuth("miner", nobody), limits=ServerLimits(),
+                       ops=ops, metrics=MinerMetrics(), files_check=storage.verify)
+    app.include_router(files_router())
+    return app
+
+
 def _result(tmp_path: Path) -> Path:
     path = tmp_path / "out.mp4"
     path.write_bytes(PAYLOAD)
@@ -48,9 +65,7 @@ def _result(tmp_path: Path) -> Path:
 
 def test_local_signed_urls_over_http(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path / "files", base_url="http://placeholder", expiry_s=60)
-    app = FastAPI()
-    app.include_router(files_router(storage))
-    with _ThreadedServer(app) as base:
+    with _ThreadedServer(serving_files(storage)) as base:
         storage.base_url = base
         url = storage.put(_result(tmp_path), new_key("upscaling/"))
         assert url.startswith(f"{base}/files/upscaling/")
@@ -81,6 +96,23 @@ def test_local_signed_urls_over_http(tmp_path: Path) -> None:
         assert part.headers["content-range"] == f"bytes 0-9/{len(PAYLOAD)}"
         assert httpx.get(url, headers={"Range": f"bytes={len(PAYLOAD) + 10}-"}).status_code == 416
         assert httpx.get(url, headers={"Range": "bytes=junk"}).status_code in (200, 400)
+
+
+@pytest.mark.parametrize("key", ["upscaling/a%41.mp4", "upscaling/a%2Fb.mp4"])
+def test_a_signed_url_is_verified_once_for_the_key_it_was_signed_for(tmp_path: Path, key: str) -> None:
+    """The key is the URL's path decoded once (by the server), as it was quoted when signed: a second unquote in
+    the gate turned ``a%41`` into ``aA`` and ``a%2Fb`` into the directory path ``a/b``, whose signatures fail."""
+    storage = LocalStorage(tmp_path / "files", base_url="http://placeholder", expiry_s=60)
+    checked: list[str] = []
+    verify = storage.verify
+    storage.verify = lambda key, exp, sig: checked.append(key) or verify(key, exp, sig)  # type: ignore[method-assign]
+    with _ThreadedServer(serving_files(storage)) as base:
+        storage.base_url = base
+        url = storage.put(_result(tmp_path), key)
+        assert "%25" in url
+        ok = httpx.get(url)
+        assert ok.status_code == 200 and ok.content == PAYLOAD, ok.text
+    assert checked == [key]  # verified once, by the gate: the route serves the file it hands on
 
 
 def test_local_secret_is_persisted(tmp_path: Path) -> None:

@@ -1,0 +1,49 @@
+"""``[server.limits]`` and ``[server.ops]`` values the server cannot work with are refused at start: ``flashvsr-miner``
+(serving or ``doctor``) exits with status 2 and one line naming the key, before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from miner.__main__ import check_server_settings, main
+from miner.config import load_miner_config
+from miner.server.limits import OpsAccess
+
+
+def _start(tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str) -> tuple[int, str]:
+    path = tmp_path / "miner.toml"
+    path.write_text(toml)
+    status = main(["--config", str(path)])
+    return status, capsys.readouterr().err
+
+
+def test_the_embedded_defaults_pass() -> None:
+    check_server_settings(load_miner_config(None))
+
+
+@pytest.mark.parametrize("header_timeout_s, keep_alive_s", [(5.0, 5), (2.0, 5)])
+def test_a_header_deadline_not_outlasting_keep_alive_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                 header_timeout_s: float, keep_alive_s: int) -> None:
+    """An idle keep-alive connection runs both timers: the header deadline must not close it first (that is
+    charged to its source as a slow-header refusal, and a validator reusing connections would end up blocked)."""
+    status, err = _start(tmp_path, capsys, f"[server.limits]\nheader_timeout_s = {header_timeout_s}\n"
+                                           f"keep_alive_s = {keep_alive_s}\n")
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"flashvsr-miner: configuration error: server.limits.header_timeout_s ({header_timeout_s:g}) "
+                          f"must exceed server.limits.keep_alive_s ({keep_alive_s})"), err
+
+
+@pytest.mark.parametrize("token", ["секрет", "pässwort", "two words"])
+def test_an_ops_token_no_header_can_carry_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      token: str) -> None:
+    """Before: a non-latin-1 token passed the start and every /health or /metrics request from outside
+    server.ops.allow was a 500 (encoding it to compare with the header raised)."""
+    status, err = _start(tmp_path, capsys, f'[server.ops]\ntoken = "{token}"\n')
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("flashvsr-miner: configuration error: server.ops.token must be printable ASCII"), err
+    assert "secrets.token_urlsafe" in err
+    with pytest.raises(ValueError, match="server.ops.token"):
+        OpsAccess(allow=(), token=token)
+    assert OpsAccess(allow=(), token="Zx-9_a.b~c+d/e=").token  # RFC 6750 bearer characters pass
