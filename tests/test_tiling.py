@@ -128,3 +128,23 @@ def test_shared_weight_cache_gives_the_same_blend() -> None:
         results.append(blender.result())
     assert set(cache) == set(tiles) and all(torch.equal(results[0], r) for r in results[1:])
     assert FeatherBlender((2, 40, 64), ramp=8, weight_cache=cache).weights(tiles[0]) is cache[tiles[0]]
+
+
+def test_result_divides_in_place_and_equals_the_previous_formula() -> None:
+    """The blended plane is the previous ``sum / weights.clamp_min(1e-12)`` bit for bit, computed in the
+    accumulator itself (no second plane); the spent blender refuses more work."""
+    tiles = tile_grid(72, 100, 48, 16, 8)
+    values = torch.rand(3, 3, 72, 100, generator=torch.Generator().manual_seed(1)) * 255
+    blender = FeatherBlender((3, 3, 72, 100), ramp=16)
+    for tile in tiles[:-1]:  # the last tile left out: uncovered pixels stay 0
+        blender.add(tile, values[..., tile.rows, tile.cols])
+    previous = blender._sum / blender._weight.clamp_min(1e-12)
+    accumulator = blender._sum.data_ptr()
+    out = blender.result()
+    assert torch.equal(out, previous) and out.data_ptr() == accumulator
+    assert torch.equal(FeatherBlender((1, 8, 8), ramp=2).result(torch.float64), torch.zeros(1, 8, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="result was taken"):
+        blender.result()
+    with pytest.raises(RuntimeError, match="result was taken"):
+        blender.add(tiles[0], values[..., tiles[0].rows, tiles[0].cols])
+

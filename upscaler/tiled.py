@@ -33,7 +33,7 @@ from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
 from upscaler.resize import HostFrames, start_host_copy, start_uint8_copy
 from upscaler.settings import TilingSettings, UpscalerSettings, VariantSettings
-from upscaler.tiling import FeatherBlender, Tile, tile_grid
+from upscaler.tiling import FeatherBlender, Tile, feather_weights, tile_grid
 from upscaler.timing import StageTimer
 from upscaler.video import FrameReader
 
@@ -168,10 +168,9 @@ class TiledRun:
             files = [(tile, RawFrames(Path(scratch) / f"tile{index}.u8", tile.height, tile.width))
                      for index, tile in enumerate(self.tiles)]
             blend = _GroupBlend(self, files, timer, reads)
-            plane = FeatherBlender((self.geometry.out_height, self.geometry.out_width), self.ramp, device=self.device,
-                                   weight_cache=self._weights)
             for tile in self.tiles:  # uploaded now, while the GPU has nothing queued, not during the last tile
-                plane.weights(tile)
+                self._weights[tile] = feather_weights(tile, self.geometry.out_height, self.geometry.out_width,
+                                                      self.ramp, self.device)
             for _ in self._run_tiles(path, Path(scratch), files, timer, should_cancel):
                 yield from blend.ready(min(out.frames for _, out in files), final=False)
             counts = {out.frames for _, out in files}
