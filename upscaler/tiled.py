@@ -10,7 +10,8 @@ does neither, and the next tile starts while the last stores of the previous one
 are blended on the GPU in groups of frames with feathered weights
 (:class:`~upscaler.tiling.FeatherBlender`) and yielded in order; from the last tile on, each group as
 soon as every tile has stored it, so the blend and the encoder run beside the last tile instead of
-after it. GPU memory is bounded by one tile (plus one group's blend during the last tile); disk holds
+after it. GPU memory is bounded by one tile plus one group's blend during the last tile
+(:func:`upscaler.blend_memory.blend_bytes`; ``tiling.blend_frames`` frames a group); disk holds
 about one uncompressed copy of the output (plus the overlaps) and one of the input until the run ends.
 """
 
@@ -40,7 +41,6 @@ from upscaler.video import FrameReader
 log = logging.getLogger(__name__)
 
 TILE_OFFSET_MULTIPLE = 16
-BLEND_FRAMES = 8
 STORE_DEPTH = 4  # tile chunks waiting for the store thread before the GPU loop waits for it
 
 
@@ -236,7 +236,7 @@ class TiledRun:
 
 
 class _GroupBlend:
-    """Blends the tiles' stored frames in groups of :data:`BLEND_FRAMES` as they become complete: a read
+    """Blends the tiles' stored frames in groups of ``tiling.blend_frames`` as they become complete: a read
     thread loads a group's tiles into pinned memory while the GPU blends the one before, and each blended
     group is handed over once the next one is queued (its copy to the host overlaps that work)."""
 
@@ -247,6 +247,7 @@ class _GroupBlend:
         self._timer = timer
         self._pool = reads
         self._pin = run.device.type == "cuda"
+        self._group = run.settings.tiling.blend_frames
         self._queued = 0  # frames whose group has been queued for reading
         self._reads: deque[tuple[int, Future[list[torch.Tensor]]]] = deque()
         self._pending: HostFrames | None = None
@@ -255,8 +256,8 @@ class _GroupBlend:
         """Yield the blended frames of the groups within the first ``available`` frames (every tile has
         stored them), keeping the newest group reading; with ``final`` (``available`` is then the clip's
         frame count) everything left, the last group possibly shorter."""
-        while self._queued < available and (final or self._queued + BLEND_FRAMES <= available):
-            group = (self._queued, min(self._queued + BLEND_FRAMES, available))
+        while self._queued < available and (final or self._queued + self._group <= available):
+            group = (self._queued, min(self._queued + self._group, available))
             self._reads.append((group[1] - group[0], self._pool.submit(self._read, group)))
             self._queued = group[1]
         while len(self._reads) > (0 if final else 1):

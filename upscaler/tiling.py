@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from upscaler.blend_memory import ACCUMULATOR
+
+ACCUMULATOR_DTYPE: torch.dtype = getattr(torch, ACCUMULATOR)
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -82,8 +86,8 @@ def feather_weights(tile: Tile, height: int, width: int, ramp: int,
                     device: torch.device | str | None = None) -> torch.Tensor:
     """The ``(tile.height, tile.width)`` blend weights of ``tile`` in a ``height`` x ``width`` plane: linear
     ramps over ``ramp`` px on its edges inside the plane (plane borders keep full weight)."""
-    rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < height, ramp).to(device, torch.float32)
-    cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < width, ramp).to(device, torch.float32)
+    rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < height, ramp).to(device, ACCUMULATOR_DTYPE)
+    cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < width, ramp).to(device, ACCUMULATOR_DTYPE)
     return rows[:, None] * cols[None, :]
 
 
@@ -92,7 +96,7 @@ class FeatherBlender:
 
     Each tile's weight ramps linearly over ``ramp`` pixels at its edges that are interior to the
     plane; every weight is positive, so the normalisation is defined everywhere a tile landed and a
-    constant input is reproduced exactly (to float rounding).
+    constant input is reproduced exactly (to float rounding). Its GPU memory: :mod:`upscaler.blend_memory`.
     """
 
     def __init__(self, shape: tuple[int, ...], ramp: int, device: torch.device | str | None = None,
@@ -101,8 +105,8 @@ class FeatherBlender:
             raise ValueError(f"ramp must be positive, got {ramp}")
         self.height, self.width = shape[-2:]
         self.ramp = ramp
-        self._sum = torch.zeros(shape, dtype=torch.float32, device=device)
-        self._weight = torch.zeros(self.height, self.width, dtype=torch.float32, device=device)
+        self._sum = torch.zeros(shape, dtype=ACCUMULATOR_DTYPE, device=device)
+        self._weight = torch.zeros(self.height, self.width, dtype=ACCUMULATOR_DTYPE, device=device)
         self._cache = {} if weight_cache is None else weight_cache
         self._spent = False
 
@@ -121,7 +125,7 @@ class FeatherBlender:
             raise ValueError(f"tile values {tuple(values.shape)} smaller than the tile {tile}")
         self._check_unspent()
         weight = self.weights(tile)
-        self._sum[..., tile.rows, tile.cols] += values.float() * weight
+        self._sum[..., tile.rows, tile.cols] += values.to(ACCUMULATOR_DTYPE) * weight
         self._weight[tile.rows, tile.cols] += weight
 
     def result(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
