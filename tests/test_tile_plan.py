@@ -161,7 +161,36 @@ def test_cap_arithmetic() -> None:
 def test_cap_is_inert_off_cuda() -> None:
     cpu = torch.device("cpu")
     vram.apply_cap(cpu, 22)
-    assert vram.cap_bytes(cpu) is None and vram.usable_bytes(cpu) is None and vram.free_bytes(cpu) is None
+    assert vram.cap_bytes(cpu) is None and vram.usable_bytes(cpu) is None
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, int]]:
+    """An 80 GiB ``cuda:0`` as far as :mod:`upscaler.vram` asks (CPU machine): the allocator fractions set."""
+    from types import SimpleNamespace
+
+    fractions: list[tuple[float, int]] = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(total_memory=80 * GIB))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, index: fractions.append((f, index)))
+    monkeypatch.setattr(vram, "_caps", {})
+    return fractions
+
+
+def test_a_cap_replaces_the_one_before_and_one_at_or_above_the_card_means_none(fake_gpu, caplog) -> None:
+    gpu = torch.device("cuda", 0)
+    vram.apply_cap(gpu, 22)
+    assert vram.cap_bytes(gpu) == 22 * GIB and fake_gpu[-1] == (pytest.approx(0.275), 0)
+    vram.apply_cap(gpu, 200)  # more than the card: no cap (the 22 GiB cap used to stay)
+    assert vram.cap_bytes(gpu) is None and fake_gpu[-1] == (1.0, 0)
+    assert "max_vram_gib=200.0 is not below this GPU's 80.0 GiB: no cap" in caplog.text
+    vram.apply_cap(gpu, 22)
+    vram.apply_cap(gpu, 80)  # the whole card: no cap either
+    assert vram.cap_bytes(gpu) is None and fake_gpu[-1] == (1.0, 0)
+    vram.apply_cap(gpu, 15)
+    vram.apply_cap(gpu, 0)
+    calls = len(fake_gpu)
+    vram.apply_cap(gpu, 0)  # nothing to remove
+    assert vram.cap_bytes(gpu) is None and len(fake_gpu) == calls
 
 
 def test_cli_tiling_arguments() -> None:
