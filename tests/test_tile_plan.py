@@ -162,6 +162,8 @@ def test_cap_is_inert_off_cuda() -> None:
     cpu = torch.device("cpu")
     vram.apply_cap(cpu, 22)
     assert vram.cap_bytes(cpu) is None and vram.usable_bytes(cpu) is None
+    with vram.capped(cpu, 22):
+        assert vram.cap_bytes(cpu) is None
 
 
 @pytest.fixture
@@ -191,6 +193,22 @@ def test_a_cap_replaces_the_one_before_and_one_at_or_above_the_card_means_none(f
     calls = len(fake_gpu)
     vram.apply_cap(gpu, 0)  # nothing to remove
     assert vram.cap_bytes(gpu) is None and len(fake_gpu) == calls
+
+
+def test_capped_holds_exactly_its_cap_and_restores_the_one_before(fake_gpu) -> None:
+    gpu = torch.device("cuda", 0)
+    vram.apply_cap(gpu, 30)  # e.g. max_vram_gib applied at load
+    for gib, inside in ((22, 22 * GIB), (0, None), (200, None)):
+        with vram.capped(gpu, gib):
+            assert vram.cap_bytes(gpu) == inside
+        assert vram.cap_bytes(gpu) == 30 * GIB
+    with pytest.raises(RuntimeError), vram.capped(gpu, 15):
+        raise RuntimeError("a case failed")
+    assert vram.cap_bytes(gpu) == 30 * GIB
+    vram.apply_cap(gpu, 0)
+    with vram.capped(gpu, 15):
+        assert vram.cap_bytes(gpu) == 15 * GIB
+    assert vram.cap_bytes(gpu) is None
 
 
 def test_cli_tiling_arguments() -> None:

@@ -167,6 +167,31 @@ def test_the_layouts_blend_group_reaches_the_run(upscaler, tmp_path, monkeypatch
     assert torch.equal(tiled, _reference(upscaler, src, geometry, tiles, ramp=32))
 
 
+def test_every_bench_case_runs_under_exactly_its_own_cap(upscaler, tmp_path, monkeypatch):
+    """flashvsr-bench runs each case (its warm-up and its measured run) under its own cap, none for a case
+    without one, whatever case came before, and leaves the process's own cap as it found it (the cap
+    state faked: the CPU has none)."""
+    from types import SimpleNamespace
+
+    from scripts.bench import Case, run_case
+    from upscaler import vram
+
+    state: dict[str, int | None] = {"cap": 7 * 2**30}  # e.g. max_vram_gib applied when the models loaded
+    monkeypatch.setattr(vram, "cap_bytes", lambda device: state["cap"])
+    monkeypatch.setattr(vram, "apply_cap", lambda device, gib: state.update(cap=int(gib * 2**30) or None))
+    seen: list[int | None] = []
+    upscale = upscaler.upscale_file
+    monkeypatch.setattr(upscaler, "upscale_file", lambda *args, **kwargs: (seen.append(state["cap"]),
+                                                                          upscale(*args, **kwargs))[1])
+    task = SimpleNamespace(value="SD24K", input_size=(128, 96), output_size=(256, 192))
+    src = make_clip(tmp_path / "in.mp4", width=128, height=96, frames=9)
+    for gib in (22.0, 0.0, 15.0):
+        row = run_case(upscaler, Case("tiny", task, 9, auto_tiles=bool(gib), max_vram_gib=gib), src, src, tmp_path,
+                       "h264", None)
+        assert "error" not in row
+    assert seen == [22 * 2**30] * 2 + [None] * 2 + [15 * 2**30] * 2 and state["cap"] == 7 * 2**30
+
+
 def test_bench_rows_and_seam_rows_on_the_cpu(upscaler, tmp_path):
     """flashvsr-bench's case runner and seam comparison (what the GPU measurement calls) on a small clip:
     the row names the tiling it ran with and the planner's estimate; a capped case without CUDA runs

@@ -4,11 +4,14 @@
 to ``gib`` GiB (``torch.cuda.set_per_process_memory_fraction`` of the card's total), and
 :func:`usable_bytes`, which tile planning and the miner's workers use instead of
 ``torch.cuda.mem_get_info``, never reports more than the cap leaves. Without a cap it reports the card.
+:func:`capped` holds a cap for a block (a benchmark case) and restores the one before.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -59,6 +62,18 @@ def cap_bytes(device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
     return _caps.get(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@contextmanager
+def capped(device: torch.device, gib: float) -> Iterator[None]:
+    """Exactly ``gib`` GiB as the cap on ``device`` inside the block (0: none), whatever cap was applied
+    before; that cap again afterwards."""
+    before = cap_bytes(device)
+    apply_cap(device, gib)
+    try:
+        yield
+    finally:
+        apply_cap(device, 0 if before is None else before / GIB)
 
 
 def usable_bytes(device: torch.device) -> int | None:
