@@ -8,8 +8,9 @@ decode to encoded MP4, after a short warm-up of the same shape (Triton autotunin
 Speed does not depend on weight values, so random weights of the real shapes give real numbers;
 with random weights the output is noise, which makes the encoder slower than on real content.
 A case with ``@GiB`` (or ``--max-vram GiB``) runs with GPU memory capped there and tiles chosen from
-it, as on a 24 GB or 16 GB card (``scripts/bench_small_gpu.sh``); its row has the tiling it ran with
-and the miner planner's estimate next to the measured time. ``--seam-error N`` compares every tiled
+it, as on a 24 GB or 16 GB card (``scripts/bench_small_gpu.sh``); one without either runs uncapped
+(every case under exactly its own cap). A row has the tiling the case ran with and the miner
+planner's estimate next to the measured time. ``--seam-error N`` compares every tiled
 case's output with the untiled output over N frames (same weights), at and away from the seams.
 ``--compare-sdpa`` runs every case again (with ``--baseline-frames`` frames) with attention replaced
 by dense flash SDPA over the whole sequence, in the same process: the speed without LCSA sparsity.
@@ -121,22 +122,23 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
     base = upscaler.settings
     upscaler.settings = case_settings(base, case)
     torch.cuda.empty_cache()
-    vram.apply_cap(upscaler.device, case.max_vram_gib)
     try:
-        upscaler.upscale_file(warm, out_dir / "warm.mp4", width=width, height=height, variant=case.variant, codec=codec, preset=preset)
-        torch.cuda.empty_cache()
-        usable = vram.usable_bytes(upscaler.device)
-        geometry = Geometry.for_target(case.task.input_size, (width, height), upscaler.settings.spatial_multiple)
-        tiling, variant = upscaler.plan_tiles(geometry, upscaler.settings.variant(case.variant))
-        report: UpscaleReport = upscaler.upscale_file(src, out_dir / f"{case.variant}-{case.task.value}.mp4", width=width,
-                                                      height=height, variant=case.variant, codec=codec, preset=preset)
+        with vram.capped(upscaler.device, case.max_vram_gib):
+            upscaler.upscale_file(warm, out_dir / "warm.mp4", width=width, height=height, variant=case.variant,
+                                  codec=codec, preset=preset)
+            torch.cuda.empty_cache()
+            usable = vram.usable_bytes(upscaler.device)
+            geometry = Geometry.for_target(case.task.input_size, (width, height), upscaler.settings.spatial_multiple)
+            tiling, variant = upscaler.plan_tiles(geometry, upscaler.settings.variant(case.variant))
+            report: UpscaleReport = upscaler.upscale_file(src, out_dir / f"{case.variant}-{case.task.value}.mp4",
+                                                          width=width, height=height, variant=case.variant, codec=codec,
+                                                          preset=preset)
     except torch.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         return {"case": case.name, "error": f"out of memory: {str(exc).splitlines()[0]}"}
     finally:
         upscaler.settings = base
         torch.cuda.empty_cache()
-        vram.apply_cap(upscaler.device, 0)
     seconds = report.seconds
     frames = report.frames
     row = {
@@ -179,12 +181,11 @@ def seam_rows(upscaler: Upscaler, case: Case, src: Path, overlaps: list[int]) ->
     base = upscaler.settings
     upscaler.settings = case_settings(base, case)
     torch.cuda.empty_cache()
-    vram.apply_cap(upscaler.device, case.max_vram_gib)
     try:
-        tiling, variant = upscaler.plan_tiles(geometry, upscaler.settings.variant(case.variant))
+        with vram.capped(upscaler.device, case.max_vram_gib):
+            tiling, variant = upscaler.plan_tiles(geometry, upscaler.settings.variant(case.variant))
     finally:
         upscaler.settings = base
-        vram.apply_cap(upscaler.device, 0)
     if not tiling.enabled:
         return []
     rows = [dict(case=case.name, precision=base.precision, **row)

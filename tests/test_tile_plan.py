@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from upscaler import vram
+from upscaler.blend_memory import blend_bytes
 from upscaler.cli import tiling_from_args
 from upscaler.planner import GIB, ThroughputTable, plan
 from upscaler.settings import TilingSettings, load_settings
-from upscaler.tile_plan import MemoryModel, PeakRow, TileLayout, TiledRow, candidate_layouts, choose_layout, layout_slowdown
+from upscaler.tile_plan import (MemoryModel, PeakRow, TileLayout, TiledRow, blend_groups, candidate_layouts, choose_layout,
+                                layout_slowdown)
 from upscaler.tiling import tile_grid
 
 SETTINGS = load_settings()
@@ -21,6 +23,12 @@ MODEL = MemoryModel.load()
 
 def _layout(usable_gib: float, width: int = 3840, height: int = 2160, variant=TINY, overlap: int = 64) -> TileLayout:
     return choose_layout(width, height, usable_bytes=int(usable_gib * GIB), model=MODEL, variant=variant, overlap=overlap)
+
+
+def _least_peak(width: int, height: int, rows: int, columns: int, tile_w: int, tile_h: int) -> float:
+    """The smallest predicted peak of a tiled grid: one decoder frame per pass, a blend group of one frame."""
+    model_pixels = tile_w * -(-tile_h // 128) * 128
+    return MODEL.peak_gib("tcdecoder", model_pixels, 1) + blend_bytes(height, width, rows * columns, tile_h, tile_w, 1) / GIB
 
 
 def test_memory_model_reproduces_the_measured_peaks() -> None:
@@ -48,7 +56,7 @@ def test_fit_recovers_known_coefficients_and_needs_enough_rows() -> None:
     (80, (1, 1, 3840, 2160, 1)),    # the untiled 4K run fits an 80 GB card (44 GiB)
     (22, (3, 1, 3840, 768, 1)),     # a 24 GB card: three full-width bands, decoder one frame per pass
     (15, (3, 2, 2048, 768, 1)),     # a 16 GB card: six tiles
-    (10, (2, 7, 640, 1152, 1)),
+    (10, (3, 5, 896, 768, 1)),      # 2 x 7 tiles of 640x1152 before the blend's memory was counted
 ])
 def test_4k_layouts_from_free_memory(usable_gib: float, expected: tuple[int, ...]) -> None:
     layout = _layout(usable_gib)
@@ -57,7 +65,7 @@ def test_4k_layouts_from_free_memory(usable_gib: float, expected: tuple[int, ...
     # No layout with fewer tiles fits: the choice is the fewest tiles.
     fewer = [c for c in candidate_layouts(3840, 2160, 64, 128) if c[0] * c[1] < layout.tiles]
     for rows, columns, w, h in fewer:
-        assert MODEL.peak_gib("tcdecoder", w * -(-h // 128) * 128, 1) > MODEL.budget_gib(int(usable_gib * GIB))
+        assert _least_peak(3840, 2160, rows, columns, w, h) > MODEL.budget_gib(int(usable_gib * GIB))
 
 
 def test_bands_beat_squares_and_the_grid_covers_the_frame() -> None:
@@ -81,8 +89,43 @@ def test_full_keeps_its_decoder_frames_and_tiles_1080p_at_22_gib() -> None:
 
 def test_nothing_fits_gives_the_smallest_peak() -> None:
     layout = _layout(2)
-    assert layout.tiles > 1 and layout.peak_gib == min(
-        MODEL.peak_gib("tcdecoder", w * -(-h // 128) * 128, 1) for _, _, w, h in candidate_layouts(3840, 2160, 64, 128))
+    assert layout.tiles > 1 and layout.blend_frames == 1 and layout.peak_gib == pytest.approx(min(
+        _least_peak(3840, 2160, *c) for c in candidate_layouts(3840, 2160, 64, 128) if c[0] * c[1] > 1))
+
+
+def test_predicted_peak_includes_the_blend_of_a_group_beside_the_last_tile() -> None:
+    """A tiled layout's peak is the tile run's plus one blend group's buffers at the output size; an
+    untiled run blends nothing."""
+    for usable_gib, width, height in ((22, 3840, 2160), (15, 3840, 2160), (22, 7680, 4320), (15, 1920, 1080)):
+        layout = _layout(usable_gib, width, height)
+        engine = MODEL.peak_gib("tcdecoder", -(-layout.tile_width // 128) * 128 * -(-layout.tile_height // 128) * 128,
+                                layout.decoder_frames)
+        blend = blend_bytes(height, width, layout.tiles, layout.tile_height, layout.tile_width, layout.blend_frames) / GIB
+        assert layout.tiled and blend > 0 and layout.blend_gib == pytest.approx(blend)
+        assert layout.peak_gib == pytest.approx(engine + blend)
+        assert f"blend {layout.blend_frames} frames/group" in layout.describe()
+    untiled = _layout(80)
+    assert not untiled.tiled and (untiled.blend_frames, untiled.blend_gib) == (0, 0.0)
+    assert untiled.peak_gib == pytest.approx(MODEL.peak_gib("tcdecoder", 3840 * 2176, 1))
+    assert blend_groups(8) == [8, 4, 2, 1] and blend_groups(6) == [6, 3, 1] and blend_groups(1) == [1]
+
+
+@pytest.mark.parametrize("usable_gib", [22, 15])
+def test_4k_to_8k_fits_with_the_blend_by_more_tiles_or_a_smaller_group(usable_gib: float) -> None:
+    """4K28K (7680x4320): the blend of 8 output frames alone needs ~4.7 GiB, so the layout the memory
+    model chose without it (the fewest tiles whose tile run fits) would not fit with it; the chooser now
+    takes more tiles or a smaller group and its whole predicted peak fits."""
+    budget = MODEL.budget_gib(int(usable_gib * GIB))
+    assert blend_bytes(4320, 7680, 12, 1152, 2688, 8) / GIB == pytest.approx(4.7, abs=0.05)
+    layout = _layout(usable_gib, 7680, 4320)
+    assert layout.tiled and layout.peak_gib <= budget
+    grids = candidate_layouts(7680, 4320, 64, 128)
+    fewest = min(c[0] * c[1] for c in grids if MODEL.peak_gib("tcdecoder", c[2] * -(-c[3] // 128) * 128, 1) <= budget)
+    assert all(_least_peak(7680, 4320, *c) - blend_bytes(4320, 7680, c[0] * c[1], c[3], c[2], 1) / GIB
+               + blend_bytes(4320, 7680, c[0] * c[1], c[3], c[2], 8) / GIB > budget
+               for c in grids if c[0] * c[1] == fewest)  # the old choice overflows with its blend of 8 frames
+    assert layout.tiles > fewest or layout.blend_frames < 8
+    assert (layout.tiles, layout.blend_frames) == {22: (14, 2), 15: (28, 1)}[usable_gib]
 
 
 def test_layout_slowdown_from_measured_tiled_rows() -> None:
@@ -118,7 +161,54 @@ def test_cap_arithmetic() -> None:
 def test_cap_is_inert_off_cuda() -> None:
     cpu = torch.device("cpu")
     vram.apply_cap(cpu, 22)
-    assert vram.cap_bytes(cpu) is None and vram.usable_bytes(cpu) is None and vram.free_bytes(cpu) is None
+    assert vram.cap_bytes(cpu) is None and vram.usable_bytes(cpu) is None
+    with vram.capped(cpu, 22):
+        assert vram.cap_bytes(cpu) is None
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, int]]:
+    """An 80 GiB ``cuda:0`` as far as :mod:`upscaler.vram` asks (CPU machine): the allocator fractions set."""
+    from types import SimpleNamespace
+
+    fractions: list[tuple[float, int]] = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(total_memory=80 * GIB))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, index: fractions.append((f, index)))
+    monkeypatch.setattr(vram, "_caps", {})
+    return fractions
+
+
+def test_a_cap_replaces_the_one_before_and_one_at_or_above_the_card_means_none(fake_gpu, caplog) -> None:
+    gpu = torch.device("cuda", 0)
+    vram.apply_cap(gpu, 22)
+    assert vram.cap_bytes(gpu) == 22 * GIB and fake_gpu[-1] == (pytest.approx(0.275), 0)
+    vram.apply_cap(gpu, 200)  # more than the card: no cap (the 22 GiB cap used to stay)
+    assert vram.cap_bytes(gpu) is None and fake_gpu[-1] == (1.0, 0)
+    assert "max_vram_gib=200.0 is not below this GPU's 80.0 GiB: no cap" in caplog.text
+    vram.apply_cap(gpu, 22)
+    vram.apply_cap(gpu, 80)  # the whole card: no cap either
+    assert vram.cap_bytes(gpu) is None and fake_gpu[-1] == (1.0, 0)
+    vram.apply_cap(gpu, 15)
+    vram.apply_cap(gpu, 0)
+    calls = len(fake_gpu)
+    vram.apply_cap(gpu, 0)  # nothing to remove
+    assert vram.cap_bytes(gpu) is None and len(fake_gpu) == calls
+
+
+def test_capped_holds_exactly_its_cap_and_restores_the_one_before(fake_gpu) -> None:
+    gpu = torch.device("cuda", 0)
+    vram.apply_cap(gpu, 30)  # e.g. max_vram_gib applied at load
+    for gib, inside in ((22, 22 * GIB), (0, None), (200, None)):
+        with vram.capped(gpu, gib):
+            assert vram.cap_bytes(gpu) == inside
+        assert vram.cap_bytes(gpu) == 30 * GIB
+    with pytest.raises(RuntimeError), vram.capped(gpu, 15):
+        raise RuntimeError("a case failed")
+    assert vram.cap_bytes(gpu) == 30 * GIB
+    vram.apply_cap(gpu, 0)
+    with vram.capped(gpu, 15):
+        assert vram.cap_bytes(gpu) == 15 * GIB
+    assert vram.cap_bytes(gpu) is None
 
 
 def test_cli_tiling_arguments() -> None:

@@ -138,6 +138,60 @@ def test_blending_starts_during_the_last_tile(upscaler, tmp_path, monkeypatch):
     assert torch.equal(tiled, _reference(upscaler, src, geometry, tiles, ramp=32))
 
 
+def test_the_layouts_blend_group_reaches_the_run(upscaler, tmp_path, monkeypatch):
+    """Tiles chosen from memory carry the layout's blend group into the run (4K -> 8K in 22 GiB: groups of
+    2 frames, see test_tile_plan); a run blending 3 frames at a time blends 29 frames in 10 groups and
+    gives the same output as the one-thread reference."""
+    import upscaler.api as api_module
+
+    monkeypatch.setattr(api_module.vram, "usable_bytes", lambda device: 22 * 2**30)
+    monkeypatch.setattr(upscaler, "settings", replace(upscaler.settings, tiling=replace(upscaler.settings.tiling, auto=True)))
+    geometry = Geometry.for_target((3840, 2160), (7680, 4320), upscaler.settings.spatial_multiple)
+    tiling, _ = upscaler.plan_tiles(geometry, upscaler.settings.variant("tiny"))
+    assert (tiling.tile_size, tiling.height, tiling.blend_frames) == (1152, 2304, 2)
+    monkeypatch.undo()
+
+    groups: list[int] = []
+    blend = TiledRun._blend
+
+    def recording_blend(self, files, tiles, count):
+        groups.append(count)
+        return blend(self, files, tiles, count)
+
+    monkeypatch.setattr(TiledRun, "_blend", recording_blend)
+    src = make_clip(tmp_path / "in.mp4", width=128, height=128, frames=29)
+    geometry = Geometry.for_target((128, 128), (256, 256), upscaler.settings.spatial_multiple)
+    tiled, tiles = _tiled(upscaler, src, geometry, TilingSettings(256, 32, 128, blend_frames=3))
+    assert groups == [3] * 9 + [2]
+    monkeypatch.setattr(TiledRun, "_blend", blend)
+    assert torch.equal(tiled, _reference(upscaler, src, geometry, tiles, ramp=32))
+
+
+def test_every_bench_case_runs_under_exactly_its_own_cap(upscaler, tmp_path, monkeypatch):
+    """flashvsr-bench runs each case (its warm-up and its measured run) under its own cap, none for a case
+    without one, whatever case came before, and leaves the process's own cap as it found it (the cap
+    state faked: the CPU has none)."""
+    from types import SimpleNamespace
+
+    from scripts.bench import Case, run_case
+    from upscaler import vram
+
+    state: dict[str, int | None] = {"cap": 7 * 2**30}  # e.g. max_vram_gib applied when the models loaded
+    monkeypatch.setattr(vram, "cap_bytes", lambda device: state["cap"])
+    monkeypatch.setattr(vram, "apply_cap", lambda device, gib: state.update(cap=int(gib * 2**30) or None))
+    seen: list[int | None] = []
+    upscale = upscaler.upscale_file
+    monkeypatch.setattr(upscaler, "upscale_file", lambda *args, **kwargs: (seen.append(state["cap"]),
+                                                                          upscale(*args, **kwargs))[1])
+    task = SimpleNamespace(value="SD24K", input_size=(128, 96), output_size=(256, 192))
+    src = make_clip(tmp_path / "in.mp4", width=128, height=96, frames=9)
+    for gib in (22.0, 0.0, 15.0):
+        row = run_case(upscaler, Case("tiny", task, 9, auto_tiles=bool(gib), max_vram_gib=gib), src, src, tmp_path,
+                       "h264", None)
+        assert "error" not in row
+    assert seen == [22 * 2**30] * 2 + [None] * 2 + [15 * 2**30] * 2 and state["cap"] == 7 * 2**30
+
+
 def test_bench_rows_and_seam_rows_on_the_cpu(upscaler, tmp_path):
     """flashvsr-bench's case runner and seam comparison (what the GPU measurement calls) on a small clip:
     the row names the tiling it ran with and the planner's estimate; a capped case without CUDA runs

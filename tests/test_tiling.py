@@ -128,3 +128,42 @@ def test_shared_weight_cache_gives_the_same_blend() -> None:
         results.append(blender.result())
     assert set(cache) == set(tiles) and all(torch.equal(results[0], r) for r in results[1:])
     assert FeatherBlender((2, 40, 64), ramp=8, weight_cache=cache).weights(tiles[0]) is cache[tiles[0]]
+
+
+def test_result_divides_in_place_and_equals_the_previous_formula() -> None:
+    """The blended plane is the previous ``sum / weights.clamp_min(1e-12)`` bit for bit, computed in the
+    accumulator itself (no second plane); the spent blender refuses more work."""
+    tiles = tile_grid(72, 100, 48, 16, 8)
+    values = torch.rand(3, 3, 72, 100, generator=torch.Generator().manual_seed(1)) * 255
+    blender = FeatherBlender((3, 3, 72, 100), ramp=16)
+    for tile in tiles[:-1]:  # the last tile left out: uncovered pixels stay 0
+        blender.add(tile, values[..., tile.rows, tile.cols])
+    previous = blender._sum / blender._weight.clamp_min(1e-12)
+    accumulator = blender._sum.data_ptr()
+    out = blender.result()
+    assert torch.equal(out, previous) and out.data_ptr() == accumulator
+    assert torch.equal(FeatherBlender((1, 8, 8), ramp=2).result(torch.float64), torch.zeros(1, 8, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="result was taken"):
+        blender.result()
+    with pytest.raises(RuntimeError, match="result was taken"):
+        blender.add(tiles[0], values[..., tiles[0].rows, tiles[0].cols])
+
+
+def test_blend_bytes_counts_the_blenders_buffers() -> None:
+    """The blend's memory term is the real buffers' sizes: the accumulators, every tile's weights, and the
+    larger of one tile's upload with its float copies and the two uint8 copies of the output."""
+    from upscaler.blend_memory import blend_bytes
+    from upscaler.tiling import feather_weights
+
+    frames, height, width = 4, 72, 100
+    tiles = tile_grid(height, width, 48, 16, 8)
+    tile_h, tile_w = max(t.height for t in tiles), max(t.width for t in tiles)
+    blender = FeatherBlender((frames, 3, height, width), ramp=16)
+    accumulators = blender._sum.nbytes + blender._weight.nbytes
+    weights = feather_weights(tiles[0], height, width, 16)
+    uploaded = torch.zeros(frames, tile_h, tile_w, 3, dtype=torch.uint8)
+    adding = uploaded.nbytes + 2 * uploaded.permute(0, 3, 1, 2).to(weights.dtype).nbytes  # copy, weighted product
+    output = 2 * torch.zeros(frames, height, width, 3, dtype=torch.uint8).nbytes  # uint8, channels-last copy
+    assert blend_bytes(height, width, len(tiles), tile_h, tile_w, frames) == (
+        accumulators + len(tiles) * tile_h * tile_w * weights.element_size() + max(adding, output))
+    assert sum(feather_weights(t, height, width, 16).nbytes for t in tiles) <= len(tiles) * tile_h * tile_w * 4

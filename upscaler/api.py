@@ -120,7 +120,7 @@ class Upscaler:
     def plan_tiles(self, geometry: Geometry, variant: VariantSettings) -> tuple[TilingSettings, VariantSettings]:
         """The tiling of a run at ``geometry``: the settings' own, or with ``tiling.auto`` the layout of
         :func:`~upscaler.tile_plan.choose_layout` for this process's usable GPU memory (untiled off CUDA),
-        with the variant's decoder frames per pass that layout was planned with."""
+        with the variant's decoder frames per pass and the blend group that layout was planned with."""
         tiling = self.settings.tiling
         if not tiling.auto:
             return tiling, variant
@@ -132,7 +132,7 @@ class Upscaler:
         multiple = self.settings.spatial_multiple
         layout = choose_layout(
             geometry.out_width, geometry.out_height, usable_bytes=usable, model=self._memory_model,
-            variant=variant, overlap=tiling.tile_overlap, multiple=multiple,
+            variant=variant, overlap=tiling.tile_overlap, multiple=multiple, blend_frames=tiling.blend_frames,
         )
         variant = replace(variant, decoder_frames_per_pass=layout.decoder_frames)
         log.info("tile layout out=%dx%d usable_gib=%.1f %s", geometry.out_width, geometry.out_height,
@@ -140,7 +140,7 @@ class Upscaler:
         if not layout.tiled:
             return replace(tiling, tile_size=0, tile_height=0), variant
         return replace(tiling, tile_size=round_up(layout.tile_width, multiple),
-                       tile_height=round_up(layout.tile_height, multiple)), variant
+                       tile_height=round_up(layout.tile_height, multiple), blend_frames=layout.blend_frames), variant
 
     def upscale_frames(
         self,

@@ -64,7 +64,9 @@ class TilingSettings:
     """Tile height when it differs from ``tile_size`` (the width): bands; 0 = square tiles."""
     auto: bool = False
     """Choose the tile layout from the usable GPU memory (:mod:`upscaler.tile_plan`): untiled when the
-    whole frame fits; ``tile_size`` and ``tile_height`` are then ignored."""
+    whole frame fits; ``tile_size``, ``tile_height`` and ``blend_frames`` are then ignored."""
+    blend_frames: int = 8
+    """Output frames blended on the GPU at a time, beside the last tile (fewer: a smaller blend buffer)."""
 
     @property
     def enabled(self) -> bool:
@@ -133,6 +135,8 @@ class UpscalerSettings:
             raise ValueError(f"tile_height must be a multiple of {self.spatial_multiple}, got {self.tiling.tile_height}")
         if self.tiling.enabled and not 0 <= self.tiling.tile_overlap < min(self.tiling.tile_size, self.tiling.height):
             raise ValueError("tile_overlap must be >= 0 and smaller than the tile's width and height")
+        if self.tiling.blend_frames < 1:
+            raise ValueError(f"tiling.blend_frames must be >= 1, got {self.tiling.blend_frames}")
         if self.max_vram_gib < 0:
             raise ValueError(f"max_vram_gib must be >= 0 (0: the whole GPU), got {self.max_vram_gib}")
         for variant in self.variants.values():

@@ -5,11 +5,15 @@ modelled as ``base + dit * P + decoder[kind] * F * P`` (GiB, pixels in millions)
 and fixed buffers, ``dit`` the streaming K/V cache and DiT activations per pixel (one engine for every
 variant), ``decoder[kind]`` the decoder's activations per pixel of one pass. The coefficients are a
 least-squares fit to the measured peaks in ``configs/throughput.toml`` (``[[peak]]`` rows), so a new
-measured row refines them without code changes.
+measured row refines them without code changes. A tiled run also blends a group of output frames on
+the GPU while its last tile runs: that group's buffers (:func:`upscaler.blend_memory.blend_bytes`, at
+the full output size) add to the tile's peak. (The tiled ``[[peak]]`` rows were measured before the
+blend overlapped the last tile, so they hold the tile's peak alone.)
 
 :func:`choose_layout` picks the fewest, then smallest, tiles (rows x columns of equal rectangles,
-sides multiples of the model's 128 px window, bands where they need fewer tiles than squares) and the
-most decoder frames per pass whose predicted peak fits the usable memory minus a margin.
+sides multiples of the model's 128 px window, bands where they need fewer tiles than squares), the
+most decoder frames per pass and the largest blend group whose predicted peak fits the usable memory
+minus a margin.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from upscaler.blend_memory import blend_bytes
 from upscaler.configfiles import load_config
 from upscaler.geometry import round_up
-from upscaler.settings import VariantSettings, load_settings
+from upscaler.settings import TilingSettings, VariantSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,8 @@ class MemoryModel:
 
 @dataclass(frozen=True)
 class TileLayout:
-    """``rows`` x ``columns`` tiles of ``tile_width`` x ``tile_height`` output pixels (one tile: untiled)."""
+    """``rows`` x ``columns`` tiles of ``tile_width`` x ``tile_height`` output pixels (one tile: untiled),
+    blended ``blend_frames`` output frames at a time (0 untiled); ``peak_gib`` includes the blend's ``blend_gib``."""
 
     rows: int
     columns: int
@@ -102,6 +108,8 @@ class TileLayout:
     overlap: int
     decoder_frames: int
     peak_gib: float
+    blend_frames: int
+    blend_gib: float
 
     @property
     def tiles(self) -> int:
@@ -112,8 +120,9 @@ class TileLayout:
         return self.tiles > 1
 
     def describe(self) -> str:
+        blend = f", blend {self.blend_frames} frames/group ({self.blend_gib:.1f} GiB)" if self.tiled else ""
         return (f"{self.rows}x{self.columns} tiles of {self.tile_width}x{self.tile_height} overlap {self.overlap}, "
-                f"decoder {self.decoder_frames} frames/pass, predicted peak {self.peak_gib:.1f} GiB")
+                f"decoder {self.decoder_frames} frames/pass{blend}, predicted peak {self.peak_gib:.1f} GiB")
 
 
 def axis_tile(length: int, splits: int, overlap: int, multiple: int) -> int:
@@ -137,6 +146,14 @@ def candidate_layouts(width: int, height: int, overlap: int, multiple: int) -> l
     return out
 
 
+def blend_groups(most: int) -> list[int]:
+    """The blend group sizes a tiled layout may use, largest first: ``most`` frames, halved down to 1."""
+    groups = [most]
+    while groups[-1] > 1:
+        groups.append(groups[-1] // 2)
+    return groups
+
+
 def choose_layout(
     width: int,
     height: int,
@@ -146,20 +163,26 @@ def choose_layout(
     variant: VariantSettings,
     overlap: int,
     multiple: int = 128,
+    blend_frames: int = TilingSettings.blend_frames,
 ) -> TileLayout:
     """The fewest tiles, then the fewest model pixels, then the most decoder frames per pass (at most
-    ``variant``'s), whose predicted peak fits ``usable_bytes`` less the margin; the smallest-peak layout when none fits
-    (logged: the run may then run out of memory, and the miner retries with smaller tiles)."""
+    ``variant``'s), then the largest blend group (at most ``blend_frames``), whose predicted peak (the
+    tile's, plus the blend's when tiled) fits ``usable_bytes`` less the margin; the smallest-peak layout
+    when none fits (logged: the run may then run out of memory, and the miner retries with smaller tiles)."""
     budget = model.budget_gib(usable_bytes)
-    options: list[tuple[tuple[int, int, int], TileLayout]] = []
+    options: list[tuple[tuple[int, int, int, int], TileLayout]] = []
     for rows, columns, tile_w, tile_h in candidate_layouts(width, height, overlap, multiple):
+        tiles = rows * columns
         model_pixels = round_up(tile_w, multiple) * round_up(tile_h, multiple)
         most = variant.frames_per_pass(model_pixels)
         fewest = 1 if variant.decoder in model.adjustable_decoders else most
+        blends = [(g, blend_bytes(height, width, tiles, tile_h, tile_w, g) / GIB) for g in blend_groups(blend_frames)]
         for frames in range(most, fewest - 1, -1):
             peak = model.peak_gib(variant.decoder, model_pixels, frames)
-            layout = TileLayout(rows, columns, tile_w, tile_h, overlap if rows * columns > 1 else 0, frames, peak)
-            options.append(((rows * columns, rows * columns * model_pixels, -frames), layout))
+            for group, blend in blends if tiles > 1 else [(0, 0.0)]:
+                layout = TileLayout(rows, columns, tile_w, tile_h, overlap if tiles > 1 else 0, frames, peak + blend,
+                                    group, blend)
+                options.append(((tiles, tiles * model_pixels, -frames, -group), layout))
     fitting = [o for o in options if o[1].peak_gib <= budget]
     if fitting:
         chosen = min(fitting, key=lambda o: o[0])[1]
@@ -214,4 +237,5 @@ def plan_layout(width: int, height: int, usable_bytes: int, variant: str, upscal
     return choose_layout(
         width, height, usable_bytes=usable_bytes, model=MemoryModel.load(throughput_config),
         variant=settings.variant(variant), overlap=settings.tiling.tile_overlap, multiple=settings.spatial_multiple,
+        blend_frames=settings.tiling.blend_frames,
     )

@@ -10,7 +10,8 @@ does neither, and the next tile starts while the last stores of the previous one
 are blended on the GPU in groups of frames with feathered weights
 (:class:`~upscaler.tiling.FeatherBlender`) and yielded in order; from the last tile on, each group as
 soon as every tile has stored it, so the blend and the encoder run beside the last tile instead of
-after it. GPU memory is bounded by one tile (plus one group's blend during the last tile); disk holds
+after it. GPU memory is bounded by one tile plus one group's blend during the last tile
+(:func:`upscaler.blend_memory.blend_bytes`; ``tiling.blend_frames`` frames a group); disk holds
 about one uncompressed copy of the output (plus the overlaps) and one of the input until the run ends.
 """
 
@@ -33,14 +34,13 @@ from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
 from upscaler.resize import HostFrames, start_host_copy, start_uint8_copy
 from upscaler.settings import TilingSettings, UpscalerSettings, VariantSettings
-from upscaler.tiling import FeatherBlender, Tile, tile_grid
+from upscaler.tiling import FeatherBlender, Tile, feather_weights, tile_grid
 from upscaler.timing import StageTimer
 from upscaler.video import FrameReader
 
 log = logging.getLogger(__name__)
 
 TILE_OFFSET_MULTIPLE = 16
-BLEND_FRAMES = 8
 STORE_DEPTH = 4  # tile chunks waiting for the store thread before the GPU loop waits for it
 
 
@@ -168,10 +168,9 @@ class TiledRun:
             files = [(tile, RawFrames(Path(scratch) / f"tile{index}.u8", tile.height, tile.width))
                      for index, tile in enumerate(self.tiles)]
             blend = _GroupBlend(self, files, timer, reads)
-            plane = FeatherBlender((self.geometry.out_height, self.geometry.out_width), self.ramp, device=self.device,
-                                   weight_cache=self._weights)
             for tile in self.tiles:  # uploaded now, while the GPU has nothing queued, not during the last tile
-                plane.weights(tile)
+                self._weights[tile] = feather_weights(tile, self.geometry.out_height, self.geometry.out_width,
+                                                      self.ramp, self.device)
             for _ in self._run_tiles(path, Path(scratch), files, timer, should_cancel):
                 yield from blend.ready(min(out.frames for _, out in files), final=False)
             counts = {out.frames for _, out in files}
@@ -237,7 +236,7 @@ class TiledRun:
 
 
 class _GroupBlend:
-    """Blends the tiles' stored frames in groups of :data:`BLEND_FRAMES` as they become complete: a read
+    """Blends the tiles' stored frames in groups of ``tiling.blend_frames`` as they become complete: a read
     thread loads a group's tiles into pinned memory while the GPU blends the one before, and each blended
     group is handed over once the next one is queued (its copy to the host overlaps that work)."""
 
@@ -248,6 +247,7 @@ class _GroupBlend:
         self._timer = timer
         self._pool = reads
         self._pin = run.device.type == "cuda"
+        self._group = run.settings.tiling.blend_frames
         self._queued = 0  # frames whose group has been queued for reading
         self._reads: deque[tuple[int, Future[list[torch.Tensor]]]] = deque()
         self._pending: HostFrames | None = None
@@ -256,8 +256,8 @@ class _GroupBlend:
         """Yield the blended frames of the groups within the first ``available`` frames (every tile has
         stored them), keeping the newest group reading; with ``final`` (``available`` is then the clip's
         frame count) everything left, the last group possibly shorter."""
-        while self._queued < available and (final or self._queued + BLEND_FRAMES <= available):
-            group = (self._queued, min(self._queued + BLEND_FRAMES, available))
+        while self._queued < available and (final or self._queued + self._group <= available):
+            group = (self._queued, min(self._queued + self._group, available))
             self._reads.append((group[1] - group[0], self._pool.submit(self._read, group)))
             self._queued = group[1]
         while len(self._reads) > (0 if final else 1):

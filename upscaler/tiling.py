@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from upscaler.blend_memory import ACCUMULATOR
+
+ACCUMULATOR_DTYPE: torch.dtype = getattr(torch, ACCUMULATOR)
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -78,12 +82,21 @@ def _ramp(length: int, lead: bool, trail: bool, ramp: int) -> torch.Tensor:
     return weight
 
 
+def feather_weights(tile: Tile, height: int, width: int, ramp: int,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """The ``(tile.height, tile.width)`` blend weights of ``tile`` in a ``height`` x ``width`` plane: linear
+    ramps over ``ramp`` px on its edges inside the plane (plane borders keep full weight)."""
+    rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < height, ramp).to(device, ACCUMULATOR_DTYPE)
+    cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < width, ramp).to(device, ACCUMULATOR_DTYPE)
+    return rows[:, None] * cols[None, :]
+
+
 class FeatherBlender:
-    """Accumulates tile results into a ``(..., height, width)`` float32 plane and normalises.
+    """Accumulates tile results into a ``(..., height, width)`` float32 plane and normalises it in place.
 
     Each tile's weight ramps linearly over ``ramp`` pixels at its edges that are interior to the
     plane; every weight is positive, so the normalisation is defined everywhere a tile landed and a
-    constant input is reproduced exactly (to float rounding).
+    constant input is reproduced exactly (to float rounding). Its GPU memory: :mod:`upscaler.blend_memory`.
     """
 
     def __init__(self, shape: tuple[int, ...], ramp: int, device: torch.device | str | None = None,
@@ -92,19 +105,17 @@ class FeatherBlender:
             raise ValueError(f"ramp must be positive, got {ramp}")
         self.height, self.width = shape[-2:]
         self.ramp = ramp
-        self._sum = torch.zeros(shape, dtype=torch.float32, device=device)
-        self._weight = torch.zeros(self.height, self.width, dtype=torch.float32, device=device)
+        self._sum = torch.zeros(shape, dtype=ACCUMULATOR_DTYPE, device=device)
+        self._weight = torch.zeros(self.height, self.width, dtype=ACCUMULATOR_DTYPE, device=device)
         self._cache = {} if weight_cache is None else weight_cache
+        self._spent = False
 
     def weights(self, tile: Tile) -> torch.Tensor:
         """The ``(tile.height, tile.width)`` blend weights of ``tile`` in this plane, on the plane's device;
         kept in the ``weight_cache`` given (blenders of one plane size and ramp may share one: a cached
         weight needs no host-to-device copy, which would wait for the GPU's queue)."""
         if tile not in self._cache:
-            device = self._weight.device
-            rows = _ramp(tile.height, tile.y > 0, tile.y + tile.height < self.height, self.ramp).to(device)
-            cols = _ramp(tile.width, tile.x > 0, tile.x + tile.width < self.width, self.ramp).to(device)
-            self._cache[tile] = rows[:, None] * cols[None, :]
+            self._cache[tile] = feather_weights(tile, self.height, self.width, self.ramp, self._weight.device)
         return self._cache[tile]
 
     def add(self, tile: Tile, values: torch.Tensor) -> None:
@@ -112,10 +123,18 @@ class FeatherBlender:
         values = values[..., : tile.height, : tile.width]
         if values.shape[-2:] != (tile.height, tile.width):
             raise ValueError(f"tile values {tuple(values.shape)} smaller than the tile {tile}")
+        self._check_unspent()
         weight = self.weights(tile)
-        self._sum[..., tile.rows, tile.cols] += values.float() * weight
+        self._sum[..., tile.rows, tile.cols] += values.to(ACCUMULATOR_DTYPE) * weight
         self._weight[tile.rows, tile.cols] += weight
 
     def result(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The blended plane (pixels no tile covered are 0)."""
-        return (self._sum / self._weight.clamp_min(1e-12)).to(dtype)
+        """The blended plane (pixels no tile covered are 0), normalised in place in the accumulator (a
+        second plane would double the blend's memory): the blender is spent afterwards."""
+        self._check_unspent()
+        self._spent = True
+        return self._sum.div_(self._weight.clamp_min_(1e-12)).to(dtype)
+
+    def _check_unspent(self) -> None:
+        if self._spent:
+            raise RuntimeError("this blender's result was taken: its sums are normalised in place")

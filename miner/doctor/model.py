@@ -10,11 +10,11 @@ import numpy as np
 
 from miner.config import MinerConfig
 from miner.doctor.result import CheckResult, DoctorContext
-from miner.jobs.worker import WARMUP_FRAMES, device_class
+from miner.jobs.worker import WARMUP_FRAMES, device_class, free_vram, worker_settings
 from upscaler.api import Upscaler
 from upscaler.configfiles import load_config
-from upscaler.planner import ThroughputTable, estimate_seconds
-from upscaler.settings import UpscalerSettings, load_settings
+from upscaler.planner import ClipWork, ThroughputTable, WorkerCapacity
+from upscaler.settings import UpscalerSettings
 from upscaler.video import FrameWriter, probe
 from upscaler.video.synthetic import write_test_clip
 from upscaler.weights import RANDOM_SPECS, WeightsError, resolve_weights
@@ -22,11 +22,6 @@ from upscaler.weights import RANDOM_SPECS, WeightsError, resolve_weights
 WEIGHTS, WARMUP, ENCODER = "weights", "warm-up", "encoder"
 CPU_WARMUP = (64, 36, 128, 72, 9)  # in_w, in_h, out_w, out_h, frames: a CPU runs random-small, only reported
 ENCODER_SIZE, ENCODER_FRAMES = (640, 360), 8
-
-
-def worker_settings(config: MinerConfig, device: str) -> UpscalerSettings:
-    """The settings a worker on ``device`` loads (``[upscaler]`` over the upscaler TOML)."""
-    return load_settings(config.get("upscaler.config"), device=device, **config.upscaler_overrides)
 
 
 def _download_fix(settings: UpscalerSettings, directory: str | None) -> str:
@@ -37,8 +32,10 @@ def _download_fix(settings: UpscalerSettings, directory: str | None) -> str:
 
 def check_weights(context: DoctorContext) -> CheckResult:
     """``weights = auto`` must already be in the Hugging Face cache (checked offline, so the doctor never
-    downloads gigabytes); then the worker's models load strictly. The loaded upscaler is kept for the warm-up."""
-    settings = worker_settings(context.config, context.device)
+    downloads gigabytes); then the worker's models load strictly, with the worker's settings
+    (:func:`miner.jobs.worker.worker_settings`). The loaded upscaler is kept for the warm-up."""
+    config = context.config
+    settings = worker_settings(config.get("upscaler.config"), context.device, config.upscaler_overrides)
     if settings.weights == "auto":
         try:
             resolve_weights("auto", settings.model_version, "tiny", offline=True, preset=settings.model_preset)
@@ -67,8 +64,9 @@ def warmup_shape(config: MinerConfig, device: str) -> tuple[int, int, int, int, 
 
 
 def check_warmup(context: DoctorContext) -> CheckResult:
-    """Upscale a generated one-second clip with the configured settings (on a GPU twice: the first pass
-    compiles and autotunes) and compare its frames/s with the throughput table and the planner's estimate."""
+    """Upscale a generated one-second clip as a worker would (its settings: tiled from this GPU's usable
+    memory where the frame does not fit; on a GPU twice: the first pass compiles and autotunes) and compare
+    its frames/s with the throughput table and the planner's estimate for this worker's memory."""
     upscaler = context.found.get("upscaler")
     if upscaler is None:
         return CheckResult.skip(WARMUP, "no upscaler loaded (see the weights check)")
@@ -83,12 +81,14 @@ def check_warmup(context: DoctorContext) -> CheckResult:
                                            preset=config.get("upscaler.preset"))
     measured = report.frames_per_second
     seconds = report.seconds["total"]
-    shape = f"{frames} frames {in_w}x{in_h}->{out_w}x{out_h} in {seconds:.1f} s = {measured:.2f} frames/s"
+    tiles = f" ({report.tiles} tiles of {report.tile_width}x{report.tile_height})" if report.tiled else ""
+    shape = f"{frames} frames {in_w}x{in_h}->{out_w}x{out_h}{tiles} in {seconds:.1f} s = {measured:.2f} frames/s"
     table = ThroughputTable.load(config.get("upscaler.throughput"), config.get("upscaler.precision"))
     name = device_class(context.device)
+    worker = WorkerCapacity(name, table, free_vram_bytes=free_vram(context.device))
     try:
         expected = table.frames_per_second(name, "tiny", out_w, out_h, calibrated=False)
-        estimate = estimate_seconds(out_w, out_h, frames, table, "tiny", name)
+        estimate = worker.seconds(ClipWork(out_w, out_h, frames))
     except LookupError:
         return CheckResult.ok(WARMUP, f"{shape}; configs/throughput.toml has no Tiny row to compare with")
     rows = "" if any(e.device == name for e in table.entries) else f" (no {name} rows: H100 rows x {table.unknown_gpu_factor})"

@@ -13,7 +13,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ from upscaler import vram
 from upscaler.api import Upscaler
 from upscaler.errors import InputVideoError, OutputTooLargeError, UpscaleCancelled
 from upscaler.report import Progress, UpscaleReport
-from upscaler.settings import TilingSettings, load_settings
+from upscaler.settings import TilingSettings, UpscalerSettings, load_settings
 from upscaler.video import fit_to_size
 from upscaler.video.synthetic import write_test_clip
 
@@ -92,6 +92,15 @@ def device_class(device: str) -> str:
     return match.group(1).lower() if match else name.lower()
 
 
+def worker_settings(upscaler_config: str, device: str, overrides: Mapping[str, Any]) -> UpscalerSettings:
+    """The settings a worker on ``device`` loads and runs its warm-up and every first attempt with (the
+    doctor's warm-up too): ``upscaler_config`` under the miner's ``[upscaler]`` keys, with the tile layout
+    chosen from the worker's usable memory (``tiling.auto``: untiled where the frame fits, within
+    ``max_vram_gib``), as the planner prices its clips."""
+    settings = load_settings(upscaler_config, device=device, **overrides)
+    return settings.with_overrides(tiling=replace(settings.tiling, auto=True))
+
+
 def free_vram(device: str) -> int | None:
     """GPU memory this worker may use, its loaded models included (the planner's peaks include them):
     free plus held, at most ``max_vram_gib`` (:func:`upscaler.vram.usable_bytes`); None on the CPU."""
@@ -131,30 +140,23 @@ class WorkerCore:
             torch.cuda.set_device(torch.device(config.device))
         self.config = config
         self.cancel = cancel
-        self.base_settings = load_settings(config.upscaler_config, device=config.device, **config.upscaler_overrides)
-        # A first attempt runs untiled when the clip fits this worker's memory, else in the layout the
-        # planner estimated (chosen again here from the same memory); so does the warm-up.
-        self.auto_settings = self.base_settings.with_overrides(tiling=replace(self.base_settings.tiling, auto=True))
-        self.upscaler = Upscaler.load(self.base_settings)
+        self.settings = worker_settings(config.upscaler_config, config.device, config.upscaler_overrides)
+        self.upscaler = Upscaler.load(self.settings)
         if config.device.startswith("cuda"):
             self._warm_up(config.warmup)
 
     def _warm_up(self, shapes: tuple[tuple[int, int, int, int], ...]) -> None:
         """Upscale a short generated clip at each shape (29 frames: the first and one steady step), tiled as
-        a task of that shape would be on this worker's memory."""
-        self.upscaler.settings = self.auto_settings
-        try:
-            with tempfile.TemporaryDirectory(prefix="flashvsr-warmup-") as tmp:
-                for in_w, in_h, out_w, out_h in shapes:
-                    began = time.perf_counter()
-                    src = write_test_clip(Path(tmp) / f"warm-{in_w}x{in_h}.mp4", in_w, in_h, WARMUP_FRAMES)
-                    with torch.inference_mode():
-                        self.upscaler.upscale_file(src, Path(tmp) / "out.mp4", width=out_w, height=out_h, variant="tiny")
-                    torch.cuda.empty_cache()
-                    log.info("warm-up done", extra={"fields": {"shape": f"{in_w}x{in_h}->{out_w}x{out_h}",
-                                                               "seconds": round(time.perf_counter() - began, 1)}})
-        finally:
-            self.upscaler.settings = self.base_settings
+        a task of that shape would be on this worker's memory (:func:`worker_settings`)."""
+        with tempfile.TemporaryDirectory(prefix="flashvsr-warmup-") as tmp:
+            for in_w, in_h, out_w, out_h in shapes:
+                began = time.perf_counter()
+                src = write_test_clip(Path(tmp) / f"warm-{in_w}x{in_h}.mp4", in_w, in_h, WARMUP_FRAMES)
+                with torch.inference_mode():
+                    self.upscaler.upscale_file(src, Path(tmp) / "out.mp4", width=out_w, height=out_h, variant="tiny")
+                torch.cuda.empty_cache()
+                log.info("warm-up done", extra={"fields": {"shape": f"{in_w}x{in_h}->{out_w}x{out_h}",
+                                                           "seconds": round(time.perf_counter() - began, 1)}})
 
     def run(self, spec: TaskSpec) -> TaskOutcome:
         """Upscale one clip and fit it under the size cap; every failure becomes an outcome."""
@@ -181,7 +183,7 @@ class WorkerCore:
             self._free_memory()
             return self._failed(spec, ErrorKind.ERROR, f"{exc.__class__.__name__}: {exc}")
         finally:
-            self.upscaler.settings = self.base_settings
+            self.upscaler.settings = self.settings
             gc.collect()  # a tensor caught in a reference cycle must not hold GPU memory into the next clip
 
     def _should_cancel(self, spec: TaskSpec) -> bool:
@@ -190,11 +192,9 @@ class WorkerCore:
     def _upscale(self, spec: TaskSpec) -> UpscaleReport:
         self._apply_hooks(spec)
         if spec.tile_size and spec.attempt > 0:  # the retry after an out-of-memory: the scheduler's square tiles
-            overlap = min(self.base_settings.tiling.tile_overlap, spec.tile_size // 2)
-            self.upscaler.settings = self.base_settings.with_overrides(
+            overlap = min(self.settings.tiling.tile_overlap, spec.tile_size // 2)
+            self.upscaler.settings = self.settings.with_overrides(
                 tiling=TilingSettings(tile_size=spec.tile_size, tile_overlap=overlap)).validate()
-        else:
-            self.upscaler.settings = self.auto_settings
         with torch.inference_mode():
             return self.upscaler.upscale_file(
                 spec.src, spec.dst, width=spec.width, height=spec.height, variant=spec.variant, crf=spec.crf,

@@ -182,6 +182,33 @@ def test_weights_missing_give_the_download_command(tmp_path: Path, monkeypatch: 
     assert check_warmup(context).status is Status.SKIP
 
 
+def test_warm_up_runs_what_a_worker_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The doctor loads the settings a worker loads (one helper, tiles chosen from usable memory), so its
+    warm-up is tiled where a worker's run would be, and priced in that layout: usable memory read as
+    6.5 GiB tiles a 512x256 output on the CPU."""
+    import threading
+
+    import miner.doctor.model as doctor_model
+    from miner.jobs.worker import WorkerConfig, WorkerCore, worker_settings
+    from upscaler import vram
+    from upscaler.tile_plan import plan_layout
+
+    config = _config(tmp_path)
+    context = _context(config)
+    assert check_weights(context).status is Status.OK
+    expected = worker_settings(config.get("upscaler.config"), "cpu", config.upscaler_overrides)
+    assert expected.tiling.auto and context.found["upscaler"].settings == expected
+    core = WorkerCore(WorkerConfig(0, "cpu", config.get("upscaler.config"), config.upscaler_overrides), threading.Event())
+    assert core.upscaler.settings == expected
+    usable = int(6.5 * 2**30)
+    layout = plan_layout(512, 256, usable, "tiny")
+    assert layout.tiled
+    monkeypatch.setattr(vram, "usable_bytes", lambda device: usable)
+    monkeypatch.setattr(doctor_model, "CPU_WARMUP", (256, 128, 512, 256, 9))
+    warm = check_warmup(context)
+    assert warm.status is Status.OK and f"9 frames 256x128->512x256 ({layout.tiles} tiles of " in warm.detail, warm.detail
+
+
 def test_encoder_ok_and_a_rejected_preset(tmp_path: Path) -> None:
     config = _config(tmp_path)
     ok = check_encoder(_context(config))
