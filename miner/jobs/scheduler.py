@@ -242,9 +242,8 @@ class Scheduler:
                                                 max_factor=float(settings["max_factor"]))
             table = replace(table, calibration=calibration)
             if settings["state_path"]:
-                path = Path(str(settings["state_path"])).expanduser()
-                store = CalibrationStore(path.with_name(f"{path.stem}.{device_class}{path.suffix}"),
-                                         {"device_class": device_class, "table": table.fingerprint()})
+                store = CalibrationStore.for_device(Path(str(settings["state_path"])).expanduser(), device_class,
+                                                    table.fingerprint())
                 self._stores[device_class] = store
                 store.load_into(calibration)
                 for record in calibration.state():
