@@ -171,7 +171,7 @@ class Scheduler:
         self.metrics.worker_info.labels(str(slot.index), info.get("node", ""), info.get("gpu", ""),
                                         info.get("device_class", "")).set(1)
         self.metrics.worker_up.labels(str(slot.index)).set(1)
-        self._update_fps_metrics()
+        self._update_worker_gauges()
 
     def _mark_down(self, slot: _Slot, state: str) -> None:
         if slot.up:
@@ -246,8 +246,6 @@ class Scheduler:
                                                     table.fingerprint())
                 self._stores[device_class] = store
                 store.load_into(calibration)
-                for record in calibration.state():
-                    self.metrics.throughput_factor.labels(record["variant"]).set(record["factor"])
         self._tables[device_class] = table
         return table
 
@@ -333,13 +331,21 @@ class Scheduler:
         return {"backend": self.backend, "workers": len(self._slots), "workers_up": sum(s.up for s in self._slots),
                 "device": self.device_class, "worker_status": workers}
 
-    def _update_fps_metrics(self) -> None:
+    def _update_worker_gauges(self) -> None:
+        """Each known worker's calibrated frames/s and the calibration factors of its device class (rewritten
+        whole: a worker back on another GPU class loses its old class's series)."""
         geometry = self.config.tasks[self.config.get("jobs.length_check_task")]
+        self.metrics.throughput_factor.clear()
         for slot in self._slots:
-            if slot.info:
-                device = self._class_of(slot)
-                fps = self.table_for(device).frames_per_second(device, "tiny", geometry.width, geometry.height)
-                self.metrics.worker_fps.labels(str(slot.index)).set(fps)
+            if not slot.info:
+                continue
+            device, worker = self._class_of(slot), str(slot.index)
+            table = self.table_for(device)
+            self.metrics.worker_fps.labels(worker).set(
+                table.frames_per_second(device, "tiny", geometry.width, geometry.height))
+            for record in table.calibration.state() if table.calibration else ():
+                self.metrics.throughput_factor.labels(worker, device, record["variant"],
+                                                      f"{record['width']}x{record['height']}").set(record["factor"])
 
     # ----- running ---------------------------------------------------------------------------
     async def run(self, spec: TaskSpec, priority: float) -> TaskOutcome:
@@ -455,10 +461,8 @@ class Scheduler:
                                       report["tile_height"]) if tiled else None
         table_fps = table.frames_per_second(device, variant, width, height, tiled=tiled, calibrated=False,
                                             slowdown=slowdown)
-        key = calibration_key(variant, tiled)
-        factor = calibration.observe(key, width, height, report["frames_per_second"], table_fps)
-        self.metrics.throughput_factor.labels(key).set(factor)
-        self._update_fps_metrics()
+        calibration.observe(calibration_key(variant, tiled), width, height, report["frames_per_second"], table_fps)
+        self._update_worker_gauges()
         store = self._stores.get(device)
         if store is not None:
             store.save(calibration)

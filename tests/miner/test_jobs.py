@@ -121,7 +121,7 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             factor = table.calibration.factor("tiny", OUT_W, OUT_H)
             raw_fps = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, calibrated=False)
             assert factor == min(max(ok.report["frames_per_second"] / raw_fps, 0.25), 2.0)
-            assert metrics.throughput_factor.labels("tiny")._value.get() == factor
+            assert metrics.throughput_factor.labels("0", "cpu", "tiny", f"{OUT_W}x{OUT_H}")._value.get() == factor
 
             # A real torch.OutOfMemoryError on the first attempt: freed, retried once tiled, succeeds.
             oom = await scheduler.run(_spec(tmp_path, "oom-clip"), priority=1.0)
@@ -132,7 +132,7 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             tiled_raw = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, tiled=True, calibrated=False)
             tiled_factor = table.calibration.factor("tiny+tiled", OUT_W, OUT_H)
             assert tiled_factor == min(max(oom.report["frames_per_second"] / tiled_raw, 0.25), 2.0)
-            assert metrics.throughput_factor.labels("tiny+tiled")._value.get() == tiled_factor
+            assert metrics.throughput_factor.labels("0", "cpu", "tiny+tiled", f"{OUT_W}x{OUT_H}")._value.get() == tiled_factor
             assert table.calibration.factor("tiny", OUT_W, OUT_H) == factor
 
             # The worker process dies mid-task: only that task fails; the worker is restarted.
@@ -178,6 +178,49 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             await restarted.stop(grace_s=5.0)
 
     asyncio.run(go())
+
+
+class _Handle:
+    """A worker that never runs anything: the scheduler's view of one that reported ``info``."""
+
+    backend = "local"
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _report(fps: float) -> dict:
+    return {"frames": 300, "frames_per_second": fps, "out_size": [3840, 2160], "variant": "tiny", "tiled": False,
+            "tiles": 1, "tile_width": 0, "tile_height": 0}
+
+
+def test_throughput_factor_is_one_series_per_worker_and_gpu_class(tmp_path: Path) -> None:
+    """Two GPU classes calibrate apart and each worker shows its own class's factor; a worker back on
+    another class loses its old class's series."""
+    from miner.jobs.scheduler import Scheduler, _Slot
+    from miner.jobs.spec import TaskOutcome
+
+    metrics = MinerMetrics()
+    scheduler = Scheduler(_config(tmp_path), metrics)
+    slots = [_Slot(_Handle(i)) for i in range(3)]
+    scheduler._slots = slots
+    for slot, gpu in zip(slots, ("h100", "h200", "h100")):
+        scheduler._mark_up(slot, {"node": "10.0.0.1", "gpu": gpu, "device_class": gpu})
+    h100_fps = scheduler.table_for("h100").frames_per_second("h100", "tiny", 3840, 2160, calibrated=False)
+    h200_fps = scheduler.table_for("h200").frames_per_second("h200", "tiny", 3840, 2160, calibrated=False)
+    scheduler._calibrate(slots[0], TaskOutcome("a", True, report=_report(h100_fps * 0.8)))
+    scheduler._calibrate(slots[1], TaskOutcome("b", True, report=_report(h200_fps * 1.2)))
+
+    def factor(worker: str, device_class: str) -> float | None:
+        return metrics.registry.get_sample_value("miner_throughput_factor", {
+            "worker": worker, "device_class": device_class, "variant": "tiny", "size": "3840x2160"})
+
+    assert factor("0", "h100") == pytest.approx(0.8) and factor("2", "h100") == pytest.approx(0.8)
+    assert factor("1", "h200") == pytest.approx(1.2)
+    scheduler._mark_down(slots[2], "down")
+    scheduler._mark_up(slots[2], {"node": "10.0.0.2", "gpu": "h200", "device_class": "h200"})
+    assert factor("2", "h100") is None and factor("2", "h200") == pytest.approx(1.2)
+    assert "miner_throughput_factor{" in metrics.render().decode()
 
 
 def test_warmup_shapes_come_from_the_task_table(tmp_path: Path) -> None:
