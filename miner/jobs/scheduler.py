@@ -21,7 +21,7 @@ import torch
 
 from miner.config import MinerConfig
 from miner.jobs.admission import Backlog, admit
-from miner.jobs.pool import KILL_GRACE_S, WorkerHandle, WorkerLost, WorkerStartError
+from miner.jobs.pool import KILL_GRACE_S, WorkerHandle, WorkerLost, WorkerPool, WorkerStartError
 from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerHooks
@@ -56,6 +56,7 @@ class _Slot:
     started_at: float = 0.0
     done: int = 0
     failed: int = 0
+    recovery: asyncio.Task[None] | None = None
 
     @property
     def index(self) -> int:
@@ -107,7 +108,9 @@ class Scheduler:
         self._stores: dict[str, CalibrationStore] = {}
         self._lost_clip_retries = int(config.get("cluster.lost_clip_retries")) if self.backend == "ray" else 0
         self._serve_tasks: list[asyncio.Task[None]] = []
+        self._watch_task: asyncio.Task[None] | None = None
         self._accepting = False
+        self._pool = self._make_pool()
 
     # ----- lifecycle -------------------------------------------------------------------------
     def worker_config(self, index: int, device: str) -> WorkerConfig:
@@ -126,27 +129,28 @@ class Scheduler:
             progress_log_s=float(jobs["progress_log_s"]),
         )
 
-    async def _make_handles(self) -> list[WorkerHandle]:
+    def _make_pool(self) -> WorkerPool:
         start_timeout = float(self.config.get("jobs.worker_start_timeout_s"))
         if self.backend == "ray":
-            from miner.cluster.ray_pool import ray_workers  # Ray is imported only when configured
+            from miner.cluster.ray_pool import RayPool  # Ray is imported only when configured
 
-            return await ray_workers(self.config, self.worker_config, start_timeout)
-        from miner.jobs.local_pool import ProcessWorker
+            return RayPool(self.config, self.worker_config, start_timeout)
+        from miner.jobs.local_pool import LocalPool
 
         devices = visible_devices(self.config)
         workers = self.config.get("jobs.workers")
         count = len(devices) if workers == "auto" else int(workers)
-        return [ProcessWorker(self.worker_config(i, devices[i % len(devices)]), start_timeout) for i in range(count)]
+        return LocalPool([self.worker_config(i, devices[i % len(devices)]) for i in range(count)], start_timeout)
 
     async def start(self) -> None:
         """Start every worker and wait until each has loaded the model (or failed: a worker that fails to
-        start is retried in the background; the miner starts when at least one is up)."""
-        self._slots = [_Slot(handle) for handle in await self._make_handles()]
+        start is retried in the background; the miner starts when at least one is up), then watch them."""
+        self._slots = [_Slot(handle) for handle in await self._pool.new_workers()]
         errors = await asyncio.gather(*(self._bring_up(slot) for slot in self._slots), return_exceptions=True)
         if not any(slot.up for slot in self._slots):
             raise next((e for e in errors if isinstance(e, BaseException)), WorkerStartError("no workers"))
         self._serve_tasks = [asyncio.create_task(self._serve(slot), name=f"serve-{slot.index}") for slot in self._slots]
+        self._watch_task = asyncio.create_task(self._watch(), name="watch-workers")
         self._accepting = True
 
     async def _bring_up(self, slot: _Slot) -> None:
@@ -182,6 +186,9 @@ class Scheduler:
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, fail waiting work, let running work finish within ``grace_s``, stop workers."""
         self._accepting = False
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
         for job in self._queue.drain():
             self._resolve(job, TaskOutcome.failed(job.spec.task_id, ErrorKind.SHUTDOWN, "miner is shutting down"))
         running = [slot.running.future for slot in self._slots if slot.running is not None]
@@ -192,9 +199,10 @@ class Scheduler:
                 for slot in self._slots:
                     slot.handle.cancel()
                 await asyncio.wait(pending, timeout=KILL_GRACE_S)
-        for task in self._serve_tasks:
+        background = [*self._serve_tasks, *(s.recovery for s in self._slots if s.recovery)]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._serve_tasks, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         await asyncio.gather(*(slot.handle.stop() for slot in self._slots), return_exceptions=True)
         for slot in self._slots:
             self._mark_down(slot, STOPPED)
@@ -208,11 +216,19 @@ class Scheduler:
             shapes.append((task.width // task.scale, task.height // task.scale, task.width, task.height))
         return tuple(dict.fromkeys(shapes))
 
+    def _recovering(self, slot: _Slot) -> asyncio.Task[None]:
+        """The task bringing ``slot``'s worker up (started unless one runs)."""
+        if slot.recovery is None or slot.recovery.done():
+            slot.recovery = asyncio.create_task(self._recover(slot), name=f"recover-{slot.index}")
+        return slot.recovery
+
     async def _recover(self, slot: _Slot) -> None:
-        """Bring a lost worker back (a new process; the actor Ray restarted, or a new one), retrying with
-        a backoff for as long as it takes; the LengthCheck and admission see it only once it is up."""
+        """Bring a lost worker back (a new process; the actor Ray restarted, or a new one), or a worker added
+        since the start up, retrying with a backoff for as long as it takes; the LengthCheck and admission
+        see it only once it is up."""
+        added = not slot.info
         for attempt in itertools.count():
-            self._mark_down(slot, RESTARTING)
+            self._mark_down(slot, STARTING if added else RESTARTING)
             began = time.perf_counter()
             try:
                 info = await slot.handle.restart()
@@ -224,9 +240,50 @@ class Scheduler:
                 await asyncio.sleep(wait_s)
                 continue
             self._mark_up(slot, info)
-            log.info("worker back", extra={"fields": {"worker": slot.index, **info,
-                                                      "seconds": round(time.perf_counter() - began, 1)}})
+            log.info("worker ready" if added else "worker back", extra={"fields": {
+                "worker": slot.index, "backend": slot.handle.backend, **info,
+                "seconds": round(time.perf_counter() - began, 1)}})
             return
+
+    async def _watch(self) -> None:
+        """Every ``jobs.worker_check_s``: check the idle workers (one that died is out of the capacity at once
+        and brought back; one restarted behind the scheduler's back, by Ray, is updated), and start the
+        workers a grown cluster has room for. A busy worker's loss shows in its clip."""
+        interval = float(self.config.get("jobs.worker_check_s"))
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.gather(*(self._check(slot) for slot in self._slots if slot.state == IDLE))
+            try:
+                added = await self._pool.new_workers()
+            except Exception as exc:
+                log.warning("cannot count the workers there is room for", extra={"fields": {"error": str(exc)[:500]}})
+                continue
+            for handle in added:
+                slot = _Slot(handle)
+                self._slots.append(slot)
+                log.info("worker added", extra={"fields": {"worker": slot.index, "backend": handle.backend,
+                                                           "workers": len(self._slots)}})
+                self._serve_tasks.append(asyncio.create_task(self._serve(slot), name=f"serve-{slot.index}"))
+
+    async def _check(self, slot: _Slot) -> None:
+        """One idle worker's check (see :meth:`_watch`)."""
+        try:
+            info = await slot.handle.check()
+        except Exception as exc:  # WorkerLost, or a failure of the transport
+            if slot.state != IDLE:  # it took a clip meanwhile: that clip's outcome tells
+                return
+            self._mark_down(slot, DOWN)
+            self.metrics.worker_restarts.inc()
+            log.error("worker lost while idle", extra={"fields": {"worker": slot.index, "node": slot.info.get("node"),
+                                                                  "reason": str(exc)[:500]}})
+            self._recovering(slot)
+            return
+        if info is not None and info != slot.info and slot.state == IDLE:
+            self.metrics.worker_restarts.inc()
+            log.warning("worker restarted", extra={"fields": {"worker": slot.index, "was_node": slot.info.get("node"),
+                                                              **info}})
+            self._mark_down(slot, RESTARTING)
+            self._mark_up(slot, info)
 
     # ----- planning and admission ------------------------------------------------------------
     def table_for(self, device_class: str) -> ThroughputTable:
@@ -394,8 +451,12 @@ class Scheduler:
     async def _serve(self, slot: _Slot) -> None:
         while True:
             if not slot.up:
-                await self._recover(slot)
+                await self._recovering(slot)
             job = await self._queue.get()
+            if not slot.up:  # found lost while it waited: the clip goes back for a worker that is up
+                if not job.future.done():
+                    await self._queue.requeue(job, job.priority)
+                continue
             self.metrics.queue_depth.set(len(self._queue))
             if job.future.done():
                 continue

@@ -1,6 +1,7 @@
 """The Ray backend for real: a Ray cluster of two node processes on loopback (each declaring two fake GPUs,
 ``test_gpu``), the miner as a subprocess driving four actors (CPU, random-small weights), mock-validator
-rounds over legacy synapses, the second node killed mid-round, then a node joining again."""
+rounds over legacy synapses, the second node killed mid-round, then a node joining again; a GPU host
+joining a running miner and leaving it while idle."""
 
 from __future__ import annotations
 
@@ -60,6 +61,16 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cluster, Any]
 
 
 @pytest.fixture
+def head_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """A head node alone, with two fake GPUs (GPU hosts join during the test)."""
+    cluster = _head(monkeypatch, **NODE)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
 def one_gpu_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     """A head node alone, with one fake GPU."""
     cluster = _head(monkeypatch, **{**NODE, "resources": {"test_gpu": 1}})
@@ -77,7 +88,7 @@ def miner_toml(root: Path, port: int, address: str, allow_list: list[str]) -> Pa
         "[chain]", "no_chain = true", f"allow_list = {json.dumps(allow_list)}",
         f'wallet_name = "{MINER_WALLET}"', f"wallet_path = {json.dumps(str(root / 'wallets'))}",
         "[jobs]", f"work_dir = {json.dumps(str(root / 'miner-work'))}", 'length_check_task = "LC"',
-        "worker_start_timeout_s = 180.0", "progress_log_s = 0.0",
+        "worker_start_timeout_s = 180.0", "progress_log_s = 0.0", "worker_check_s = 1.0",
         "[jobs.calibration]", 'state_path = ""',
         "[jobs.test_hooks]", "delay_s = 1.5",  # each clip runs long enough to be caught mid-round
         "[cluster]", 'backend = "ray"', f"address = {json.dumps(address)}", "num_gpus = 0.0", "num_cpus = 0.0",
@@ -227,3 +238,39 @@ async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, 
         assert time.monotonic() - began < 120, health(url)
         await asyncio.sleep(0.5)
     assert await length_check(opts, validator) == 10
+
+
+def test_actors_follow_gpu_hosts_joining_and_leaving_a_running_miner(tmp_path: Path, head_only: Cluster) -> None:
+    """A GPU host joining gets actors (jobs.workers = "auto"), and the LengthCheck rises; when it leaves
+    while its actors are idle, they stop counting at the next check, without a clip failing on them."""
+
+    async def scenario(url: str, opts: RunOptions, settings: dict, validator: Any) -> None:
+        state = health(url)
+        assert state["workers"] == state["workers_up"] == 2, state
+        assert await length_check(opts, validator) == 5  # five LC clips do not fit 135 s on two workers
+
+        joined = head_only.add_node(**NODE)  # in the main thread: a node registers signal handlers
+        began = time.monotonic()
+        while (state := health(url))["workers_up"] < 4:
+            assert time.monotonic() - began < 120, state
+            await asyncio.sleep(0.5)
+        assert state["workers"] == 4 and {w["node_id"] for w in state["worker_status"]} == {
+            head_only.head_node.node_id, joined.node_id}, state
+        assert await length_check(opts, validator) == 10
+        report = await run_validators([validator], opts, settings, tmp_path / "round", "ray backend, grown")
+        for clip in clips_of(report):
+            assert clip.passed, (clip.error, clip.score)
+
+        await asyncio.to_thread(head_only.remove_node, joined, False)
+        began = time.monotonic()
+        while (state := health(url))["workers_up"] > 2:
+            assert time.monotonic() - began < 30, state
+            await asyncio.sleep(0.2)
+        lost = [w for w in state["worker_status"] if w["node_id"] == joined.node_id]
+        assert len(lost) == 2 and all(w["state"] in ("restarting", "down") for w in lost), lost
+        assert all(w["clips_failed"] == 0 for w in state["worker_status"]), state
+        assert await length_check(opts, validator) == 5
+
+    lines = run_miner(tmp_path, head_only.address, scenario)
+    messages = [e.get("msg") for e in lines]
+    assert messages.count("worker added") == 2 and messages.count("worker lost while idle") == 2

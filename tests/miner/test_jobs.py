@@ -4,6 +4,8 @@ spawned worker process that runs the real upscaler (random-small weights, CPU) o
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +71,19 @@ def test_full_queue_displaces_lower_stake_or_refuses() -> None:
     asyncio.run(go())
 
 
+def test_a_clip_put_back_goes_first_among_its_equals() -> None:
+    async def go() -> list[str]:
+        queue: PriorityTaskQueue[str] = PriorityTaskQueue(maxsize=2)
+        for item in ("a", "b"):
+            await queue.put(item, 1.0)
+        taken = await queue.get()
+        await queue.put("c", 1.0)
+        await queue.requeue(taken, 1.0)  # over maxsize: it was admitted already
+        return [await queue.get() for _ in range(3)]
+
+    assert asyncio.run(go()) == ["a", "b", "c"]
+
+
 def test_admission_predicts_from_backlog() -> None:
     """1 frame = 1 s on the row below: a worker 4 s from free, an idle one, 6 s queued ahead."""
     table = ThroughputTable((Measurement("h100", "tiny", 10, 10, 1.0, 0.0),), unknown_gpu_factor=0.5,
@@ -85,12 +100,12 @@ def test_admission_predicts_from_backlog() -> None:
     assert admit(Backlog((), ()), [two], seconds_left=100.0) == ["no worker is up (all lost or restarting)"]
 
 
-def _config(tmp_path: Path):
+def _config(tmp_path: Path, **jobs: object):
     return load_miner_config(overrides={
         "upscaler": {"weights": "random-small"},
         "jobs": {"devices": ["cpu"], "workers": 1, "oom_retry_tile_size": 128, "work_dir": str(tmp_path),
                  "test_hooks": {"oom_if_src_contains": "oom", "crash_if_src_contains": "crash-clip"},
-                 "calibration": {"min_frames": 1, "state_path": str(tmp_path / "calibration.json")}},
+                 "calibration": {"min_frames": 1, "state_path": str(tmp_path / "calibration.json")}, **jobs},
         "tasks": {"SD2HD": {"width": OUT_W, "height": OUT_H, "scale": 2}},
     }, environ={})
 
@@ -132,7 +147,8 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             tiled_raw = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, tiled=True, calibrated=False)
             tiled_factor = table.calibration.factor("tiny+tiled", OUT_W, OUT_H)
             assert tiled_factor == min(max(oom.report["frames_per_second"] / tiled_raw, 0.25), 2.0)
-            assert metrics.throughput_factor.labels("0", "cpu", "tiny+tiled", f"{OUT_W}x{OUT_H}")._value.get() == tiled_factor
+            tiled_series = metrics.throughput_factor.labels("0", "cpu", "tiny+tiled", f"{OUT_W}x{OUT_H}")
+            assert tiled_series._value.get() == tiled_factor
             assert table.calibration.factor("tiny", OUT_W, OUT_H) == factor
 
             # The worker process dies mid-task: only that task fails; the worker is restarted.
@@ -176,6 +192,38 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             assert {r["variant"] for r in restarted.table.calibration.state()} == {"tiny", "tiny+tiled"}
         finally:
             await restarted.stop(grace_s=5.0)
+
+    asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_an_idle_worker_that_dies_stops_counting_at_once_and_comes_back(tmp_path: Path) -> None:
+    """The periodic check finds a worker process killed while idle: no capacity for admission or LengthCheck
+    until it is back; a clip queued meanwhile waits for it instead of failing on the dead one."""
+    from miner.jobs.scheduler import Scheduler
+
+    metrics = MinerMetrics()
+
+    async def go() -> None:
+        scheduler = Scheduler(_config(tmp_path, worker_check_s=0.2), metrics)
+        await scheduler.start()
+        try:
+            pid = scheduler._slots[0].info["pid"]
+            os.kill(pid, signal.SIGKILL)
+            began = time.monotonic()
+            while scheduler.health()["workers_up"]:
+                assert time.monotonic() - began < 10, scheduler.health()
+                await asyncio.sleep(0.05)
+            assert scheduler.capacity() == []
+            assert scheduler.admit([ClipWork(OUT_W, OUT_H, FRAMES)], time.time() + 60, 1.0) == [
+                "no worker is up (all lost or restarting)"]
+            assert scheduler.health()["worker_status"][0]["state"] in ("down", "restarting")
+            outcome = await scheduler.run(_spec(tmp_path, "queued-while-down"), priority=1.0)
+            assert outcome.ok, outcome.message
+            assert scheduler.health()["workers_up"] == 1 and scheduler._slots[0].info["pid"] != pid
+            assert metrics.worker_restarts._value.get() == 1
+        finally:
+            await scheduler.stop(grace_s=5.0)
 
     asyncio.run(go())
 
