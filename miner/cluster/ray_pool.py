@@ -20,16 +20,19 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, RayActorError
 
-from miner.cluster.actor import CONTROL, ActorSettings, UpscaleActor
+from miner.cluster.actor import CONTROL, INPUTS, ActorSettings, UpscaleActor
 from miner.config import MinerConfig
 from miner.fetch import FetchSettings
+from miner.jobs.inputs import InputFailed
 from miner.jobs.pool import KILL_GRACE_S, WorkerLost, WorkerStartError
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig
+from upscaler.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
-RemoteActor = ray.remote(concurrency_groups={CONTROL: 4})(UpscaleActor)
+# the inputs group: as many downloads at once as jobs.download_concurrency's default; more wait their turn
+RemoteActor = ray.remote(concurrency_groups={CONTROL: 4, INPUTS: 8})(UpscaleActor)
 CHECK_TIMEOUT_S = 10.0  # an idle actor that does not answer its periodic check this fast counts as lost
 
 
@@ -84,8 +87,8 @@ class RayPool:
             raise WorkerStartError(f"the Ray cluster at {self.cluster['address']} has no room for an actor (each "
                                    f"needs num_gpus={self.cluster['num_gpus']}, resources={self.cluster['resources']}); "
                                    f"join a GPU host with `ray start --address <head>:6379`")
-        new = [RayWorker(self.worker_config(i, "auto"), self.settings, self.cluster, self.start_timeout_s)
-               for i in range(len(self.handles), count)]
+        new = [RayWorker(self.worker_config(i, "auto"), self.settings, self.cluster, self.start_timeout_s,
+                         self.handles) for i in range(len(self.handles), count)]
         if new and not first:
             log.info("the Ray cluster has room for more actors", extra={"fields": {
                 "actors": len(self.handles), "room_for": count}})
@@ -94,17 +97,19 @@ class RayPool:
 
 
 class RayWorker:
-    """One actor (``WorkerHandle``): created on start, restarted by Ray after a loss."""
+    """One actor (``WorkerHandle``, ``InputHolder``): created on start, restarted by Ray after a loss;
+    ``peers`` are the pool's workers by index (where a clip staged on another actor is pulled from)."""
 
     backend = "ray"
 
     def __init__(self, config: WorkerConfig, settings: ActorSettings, cluster: dict[str, Any],
-                 start_timeout_s: float) -> None:
+                 start_timeout_s: float, peers: list["RayWorker"]) -> None:
         self.index = config.index
         self.config = config
         self.settings = settings
         self.cluster = cluster
         self.start_timeout_s = start_timeout_s
+        self.peers = peers
         self._actor: Any = None
         self._node = "?"
 
@@ -158,10 +163,26 @@ class RayWorker:
         """Wait for the actor Ray restarts (or a new one, when Ray gave up on it)."""
         return await self.start()
 
+    async def stage(self, task_id: str, url: str, name: str) -> VideoInfo:
+        """Have the actor download and probe the clip on its host (``InputHolder``); bounded as on this host,
+        by the ``[fetch]`` timeouts, and by Ray's failure detection for the actor and its node."""
+        try:
+            result = await self._actor.stage.remote(task_id, url, name)
+        except RayActorError as exc:
+            raise WorkerLost(ErrorKind.CRASH, f"Ray actor on {self._node} died: {_first_line(exc)}") from None
+        if isinstance(result, InputFailed):
+            raise result
+        return result
+
+    def discard(self, task_id: str, name: str) -> None:
+        if self._actor is not None:
+            self._actor.discard.remote(task_id, name)
+
     async def execute(self, spec: TaskSpec) -> TaskOutcome:
         timeout = max(spec.deadline - time.time(), 0.0) + KILL_GRACE_S
+        holder = self.peers[spec.staged_on]._actor if spec.staged_on not in (-1, self.index) else None
         try:
-            outcome: TaskOutcome = await asyncio.wait_for(_awaitable(self._actor.run.remote(spec)), timeout)
+            outcome: TaskOutcome = await asyncio.wait_for(_awaitable(self._actor.run.remote(spec, holder)), timeout)
             if outcome.ok and not outcome.url:
                 began = time.perf_counter()
                 await self._pull(spec.task_id, Path(spec.dst))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from miner.jobs.spec import TaskOutcome, TaskSpec
+
+if TYPE_CHECKING:
+    from upscaler.video import VideoInfo
 
 KILL_GRACE_S = 10.0  # a worker silent this long past its task's deadline is treated as lost
 
@@ -52,3 +55,12 @@ class WorkerPool(Protocol):
         ``WorkerStartError`` when there is none); later, those a grown cluster has room for (none for a fixed
         set)."""
 
+
+class InputHolder(Protocol):
+    """A worker that downloads clips on its own host (a Ray actor): the clip is downloaded once, there."""
+
+    async def stage(self, task_id: str, url: str, name: str) -> VideoInfo:
+        """Download and probe ``url`` as ``name`` of ``task_id``; raises ``InputFailed`` or ``WorkerLost``."""
+
+    def discard(self, task_id: str, name: str) -> None:
+        """Delete that download (the round is over)."""

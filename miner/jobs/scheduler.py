@@ -15,13 +15,14 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from miner.config import MinerConfig
 from miner.jobs.admission import Backlog, admit
-from miner.jobs.pool import KILL_GRACE_S, WorkerHandle, WorkerLost, WorkerPool, WorkerStartError
+from miner.jobs.inputs import InputFailed
+from miner.jobs.pool import KILL_GRACE_S, InputHolder, WorkerHandle, WorkerLost, WorkerPool, WorkerStartError
 from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerHooks
@@ -30,11 +31,13 @@ from upscaler.calibration import CalibrationStore, ThroughputCalibration
 from upscaler.configfiles import load_config
 from upscaler.planner import (ClipWork, Plan, ThroughputTable, WorkerCapacity, calibration_key, plan,
                               tiled_slowdown_for)
+from upscaler.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
 STARTING, IDLE, BUSY, RESTARTING, DOWN, STOPPED = "starting", "idle", "busy", "restarting", "down", "stopped"
 RECOVERY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between attempts to bring a lost worker back
+STAGE_ATTEMPTS = 2  # workers tried for one clip's download (Ray backend) when the first is lost meanwhile
 
 
 @dataclass(eq=False)
@@ -56,6 +59,7 @@ class _Slot:
     started_at: float = 0.0
     done: int = 0
     failed: int = 0
+    staging: int = 0             # clips it is downloading for admission (Ray backend)
     recovery: asyncio.Task[None] | None = None
 
     @property
@@ -404,6 +408,50 @@ class Scheduler:
                 self.metrics.throughput_factor.labels(worker, device, record["variant"],
                                                       f"{record['width']}x{record['height']}").set(record["factor"])
 
+    # ----- inputs (Ray backend) ---------------------------------------------------------------
+    @property
+    def remote_inputs(self) -> bool:
+        """Whether clips are downloaded on the workers' hosts (Ray) rather than on this one."""
+        return self.backend == "ray"
+
+    async def stage_input(self, task_id: str, url: str, name: str) -> tuple[VideoInfo, int]:
+        """Have a worker that is up download and probe a clip on its own host (the one with the fewest
+        downloads in flight, idle first), so that it is downloaded once: the worker that runs it uses that
+        copy or pulls it from there. The clip's info and the worker's index; another worker is tried when
+        one is lost meanwhile; raises :class:`InputFailed`."""
+        kind, reason = ErrorKind.REFUSED, "no worker is up to download the clip (all lost or restarting)"
+        tried: set[int] = set()
+        for _ in range(STAGE_ATTEMPTS):
+            slot = min((s for s in self._slots if s.up and s.index not in tried),
+                       key=lambda s: (s.staging, s.state != IDLE, s.index), default=None)
+            if slot is None:
+                break
+            tried.add(slot.index)
+            slot.staging += 1
+            try:
+                return await cast(InputHolder, slot.handle).stage(task_id, url, name), slot.index
+            except InputFailed:
+                raise
+            except Exception as exc:  # WorkerLost, or any other failure of the transport
+                kind = exc.kind if isinstance(exc, WorkerLost) else ErrorKind.CRASH
+                reason = f"worker {slot.index} was lost while downloading the clip: {type(exc).__name__}: {exc}"
+                log.warning("worker lost while downloading a clip", extra={"fields": {
+                    "task_id": task_id, "worker": slot.index, "reason": str(exc)[:500]}})
+            finally:
+                slot.staging -= 1
+        raise InputFailed(kind, reason)
+
+    def _with_input_source(self, spec: TaskSpec) -> TaskSpec:
+        """``spec`` as a worker runs it now: when the worker that downloaded its input is not up (lost, or
+        restarting: its copy is gone), the runner downloads it again instead of waiting on that worker."""
+        if spec.staged_on < 0 or self._slots[spec.staged_on].up:
+            return spec
+        return replace(spec, staged_on=-1)
+
+    def discard_input(self, worker: int, task_id: str, name: str) -> None:
+        """Let worker ``worker`` delete the input it downloaded for ``task_id`` (the round is over)."""
+        cast(InputHolder, self._slots[worker].handle).discard(task_id, name)
+
     # ----- running ---------------------------------------------------------------------------
     async def run(self, spec: TaskSpec, priority: float) -> TaskOutcome:
         """Queue ``spec`` and wait for its outcome (cancel the awaiting task to abandon it)."""
@@ -465,10 +513,11 @@ class Scheduler:
                 continue
             slot.running, slot.state, slot.started_at = job, BUSY, time.time()
             self.metrics.running.inc()
+            spec = self._with_input_source(job.spec)
             try:
-                outcome = await slot.handle.execute(job.spec)
+                outcome = await slot.handle.execute(spec)
                 if outcome.error_kind == ErrorKind.OOM:
-                    outcome = await self._retry_tiled(slot, job.spec, outcome)
+                    outcome = await self._retry_tiled(slot, spec, outcome)
             except WorkerLost as lost:
                 outcome = await self._lost(slot, job, lost)
             except Exception as exc:  # a failure of the transport (Ray, the pipe): the worker is not trusted again
