@@ -306,7 +306,7 @@ def _installed(module: str) -> bool:
 _TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 _POSITIVE = (
-    "server.default_timeout_s", "chain.metagraph_refresh_s", "jobs.max_queue", "jobs.worker_start_timeout_s",
+    "server.default_timeout_s", "chain.metagraph_refresh_s", "jobs.max_queue", "jobs.worker_start_timeout_s", "jobs.worker_check_s",
     "jobs.download_concurrency", "jobs.clip_fps_assumed", "jobs.result_ttl_s", "jobs.oom_retry_tile_size",
     "jobs.organic_timeout_s", "jobs.long_clip_frames", "fetch.max_bytes", "fetch.connect_timeout_s",
     "fetch.read_timeout_s", "fetch.total_timeout_s", "fetch.chunk_bytes", "storage.url_expiry_s",

@@ -37,8 +37,9 @@ class MinerMetrics:
         self.running = Gauge("miner_running_tasks", "Clips running on a worker", registry=r)
         self.workers_ready = Gauge("miner_workers_ready", "Worker processes with a loaded model", registry=r)
         self.throughput_factor = Gauge(
-            "miner_throughput_factor", "Measured / table frames/s the planner applies (1 = as measured in the table)",
-            ["variant"], registry=r,
+            "miner_throughput_factor", "Measured / table frames/s the planner applies to the worker, from its device "
+            "class's calibration, per variant (tiny+tiled: tiled runs) and output size (1 = as in the table)",
+            ["worker", "device_class", "variant", "size"], registry=r,
         )
         self.worker_restarts = Counter("miner_worker_restarts", "Worker processes restarted after a crash", registry=r)
         self.refusals = Counter("miner_refusals", "Work refused before it started, by reason", ["reason"], registry=r)

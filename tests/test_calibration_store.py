@@ -71,3 +71,40 @@ def test_table_fingerprint_follows_the_measured_figures() -> None:
     assert replace(table, tiled_slowdown=table.tiled_slowdown + 1).fingerprint() != table.fingerprint()
     assert replace(table, entries=table.entries[1:]).fingerprint() != table.fingerprint()
     assert replace(table, safety_margin=2.0).fingerprint() == table.fingerprint()  # not a figure factors scale
+
+
+def test_one_file_per_device_class_next_to_the_state_path(tmp_path: Path) -> None:
+    store = CalibrationStore.for_device(tmp_path / "calibration.json", "h200", "abc")
+    assert store.path == tmp_path / "calibration.h200.json" and dict(store.scope) == SCOPE
+    assert store.legacy_path == tmp_path / "calibration.json"
+
+
+def test_the_single_file_of_earlier_versions_is_migrated_once_for_its_class(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator upgrading keeps the calibration of the GPU it was measured on: the old calibration.json
+    is read for the class it names, written to that class's file, and not read again for that class."""
+    legacy = tmp_path / "calibration.json"
+    CalibrationStore(legacy, SCOPE).save(_calibrated())  # what the single-file version wrote
+    before = legacy.read_text()
+    store = CalibrationStore.for_device(legacy, "h200", "abc")
+    restored = ThroughputCalibration()
+    with caplog.at_level(logging.INFO):
+        assert store.load_into(restored) == 2
+    assert restored.state() == _calibrated().state()
+    assert "calibration migrated" in caplog.text and json.loads(store.path.read_text())["scope"] == SCOPE
+    assert legacy.read_text() == before  # left as it was (an older miner can still read it)
+
+    legacy.write_text("{not json")  # the class's own file is read from now on
+    again = ThroughputCalibration()
+    assert CalibrationStore.for_device(legacy, "h200", "abc").load_into(again) == 2 and again.state() == restored.state()
+
+
+def test_the_single_file_of_another_class_or_table_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    legacy = tmp_path / "calibration.json"
+    CalibrationStore(legacy, SCOPE).save(_calibrated())
+    for device_class, table in (("h100", "abc"), ("h200", "def")):
+        fresh = ThroughputCalibration()
+        with caplog.at_level(logging.INFO):
+            assert CalibrationStore.for_device(legacy, device_class, table).load_into(fresh) == 0
+        assert fresh.state() == [] and "not used" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.json"]

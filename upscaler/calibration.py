@@ -11,6 +11,8 @@ the LengthCheck answer converge on what the workers really do.
 miner (a pm2 restart or an update would otherwise send it back to the table's figures, e.g. half the
 H100's speed on an unmeasured GPU, until its next long clips). The file names the device class and a
 fingerprint of the table the factors are relative to; a different GPU or a changed table discards it.
+There is one file per device class (:meth:`CalibrationStore.for_device`); the single file of earlier
+versions is read once, for the class it names, and its factors written to that class's file.
 """
 
 from __future__ import annotations
@@ -93,32 +95,53 @@ class CalibrationStore:
 
     path: Path
     scope: Mapping[str, str]
+    legacy_path: Path | None = None
+    """The single file of earlier versions (every class in one file): read while ``path`` does not exist."""
+
+    @classmethod
+    def for_device(cls, state_path: Path, device_class: str, table: str) -> "CalibrationStore":
+        """The store of ``device_class`` next to ``state_path`` (``calibration.json`` ->
+        ``calibration.h100.json``), relative to the table of fingerprint ``table``; ``state_path`` itself
+        is the legacy file."""
+        return cls(state_path.with_name(f"{state_path.stem}.{device_class}{state_path.suffix}"),
+                   {"device_class": device_class, "table": table}, legacy_path=state_path)
 
     def load_into(self, calibration: ThroughputCalibration) -> int:
         """Restore the saved factors into ``calibration`` when the file exists and its scope matches;
-        returns how many were restored (0: none, with the reason logged)."""
+        returns how many were restored (0: none, with the reason logged). Without a file of its own, the
+        legacy file's factors are used when its scope matches, and written to ``path`` (a one-time
+        migration, logged)."""
+        if self.legacy_path is None or self.path.exists() or not self.legacy_path.exists():
+            return self._restore(self.path, calibration)
+        count = self._restore(self.legacy_path, calibration)
+        if count and self.save(calibration):
+            log.info("calibration migrated from=%s to=%s factors=%d: the old file is no longer read for this "
+                     "device class", self.legacy_path, self.path, count)
+        return count
+
+    def _restore(self, path: Path, calibration: ThroughputCalibration) -> int:
         try:
-            saved = json.loads(self.path.read_text())
+            saved = json.loads(path.read_text())
         except FileNotFoundError:
             return 0
         except (OSError, ValueError) as exc:
-            log.warning("calibration state unreadable path=%s error=%r: starting from the table", self.path, exc)
+            log.warning("calibration state unreadable path=%s error=%r: starting from the table", path, exc)
             return 0
         if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT or saved.get("scope") != dict(self.scope):
-            log.info("calibration state not used path=%s saved_scope=%s current_scope=%s", self.path,
+            log.info("calibration state not used path=%s saved_scope=%s current_scope=%s", path,
                      saved.get("scope") if isinstance(saved, dict) else None, dict(self.scope))
             return 0
         try:
             count = calibration.restore(saved.get("factors", []))
         except (KeyError, TypeError, ValueError) as exc:
-            log.warning("calibration state malformed path=%s error=%r: starting from the table", self.path, exc)
+            log.warning("calibration state malformed path=%s error=%r: starting from the table", path, exc)
             return 0
-        log.info("calibration restored path=%s factors=%d", self.path, count)
+        log.info("calibration restored path=%s factors=%d", path, count)
         return count
 
-    def save(self, calibration: ThroughputCalibration) -> None:
-        """Write the factors atomically (a temporary file renamed over the old one); a failure is
-        logged, never raised: calibration is an optimisation."""
+    def save(self, calibration: ThroughputCalibration) -> bool:
+        """Write the factors atomically (a temporary file renamed over the old one); whether it was written.
+        A failure is logged, never raised: calibration is an optimisation."""
         record = {"format": STATE_FORMAT, "scope": dict(self.scope), "factors": calibration.state()}
         tmp: str | None = None
         try:
@@ -128,8 +151,10 @@ class CalibrationStore:
                 json.dump(record, out, indent=1)
             os.replace(tmp, self.path)
             tmp = None
+            return True
         except OSError as exc:
             log.warning("calibration state not saved path=%s error=%r", self.path, exc)
+            return False
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 cluster, driven from the miner process like local worker processes (``WorkerHandle``).
 
 A dead actor (its process crashed, or its node went away) is restarted by Ray (``cluster.max_restarts``)
-on any node with room; the scheduler retries its clip on another actor when the deadline allows.
+on any node with room; the scheduler retries its clip on another actor when the deadline allows, finds
+idle actors that died by checking them (``jobs.worker_check_s``), and asks :class:`RayPool` for actors
+for the GPU hosts that joined since.
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, RayActorError
 
-from miner.cluster.actor import CONTROL, ActorSettings, UpscaleActor
+from miner.cluster.actor import CONTROL, INPUTS, ActorSettings, UpscaleActor
 from miner.config import MinerConfig
 from miner.fetch import FetchSettings
+from miner.jobs.inputs import InputFailed
 from miner.jobs.pool import KILL_GRACE_S, WorkerLost, WorkerStartError
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig
+from upscaler.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
-RemoteActor = ray.remote(concurrency_groups={CONTROL: 4})(UpscaleActor)
+# the inputs group: as many downloads at once as jobs.download_concurrency's default; more wait their turn
+RemoteActor = ray.remote(concurrency_groups={CONTROL: 4, INPUTS: 8})(UpscaleActor)
+CHECK_TIMEOUT_S = 10.0  # an idle actor that does not answer its periodic check this fast counts as lost
 
 
 def connect(cluster: dict[str, Any]) -> None:
@@ -50,38 +56,60 @@ def actor_count(cluster: dict[str, Any], totals: dict[str, float]) -> int:
     return int(min(totals.get(name, 0.0) // amount for name, amount in needs.items()))
 
 
-async def ray_workers(config: MinerConfig, worker_config: Callable[[int, str], WorkerConfig],
-                      start_timeout_s: float) -> list["RayWorker"]:
-    """Join the cluster and make one handle per actor (``jobs.workers``: a number, or one per GPU)."""
-    cluster = config.section("cluster")
-    try:
-        await asyncio.to_thread(connect, cluster)
-    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ... for an unreachable cluster
-        raise WorkerStartError(f"cannot join the Ray cluster at {cluster['address']}: {exc}; start its head with "
-                               "`ray start --head` (docs/cluster.md) or set cluster.address") from None
-    workers = config.get("jobs.workers")
-    count = actor_count(cluster, ray.cluster_resources()) if workers == "auto" else int(workers)
-    if count < 1:
-        raise WorkerStartError(f"the Ray cluster at {cluster['address']} has no room for an actor "
-                               f"(each needs num_gpus={cluster['num_gpus']}, resources={cluster['resources']}); "
-                               f"join a GPU host with `ray start --address <head>:6379`")
-    settings = ActorSettings(fetch=FetchSettings.from_table(config.section("fetch")), miner=config,
-                             work_dir=str(cluster["work_dir"]), chunk_bytes=int(cluster["result_chunk_bytes"]))
-    return [RayWorker(worker_config(i, "auto"), settings, cluster, start_timeout_s) for i in range(count)]
+class RayPool:
+    """The actors of a Ray cluster (``WorkerPool``): ``jobs.workers`` of them, or with "auto" as many as the
+    cluster's resources hold, counted again on each call so that a GPU host joining later gets actors."""
+
+    def __init__(self, config: MinerConfig, worker_config: Callable[[int, str], WorkerConfig],
+                 start_timeout_s: float) -> None:
+        self.cluster = config.section("cluster")
+        self.workers = config.get("jobs.workers")
+        self.worker_config = worker_config
+        self.start_timeout_s = start_timeout_s
+        self.settings = ActorSettings(fetch=FetchSettings.from_table(config.section("fetch")), miner=config,
+                                      work_dir=str(self.cluster["work_dir"]),
+                                      chunk_bytes=int(self.cluster["result_chunk_bytes"]))
+        self.handles: list[RayWorker] = []
+
+    async def new_workers(self) -> list["RayWorker"]:
+        """Join the cluster (first call) and make a handle per actor there is room for beyond those made."""
+        first = not self.handles
+        try:
+            await asyncio.to_thread(connect, self.cluster)
+            count = (actor_count(self.cluster, await asyncio.to_thread(ray.cluster_resources))
+                     if self.workers == "auto" else int(self.workers))
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ... for an unreachable cluster
+            if not first:
+                raise
+            raise WorkerStartError(f"cannot join the Ray cluster at {self.cluster['address']}: {exc}; start its head "
+                                   "with `ray start --head` (docs/cluster.md) or set cluster.address") from None
+        if first and count < 1:
+            raise WorkerStartError(f"the Ray cluster at {self.cluster['address']} has no room for an actor (each "
+                                   f"needs num_gpus={self.cluster['num_gpus']}, resources={self.cluster['resources']}); "
+                                   f"join a GPU host with `ray start --address <head>:6379`")
+        new = [RayWorker(self.worker_config(i, "auto"), self.settings, self.cluster, self.start_timeout_s,
+                         self.handles) for i in range(len(self.handles), count)]
+        if new and not first:
+            log.info("the Ray cluster has room for more actors", extra={"fields": {
+                "actors": len(self.handles), "room_for": count}})
+        self.handles.extend(new)
+        return new
 
 
 class RayWorker:
-    """One actor (``WorkerHandle``): created on start, restarted by Ray after a loss."""
+    """One actor (``WorkerHandle``, ``InputHolder``): created on start, restarted by Ray after a loss;
+    ``peers`` are the pool's workers by index (where a clip staged on another actor is pulled from)."""
 
     backend = "ray"
 
     def __init__(self, config: WorkerConfig, settings: ActorSettings, cluster: dict[str, Any],
-                 start_timeout_s: float) -> None:
+                 start_timeout_s: float, peers: list["RayWorker"]) -> None:
         self.index = config.index
         self.config = config
         self.settings = settings
         self.cluster = cluster
         self.start_timeout_s = start_timeout_s
+        self.peers = peers
         self._actor: Any = None
         self._node = "?"
 
@@ -115,14 +143,46 @@ class RayWorker:
         except RayActorError as exc:  # restarting: Ray brings it back where there is room
             raise WorkerStartError(f"actor {self.index} unavailable: {_first_line(exc)}") from None
 
+    async def check(self) -> dict[str, Any]:
+        """The actor's info (a new pid or node: Ray restarted it); ``WorkerLost`` when it is unavailable (dead,
+        restarting, its node gone) or silent for :data:`CHECK_TIMEOUT_S`."""
+        if self._actor is None:
+            raise WorkerLost(ErrorKind.CRASH, f"worker {self.index} has no actor")
+        try:
+            info: dict[str, Any] = await asyncio.wait_for(_awaitable(self._actor.info.remote()), CHECK_TIMEOUT_S)
+        except RayActorError as exc:
+            raise WorkerLost(ErrorKind.CRASH, f"worker {self.index} (Ray actor on {self._node}) is unavailable: "
+                                              f"{_first_line(exc)}") from None
+        except asyncio.TimeoutError:
+            raise WorkerLost(ErrorKind.CRASH, f"worker {self.index} (Ray actor on {self._node}) did not answer a "
+                                              f"check in {CHECK_TIMEOUT_S:.0f}s") from None
+        self._node = str(info["node"])
+        return info
+
     async def restart(self) -> dict[str, Any]:
         """Wait for the actor Ray restarts (or a new one, when Ray gave up on it)."""
         return await self.start()
 
+    async def stage(self, task_id: str, url: str, name: str) -> VideoInfo:
+        """Have the actor download and probe the clip on its host (``InputHolder``); bounded as on this host,
+        by the ``[fetch]`` timeouts, and by Ray's failure detection for the actor and its node."""
+        try:
+            result = await self._actor.stage.remote(task_id, url, name)
+        except RayActorError as exc:
+            raise WorkerLost(ErrorKind.CRASH, f"Ray actor on {self._node} died: {_first_line(exc)}") from None
+        if isinstance(result, InputFailed):
+            raise result
+        return result
+
+    def discard(self, task_id: str, name: str) -> None:
+        if self._actor is not None:
+            self._actor.discard.remote(task_id, name)
+
     async def execute(self, spec: TaskSpec) -> TaskOutcome:
         timeout = max(spec.deadline - time.time(), 0.0) + KILL_GRACE_S
+        holder = self.peers[spec.staged_on]._actor if spec.staged_on not in (-1, self.index) else None
         try:
-            outcome: TaskOutcome = await asyncio.wait_for(_awaitable(self._actor.run.remote(spec)), timeout)
+            outcome: TaskOutcome = await asyncio.wait_for(_awaitable(self._actor.run.remote(spec, holder)), timeout)
             if outcome.ok and not outcome.url:
                 began = time.perf_counter()
                 await self._pull(spec.task_id, Path(spec.dst))

@@ -43,6 +43,20 @@ def worker_main(config: WorkerConfig, conn: Connection, cancel: Event) -> None:
         conn.send(("done", core.run(payload)))
 
 
+class LocalPool:
+    """The worker processes of this host (``WorkerPool``): one per configured worker, made once."""
+
+    def __init__(self, configs: list[WorkerConfig], start_timeout_s: float) -> None:
+        self._configs = configs
+        self.start_timeout_s = start_timeout_s
+        self._made = 0
+
+    async def new_workers(self) -> list["ProcessWorker"]:
+        workers = [ProcessWorker(config, self.start_timeout_s) for config in self._configs[self._made:]]
+        self._made = len(self._configs)
+        return workers
+
+
 class ProcessWorker:
     """A spawned worker process on this host (``WorkerHandle``)."""
 
@@ -88,6 +102,12 @@ class ProcessWorker:
         if not self._process.is_alive():
             raise WorkerLost(ErrorKind.CRASH, f"worker {self.index} exited with code {self._process.exitcode}")
         raise WorkerLost(ErrorKind.DEADLINE, f"worker {self.index} did not stop {KILL_GRACE_S:.0f}s after the deadline")
+
+    async def check(self) -> None:
+        """Raise ``WorkerLost`` when the process has exited (an idle worker killed, e.g. by the OOM killer)."""
+        if self._process is None or not self._process.is_alive():
+            code = None if self._process is None else self._process.exitcode
+            raise WorkerLost(ErrorKind.CRASH, f"worker {self.index} exited with code {code}")
 
     def cancel(self) -> None:
         if self._cancel is not None:

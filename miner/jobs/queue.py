@@ -60,6 +60,15 @@ class PriorityTaskQueue(Generic[T]):
             self._available.notify()
         return displaced
 
+    async def requeue(self, item: T, priority: float) -> None:
+        """Put back an item just taken by a consumer that cannot run it: first among its equals, over
+        ``maxsize`` if need be (it was admitted already)."""
+        entry = _Entry(-priority, -next(self._seq), item)
+        heapq.heappush(self._heap, entry)
+        self._entries[id(item)] = entry
+        async with self._available:
+            self._available.notify()
+
     def remove(self, item: T) -> bool:
         """Take ``item`` out if it is still waiting."""
         entry = self._entries.get(id(item))

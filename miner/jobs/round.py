@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from miner.config import MinerConfig
-from miner.fetch import Fetcher, FetchError
+from miner.fetch import Fetcher
+from miner.jobs.inputs import INPUT_NAME, InputFailed, fetch_input
 from miner.jobs.scheduler import Scheduler
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.metrics import MinerMetrics
 from miner.storage import Storage, new_key
-from upscaler.errors import InputVideoError
 from upscaler.planner import ClipWork, longest_first
-from upscaler.video import probe
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,7 @@ class _ClipState:
     folder: Path
     result: ClipResult
     frames: int = 0
+    staged_on: int = -1          # the worker holding the downloaded input (Ray backend); -1: this host
     est_seconds: float = 0.0
     variant: str = ""
     tile_size: int = 0
@@ -120,6 +120,8 @@ class RoundRunner:
         finally:
             for state in states:
                 shutil.rmtree(state.folder, ignore_errors=True)
+                if state.staged_on >= 0:
+                    self.scheduler.discard_input(state.staged_on, state.task_id, INPUT_NAME)
                 self._log_task(state, caller, round_id)
         return [s.result for s in states]
 
@@ -131,20 +133,16 @@ class RoundRunner:
         began = time.perf_counter()
         try:
             async with self._downloads:
-                fetched = await self.fetcher.fetch(state.clip.url, state.folder / "input.mp4")
-            info = await asyncio.to_thread(probe, fetched.path)
-            if info.frames <= 0:
-                raise InputVideoError("the video has no frames")
+                if self.scheduler.remote_inputs:  # downloaded once, on a GPU host, where it will run
+                    info, state.staged_on = await self.scheduler.stage_input(state.task_id, state.clip.url, INPUT_NAME)
+                else:
+                    info = await fetch_input(self.fetcher, state.clip.url, state.folder / INPUT_NAME)
             state.frames = info.frames
             state.target = self.config.tasks[state.clip.task_type].target_for(info.width, info.height)
             plan = self.scheduler.plan(*state.target, info.frames, None)
             state.est_seconds, state.variant, state.tile_size = plan.est_seconds, plan.variant, plan.tile_size
-        except FetchError as exc:
-            self._fail(state, f"download_{exc.kind}", str(exc))
-        except InputVideoError as exc:
-            self._fail(state, ErrorKind.INPUT, str(exc))
-        except Exception as exc:  # a probe of garbage may raise a decoder's own error type
-            self._fail(state, ErrorKind.INPUT, f"cannot read the video: {exc.__class__.__name__}: {exc}")
+        except InputFailed as exc:
+            self._fail(state, exc.kind, exc.message)
         finally:
             state.seconds = {"download": time.perf_counter() - began}
 
@@ -164,12 +162,12 @@ class RoundRunner:
     async def _process(self, state: _ClipState, max_bytes: int, deadline: float, priority: float) -> None:
         width, height = state.target
         spec = TaskSpec(
-            task_id=state.task_id, task_type=state.clip.task_type, src=str(state.folder / "input.mp4"),
+            task_id=state.task_id, task_type=state.clip.task_type, src=str(state.folder / INPUT_NAME),
             dst=str(state.folder / "output.mp4"), width=width, height=height,
             frames=state.frames, variant=state.variant, tile_size=state.tile_size, max_bytes=max_bytes,
             deadline=deadline, crf=int(self.config.get("upscaler.crf")),
             codec=str(self.config.get("upscaler.codec")), preset=str(self.config.get("upscaler.preset")),
-            est_seconds=state.est_seconds, src_url=state.clip.url,
+            est_seconds=state.est_seconds, src_url=state.clip.url, staged_on=state.staged_on,
         )
         outcome = await self.scheduler.run(spec, priority)
         state.seconds.update(outcome.seconds)

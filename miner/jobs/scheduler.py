@@ -15,13 +15,14 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from miner.config import MinerConfig
 from miner.jobs.admission import Backlog, admit
-from miner.jobs.pool import KILL_GRACE_S, WorkerHandle, WorkerLost, WorkerStartError
+from miner.jobs.inputs import InputFailed
+from miner.jobs.pool import KILL_GRACE_S, InputHolder, WorkerHandle, WorkerLost, WorkerPool, WorkerStartError
 from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerHooks
@@ -30,11 +31,13 @@ from upscaler.calibration import CalibrationStore, ThroughputCalibration
 from upscaler.configfiles import load_config
 from upscaler.planner import (ClipWork, Plan, ThroughputTable, WorkerCapacity, calibration_key, plan,
                               tiled_slowdown_for)
+from upscaler.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
 STARTING, IDLE, BUSY, RESTARTING, DOWN, STOPPED = "starting", "idle", "busy", "restarting", "down", "stopped"
 RECOVERY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between attempts to bring a lost worker back
+STAGE_ATTEMPTS = 2  # workers tried for one clip's download (Ray backend) when the first is lost meanwhile
 
 
 @dataclass(eq=False)
@@ -56,6 +59,8 @@ class _Slot:
     started_at: float = 0.0
     done: int = 0
     failed: int = 0
+    staging: int = 0             # clips it is downloading for admission (Ray backend)
+    recovery: asyncio.Task[None] | None = None
 
     @property
     def index(self) -> int:
@@ -107,7 +112,9 @@ class Scheduler:
         self._stores: dict[str, CalibrationStore] = {}
         self._lost_clip_retries = int(config.get("cluster.lost_clip_retries")) if self.backend == "ray" else 0
         self._serve_tasks: list[asyncio.Task[None]] = []
+        self._watch_task: asyncio.Task[None] | None = None
         self._accepting = False
+        self._pool = self._make_pool()
 
     # ----- lifecycle -------------------------------------------------------------------------
     def worker_config(self, index: int, device: str) -> WorkerConfig:
@@ -126,27 +133,28 @@ class Scheduler:
             progress_log_s=float(jobs["progress_log_s"]),
         )
 
-    async def _make_handles(self) -> list[WorkerHandle]:
+    def _make_pool(self) -> WorkerPool:
         start_timeout = float(self.config.get("jobs.worker_start_timeout_s"))
         if self.backend == "ray":
-            from miner.cluster.ray_pool import ray_workers  # Ray is imported only when configured
+            from miner.cluster.ray_pool import RayPool  # Ray is imported only when configured
 
-            return await ray_workers(self.config, self.worker_config, start_timeout)
-        from miner.jobs.local_pool import ProcessWorker
+            return RayPool(self.config, self.worker_config, start_timeout)
+        from miner.jobs.local_pool import LocalPool
 
         devices = visible_devices(self.config)
         workers = self.config.get("jobs.workers")
         count = len(devices) if workers == "auto" else int(workers)
-        return [ProcessWorker(self.worker_config(i, devices[i % len(devices)]), start_timeout) for i in range(count)]
+        return LocalPool([self.worker_config(i, devices[i % len(devices)]) for i in range(count)], start_timeout)
 
     async def start(self) -> None:
         """Start every worker and wait until each has loaded the model (or failed: a worker that fails to
-        start is retried in the background; the miner starts when at least one is up)."""
-        self._slots = [_Slot(handle) for handle in await self._make_handles()]
+        start is retried in the background; the miner starts when at least one is up), then watch them."""
+        self._slots = [_Slot(handle) for handle in await self._pool.new_workers()]
         errors = await asyncio.gather(*(self._bring_up(slot) for slot in self._slots), return_exceptions=True)
         if not any(slot.up for slot in self._slots):
             raise next((e for e in errors if isinstance(e, BaseException)), WorkerStartError("no workers"))
         self._serve_tasks = [asyncio.create_task(self._serve(slot), name=f"serve-{slot.index}") for slot in self._slots]
+        self._watch_task = asyncio.create_task(self._watch(), name="watch-workers")
         self._accepting = True
 
     async def _bring_up(self, slot: _Slot) -> None:
@@ -171,7 +179,7 @@ class Scheduler:
         self.metrics.worker_info.labels(str(slot.index), info.get("node", ""), info.get("gpu", ""),
                                         info.get("device_class", "")).set(1)
         self.metrics.worker_up.labels(str(slot.index)).set(1)
-        self._update_fps_metrics()
+        self._update_worker_gauges()
 
     def _mark_down(self, slot: _Slot, state: str) -> None:
         if slot.up:
@@ -182,6 +190,9 @@ class Scheduler:
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, fail waiting work, let running work finish within ``grace_s``, stop workers."""
         self._accepting = False
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
         for job in self._queue.drain():
             self._resolve(job, TaskOutcome.failed(job.spec.task_id, ErrorKind.SHUTDOWN, "miner is shutting down"))
         running = [slot.running.future for slot in self._slots if slot.running is not None]
@@ -192,9 +203,10 @@ class Scheduler:
                 for slot in self._slots:
                     slot.handle.cancel()
                 await asyncio.wait(pending, timeout=KILL_GRACE_S)
-        for task in self._serve_tasks:
+        background = [*self._serve_tasks, *(s.recovery for s in self._slots if s.recovery)]
+        for task in background:
             task.cancel()
-        await asyncio.gather(*self._serve_tasks, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         await asyncio.gather(*(slot.handle.stop() for slot in self._slots), return_exceptions=True)
         for slot in self._slots:
             self._mark_down(slot, STOPPED)
@@ -208,11 +220,19 @@ class Scheduler:
             shapes.append((task.width // task.scale, task.height // task.scale, task.width, task.height))
         return tuple(dict.fromkeys(shapes))
 
+    def _recovering(self, slot: _Slot) -> asyncio.Task[None]:
+        """The task bringing ``slot``'s worker up (started unless one runs)."""
+        if slot.recovery is None or slot.recovery.done():
+            slot.recovery = asyncio.create_task(self._recover(slot), name=f"recover-{slot.index}")
+        return slot.recovery
+
     async def _recover(self, slot: _Slot) -> None:
-        """Bring a lost worker back (a new process; the actor Ray restarted, or a new one), retrying with
-        a backoff for as long as it takes; the LengthCheck and admission see it only once it is up."""
+        """Bring a lost worker back (a new process; the actor Ray restarted, or a new one), or a worker added
+        since the start up, retrying with a backoff for as long as it takes; the LengthCheck and admission
+        see it only once it is up."""
+        added = not slot.info
         for attempt in itertools.count():
-            self._mark_down(slot, RESTARTING)
+            self._mark_down(slot, STARTING if added else RESTARTING)
             began = time.perf_counter()
             try:
                 info = await slot.handle.restart()
@@ -224,9 +244,50 @@ class Scheduler:
                 await asyncio.sleep(wait_s)
                 continue
             self._mark_up(slot, info)
-            log.info("worker back", extra={"fields": {"worker": slot.index, **info,
-                                                      "seconds": round(time.perf_counter() - began, 1)}})
+            log.info("worker ready" if added else "worker back", extra={"fields": {
+                "worker": slot.index, "backend": slot.handle.backend, **info,
+                "seconds": round(time.perf_counter() - began, 1)}})
             return
+
+    async def _watch(self) -> None:
+        """Every ``jobs.worker_check_s``: check the idle workers (one that died is out of the capacity at once
+        and brought back; one restarted behind the scheduler's back, by Ray, is updated), and start the
+        workers a grown cluster has room for. A busy worker's loss shows in its clip."""
+        interval = float(self.config.get("jobs.worker_check_s"))
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.gather(*(self._check(slot) for slot in self._slots if slot.state == IDLE))
+            try:
+                added = await self._pool.new_workers()
+            except Exception as exc:
+                log.warning("cannot count the workers there is room for", extra={"fields": {"error": str(exc)[:500]}})
+                continue
+            for handle in added:
+                slot = _Slot(handle)
+                self._slots.append(slot)
+                log.info("worker added", extra={"fields": {"worker": slot.index, "backend": handle.backend,
+                                                           "workers": len(self._slots)}})
+                self._serve_tasks.append(asyncio.create_task(self._serve(slot), name=f"serve-{slot.index}"))
+
+    async def _check(self, slot: _Slot) -> None:
+        """One idle worker's check (see :meth:`_watch`)."""
+        try:
+            info = await slot.handle.check()
+        except Exception as exc:  # WorkerLost, or a failure of the transport
+            if slot.state != IDLE:  # it took a clip meanwhile: that clip's outcome tells
+                return
+            self._mark_down(slot, DOWN)
+            self.metrics.worker_restarts.inc()
+            log.error("worker lost while idle", extra={"fields": {"worker": slot.index, "node": slot.info.get("node"),
+                                                                  "reason": str(exc)[:500]}})
+            self._recovering(slot)
+            return
+        if info is not None and info != slot.info and slot.state == IDLE:
+            self.metrics.worker_restarts.inc()
+            log.warning("worker restarted", extra={"fields": {"worker": slot.index, "was_node": slot.info.get("node"),
+                                                              **info}})
+            self._mark_down(slot, RESTARTING)
+            self._mark_up(slot, info)
 
     # ----- planning and admission ------------------------------------------------------------
     def table_for(self, device_class: str) -> ThroughputTable:
@@ -242,13 +303,10 @@ class Scheduler:
                                                 max_factor=float(settings["max_factor"]))
             table = replace(table, calibration=calibration)
             if settings["state_path"]:
-                path = Path(str(settings["state_path"])).expanduser()
-                store = CalibrationStore(path.with_name(f"{path.stem}.{device_class}{path.suffix}"),
-                                         {"device_class": device_class, "table": table.fingerprint()})
+                store = CalibrationStore.for_device(Path(str(settings["state_path"])).expanduser(), device_class,
+                                                    table.fingerprint())
                 self._stores[device_class] = store
                 store.load_into(calibration)
-                for record in calibration.state():
-                    self.metrics.throughput_factor.labels(record["variant"]).set(record["factor"])
         self._tables[device_class] = table
         return table
 
@@ -334,13 +392,65 @@ class Scheduler:
         return {"backend": self.backend, "workers": len(self._slots), "workers_up": sum(s.up for s in self._slots),
                 "device": self.device_class, "worker_status": workers}
 
-    def _update_fps_metrics(self) -> None:
+    def _update_worker_gauges(self) -> None:
+        """Each known worker's calibrated frames/s and the calibration factors of its device class (rewritten
+        whole: a worker back on another GPU class loses its old class's series)."""
         geometry = self.config.tasks[self.config.get("jobs.length_check_task")]
+        self.metrics.throughput_factor.clear()
         for slot in self._slots:
-            if slot.info:
-                device = self._class_of(slot)
-                fps = self.table_for(device).frames_per_second(device, "tiny", geometry.width, geometry.height)
-                self.metrics.worker_fps.labels(str(slot.index)).set(fps)
+            if not slot.info:
+                continue
+            device, worker = self._class_of(slot), str(slot.index)
+            table = self.table_for(device)
+            self.metrics.worker_fps.labels(worker).set(
+                table.frames_per_second(device, "tiny", geometry.width, geometry.height))
+            for record in table.calibration.state() if table.calibration else ():
+                self.metrics.throughput_factor.labels(worker, device, record["variant"],
+                                                      f"{record['width']}x{record['height']}").set(record["factor"])
+
+    # ----- inputs (Ray backend) ---------------------------------------------------------------
+    @property
+    def remote_inputs(self) -> bool:
+        """Whether clips are downloaded on the workers' hosts (Ray) rather than on this one."""
+        return self.backend == "ray"
+
+    async def stage_input(self, task_id: str, url: str, name: str) -> tuple[VideoInfo, int]:
+        """Have a worker that is up download and probe a clip on its own host (the one with the fewest
+        downloads in flight, idle first), so that it is downloaded once: the worker that runs it uses that
+        copy or pulls it from there. The clip's info and the worker's index; another worker is tried when
+        one is lost meanwhile; raises :class:`InputFailed`."""
+        kind, reason = ErrorKind.REFUSED, "no worker is up to download the clip (all lost or restarting)"
+        tried: set[int] = set()
+        for _ in range(STAGE_ATTEMPTS):
+            slot = min((s for s in self._slots if s.up and s.index not in tried),
+                       key=lambda s: (s.staging, s.state != IDLE, s.index), default=None)
+            if slot is None:
+                break
+            tried.add(slot.index)
+            slot.staging += 1
+            try:
+                return await cast(InputHolder, slot.handle).stage(task_id, url, name), slot.index
+            except InputFailed:
+                raise
+            except Exception as exc:  # WorkerLost, or any other failure of the transport
+                kind = exc.kind if isinstance(exc, WorkerLost) else ErrorKind.CRASH
+                reason = f"worker {slot.index} was lost while downloading the clip: {type(exc).__name__}: {exc}"
+                log.warning("worker lost while downloading a clip", extra={"fields": {
+                    "task_id": task_id, "worker": slot.index, "reason": str(exc)[:500]}})
+            finally:
+                slot.staging -= 1
+        raise InputFailed(kind, reason)
+
+    def _with_input_source(self, spec: TaskSpec) -> TaskSpec:
+        """``spec`` as a worker runs it now: when the worker that downloaded its input is not up (lost, or
+        restarting: its copy is gone), the runner downloads it again instead of waiting on that worker."""
+        if spec.staged_on < 0 or self._slots[spec.staged_on].up:
+            return spec
+        return replace(spec, staged_on=-1)
+
+    def discard_input(self, worker: int, task_id: str, name: str) -> None:
+        """Let worker ``worker`` delete the input it downloaded for ``task_id`` (the round is over)."""
+        cast(InputHolder, self._slots[worker].handle).discard(task_id, name)
 
     # ----- running ---------------------------------------------------------------------------
     async def run(self, spec: TaskSpec, priority: float) -> TaskOutcome:
@@ -389,8 +499,12 @@ class Scheduler:
     async def _serve(self, slot: _Slot) -> None:
         while True:
             if not slot.up:
-                await self._recover(slot)
+                await self._recovering(slot)
             job = await self._queue.get()
+            if not slot.up:  # found lost while it waited: the clip goes back for a worker that is up
+                if not job.future.done():
+                    await self._queue.requeue(job, job.priority)
+                continue
             self.metrics.queue_depth.set(len(self._queue))
             if job.future.done():
                 continue
@@ -399,10 +513,11 @@ class Scheduler:
                 continue
             slot.running, slot.state, slot.started_at = job, BUSY, time.time()
             self.metrics.running.inc()
+            spec = self._with_input_source(job.spec)
             try:
-                outcome = await slot.handle.execute(job.spec)
+                outcome = await slot.handle.execute(spec)
                 if outcome.error_kind == ErrorKind.OOM:
-                    outcome = await self._retry_tiled(slot, job.spec, outcome)
+                    outcome = await self._retry_tiled(slot, spec, outcome)
             except WorkerLost as lost:
                 outcome = await self._lost(slot, job, lost)
             except Exception as exc:  # a failure of the transport (Ray, the pipe): the worker is not trusted again
@@ -456,10 +571,8 @@ class Scheduler:
                                       report["tile_height"]) if tiled else None
         table_fps = table.frames_per_second(device, variant, width, height, tiled=tiled, calibrated=False,
                                             slowdown=slowdown)
-        key = calibration_key(variant, tiled)
-        factor = calibration.observe(key, width, height, report["frames_per_second"], table_fps)
-        self.metrics.throughput_factor.labels(key).set(factor)
-        self._update_fps_metrics()
+        calibration.observe(calibration_key(variant, tiled), width, height, report["frames_per_second"], table_fps)
+        self._update_worker_gauges()
         store = self._stores.get(device)
         if store is not None:
             store.save(calibration)

@@ -40,7 +40,9 @@ class TaskSpec:
     preset: str = ""             # encoder preset ("" = configs/video.toml)
     est_seconds: float = 0.0
     attempt: int = 0
-    src_url: str = ""            # where ``src`` was downloaded from: a worker on another host fetches it again
+    src_url: str = ""            # where ``src`` was downloaded from
+    staged_on: int = -1          # the worker that downloaded ``src`` on its own host (Ray backend; -1: this host):
+                                 # another Ray actor pulls it from there, or fetches ``src_url`` if that copy is gone
 
     def retry_tiled(self, tile_size: int) -> "TaskSpec":
         """The same task, second attempt, with spatial tiling."""

@@ -1,6 +1,8 @@
 """The Ray backend for real: a Ray cluster of two node processes on loopback (each declaring two fake GPUs,
 ``test_gpu``), the miner as a subprocess driving four actors (CPU, random-small weights), mock-validator
-rounds over legacy synapses, the second node killed mid-round, then a node joining again."""
+rounds over legacy synapses, the second node killed mid-round, then a node joining again; a GPU host
+joining a running miner and leaving it while idle; each clip downloaded once, by an actor, and pulled from
+there by the actor that runs it."""
 
 from __future__ import annotations
 
@@ -20,11 +22,17 @@ import aiohttp
 import boto3
 import pytest
 
+from miner.config import load_miner_config
+from miner.jobs.inputs import INPUT_NAME, InputFailed
+from miner.jobs.spec import TaskSpec
+from miner.metrics import MinerMetrics
 from miner.mock_validator import wallets
 from miner.mock_validator.report import Report
 from miner.mock_validator.runner import RunOptions, make_client, run_validators
+from miner.mock_validator.serve import InputServer
 from miner.mock_validator.settings import load_settings
 from scripts.run_local import MINER_WALLET, free_port, stop, wait_healthy
+from upscaler.video.synthetic import write_test_clip
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -60,6 +68,16 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cluster, Any]
 
 
 @pytest.fixture
+def head_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """A head node alone, with two fake GPUs (GPU hosts join during the test)."""
+    cluster = _head(monkeypatch, **NODE)
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture
 def one_gpu_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     """A head node alone, with one fake GPU."""
     cluster = _head(monkeypatch, **{**NODE, "resources": {"test_gpu": 1}})
@@ -77,7 +95,7 @@ def miner_toml(root: Path, port: int, address: str, allow_list: list[str]) -> Pa
         "[chain]", "no_chain = true", f"allow_list = {json.dumps(allow_list)}",
         f'wallet_name = "{MINER_WALLET}"', f"wallet_path = {json.dumps(str(root / 'wallets'))}",
         "[jobs]", f"work_dir = {json.dumps(str(root / 'miner-work'))}", 'length_check_task = "LC"',
-        "worker_start_timeout_s = 180.0", "progress_log_s = 0.0",
+        "worker_start_timeout_s = 180.0", "progress_log_s = 0.0", "worker_check_s = 1.0",
         "[jobs.calibration]", 'state_path = ""',
         "[jobs.test_hooks]", "delay_s = 1.5",  # each clip runs long enough to be caught mid-round
         "[cluster]", 'backend = "ray"', f"address = {json.dumps(address)}", "num_gpus = 0.0", "num_cpus = 0.0",
@@ -161,11 +179,13 @@ def test_actor_uploads_to_s3_itself(tmp_path: Path, one_gpu_cluster: Cluster, mo
         for clip in clips_of(report):
             assert clip.passed, (clip.error, clip.score)
             assert clip.result_url.startswith(f"{moto_endpoint}/results/") and "X-Amz-Signature" in clip.result_url
+            assert clip.input_downloads == 1, "downloaded once, by the actor"
 
     lines = run_miner(tmp_path, one_gpu_cluster.address, scenario, env=s3)
     tasks = [e for e in lines if e.get("msg") == "task"]
-    assert len(tasks) == 2 and all(t["result"] == "ok" and "upload_s" in t and "remote_download_s" in t
-                                   for t in tasks)
+    # the one actor downloaded each clip for admission (download_s) and ran it from that copy
+    assert len(tasks) == 2 and all(t["result"] == "ok" and "upload_s" in t and "download_s" in t for t in tasks)
+    assert not any("remote_download_s" in t or "input_pull_s" in t for t in tasks)
     assert not (tmp_path / "files").exists() or not any(p.is_file() and p.suffix == ".mp4"
                                                         for p in (tmp_path / "files").rglob("*"))
     assert not any((tmp_path / "actors").rglob("*.mp4")), "the actor leaves no files behind"
@@ -185,6 +205,7 @@ async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, 
         assert clip.passed, (clip.error, clip.score)
         assert all(c.ok for c in clip.score.checks if c.enforced)
         assert clip.result_url.startswith(f"{url}/files/")
+        assert clip.input_downloads == 1, "downloaded once, by an actor; another actor pulls it from there"
     state = health(url)
     assert all(w["clips_done"] == 1 and w["clips_failed"] == 0 for w in state["worker_status"]), state
     assert all(w["calibrated_fps"] > 0 and w["gpu"] == "cpu" for w in state["worker_status"])
@@ -227,3 +248,95 @@ async def _scenario(url: str, opts: RunOptions, settings: dict, validator: Any, 
         assert time.monotonic() - began < 120, health(url)
         await asyncio.sleep(0.5)
     assert await length_check(opts, validator) == 10
+
+
+def test_actors_follow_gpu_hosts_joining_and_leaving_a_running_miner(tmp_path: Path, head_only: Cluster) -> None:
+    """A GPU host joining gets actors (jobs.workers = "auto"), and the LengthCheck rises; when it leaves
+    while its actors are idle, they stop counting at the next check, without a clip failing on them."""
+
+    async def scenario(url: str, opts: RunOptions, settings: dict, validator: Any) -> None:
+        state = health(url)
+        assert state["workers"] == state["workers_up"] == 2, state
+        assert await length_check(opts, validator) == 5  # five LC clips do not fit 135 s on two workers
+
+        joined = head_only.add_node(**NODE)  # in the main thread: a node registers signal handlers
+        began = time.monotonic()
+        while (state := health(url))["workers_up"] < 4:
+            assert time.monotonic() - began < 120, state
+            await asyncio.sleep(0.5)
+        assert state["workers"] == 4 and {w["node_id"] for w in state["worker_status"]} == {
+            head_only.head_node.node_id, joined.node_id}, state
+        assert await length_check(opts, validator) == 10
+        report = await run_validators([validator], opts, settings, tmp_path / "round", "ray backend, grown")
+        for clip in clips_of(report):
+            assert clip.passed, (clip.error, clip.score)
+            assert clip.input_downloads == 1
+
+        await asyncio.to_thread(head_only.remove_node, joined, False)
+        began = time.monotonic()
+        while (state := health(url))["workers_up"] > 2:
+            assert time.monotonic() - began < 30, state
+            await asyncio.sleep(0.2)
+        lost = [w for w in state["worker_status"] if w["node_id"] == joined.node_id]
+        assert len(lost) == 2 and all(w["state"] in ("restarting", "down") for w in lost), lost
+        assert all(w["clips_failed"] == 0 for w in state["worker_status"]), state
+        assert await length_check(opts, validator) == 5
+
+    lines = run_miner(tmp_path, head_only.address, scenario)
+    messages = [e.get("msg") for e in lines]
+    assert messages.count("worker added") == 2 and messages.count("worker lost while idle") == 2
+
+
+def test_the_actor_running_a_clip_pulls_it_from_the_actor_that_downloaded_it(tmp_path: Path, head_only: Cluster) -> None:
+    """Two actors driven from this process: one downloads and probes a clip for admission, the other runs it
+    from that copy (one download); a failed download is the clip's own error, as on the miner's host; when
+    the holder was killed and restarted by Ray meanwhile (its copy gone), the runner downloads the clip again."""
+    from miner.cluster.ray_pool import RayPool
+    from miner.jobs.scheduler import Scheduler
+
+    config = load_miner_config(overrides={
+        "jobs": {"workers": 2},
+        "cluster": {"backend": "ray", "address": head_only.address, "num_gpus": 0.0, "num_cpus": 0.0,
+                    "resources": {"test_gpu": 1.0}, "work_dir": str(tmp_path / "actors")},
+        "fetch": {"allow_private_urls": True},
+        "upscaler": {"weights": "random-small"},
+    }, environ={})
+    (tmp_path / "inputs").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        write_test_clip(tmp_path / "inputs" / name, 64, 36, 9)
+
+    def spec(task_id: str, url: str) -> TaskSpec:
+        return TaskSpec(task_id=task_id, task_type="SD2HD", src=str(tmp_path / task_id / INPUT_NAME),
+                        dst=str(tmp_path / f"{task_id}.mp4"), width=128, height=72, frames=9, variant="tiny",
+                        tile_size=0, max_bytes=50 * MIB, deadline=time.time() + 120, crf=23, src_url=url,
+                        staged_on=0)
+
+    async def go(server: InputServer) -> None:
+        pool = RayPool(config, Scheduler(config, MinerMetrics()).worker_config, 180.0)
+        holder, runner = await pool.new_workers()
+        await asyncio.gather(holder.start(), runner.start())
+        try:
+            info = await holder.stage("t1", server.url("a.mp4"), INPUT_NAME)
+            assert (info.width, info.height, info.frames) == (64, 36, 9)
+            outcome = await runner.execute(spec("t1", server.url("a.mp4")))
+            assert outcome.ok and "input_pull" in outcome.seconds and "remote_download" not in outcome.seconds, outcome
+            assert server.downloads["a.mp4"] == 1 and (tmp_path / "t1.mp4").stat().st_size > 0
+
+            with pytest.raises(InputFailed) as failed:
+                await holder.stage("t2", server.url("missing.mp4"), INPUT_NAME)
+            assert failed.value.kind == "download_bad_status", failed.value
+
+            await holder.stage("t3", server.url("b.mp4"), INPUT_NAME)
+            ray.kill(ray.get_actor(f"flashvsr-worker-0-{os.getpid()}", namespace=config.get("cluster.namespace")),
+                     no_restart=False)
+            outcome = await runner.execute(spec("t3", server.url("b.mp4")))
+            assert outcome.ok and "remote_download" in outcome.seconds, outcome
+            assert server.downloads["b.mp4"] == 2
+        finally:
+            await asyncio.gather(holder.stop(), runner.stop())
+
+    try:
+        with InputServer(tmp_path / "inputs") as server:
+            asyncio.run(go(server))
+    finally:
+        ray.shutdown()

@@ -4,6 +4,8 @@ spawned worker process that runs the real upscaler (random-small weights, CPU) o
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +71,19 @@ def test_full_queue_displaces_lower_stake_or_refuses() -> None:
     asyncio.run(go())
 
 
+def test_a_clip_put_back_goes_first_among_its_equals() -> None:
+    async def go() -> list[str]:
+        queue: PriorityTaskQueue[str] = PriorityTaskQueue(maxsize=2)
+        for item in ("a", "b"):
+            await queue.put(item, 1.0)
+        taken = await queue.get()
+        await queue.put("c", 1.0)
+        await queue.requeue(taken, 1.0)  # over maxsize: it was admitted already
+        return [await queue.get() for _ in range(3)]
+
+    assert asyncio.run(go()) == ["a", "b", "c"]
+
+
 def test_admission_predicts_from_backlog() -> None:
     """1 frame = 1 s on the row below: a worker 4 s from free, an idle one, 6 s queued ahead."""
     table = ThroughputTable((Measurement("h100", "tiny", 10, 10, 1.0, 0.0),), unknown_gpu_factor=0.5,
@@ -85,12 +100,12 @@ def test_admission_predicts_from_backlog() -> None:
     assert admit(Backlog((), ()), [two], seconds_left=100.0) == ["no worker is up (all lost or restarting)"]
 
 
-def _config(tmp_path: Path):
+def _config(tmp_path: Path, **jobs: object):
     return load_miner_config(overrides={
         "upscaler": {"weights": "random-small"},
         "jobs": {"devices": ["cpu"], "workers": 1, "oom_retry_tile_size": 128, "work_dir": str(tmp_path),
                  "test_hooks": {"oom_if_src_contains": "oom", "crash_if_src_contains": "crash-clip"},
-                 "calibration": {"min_frames": 1, "state_path": str(tmp_path / "calibration.json")}},
+                 "calibration": {"min_frames": 1, "state_path": str(tmp_path / "calibration.json")}, **jobs},
         "tasks": {"SD2HD": {"width": OUT_W, "height": OUT_H, "scale": 2}},
     }, environ={})
 
@@ -121,7 +136,7 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             factor = table.calibration.factor("tiny", OUT_W, OUT_H)
             raw_fps = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, calibrated=False)
             assert factor == min(max(ok.report["frames_per_second"] / raw_fps, 0.25), 2.0)
-            assert metrics.throughput_factor.labels("tiny")._value.get() == factor
+            assert metrics.throughput_factor.labels("0", "cpu", "tiny", f"{OUT_W}x{OUT_H}")._value.get() == factor
 
             # A real torch.OutOfMemoryError on the first attempt: freed, retried once tiled, succeeds.
             oom = await scheduler.run(_spec(tmp_path, "oom-clip"), priority=1.0)
@@ -132,7 +147,8 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             tiled_raw = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, tiled=True, calibrated=False)
             tiled_factor = table.calibration.factor("tiny+tiled", OUT_W, OUT_H)
             assert tiled_factor == min(max(oom.report["frames_per_second"] / tiled_raw, 0.25), 2.0)
-            assert metrics.throughput_factor.labels("tiny+tiled")._value.get() == tiled_factor
+            tiled_series = metrics.throughput_factor.labels("0", "cpu", "tiny+tiled", f"{OUT_W}x{OUT_H}")
+            assert tiled_series._value.get() == tiled_factor
             assert table.calibration.factor("tiny", OUT_W, OUT_H) == factor
 
             # The worker process dies mid-task: only that task fails; the worker is restarted.
@@ -178,6 +194,81 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             await restarted.stop(grace_s=5.0)
 
     asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_an_idle_worker_that_dies_stops_counting_at_once_and_comes_back(tmp_path: Path) -> None:
+    """The periodic check finds a worker process killed while idle: no capacity for admission or LengthCheck
+    until it is back; a clip queued meanwhile waits for it instead of failing on the dead one."""
+    from miner.jobs.scheduler import Scheduler
+
+    metrics = MinerMetrics()
+
+    async def go() -> None:
+        scheduler = Scheduler(_config(tmp_path, worker_check_s=0.2), metrics)
+        await scheduler.start()
+        try:
+            pid = scheduler._slots[0].info["pid"]
+            os.kill(pid, signal.SIGKILL)
+            began = time.monotonic()
+            while scheduler.health()["workers_up"]:
+                assert time.monotonic() - began < 10, scheduler.health()
+                await asyncio.sleep(0.05)
+            assert scheduler.capacity() == []
+            assert scheduler.admit([ClipWork(OUT_W, OUT_H, FRAMES)], time.time() + 60, 1.0) == [
+                "no worker is up (all lost or restarting)"]
+            assert scheduler.health()["worker_status"][0]["state"] in ("down", "restarting")
+            outcome = await scheduler.run(_spec(tmp_path, "queued-while-down"), priority=1.0)
+            assert outcome.ok, outcome.message
+            assert scheduler.health()["workers_up"] == 1 and scheduler._slots[0].info["pid"] != pid
+            assert metrics.worker_restarts._value.get() == 1
+        finally:
+            await scheduler.stop(grace_s=5.0)
+
+    asyncio.run(go())
+
+
+class _Handle:
+    """A worker that never runs anything: the scheduler's view of one that reported ``info``."""
+
+    backend = "local"
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _report(fps: float) -> dict:
+    return {"frames": 300, "frames_per_second": fps, "out_size": [3840, 2160], "variant": "tiny", "tiled": False,
+            "tiles": 1, "tile_width": 0, "tile_height": 0}
+
+
+def test_throughput_factor_is_one_series_per_worker_and_gpu_class(tmp_path: Path) -> None:
+    """Two GPU classes calibrate apart and each worker shows its own class's factor; a worker back on
+    another class loses its old class's series."""
+    from miner.jobs.scheduler import Scheduler, _Slot
+    from miner.jobs.spec import TaskOutcome
+
+    metrics = MinerMetrics()
+    scheduler = Scheduler(_config(tmp_path), metrics)
+    slots = [_Slot(_Handle(i)) for i in range(3)]
+    scheduler._slots = slots
+    for slot, gpu in zip(slots, ("h100", "h200", "h100")):
+        scheduler._mark_up(slot, {"node": "10.0.0.1", "gpu": gpu, "device_class": gpu})
+    h100_fps = scheduler.table_for("h100").frames_per_second("h100", "tiny", 3840, 2160, calibrated=False)
+    h200_fps = scheduler.table_for("h200").frames_per_second("h200", "tiny", 3840, 2160, calibrated=False)
+    scheduler._calibrate(slots[0], TaskOutcome("a", True, report=_report(h100_fps * 0.8)))
+    scheduler._calibrate(slots[1], TaskOutcome("b", True, report=_report(h200_fps * 1.2)))
+
+    def factor(worker: str, device_class: str) -> float | None:
+        return metrics.registry.get_sample_value("miner_throughput_factor", {
+            "worker": worker, "device_class": device_class, "variant": "tiny", "size": "3840x2160"})
+
+    assert factor("0", "h100") == pytest.approx(0.8) and factor("2", "h100") == pytest.approx(0.8)
+    assert factor("1", "h200") == pytest.approx(1.2)
+    scheduler._mark_down(slots[2], "down")
+    scheduler._mark_up(slots[2], {"node": "10.0.0.2", "gpu": "h200", "device_class": "h200"})
+    assert factor("2", "h100") is None and factor("2", "h200") == pytest.approx(1.2)
+    assert "miner_throughput_factor{" in metrics.render().decode()
 
 
 def test_warmup_shapes_come_from_the_task_table(tmp_path: Path) -> None:
