@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,17 +48,23 @@ class ServerLimits:
 
     def validate(self) -> None:
         """``ValueError`` for settings that would refuse everyone or bound nothing."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not math.isfinite(value):
+                raise ValueError(f"server.limits.{field.name} must be a finite number, got {value!r}")
         if not 0 < self.open_in_flight <= self.max_in_flight:
             raise ValueError("server.limits.open_in_flight must be between 1 and server.limits.max_in_flight")
         if self.max_connections <= self.max_in_flight:
             raise ValueError("server.limits.max_connections must exceed server.limits.max_in_flight "
                              "(idle keep-alive connections count against it)")
         for name in ("synapse_max_bytes", "json_max_bytes", "json_max_depth", "body_timeout_s", "max_body_reads_per_ip",
-                     "header_timeout_s",
-                     "max_header_bytes", "max_header_count", "max_connections_per_ip", "refusal_burst",
-                     "refusal_rate_per_s", "max_sources"):
+                     "header_timeout_s", "max_header_bytes", "max_header_count", "max_connections_per_ip",
+                     "refusal_burst", "refusal_rate_per_s", "block_s", "max_sources"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"server.limits.{name} must be positive")
+                raise ValueError(f"server.limits.{name} must be positive, got {getattr(self, name)!r}")
+        if self.keep_alive_s < 0:
+            raise ValueError("server.limits.keep_alive_s must be 0 (no idle keep-alive) or more, "
+                             f"got {self.keep_alive_s!r}")
         if self.header_timeout_s <= self.keep_alive_s:
             raise ValueError(f"server.limits.header_timeout_s ({self.header_timeout_s:g}) must exceed "
                              f"server.limits.keep_alive_s ({self.keep_alive_s:g}): both run on an idle keep-alive "
