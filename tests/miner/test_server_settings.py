@@ -52,6 +52,16 @@ def test_negative_zero_and_infinite_limits_are_refused(tmp_path: Path, capsys: p
     assert err.startswith(f"flashvsr-miner: configuration error: {message}"), err
 
 
+@pytest.mark.parametrize("prefix", [0, 16, 129])
+def test_an_ipv6_source_prefix_outside_32_to_128_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             prefix: int) -> None:
+    status, err = _start(tmp_path, capsys, f"[server.limits]\nipv6_source_prefix = {prefix}\n")
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("flashvsr-miner: configuration error: server.limits.ipv6_source_prefix must be from 32 to "
+                          f"128 (64: an IPv6 source is its /64, one host's usual allocation; 128: each address), "
+                          f"got {prefix}"), err
+
+
 def test_no_keep_alive_is_accepted() -> None:
     """keep_alive_s = 0 (idle keep-alive connections closed at once) is what the gate tests run with."""
     check_server_settings(load_miner_config(overrides={"server": {"limits": {"keep_alive_s": 0}}}, environ={}))
