@@ -118,8 +118,9 @@ class OpsAccess:
 def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
     """Keyword arguments of ``uvicorn.run`` for the miner app (``create_app``): h11 with bounded headers,
     connections and idle time (the longest idle connection closed to make room at ``max_connections``),
-    sharing the app's per-source block list (sources keyed as ``limits.source_of`` keys them); closures counted in its metrics, and a header deadline missed
-    spends a token of the source's refusal budget (slowloris sources get blocked)."""
+    sharing the app's per-source block list (sources keyed by ``limits.source_of``); closures counted in its
+    metrics, and a header deadline missed spends a token of the source's refusal budget (slowloris sources get
+    blocked)."""
     server = config.section("server")
     limits: ServerLimits = app.state.limits
     metrics: MinerMetrics = app.state.metrics
