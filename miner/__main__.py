@@ -29,8 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     doctor = bool(argv) and argv[0] == DOCTOR
     if doctor:
         parser = argparse.ArgumentParser(
-            prog="flashvsr-miner doctor", description="Check GPU, kernels, weights, encoder, wallet, storage, port "
-            "and chain with the miner's configuration: one OK/FAIL/SKIP line each; exit status 1 on any FAIL.")
+            prog="flashvsr-miner doctor", description="Check GPU, kernels, weights, encoder, wallet, port, "
+            "open-file limit, storage and chain with the miner's configuration: one OK/FAIL/SKIP line each; "
+            "exit status 1 on any FAIL.")
         parser.add_argument("--allow-cpu", action="store_true", help="no CUDA GPU is not a failure (tests, demos)")
     else:
         parser = argparse.ArgumentParser(prog="flashvsr-miner", description=__doc__.splitlines()[0],
@@ -80,9 +81,11 @@ def serve(config: MinerConfig) -> None:
     """Run until SIGTERM/SIGINT; uvicorn stops accepting, then the lifespan drains the workers."""
     from miner.server.app import create_app
     from miner.server.limits import uvicorn_options
+    from miner.server.nofile import open_file_limit, raise_soft_limit
     from miner.server.wiring import authenticators
 
     app = create_app(config, authenticators(config))
+    raise_soft_limit(open_file_limit(app.state.limits))  # before the workers start: they inherit it
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options(config, app)))
     app.state.server = server  # the lifespan ends it when no worker starts
     server.run()
@@ -102,7 +105,8 @@ def check_server_settings(config: MinerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve, or run the doctor; 2 with one line on stderr when the configuration or the machine cannot
-    start the miner (bad value, missing hotkey, busy port, storage refusing writes)."""
+    start the miner (bad value, missing hotkey, busy port, an open-file limit too low, storage refusing
+    writes)."""
     args = parse_args(argv)
     try:
         config = load_miner_config(args.config, overrides=cli_overrides(args))

@@ -9,6 +9,7 @@ from miner.config import MinerConfig
 from miner.doctor.chain import check_chain
 from miner.doctor.model import check_encoder, check_warmup, check_weights
 from miner.doctor.network import check_health, check_port
+from miner.doctor.nofile import check_nofile
 from miner.doctor.result import DoctorContext
 from miner.doctor.runner import Step, run_steps
 from miner.doctor.storage import check_storage
@@ -29,6 +30,7 @@ def doctor_steps() -> list[Step]:
         Step("encoder", check_encoder, 60.0),
         Step("wallet", check_wallet, 10.0),
         Step("port", check_port, 10.0),
+        Step("nofile", check_nofile, 5.0),
         Step("health", check_health, 15.0),
         Step("storage", check_storage, 60.0),
         Step("chain", check_chain, 60.0),

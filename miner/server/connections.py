@@ -9,15 +9,16 @@ forever (slowloris), and such connections count against ``limit_concurrency`` un
 
 - a header deadline: a connection whose next request's headers are not complete ``header_timeout_s``
   after it opened (or after its previous answer) is closed;
-- a cap of ``max_per_ip`` open connections per client IP: the one over it is closed at once;
-- connections from an IP that ``blocked(ip)`` names (the gate's block list) are closed at once;
+- a cap of ``max_per_ip`` open connections per source (``source_of(ip)``: an IPv4 address, an IPv6 /64): the one
+  over it is closed at once;
+- connections from a source that ``blocked(source)`` names (the gate's block list) are closed at once;
 - room at the limit: a new connection that brings the open ones to ``max_connections`` (uvicorn's
   ``limit_concurrency``, past which every request gets 503) closes the connection idle the longest
   (waiting for a request's headers: freshly opened, between keep-alive requests, or sending them
   slowly). A connection with a request in flight is never closed for room; those are at most the
   gate's ``max_in_flight`` slots, below ``max_connections``, so an idle one is there to close.
 
-``on_close(ip, reason)`` is called for each connection closed here (``header_timeout``,
+``on_close(source, reason)`` is called for each connection closed here (``header_timeout``,
 ``per_ip_limit``, ``blocked``, ``evicted``).
 """
 
@@ -32,23 +33,23 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, max_connections: int,
-                     blocked: Callable[[str], bool] = lambda ip: False,
+                     source_of: Callable[[str], str], blocked: Callable[[str], bool] = lambda source: False,
                      on_close: Callable[[str, str], None] | None = None) -> type[H11Protocol]:
-    """An ``H11Protocol`` subclass for ``uvicorn.run(http=...)`` (one per server: it owns the per-IP counts
+    """An ``H11Protocol`` subclass for ``uvicorn.run(http=...)`` (one per server: it owns the per-source counts
     and the idle connections)."""
-    per_ip: Counter[str] = Counter()
+    per_source: Counter[str] = Counter()
     idle: OrderedDict[GuardedH11Protocol, None] = OrderedDict()  # waiting for headers, longest first
-    closed = on_close or (lambda ip, reason: None)
+    closed = on_close or (lambda source, reason: None)
 
     class GuardedH11Protocol(H11Protocol):
         _header_timer: asyncio.TimerHandle | None = None
-        _ip: str | None = None
+        _source: str | None = None
 
         def connection_made(self, transport: Any) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._ip = self.client[0] if self.client else ""
-            per_ip[self._ip] += 1
-            reason = "blocked" if blocked(self._ip) else "per_ip_limit" if per_ip[self._ip] > max_per_ip else None
+            self._source = source = source_of(self.client[0] if self.client else "")
+            per_source[source] += 1
+            reason = "blocked" if blocked(source) else "per_ip_limit" if per_source[source] > max_per_ip else None
             if reason:
                 self._close(reason)
                 return
@@ -68,11 +69,11 @@ def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, max_connection
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_waiting()
-            if self._ip is not None:
-                per_ip[self._ip] -= 1
-                if per_ip[self._ip] <= 0:
-                    del per_ip[self._ip]
-                self._ip = None
+            if self._source is not None:
+                per_source[self._source] -= 1
+                if per_source[self._source] <= 0:
+                    del per_source[self._source]
+                self._source = None
             super().connection_lost(exc)
 
         def _wait_for_headers(self) -> None:
@@ -95,7 +96,7 @@ def guarded_protocol(*, header_timeout_s: float, max_per_ip: int, max_connection
         def _close(self, reason: str) -> None:
             """Close this connection, and stop counting it at once: uvicorn forgets it in ``connection_lost``,
             which uvloop may run after a new connection's request has arrived (then refused 503)."""
-            closed(self._ip or "", reason)
+            closed(self._source or "", reason)
             self._stop_waiting()
             self.transport.close()
             self.connections.discard(self)

@@ -2,7 +2,8 @@
 
 For each request, in order, answering (and closing the connection) at the first refusal:
 
-1. the source IP is not blocked (429; see ``SourceGuard``), the header count is bounded (431);
+1. the source (``ServerLimits.source_of``: an IPv4 address, an IPv6 /64) is not blocked (429; see ``SourceGuard``),
+   the header count is bounded (431);
 2. the route exists (404) and takes this method (405); bodiless routes (``/files``, ``/health``,
    ``/metrics``, not-served synapses) announce no body (413); ``/health`` and ``/metrics`` only for
    ``[server.ops]`` sources or token (404 otherwise); not-served synapses: 501; ``/files`` URLs
@@ -112,7 +113,7 @@ class Slots:
 
 
 def source_guard(limits: ServerLimits, metrics: MinerMetrics) -> SourceGuard:
-    """The per-IP refusal budget of ``limits`` (shared by the gate and the connection guard)."""
+    """The per-source refusal budget of ``limits`` (shared by the gate and the connection guard)."""
     return SourceGuard(burst=limits.refusal_burst, rate_per_s=limits.refusal_rate_per_s, block_s=limits.block_s,
                        max_sources=limits.max_sources, on_block=metrics.blocked_sources.inc)
 
@@ -153,8 +154,9 @@ class Gate:
             return
         client = scope.get("client")
         ip = str(client[0]) if client else "unknown"
+        source = self.limits.source_of(ip)
         route = route_of(scope["path"])
-        if self.sources.blocked(ip):
+        if self.sources.blocked(source):
             self.metrics.refused.labels("rate_limited").inc()
             await _answer(send, route.kind, 429, "too many refused requests from this address; retry later")
             return
@@ -163,18 +165,19 @@ class Gate:
             privileged = self._screen(scope, route, headers, ip)
             self.slots.acquire(privileged)
         except Refusal as refusal:
-            await self._refuse(send, route.kind, ip, refusal)
+            await self._refuse(send, route.kind, source, refusal)
             return
         try:
             if route.kind in ("legacy", "btauth"):
-                await self._authenticated(scope, receive, send, route, headers, ip)
+                await self._authenticated(scope, receive, send, route, headers, source)
             else:
                 await self.app(scope, receive, send)
         finally:
             self.slots.release(privileged)
 
     def _screen(self, scope: dict[str, Any], route: Route, headers: Mapping[str, str], ip: str) -> bool:
-        """Checks that need no body and no crypto; whether the request claims priority."""
+        """Checks that need no body and no crypto; whether the request claims priority (``ip``: the client's own
+        address, which ``server.ops.allow`` is matched against)."""
         if route.kind == "unknown":
             raise Refusal(404, "not_found", "not found")
         if scope["method"] not in route.methods:
@@ -206,18 +209,18 @@ class Gate:
         return True
 
     async def _authenticated(self, scope: dict[str, Any], receive: Any, send: Any, route: Route,
-                             headers: Mapping[str, str], ip: str) -> None:
+                             headers: Mapping[str, str], source: str) -> None:
         auth = self.legacy if route.kind == "legacy" else self.btauth
         cap = self.limits.synapse_max_bytes if route.kind == "legacy" else self.limits.json_max_bytes
         try:
             target = scope["path"] if route.kind == "legacy" else _target(scope)
             pending = auth.begin(scope["method"], target, headers)
         except AuthError as exc:
-            await self._refuse(send, route.kind, ip, Refusal(exc.status, _auth_reason(exc), exc.reason),
+            await self._refuse(send, route.kind, source, Refusal(exc.status, _auth_reason(exc), exc.reason),
                                hotkey=headers.get(auth.hotkey_header))
             return
         try:
-            body = await self._body(receive, headers, ip, cap)
+            body = await self._body(receive, headers, source, cap)
             try:
                 caller = pending.complete(body)
             except AuthError as exc:
@@ -232,22 +235,22 @@ class Gate:
             self.metrics.refused.labels(gone.reason).inc()
             return
         except Refusal as refusal:
-            await self._refuse(send, route.kind, ip, refusal, hotkey=pending.caller.hotkey)
+            await self._refuse(send, route.kind, source, refusal, hotkey=pending.caller.hotkey)
             return
         finally:
             pending.close()
         scope.setdefault("state", {}).update(state)
         await self.app(scope, replay(body, receive), send)
 
-    async def _body(self, receive: Any, headers: Mapping[str, str], ip: str, cap: int) -> bytes:
+    async def _body(self, receive: Any, headers: Mapping[str, str], source: str, cap: int) -> bytes:
         """The body (at most ``cap`` bytes, within the deadline); a source reads few bodies at once."""
         declared = _declared_length(headers)
         if declared is not None and declared > cap:
             raise Refusal(413, "too_large", f"Content-Length {declared} exceeds this route's {cap}-byte limit")
-        if self._reading[ip] >= self.limits.max_body_reads_per_ip:
+        if self._reading[source] >= self.limits.max_body_reads_per_ip:
             raise Refusal(503, "saturated", f"more than {self.limits.max_body_reads_per_ip} bodies in flight "
                                             "from this address")
-        self._reading[ip] += 1
+        self._reading[source] += 1
         try:
             return await read_capped(receive, cap=cap, timeout_s=self.limits.body_timeout_s)
         except BodyError as exc:
@@ -255,18 +258,19 @@ class Gate:
                 raise
             raise Refusal(exc.status, exc.reason, str(exc)) from None
         finally:
-            self._reading[ip] -= 1
-            if not self._reading[ip]:
-                del self._reading[ip]
+            self._reading[source] -= 1
+            if not self._reading[source]:
+                del self._reading[source]
 
-    async def _refuse(self, send: Any, kind: str, ip: str, refusal: Refusal, hotkey: Optional[str] = None) -> None:
+    async def _refuse(self, send: Any, kind: str, source: str, refusal: Refusal,
+                      hotkey: Optional[str] = None) -> None:
         self.metrics.refused.labels(refusal.reason).inc()
-        if refusal.charge and self.sources.refused(ip, refusal.reason):
+        if refusal.charge and self.sources.refused(source, refusal.reason):
             refusal = Refusal(429, "rate_limited", f"{refusal.message}; too many refused requests from this "
                                                    f"address: blocked for {self.limits.block_s:g} s")
         if kind in ("legacy", "btauth") and refusal.status in (401, 403):
             log.debug("request refused", extra={"fields": {
-                "route_kind": kind, "status": refusal.status, "reason": refusal.reason, "source": ip,
+                "route_kind": kind, "status": refusal.status, "reason": refusal.reason, "source": source,
                 "hotkey": (hotkey or "")[:64], "message": refusal.message[:200]}})
         await _answer(send, kind, refusal.status, refusal.message)
 

@@ -5,15 +5,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from miner.config import MinerConfig
 from miner.metrics import MinerMetrics
 from miner.server.connections import guarded_protocol
+from miner.server.source_key import IPV6_BITS, source_key
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MIN_IPV6_SOURCE_PREFIX = 32  # shorter prefixes lump unrelated networks (a /32 is a whole ISP's allocation)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class ServerLimits:
     refusal_rate_per_s: float = 1.0
     block_s: float = 60.0
     max_sources: int = 65536
+    ipv6_source_prefix: int = 64
 
     @classmethod
     def from_config(cls, config: MinerConfig) -> "ServerLimits":
@@ -46,22 +51,36 @@ class ServerLimits:
 
     def validate(self) -> None:
         """``ValueError`` for settings that would refuse everyone or bound nothing."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not math.isfinite(value):
+                raise ValueError(f"server.limits.{field.name} must be a finite number, got {value!r}")
         if not 0 < self.open_in_flight <= self.max_in_flight:
             raise ValueError("server.limits.open_in_flight must be between 1 and server.limits.max_in_flight")
         if self.max_connections <= self.max_in_flight:
             raise ValueError("server.limits.max_connections must exceed server.limits.max_in_flight "
                              "(idle keep-alive connections count against it)")
         for name in ("synapse_max_bytes", "json_max_bytes", "json_max_depth", "body_timeout_s", "max_body_reads_per_ip",
-                     "header_timeout_s",
-                     "max_header_bytes", "max_header_count", "max_connections_per_ip", "refusal_burst",
-                     "refusal_rate_per_s", "max_sources"):
+                     "header_timeout_s", "max_header_bytes", "max_header_count", "max_connections_per_ip",
+                     "refusal_burst", "refusal_rate_per_s", "block_s", "max_sources"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"server.limits.{name} must be positive")
+                raise ValueError(f"server.limits.{name} must be positive, got {getattr(self, name)!r}")
+        if not MIN_IPV6_SOURCE_PREFIX <= self.ipv6_source_prefix <= IPV6_BITS:
+            raise ValueError(f"server.limits.ipv6_source_prefix must be from {MIN_IPV6_SOURCE_PREFIX} to {IPV6_BITS} "
+                             f"(64: an IPv6 source is its /64, one host's usual allocation; 128: each address), "
+                             f"got {self.ipv6_source_prefix!r}")
+        if self.keep_alive_s < 0:
+            raise ValueError("server.limits.keep_alive_s must be 0 (no idle keep-alive) or more, "
+                             f"got {self.keep_alive_s!r}")
         if self.header_timeout_s <= self.keep_alive_s:
             raise ValueError(f"server.limits.header_timeout_s ({self.header_timeout_s:g}) must exceed "
                              f"server.limits.keep_alive_s ({self.keep_alive_s:g}): both run on an idle keep-alive "
                              "connection, and the header deadline closing it first counts as a slow-header refusal "
                              "against its source (validators reuse connections)")
+
+    def source_of(self, ip: str) -> str:
+        """The source ``ip`` counts as for every per-source limit (``miner.server.source_key``)."""
+        return source_key(ip, self.ipv6_source_prefix)
 
 
 @dataclass(frozen=True)
@@ -99,23 +118,24 @@ class OpsAccess:
 def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
     """Keyword arguments of ``uvicorn.run`` for the miner app (``create_app``): h11 with bounded headers,
     connections and idle time (the longest idle connection closed to make room at ``max_connections``),
-    sharing the app's per-IP block list; closures counted in its metrics, and a header deadline missed
-    spends a token of the source's refusal budget (slowloris sources get blocked)."""
+    sharing the app's per-source block list (sources keyed by ``limits.source_of``); closures counted in its
+    metrics, and a header deadline missed spends a token of the source's refusal budget (slowloris sources get
+    blocked)."""
     server = config.section("server")
     limits: ServerLimits = app.state.limits
     metrics: MinerMetrics = app.state.metrics
 
-    def on_close(ip: str, reason: str) -> None:
+    def on_close(source: str, reason: str) -> None:
         metrics.connections_closed.labels(reason).inc()
         if reason == "header_timeout":
-            app.state.sources.refused(ip, reason)
+            app.state.sources.refused(source, reason)
 
     return {
         "host": server["host"], "port": int(server["port"]), "log_config": None, "access_log": False,
         "timeout_graceful_shutdown": int(server["shutdown_grace_s"]) + 5,
         "http": guarded_protocol(header_timeout_s=limits.header_timeout_s, max_per_ip=limits.max_connections_per_ip,
-                                 max_connections=limits.max_connections, blocked=app.state.sources.blocked,
-                                 on_close=on_close),
+                                 max_connections=limits.max_connections, source_of=limits.source_of,
+                                 blocked=app.state.sources.blocked, on_close=on_close),
         "h11_max_incomplete_event_size": limits.max_header_bytes,
         "limit_concurrency": limits.max_connections,
         "timeout_keep_alive": limits.keep_alive_s,

@@ -1,7 +1,7 @@
 """``flashvsr-miner doctor`` checks, each on its OK and FAIL path, for real: wallets made with bittensor,
 a local storage directory and an S3-compatible moto server with credential checks on, sockets holding
-ports, HTTP on loopback, PyAV encodes; and ``flashvsr-miner`` refusing four bad starts (status 2, one
-line on stderr, no traceback)."""
+ports, HTTP on loopback, PyAV encodes; and ``flashvsr-miner`` refusing bad starts (status 2, one
+line on stderr, no traceback), an open-file hard limit too low among them (set in the child with setrlimit)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import resource
 import shlex
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from miner.config import MinerConfig, load_miner_config
 from miner.doctor.chain import check_chain, registration_result
 from miner.doctor.model import check_encoder, check_warmup, check_weights, warmup_result
 from miner.doctor.network import check_health, check_port
+from miner.doctor.nofile import check_nofile, nofile_result
 from miner.doctor.result import DoctorContext, Status
 from miner.doctor.runner import Step, run_bounded, run_steps
 from miner.doctor.start import start_problem
@@ -38,15 +40,17 @@ from miner.doctor.wallet import check_wallet
 from miner.metrics import MinerMetrics
 from miner.server.gate import Gate, source_guard
 from miner.server.limits import OpsAccess, ServerLimits
+from miner.server.nofile import OpenFileLimit, open_file_limit
 from miner.server.ops import ops_router
 from miner.storage import LocalStorage
-from scripts.run_local import free_port
+from scripts.run_local import free_port, stop, wait_healthy
 from tests.miner.test_storage import _ThreadedServer, serving_files
 
 REPO = Path(__file__).resolve().parents[2]
 BTCLI = Path(sys.executable).with_name("btcli")
 BUCKET = "results"
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU paths of the GPU checks")
+HARD_NOFILE = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 
 
 def _config(tmp: Path, wallet_root: Path | None = None, wallet: str = "miner", **sections: dict[str, Any]) -> MinerConfig:
@@ -430,6 +434,67 @@ def test_registration_and_axon_compared_from_a_metagraph_snapshot(tmp_path: Path
     assert unpublishable.status is Status.FAIL and "cannot be published" in unpublishable.detail
 
 
+# ----------------------------------------------------------------------------------- open files
+
+
+def test_open_file_limit_verdicts() -> None:
+    """The need is max_connections + max_in_flight + 256; a soft limit below it is fine while the hard limit lets
+    the miner raise it; a hard limit below it fails with the settings that raise it (and the max_connections
+    that fits, where one does)."""
+    enough = nofile_result(OpenFileLimit(soft=20000, hard=20000, max_connections=1024, max_in_flight=256))
+    assert enough.status is Status.OK and enough.detail.startswith("soft open-file limit 20000 covers the 1536 open "
+                                                                   "files the server needs")
+    raised = nofile_result(OpenFileLimit(soft=1024, hard=4096, max_connections=1024, max_in_flight=256))
+    assert raised.status is Status.OK and raised.detail.endswith("the miner raises it at start (hard limit 4096)")
+    low = nofile_result(OpenFileLimit(soft=1024, hard=1024, max_connections=1024, max_in_flight=256))
+    assert low.failed and low.detail.startswith("hard open-file limit 1024 (soft 1024) is below the 1536 open files")
+    for setting in ("`ulimit -n 1536`", "`LimitNOFILE=1536`", "`pm2 kill`", "lower server.limits.max_connections to 512"):
+        assert setting in low.fix, setting
+    tiny = nofile_result(OpenFileLimit(soft=256, hard=256, max_connections=1024, max_in_flight=256))
+    assert tiny.failed and "max_connections" not in tiny.fix  # nothing above max_in_flight fits in 256
+    assert check_nofile(_context(load_miner_config(environ={}))).status is (
+        Status.OK if open_file_limit(ServerLimits()).raisable else Status.FAIL)
+
+
+def _limited(soft: int, hard: int):
+    """A ``preexec_fn`` giving the child these open-file limits."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@cpu_only
+@pytest.mark.skipif(HARD_NOFILE != resource.RLIM_INFINITY and HARD_NOFILE < 4096,
+                    reason="the test lowers the hard open-file limit to 4096")
+def test_a_low_soft_limit_is_raised_at_start_and_a_low_hard_limit_refused(tmp_path: Path, wallet_root: Path,
+                                                                          miner_wallet) -> None:
+    """With 1024 open files allowed (many hosts' soft limit, the default max_connections), the miner raises its
+    soft limit to the 1536 it needs, logs it, and serves; with a hard limit of 1024 it refuses to start, in one
+    line naming the settings that raise it."""
+    port = free_port()
+    path = _toml(tmp_path / "nofile.toml", {
+        "server": {"host": "127.0.0.1", "port": port},
+        "chain": {"wallet_name": "miner", "wallet_path": str(wallet_root)},
+        "storage.local": {"dir": str(tmp_path / "files")}, "jobs.calibration": {"state_path": ""},
+        "upscaler": {"weights": "random-small"}})
+    command, env = [sys.executable, "-m", "miner", "--config", str(path)], {**os.environ, "PYTHONPATH": str(REPO)}
+    refused = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                             preexec_fn=_limited(1024, 1024))
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert refused.stderr.startswith("flashvsr-miner: hard open-file limit 1024 (soft 1024) is below the 1536 open "
+                                     "files the server needs (server.limits.max_connections 1024 + max_in_flight "
+                                     "256 + 256 of its own); raise it to 1536 or more: `ulimit -n 1536`"), refused.stderr
+    log = tmp_path / "miner.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                preexec_fn=_limited(1024, 4096))
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}/health", proc, 120)
+            limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        finally:
+            stop(proc)
+    assert re.search(r"^Max open files\s+1536\s+4096\s+files", limits, re.M), limits
+    assert re.search(r"raised the open-file limit soft_before=1024 soft=1536 hard=4096 needed=1536", log.read_text())
+
+
 # ------------------------------------------------------------------------------------ start, CLI
 
 
@@ -497,15 +562,16 @@ def test_doctor_subcommand_fails_without_a_gpu(tmp_path: Path, wallet_root: Path
                           timeout=180)
     lines = {line.split()[1]: line for line in done.stdout.splitlines()[:-1]}
     assert done.returncode == 1, done.stdout + done.stderr
-    assert list(lines) == ["gpu", "versions", "attention", "weights", "warm-up", "encoder", "wallet", "port", "health",
-                           "storage", "chain"]
+    assert list(lines) == ["gpu", "versions", "attention", "weights", "warm-up", "encoder", "wallet", "port", "nofile",
+                           "health", "storage", "chain"]
     assert lines["gpu"].startswith("FAIL gpu ") and "the miner needs a CUDA GPU" in lines["gpu"]
+    nofile = ["nofile"] if open_file_limit(ServerLimits()).raisable else []  # the doctor has this process's limits
     assert [name for name, line in lines.items() if line.startswith("OK")] == [
-        "versions", "attention", "weights", "warm-up", "encoder", "wallet", "port", "storage"], done.stdout
+        "versions", "attention", "weights", "warm-up", "encoder", "wallet", "port", *nofile, "storage"], done.stdout
     assert lines["weights"].startswith("OK   weights   random-small (v1.1, float32) loaded on cpu")
     assert re.search(r"9 frames 64x36->128x72 in [\d.]+ s = [\d.]+ frames/s; table [\d.]+ frames/s, planner "
                      r"estimate [\d.]+ s \(CPU: reported only\)", lines["warm-up"])
-    assert done.stdout.splitlines()[-1] == "1 check(s) failed" and "Traceback" not in done.stderr
+    assert done.stdout.splitlines()[-1] == f"{2 - len(nofile)} check(s) failed" and "Traceback" not in done.stderr
 
 
 @cpu_only

@@ -34,19 +34,22 @@ NS = 1_000_000_000
 
 
 class Server:
-    def __init__(self, port: int, app: FastAPI, hotkey: str, validator, metrics: MinerMetrics) -> None:
-        self.port, self.app, self.hotkey, self.validator, self.metrics = port, app, hotkey, validator, metrics
+    def __init__(self, host: str, port: int, app: FastAPI, hotkey: str, validator, metrics: MinerMetrics) -> None:
+        self.host, self.port, self.app, self.hotkey, self.validator = host, port, app, hotkey, validator
+        self.metrics = metrics
         self.work: list[str] = []
         self.release = threading.Event()
 
 
 @contextlib.contextmanager
-def _serving(validator_wallet, miner_wallet, tmp_path: Path, limits: dict[str, float]) -> Iterator[Server]:
+def _serving(validator_wallet, miner_wallet, tmp_path: Path, limits: dict[str, float], *, host: str = "127.0.0.1",
+             listener: socket.socket | None = None) -> Iterator[Server]:
+    """The gate and the guards listening on ``host``, or on ``listener`` (a bound socket, reached at ``host``)."""
     me, hotkey = miner_wallet.hotkey.ss58_address, validator_wallet.hotkey.ss58_address
     registry = StaticAllowList([hotkey], stake=10.0)
-    port = free_port()
+    port = listener.getsockname()[1] if listener else free_port()
     toml = tmp_path / "miner.toml"
-    toml.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\n[server.limits]\n'
+    toml.write_text(f'[server]\nhost = "{host}"\nport = {port}\n[server.limits]\n'
                     + "".join(f"{k} = {v}\n" for k, v in limits.items())
                     + '[server.ops]\nallow = ["127.0.0.1/32"]\ntoken = "s3cret"\n')
     config = load_miner_config(toml)
@@ -55,7 +58,7 @@ def _serving(validator_wallet, miner_wallet, tmp_path: Path, limits: dict[str, f
     app.state.limits, app.state.metrics, app.state.sources = limits, metrics, source_guard(limits, metrics)
     app.add_middleware(Gate, legacy=LegacyAuth(me, registry), btauth=BtAuth(me, registry), limits=limits,
                        ops=OpsAccess.from_config(config), metrics=metrics, sources=app.state.sources)
-    srv = Server(port, app, me, validator_wallet, metrics)
+    srv = Server(host, port, app, me, validator_wallet, metrics)
 
     @app.post("/LengthCheckProtocol")
     async def length(request: Request, caller: Caller = Depends(gate_caller)):
@@ -74,7 +77,7 @@ def _serving(validator_wallet, miner_wallet, tmp_path: Path, limits: dict[str, f
         return {"status": "ok"}
 
     uv = uvicorn.Server(uvicorn.Config(app, **{**uvicorn_options(config, app), "lifespan": "off"}))
-    thread = threading.Thread(target=uv.run, daemon=True)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [listener] if listener else None}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not uv.started and time.monotonic() < deadline:
@@ -101,7 +104,7 @@ def crowded(validator_wallet, miner_wallet, tmp_path: Path) -> Iterator[Server]:
 
 
 def _connect(server: Server, source: str = "127.0.0.1") -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5, source_address=(source, 0))
+    sock = socket.create_connection((server.host, server.port), timeout=5, source_address=(source, 0))
     return sock
 
 
@@ -301,6 +304,106 @@ def test_idle_connections_cannot_lock_validators_out(crowded: Server) -> None:
         for sock in idle:
             sock.close()
     assert 'miner_connections_closed_total{reason="evicted"} 2.0' in crowded.metrics.render().decode()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _sources_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.fields["source"] for record in caplog.records if record.msg == "refusing requests from a source"]
+
+
+@pytest.mark.parametrize("ip, prefix, source", [
+    ("203.0.113.7", 64, "203.0.113.7"),
+    ("::ffff:203.0.113.7", 64, "203.0.113.7"),  # IPv4-mapped (a dual-stack socket): the IPv4 address
+    ("2001:db8:1:2:a:b:c:d", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:2::1", 64, "2001:db8:1:2::/64"),
+    ("2001:db8:1:3::1", 64, "2001:db8:1:3::/64"),
+    ("2001:db8:1:2ff::1", 56, "2001:db8:1:200::/56"),
+    ("2001:db8::1", 128, "2001:db8::1/128"),
+    ("fe80::1%eth0", 64, "fe80::/64"),
+    ("::1", 64, "::/64"),
+    ("", 64, ""),  # a Unix socket's client
+    ("unknown", 64, "unknown"),
+])
+def test_sources_are_ipv4_addresses_and_ipv6_networks(ip: str, prefix: int, source: str) -> None:
+    assert ServerLimits(ipv6_source_prefix=prefix).source_of(ip) == source
+
+
+def test_the_addresses_of_one_ipv6_64_share_one_refusal_budget(caplog: pytest.LogCaptureFixture) -> None:
+    """Six unauthenticated requests from six addresses of one /64 (one host's allocation): the budget of 5 runs out
+    and the whole /64 is blocked, its next address included; an address of the next /64 is still heard."""
+    async def app(scope: dict, receive, send) -> None:
+        raise AssertionError("an unauthenticated request reached the app")
+
+    nobody = StaticAllowList([], stake=0.0)
+    gate = Gate(app, legacy=LegacyAuth("miner", nobody), btauth=BtAuth("miner", nobody), limits=ServerLimits(**LIMITS),
+                ops=OpsAccess(allow=()), metrics=MinerMetrics())
+
+    def status_from(ip: str) -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "path": "/LengthCheckProtocol", "headers": [],
+                 "client": (ip, 40000)}
+        asyncio.run(gate(scope, receive, send))
+        return sent[0]["status"]
+
+    statuses = [status_from(f"2001:db8:1:2::{i:x}") for i in range(1, 7)]
+    assert statuses == [401] * 5 + [429]
+    assert status_from("2001:db8:1:2:ffff:ffff:ffff:ffff") == 429
+    assert status_from("2001:db8:1:3::1") == 401
+    assert gate.sources.blocked("2001:db8:1:2::/64") and len(gate.sources) == 2
+    assert _sources_logged(caplog) == ["2001:db8:1:2::/64"] * 2 + ["2001:db8:1:3::/64"]  # first refusal, block
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+def test_an_ipv6_client_is_capped_and_blocked_as_its_64(validator_wallet, miner_wallet, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Over real IPv6 connections (::1): the per-source connection cap, the refusal budget and the block apply to
+    the client's /64, and the log names it as such."""
+    with _serving(validator_wallet, miner_wallet, tmp_path, LIMITS, host="::1") as srv:
+        socks = [_connect(srv, "::1") for _ in range(LIMITS["max_connections_per_ip"])]
+        try:
+            with _connect(srv, "::1") as extra:
+                assert extra.recv(100) == b""  # over the cap: closed at once
+        finally:
+            for sock in socks:
+                sock.close()
+        time.sleep(0.2)
+        statuses = [_send(srv, _request("POST", "/LengthCheckProtocol", {}), source="::1")[0] for _ in range(6)]
+        assert statuses == [401] * 5 + [429]
+        assert _send(srv, _request("POST", "/LengthCheckProtocol", {}), source="::1")[0] == 0  # blocked: closed unread
+        text = srv.metrics.render().decode()
+    assert 'miner_connections_closed_total{reason="per_ip_limit"} 1.0' in text
+    assert 'miner_connections_closed_total{reason="blocked"} 1.0' in text
+    assert _sources_logged(caplog) == ["::/64"] * 2
+
+
+def test_ipv4_clients_of_a_dual_stack_socket_stay_apart(validator_wallet, miner_wallet, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A dual-stack IPv6 socket sees IPv4 clients as ::ffff:a.b.c.d: each stays its own source (as its IPv4
+    address), not one IPv6 /64 shared by every IPv4 client."""
+    listener = socket.socket(socket.AF_INET6)
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    listener.bind(("::ffff:127.0.0.1", 0))
+    with listener, _serving(validator_wallet, miner_wallet, tmp_path, LIMITS, listener=listener) as srv:
+        statuses = [_send(srv, _request("POST", "/LengthCheckProtocol", {}), source="127.0.0.9")[0] for _ in range(6)]
+        assert statuses == [401] * 5 + [429]
+        assert _send(srv, _request("POST", "/LengthCheckProtocol", {}), source="127.0.0.9")[0] == 0
+        assert _send(srv, _request("POST", "/LengthCheckProtocol", {}), source="127.0.0.10")[0] == 401
+    assert _sources_logged(caplog) == ["127.0.0.9"] * 2 + ["127.0.0.10"]
 
 
 def test_header_count_and_size_are_bounded(server: Server) -> None:

@@ -35,6 +35,38 @@ def test_a_header_deadline_not_outlasting_keep_alive_is_refused(tmp_path: Path, 
                           f"must exceed server.limits.keep_alive_s ({keep_alive_s})"), err
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("keep_alive_s = -1", "server.limits.keep_alive_s must be 0 (no idle keep-alive) or more, got -1"),
+    ("block_s = 0.0", "server.limits.block_s must be positive, got 0.0"),
+    ("block_s = -60.0", "server.limits.block_s must be positive, got -60.0"),
+    ("header_timeout_s = inf", "server.limits.header_timeout_s must be a finite number, got inf"),
+    ("body_timeout_s = nan", "server.limits.body_timeout_s must be a finite number, got nan"),
+    ("block_s = inf", "server.limits.block_s must be a finite number, got inf"),
+])
+def test_negative_zero_and_infinite_limits_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       setting: str, message: str) -> None:
+    """Before: a negative keep_alive_s, a block_s of 0 or less (blocks that never hold) and NaN or infinite
+    durations (TOML's nan/inf: a header deadline that never fires) started the server."""
+    status, err = _start(tmp_path, capsys, f"[server.limits]\n{setting}\n")
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"flashvsr-miner: configuration error: {message}"), err
+
+
+@pytest.mark.parametrize("prefix", [0, 16, 129])
+def test_an_ipv6_source_prefix_outside_32_to_128_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             prefix: int) -> None:
+    status, err = _start(tmp_path, capsys, f"[server.limits]\nipv6_source_prefix = {prefix}\n")
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("flashvsr-miner: configuration error: server.limits.ipv6_source_prefix must be from 32 to "
+                          f"128 (64: an IPv6 source is its /64, one host's usual allocation; 128: each address), "
+                          f"got {prefix}"), err
+
+
+def test_no_keep_alive_is_accepted() -> None:
+    """keep_alive_s = 0 (idle keep-alive connections closed at once) is what the gate tests run with."""
+    check_server_settings(load_miner_config(overrides={"server": {"limits": {"keep_alive_s": 0}}}, environ={}))
+
+
 @pytest.mark.parametrize("token", ["секрет", "pässwort", "two words"])
 def test_an_ops_token_no_header_can_carry_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       token: str) -> None:
