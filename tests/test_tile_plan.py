@@ -91,6 +91,19 @@ def test_nothing_fits_gives_the_smallest_peak() -> None:
     layout = _layout(2)
     assert layout.tiles > 1 and layout.blend_frames == 1 and layout.peak_gib == pytest.approx(min(
         _least_peak(3840, 2160, *c) for c in candidate_layouts(3840, 2160, 64, 128) if c[0] * c[1] > 1))
+    assert not layout.fits and layout.budget_gib == pytest.approx(MODEL.budget_gib(2 * GIB))
+    assert _layout(22).fits and _layout(22).budget_gib == pytest.approx(MODEL.budget_gib(22 * GIB))
+    assert "(budget 19.2 GiB)" in _layout(22).describe()
+
+
+def test_a_least_tile_count_where_the_frame_can_be_cut() -> None:
+    """``min_tiles`` (the retry after an out-of-memory asks for 2) skips the layouts with fewer tiles: 4K in
+    80 GiB, which fits untiled, is then cut into two bands; a frame too small to cut stays whole."""
+    banded = choose_layout(3840, 2160, usable_bytes=80 * GIB, model=MODEL, variant=TINY, overlap=64, min_tiles=2)
+    assert (banded.rows, banded.columns, banded.tile_width, banded.tile_height) == (2, 1, 3840, 1152)
+    assert banded.fits and not _layout(80).tiled
+    small = choose_layout(128, 72, usable_bytes=80 * GIB, model=MODEL, variant=TINY, overlap=64, min_tiles=2)
+    assert small.tiles == 1 and small.fits
 
 
 def test_predicted_peak_includes_the_blend_of_a_group_beside_the_last_tile() -> None:
