@@ -13,7 +13,7 @@ blend overlapped the last tile, so they hold the tile's peak alone.)
 :func:`choose_layout` picks the fewest, then smallest, tiles (rows x columns of equal rectangles,
 sides multiples of the model's 128 px window, bands where they need fewer tiles than squares), the
 most decoder frames per pass and the largest blend group whose predicted peak fits the usable memory
-minus a margin.
+minus a margin; :func:`plan_layout` does so with the settings a run uses.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from upscaler.blend_memory import blend_bytes
 from upscaler.configfiles import load_config
 from upscaler.geometry import round_up
-from upscaler.settings import TilingSettings, VariantSettings, load_settings
+from upscaler.settings import TilingSettings, UpscalerSettings, VariantSettings
 
 log = logging.getLogger(__name__)
 
@@ -236,12 +236,12 @@ def layout_slowdown(tiles: int, tile_width: int, tile_height: int, width: int, h
     return overhead * tiles * seconds_per_frame(tile_width * tile_height) / seconds_per_frame(width * height)
 
 
-def plan_layout(width: int, height: int, usable_bytes: int, variant: str, upscaler_config: str = "upscaler",
-                throughput_config: str = "throughput") -> TileLayout:
-    """:func:`choose_layout` for ``variant`` of the upscaler's configuration, with the shipped memory model."""
-    settings = load_settings(upscaler_config)
+def plan_layout(width: int, height: int, usable_bytes: int, variant: str, settings: UpscalerSettings, *,
+                throughput_config: str = "throughput", min_tiles: int = 1) -> TileLayout:
+    """:func:`choose_layout` for ``variant`` of ``settings`` (those the run uses: its tiling, variants and
+    spatial multiple), with the memory model of ``throughput_config``."""
     return choose_layout(
         width, height, usable_bytes=usable_bytes, model=MemoryModel.load(throughput_config),
         variant=settings.variant(variant), overlap=settings.tiling.tile_overlap, multiple=settings.spatial_multiple,
-        blend_frames=settings.tiling.blend_frames,
+        blend_frames=settings.tiling.blend_frames, min_tiles=min_tiles,
     )

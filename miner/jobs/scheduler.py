@@ -24,7 +24,7 @@ from miner.jobs.admission import Backlog, admit
 from miner.jobs.pool import KILL_GRACE_S, WorkerHandle, WorkerLost, WorkerStartError
 from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
-from miner.jobs.worker import WorkerConfig, WorkerHooks
+from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_settings
 from miner.metrics import MinerMetrics
 from upscaler.calibration import CalibrationStore, ThroughputCalibration
 from upscaler.configfiles import load_config
@@ -103,6 +103,8 @@ class Scheduler:
         self._slots: list[_Slot] = []
         self._queue: PriorityTaskQueue[_Job] = PriorityTaskQueue(int(jobs["max_queue"]))
         self._base_table = ThroughputTable.load(config.get("upscaler.throughput"), config.get("upscaler.precision"))
+        # what every worker runs with (the device aside, which no tile layout depends on): clips are priced with it
+        self.settings = worker_settings(config.get("upscaler.config"), "auto", config.upscaler_overrides)
         self._tables: dict[str, ThroughputTable] = {}
         self._stores: dict[str, CalibrationStore] = {}
         self._lost_clip_retries = int(config.get("cluster.lost_clip_retries")) if self.backend == "ray" else 0
@@ -285,7 +287,7 @@ class Scheduler:
             width, height, frames, free_vram_bytes=min(free) if free else None, deadline_s=deadline_s,
             table=self.table, device=self.device_class, variant=self.config.get("upscaler.variant"),
             prefer_quality=bool(jobs["prefer_quality"]), long_clip_frames=int(jobs["long_clip_frames"]),
-            tile_size=int(jobs["oom_retry_tile_size"]),
+            tile_size=int(jobs["oom_retry_tile_size"]), settings=self.settings,
         )
 
     def capacity(self) -> list[WorkerCapacity]:
@@ -296,7 +298,8 @@ class Scheduler:
             if not slot.up:
                 continue
             device = self._class_of(slot)
-            worker = WorkerCapacity(device, self.table_for(device), free_vram_bytes=slot.info.get("free_vram_bytes"))
+            worker = WorkerCapacity(device, self.table_for(device), free_vram_bytes=slot.info.get("free_vram_bytes"),
+                                    settings=self.settings)
             if slot.running is not None:
                 left = worker.seconds(clip_work(slot.running.spec)) - (now - slot.started_at)
                 worker = replace(worker, busy_for=max(left, 0.0))

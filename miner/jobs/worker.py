@@ -96,7 +96,7 @@ def worker_settings(upscaler_config: str, device: str, overrides: Mapping[str, A
     """The settings a worker on ``device`` loads and runs its warm-up and every first attempt with (the
     doctor's warm-up too): ``upscaler_config`` under the miner's ``[upscaler]`` keys, with the tile layout
     chosen from the worker's usable memory (``tiling.auto``: untiled where the frame fits, within
-    ``max_vram_gib``), as the planner prices its clips."""
+    ``max_vram_gib``). The planner prices clips in layouts chosen with them (the scheduler's, the doctor's)."""
     settings = load_settings(upscaler_config, device=device, **overrides)
     return settings.with_overrides(tiling=replace(settings.tiling, auto=True))
 

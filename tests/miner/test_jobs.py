@@ -199,3 +199,39 @@ def test_retry_tile_after_out_of_memory() -> None:
     assert retry_tile_size(640, 1024, 128) == 256
     assert retry_tile_size(256, 1024, 128) == 256
     assert retry_tile_size(1536, 1024, 256) == 768
+
+
+def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> None:
+    """The scheduler prices clips in layouts chosen with the workers' settings (miner.jobs.worker.worker_settings:
+    the miner's [upscaler] table), not the shipped upscaler.toml: an upscaler.config with 128 px tile overlap
+    makes a 4K clip on a 22 GiB worker 2 x 2 tiles of 2048x1152 instead of 3 bands of 3840x768."""
+    from types import SimpleNamespace
+
+    from miner.jobs.scheduler import IDLE, Scheduler, _Slot
+    from miner.jobs.worker import worker_settings
+    from upscaler.configfiles import config_path
+    from upscaler.tile_plan import plan_layout
+
+    shipped = config_path("upscaler").read_text()
+    assert "\ntile_overlap = 64 " in shipped
+    custom = tmp_path / "upscaler-overlap128.toml"
+    custom.write_text(shipped.replace("\ntile_overlap = 64 ", "\ntile_overlap = 128 "))
+    usable = 22 * 2**30
+
+    def scheduler(**upscaler: str) -> Scheduler:
+        config = load_miner_config(overrides={"upscaler": upscaler, "jobs": {"calibration": {"state_path": ""}}},
+                                   environ={})
+        made = Scheduler(config, MinerMetrics())
+        made._slots = [_Slot(SimpleNamespace(index=0, backend="local"), state=IDLE,
+                             info={"device_class": "h200", "free_vram_bytes": usable})]
+        return made
+
+    default, custom_overlap = scheduler(), scheduler(config=str(custom))
+    assert custom_overlap.settings == worker_settings(str(custom), "auto", custom_overlap.config.upscaler_overrides)
+    layouts = [plan_layout(3840, 2160, usable, "tiny", s.settings) for s in (default, custom_overlap)]
+    assert [(l.rows, l.columns, l.tile_width, l.tile_height) for l in layouts] == [(3, 1, 3840, 768), (2, 2, 2048, 1152)]
+    plans = [s.plan(3840, 2160, 300, deadline_s=None) for s in (default, custom_overlap)]
+    assert [p.tile_size for p in plans] == [768, 1152]
+    clip = ClipWork(3840, 2160, 300)
+    priced = [s.capacity()[0].seconds(clip) for s in (default, custom_overlap)]
+    assert priced == [p.est_seconds for p in plans] and priced[0] != priced[1]
