@@ -27,7 +27,6 @@ from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
 from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_settings
 from miner.metrics import MinerMetrics
 from upscaler.calibration import CalibrationStore, ThroughputCalibration
-from upscaler.configfiles import load_config
 from upscaler.planner import (ClipWork, Plan, ThroughputTable, WorkerCapacity, calibration_key, plan,
                               tiled_slowdown_for)
 
@@ -75,21 +74,9 @@ def visible_devices(config: MinerConfig) -> list[str]:
     return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
-MIN_TILE_SIZE = 256
-
-
-def retry_tile_size(failed_tile: int, planned_tile: int, multiple: int) -> int:
-    """The tile of the one retry after an out-of-memory: the planned tile after an untiled attempt, half
-    the failed tile (a multiple of the upscaler's ``spatial_multiple``, at least :data:`MIN_TILE_SIZE`)
-    after a tiled one."""
-    if failed_tile <= 0:
-        return planned_tile
-    return max(MIN_TILE_SIZE, failed_tile // 2 // multiple * multiple)
-
-
 def clip_work(spec: TaskSpec) -> ClipWork:
     """The planner's view of a task."""
-    return ClipWork(spec.width, spec.height, spec.frames, spec.variant, spec.tile_size > 0)
+    return ClipWork(spec.width, spec.height, spec.frames, spec.variant, spec.tiled)
 
 
 class Scheduler:
@@ -468,16 +455,8 @@ class Scheduler:
             store.save(calibration)
 
     async def _retry_tiled(self, slot: _Slot, spec: TaskSpec, first: TaskOutcome) -> TaskOutcome:
-        """After an out-of-memory: plan again as if no untiled run fits, and retry once tiled."""
-        device = self._class_of(slot)
-        replanned = plan(
-            spec.width, spec.height, spec.frames, free_vram_bytes=0, deadline_s=spec.deadline - time.time(),
-            table=self.table_for(device), device=device, variant=spec.variant,
-            tile_size=int(self.config.get("jobs.oom_retry_tile_size")),
-        )
-        multiple = int(load_config(self.config.get("upscaler.config"))["defaults"]["spatial_multiple"])
-        tile = retry_tile_size(spec.tile_size, replanned.tile_size or int(self.config.get("jobs.oom_retry_tile_size")),
-                               multiple)
+        """After an out-of-memory: retry once on the same worker, which tiles the clip in the layout that fits
+        the memory free then, or fails it with the reason when none does (:class:`miner.jobs.worker.WorkerCore`)."""
         log.warning("retrying tiled after out-of-memory", extra={"fields": {
-            "task_id": spec.task_id, "tile": tile, "first_error": first.message}})
-        return await slot.handle.execute(spec.retry_tiled(tile))
+            "task_id": spec.task_id, "worker": slot.index, "first_error": first.message}})
+        return await slot.handle.execute(spec.retry_tiled())

@@ -42,9 +42,14 @@ class TaskSpec:
     attempt: int = 0
     src_url: str = ""            # where ``src`` was downloaded from: a worker on another host fetches it again
 
-    def retry_tiled(self, tile_size: int) -> "TaskSpec":
-        """The same task, second attempt, with spatial tiling."""
-        return replace(self, tile_size=tile_size, attempt=self.attempt + 1)
+    @property
+    def tiled(self) -> bool:
+        """Whether it runs tiled: planned so, or the retry after an out-of-memory (tiled on a GPU)."""
+        return self.tile_size > 0 or self.attempt > 0
+
+    def retry_tiled(self) -> "TaskSpec":
+        """The same task, second attempt: the worker tiles it in the layout that fits the memory free then."""
+        return replace(self, attempt=self.attempt + 1)
 
 
 @dataclass
