@@ -156,17 +156,19 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
         "peak_vram_gib": round(report.peak_vram_bytes / GIB, 2),
     }
     if table is not None:
-        row["planner"] = planner_check(table, case, frames, usable, report.seconds["total"], device_class(str(upscaler.device)))
+        row["planner"] = planner_check(table, case, frames, usable, report.seconds["total"],
+                                       device_class(str(upscaler.device)), base)
     return row
 
 
 def planner_check(table: ThroughputTable, case: Case, frames: int, usable: int | None, measured_s: float,
-                  device: str) -> dict[str, Any]:
+                  device: str, settings: UpscalerSettings) -> dict[str, Any]:
     """The miner planner's plan for this clip with this usable memory on ``device`` (its class: h100,
-    h200...), and its estimate against the measured seconds (without the planner's safety margin)."""
+    h200...) and the upscaler's ``settings``, and its estimate against the measured seconds (without the
+    planner's safety margin)."""
     width, height = case.task.output_size
     chosen = plan(width, height, frames, free_vram_bytes=usable, deadline_s=None, table=table, device=device,
-                  variant=case.variant)
+                  variant=case.variant, settings=settings)
     raw = (chosen.est_seconds - table.clip_overhead_s) / table.safety_margin + table.clip_overhead_s
     return {"device": device, "tile_size": chosen.tile_size, "est_s": round(raw, 2),
             "est_with_margin_s": round(chosen.est_seconds, 2), "est_over_measured": round(raw / measured_s, 3)}

@@ -42,9 +42,10 @@ def test_capped_and_band_cases():
 def test_planner_check_reports_the_layout_estimate():
     from scripts.bench import Case, planner_check
     from upscaler.planner import GIB, ThroughputTable
-    table = ThroughputTable.load()
-    untiled = planner_check(table, Case.parse("tiny:SD24K:300"), 300, 139 * GIB, 31.8, "h200")
-    capped = planner_check(table, Case.parse("tiny:SD24K:300@22"), 300, 22 * GIB, 60.0, "h200")
+    from upscaler.settings import load_settings
+    table, settings = ThroughputTable.load(), load_settings()
+    untiled = planner_check(table, Case.parse("tiny:SD24K:300"), 300, 139 * GIB, 31.8, "h200", settings)
+    capped = planner_check(table, Case.parse("tiny:SD24K:300@22"), 300, 22 * GIB, 60.0, "h200", settings)
     assert untiled["tile_size"] == 0 and untiled["est_s"] == pytest.approx(300 / 9.90 + 1.5, abs=0.01)
     assert capped["tile_size"] == 768 and capped["est_s"] > untiled["est_s"]
     assert capped["est_over_measured"] == pytest.approx(capped["est_s"] / 60.0, abs=1e-3)

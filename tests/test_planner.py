@@ -7,6 +7,9 @@ import pytest
 from upscaler.calibration import ThroughputCalibration
 from upscaler.planner import (GIB, Measurement, ThroughputTable, WorkerCapacity, calibration_key, estimate_seconds,
                               max_content_length, plan)
+from upscaler.settings import load_settings
+
+SETTINGS = load_settings()
 
 
 def _table() -> ThroughputTable:
@@ -30,15 +33,18 @@ def test_estimates_scale_with_pixels_and_unknown_gpus_are_slower() -> None:
 
 def test_plan_prefers_full_only_when_it_fits() -> None:
     table = _table()
-    fast = plan(1920, 1080, 150, free_vram_bytes=70 * GIB, deadline_s=60, table=table, device="h100", prefer_quality=True)
+    fast = plan(1920, 1080, 150, free_vram_bytes=70 * GIB, deadline_s=60, table=table, device="h100", prefer_quality=True,
+                settings=SETTINGS)
     assert fast.variant == "full" and fast.tile_size == 0
-    late = plan(1920, 1080, 300, free_vram_bytes=70 * GIB, deadline_s=20, table=table, device="h100", prefer_quality=True)
+    late = plan(1920, 1080, 300, free_vram_bytes=70 * GIB, deadline_s=20, table=table, device="h100", prefer_quality=True,
+                settings=SETTINGS)
     assert late.variant == "tiny" and "full skipped" in late.reason
 
 
 def test_plan_tiles_when_memory_is_short_and_long_clips_stream() -> None:
     table = _table()
-    small_gpu = plan(3840, 2160, 150, free_vram_bytes=20 * GIB, deadline_s=None, table=table, device="h100")
+    small_gpu = plan(3840, 2160, 150, free_vram_bytes=20 * GIB, deadline_s=None, table=table, device="h100",
+                     settings=SETTINGS)
     assert small_gpu.tile_size > 0 and "tiled" in small_gpu.reason
     long_clip = plan(1920, 1080, 5000, free_vram_bytes=None, deadline_s=None, table=table, device="h100")
     assert long_clip.variant == "tiny-long"
@@ -47,8 +53,10 @@ def test_plan_tiles_when_memory_is_short_and_long_clips_stream() -> None:
 def test_tiled_plans_are_estimated_at_the_tiled_speed_and_calibrated_apart() -> None:
     calibration = ThroughputCalibration(weight=1.0)
     table = replace(_table(), tiled_slowdown=3.0, calibration=calibration)
-    untiled = plan(3840, 2160, 120, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h100")
-    tiled = plan(3840, 2160, 120, free_vram_bytes=20 * GIB, deadline_s=None, table=table, device="h100")
+    untiled = plan(3840, 2160, 120, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h100",
+                   settings=SETTINGS)
+    tiled = plan(3840, 2160, 120, free_vram_bytes=20 * GIB, deadline_s=None, table=table, device="h100",
+                 settings=SETTINGS)
     assert (untiled.tile_size, untiled.est_seconds) == (0, 10.0)
     assert tiled.tile_size > 0 and tiled.est_seconds == 30.0  # 120 frames at 12 / 3 frames/s
     # A tiled clip measured at 2 frames/s moves only the tiled estimate.

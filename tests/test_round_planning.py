@@ -9,8 +9,10 @@ import pytest
 from upscaler.calibration import ThroughputCalibration
 from upscaler.planner import (GIB, ClipWork, Measurement, ThroughputTable, WorkerCapacity, estimate_seconds,
                               longest_first, max_content_length, plan, round_makespan, schedule)
+from upscaler.settings import load_settings
 
 SD24K = (3840, 2160)  # SD24K and HD24K both answer for 4K output
+SETTINGS = load_settings()
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +87,12 @@ def test_a_tiled_clip_is_priced_in_the_layout_of_its_workers_memory(shipped: Thr
     """A tiled clip costs what the planner estimates for the layout the worker's memory gets (untiled where
     the frame fits it, as the worker then runs it); without the worker's memory, the table's tiled slowdown."""
     clip = ClipWork(*SD24K, 300, "tiny", tiled=True)
-    small = WorkerCapacity("h200", shipped, free_vram_bytes=22 * GIB)
+    small = WorkerCapacity("h200", shipped, free_vram_bytes=22 * GIB, settings=SETTINGS)
     assert small.seconds(clip) == pytest.approx(
-        plan(*SD24K, 300, free_vram_bytes=22 * GIB, deadline_s=None, table=shipped, device="h200").est_seconds)
+        plan(*SD24K, 300, free_vram_bytes=22 * GIB, deadline_s=None, table=shipped, device="h200",
+             settings=SETTINGS).est_seconds)
     assert small.seconds(clip) > _clip_s(shipped, "h200")
-    assert WorkerCapacity("h200", shipped, free_vram_bytes=80 * GIB).seconds(clip) == pytest.approx(
+    assert WorkerCapacity("h200", shipped, free_vram_bytes=80 * GIB, settings=SETTINGS).seconds(clip) == pytest.approx(
         _clip_s(shipped, "h200"))
     assert WorkerCapacity("h200", shipped).seconds(clip) == pytest.approx(
         estimate_seconds(*SD24K, 300, shipped, "tiny", "h200", tiled=True))
@@ -99,8 +102,9 @@ def test_length_check_prices_workers_whose_memory_makes_them_tile(shipped: Throu
     """Workers that must tile 4K (22 GiB usable, as a 24 GB card) are priced in their layout: four such
     H100s cannot take 5 x 10 s of 4K, though four with the whole card can."""
     untiled = ClipWork(*SD24K, 300, "tiny")
-    small = WorkerCapacity("h100", shipped, free_vram_bytes=22 * GIB)
+    small = WorkerCapacity("h100", shipped, free_vram_bytes=22 * GIB, settings=SETTINGS)
     assert small.seconds(untiled) == pytest.approx(small.seconds(ClipWork(*SD24K, 300, "tiny", tiled=True)))
     assert small.seconds(untiled) > _clip_s(shipped, "h100")
     assert max_content_length(*SD24K, [small] * 4) == 5
-    assert max_content_length(*SD24K, [WorkerCapacity("h100", shipped, free_vram_bytes=80 * GIB)] * 4) == 10
+    assert max_content_length(*SD24K, [WorkerCapacity("h100", shipped, free_vram_bytes=80 * GIB,
+                                                      settings=SETTINGS)] * 4) == 10

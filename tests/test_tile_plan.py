@@ -13,7 +13,7 @@ from upscaler.cli import tiling_from_args
 from upscaler.planner import GIB, ThroughputTable, plan
 from upscaler.settings import TilingSettings, load_settings
 from upscaler.tile_plan import (MemoryModel, PeakRow, TileLayout, TiledRow, blend_groups, candidate_layouts, choose_layout,
-                                layout_slowdown)
+                                layout_slowdown, plan_layout)
 from upscaler.tiling import tile_grid
 
 SETTINGS = load_settings()
@@ -91,6 +91,30 @@ def test_nothing_fits_gives_the_smallest_peak() -> None:
     layout = _layout(2)
     assert layout.tiles > 1 and layout.blend_frames == 1 and layout.peak_gib == pytest.approx(min(
         _least_peak(3840, 2160, *c) for c in candidate_layouts(3840, 2160, 64, 128) if c[0] * c[1] > 1))
+    assert not layout.fits and layout.budget_gib == pytest.approx(MODEL.budget_gib(2 * GIB))
+    assert _layout(22).fits and _layout(22).budget_gib == pytest.approx(MODEL.budget_gib(22 * GIB))
+    assert "(budget 19.2 GiB)" in _layout(22).describe()
+
+
+def test_a_least_tile_count_where_the_frame_can_be_cut() -> None:
+    """``min_tiles`` (the retry after an out-of-memory asks for 2) skips the layouts with fewer tiles: 4K in
+    80 GiB, which fits untiled, is then cut into two bands; a frame too small to cut stays whole."""
+    banded = choose_layout(3840, 2160, usable_bytes=80 * GIB, model=MODEL, variant=TINY, overlap=64, min_tiles=2)
+    assert (banded.rows, banded.columns, banded.tile_width, banded.tile_height) == (2, 1, 3840, 1152)
+    assert banded.fits and not _layout(80).tiled
+    small = choose_layout(128, 72, usable_bytes=80 * GIB, model=MODEL, variant=TINY, overlap=64, min_tiles=2)
+    assert small.tiles == 1 and small.fits
+
+
+def test_plan_layout_chooses_with_the_settings_it_is_given() -> None:
+    """plan_layout prices with the settings the run uses, not the shipped file's: a 128 px overlap (or
+    blend groups of 1 frame) changes the 4K layout in 22 GiB."""
+    assert plan_layout(3840, 2160, 22 * GIB, "tiny", SETTINGS) == _layout(22)
+    wide = replace(SETTINGS, tiling=replace(SETTINGS.tiling, tile_overlap=128))
+    layout = plan_layout(3840, 2160, 22 * GIB, "tiny", wide)
+    assert (layout.rows, layout.columns, layout.overlap) == (2, 2, 128) and layout == _layout(22, overlap=128)
+    single = replace(SETTINGS, tiling=replace(SETTINGS.tiling, blend_frames=1))
+    assert plan_layout(3840, 2160, 22 * GIB, "tiny", single).blend_frames == 1
 
 
 def test_predicted_peak_includes_the_blend_of_a_group_beside_the_last_tile() -> None:
@@ -137,9 +161,12 @@ def test_layout_slowdown_from_measured_tiled_rows() -> None:
 
 def test_planner_estimates_tiled_plans_from_the_layout() -> None:
     table = ThroughputTable.load()
-    untiled = plan(3840, 2160, 300, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h200")
-    small = plan(3840, 2160, 300, free_vram_bytes=22 * GIB, deadline_s=None, table=table, device="h200")
-    smaller = plan(3840, 2160, 300, free_vram_bytes=15 * GIB, deadline_s=None, table=table, device="h200")
+    untiled = plan(3840, 2160, 300, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h200",
+                   settings=SETTINGS)
+    small = plan(3840, 2160, 300, free_vram_bytes=22 * GIB, deadline_s=None, table=table, device="h200",
+                 settings=SETTINGS)
+    smaller = plan(3840, 2160, 300, free_vram_bytes=15 * GIB, deadline_s=None, table=table, device="h200",
+                   settings=SETTINGS)
     assert untiled.tile_size == 0 and (small.tile_size, smaller.tile_size) == (768, 768)
     assert untiled.est_seconds < small.est_seconds < smaller.est_seconds < 3.2 * untiled.est_seconds
     # Replanning after an out-of-memory (nothing free) keeps the configured square tile.
@@ -262,7 +289,9 @@ def test_a_clip_that_fits_with_fewer_decoder_frames_is_planned_untiled() -> None
     """1080p Tiny peaks at 19.8 GiB; in 19 GiB it fits untiled with fewer decoder frames per pass, so the
     plan is untiled at the untiled speed (not tiled, not slowed down)."""
     table = ThroughputTable.load()
-    tight = plan(1920, 1080, 300, free_vram_bytes=19 * GIB, deadline_s=None, table=table, device="h200")
-    roomy = plan(1920, 1080, 300, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h200")
+    tight = plan(1920, 1080, 300, free_vram_bytes=19 * GIB, deadline_s=None, table=table, device="h200",
+                 settings=SETTINGS)
+    roomy = plan(1920, 1080, 300, free_vram_bytes=80 * GIB, deadline_s=None, table=table, device="h200",
+                 settings=SETTINGS)
     assert tight.tile_size == 0 and tight.est_seconds == roomy.est_seconds
     assert _layout(19, 1920, 1080).tiles == 1 and _layout(19, 1920, 1080).decoder_frames < 4

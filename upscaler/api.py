@@ -26,7 +26,7 @@ from upscaler.settings import TilingSettings, UpscalerSettings, VariantSettings
 from upscaler.components import load_components
 from upscaler import vram
 from upscaler.geometry import round_up
-from upscaler.tile_plan import MemoryModel, choose_layout
+from upscaler.tile_plan import MemoryModel, TileLayout, choose_layout
 from upscaler.models.tiled_decode import TiledDecoder, TileSpec
 from upscaler.tiled import TiledRun, run_tiles
 from upscaler.timing import StageTimer
@@ -117,30 +117,39 @@ class Upscaler:
         )
         return StreamingEngine(models, options, self.device, self.dtype)
 
-    def plan_tiles(self, geometry: Geometry, variant: VariantSettings) -> tuple[TilingSettings, VariantSettings]:
-        """The tiling of a run at ``geometry``: the settings' own, or with ``tiling.auto`` the layout of
-        :func:`~upscaler.tile_plan.choose_layout` for this process's usable GPU memory (untiled off CUDA),
-        with the variant's decoder frames per pass and the blend group that layout was planned with."""
+    def plan_tiles(self, geometry: Geometry, variant: VariantSettings,
+                   layout: TileLayout | None = None) -> tuple[TilingSettings, VariantSettings]:
+        """The tiling of a run at ``geometry``: ``layout``'s when given (one chosen for this output size), else
+        the settings' own, or with ``tiling.auto`` the layout of :func:`~upscaler.tile_plan.choose_layout` for
+        this process's usable GPU memory (untiled off CUDA); a layout runs with the decoder frames per pass
+        and the blend group it was planned with."""
         tiling = self.settings.tiling
-        if not tiling.auto:
-            return tiling, variant
-        usable = vram.usable_bytes(self.device)
-        if usable is None:
-            return replace(tiling, tile_size=0, tile_height=0), variant
-        if self._memory_model is None:
-            self._memory_model = MemoryModel.load()
-        multiple = self.settings.spatial_multiple
-        layout = choose_layout(
-            geometry.out_width, geometry.out_height, usable_bytes=usable, model=self._memory_model,
-            variant=variant, overlap=tiling.tile_overlap, multiple=multiple, blend_frames=tiling.blend_frames,
-        )
+        if layout is None:
+            if not tiling.auto:
+                return tiling, variant
+            usable = vram.usable_bytes(self.device)
+            if usable is None:
+                return replace(tiling, tile_size=0, tile_height=0), variant
+            if self._memory_model is None:
+                self._memory_model = MemoryModel.load()
+            layout = choose_layout(
+                geometry.out_width, geometry.out_height, usable_bytes=usable, model=self._memory_model,
+                variant=variant, overlap=tiling.tile_overlap, multiple=self.settings.spatial_multiple,
+                blend_frames=tiling.blend_frames,
+            )
+            if layout.fits:
+                log.info("tile layout out=%dx%d usable_gib=%.1f %s", geometry.out_width, geometry.out_height,
+                         usable / 2**30, layout.describe())
+            else:
+                log.warning("no tile layout fits out=%dx%d usable_gib=%.1f: using the smallest, %s",
+                            geometry.out_width, geometry.out_height, usable / 2**30, layout.describe())
         variant = replace(variant, decoder_frames_per_pass=layout.decoder_frames)
-        log.info("tile layout out=%dx%d usable_gib=%.1f %s", geometry.out_width, geometry.out_height,
-                 usable / 2**30, layout.describe())
         if not layout.tiled:
             return replace(tiling, tile_size=0, tile_height=0), variant
+        multiple = self.settings.spatial_multiple
         return replace(tiling, tile_size=round_up(layout.tile_width, multiple),
-                       tile_height=round_up(layout.tile_height, multiple), blend_frames=layout.blend_frames), variant
+                       tile_height=round_up(layout.tile_height, multiple), tile_overlap=layout.overlap,
+                       blend_frames=layout.blend_frames), variant
 
     def upscale_frames(
         self,
@@ -184,8 +193,10 @@ class Upscaler:
         preset: str | None = None,
         progress: ProgressFn | None = None,
         should_cancel: CancelFn | None = None,
+        layout: TileLayout | None = None,
     ) -> UpscaleReport:
-        """Upscale ``src`` into the MP4 ``dst``: exact target size, one output frame per input frame."""
+        """Upscale ``src`` into the MP4 ``dst``: exact target size, one output frame per input frame; in
+        ``layout``'s tiles when given (chosen for that size), else as the settings tile (:meth:`plan_tiles`)."""
         began = time.perf_counter()
         info = probe(src)
         in_size = (info.width, info.height)
@@ -197,7 +208,7 @@ class Upscaler:
         else:
             raise ValueError("give either scale or both width and height")
         chosen = self.settings.variant(variant)
-        tiling, chosen = self.plan_tiles(geometry, chosen)
+        tiling, chosen = self.plan_tiles(geometry, chosen, layout)
         timer = StageTimer(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from upscaler.calibration import ThroughputCalibration
 from upscaler.configfiles import load_config
+from upscaler.settings import UpscalerSettings
 from upscaler.tile_plan import TiledRow, layout_slowdown, load_tiled_rows, plan_layout
 
 log = logging.getLogger(__name__)
@@ -167,14 +168,17 @@ def plan(
     prefer_quality: bool = False,
     long_clip_frames: int = 600,
     tile_size: int = 1024,
+    settings: UpscalerSettings | None = None,
 ) -> Plan:
     """Pick Full, Tiny or Tiny-Long, and tiling, for one clip.
 
     ``auto``: Full when quality is preferred and it fits both memory and deadline; else Tiny, or
     Tiny-Long for clips longer than ``long_clip_frames``; tiled when the untiled estimate does not
-    fit in ``free_vram_bytes``: in the layout :mod:`upscaler.tile_plan` chooses for that memory (its
-    smaller tile side reported as ``tile_size``), or in ``tile_size`` squares when nothing is free.
+    fit in ``free_vram_bytes``: in the layout :mod:`upscaler.tile_plan` chooses for that memory with
+    ``settings``, the upscaler settings the worker runs with (required with free memory); its smaller tile
+    side is reported as ``tile_size``; in ``tile_size`` squares when nothing is free.
     """
+    _check_layout_settings(free_vram_bytes, settings)
     candidates = [variant] if variant != "auto" else (["full"] if prefer_quality else []) + [
         "tiny-long" if frames > long_clip_frames else "tiny"
     ]
@@ -183,7 +187,7 @@ def plan(
         peak = table.peak_bytes(device, name, width, height)
         fits_memory = free_vram_bytes is None or peak <= free_vram_bytes
         tile, slowdown = (0, None) if fits_memory else _tiling(table, name, device, width, height, free_vram_bytes,
-                                                                tile_size)
+                                                                tile_size, settings)
         seconds = estimate_seconds(width, height, frames, table, name, device, tiled=tile > 0, slowdown=slowdown)
         on_time = deadline_s is None or seconds <= deadline_s
         if name == "full" and variant == "auto" and not (fits_memory and on_time):
@@ -212,13 +216,21 @@ def tiled_slowdown_for(table: ThroughputTable, device: str, variant: str, width:
                            table.tiled_rows, measured, variant, table.tiled_slowdown)
 
 
+def _check_layout_settings(free_vram_bytes: int | None, settings: UpscalerSettings | None) -> None:
+    """Free memory is priced in tile layouts, which depend on the upscaler settings the worker runs with."""
+    if free_vram_bytes and settings is None:
+        raise ValueError("pricing with free GPU memory needs the worker's upscaler settings (tile layouts depend "
+                         "on its tiling and variants)")
+
+
 def _tiling(table: ThroughputTable, variant: str, device: str, width: int, height: int, free_vram_bytes: int,
-            fallback_tile: int) -> tuple[int, float | None]:
-    """The tile (the smaller side of the layout :mod:`upscaler.tile_plan` picks for ``free_vram_bytes``;
-    ``fallback_tile`` when nothing is free, e.g. replanning after an out-of-memory) and its slowdown."""
+            fallback_tile: int, settings: UpscalerSettings | None) -> tuple[int, float | None]:
+    """The tile (the smaller side of the layout :mod:`upscaler.tile_plan` picks for ``free_vram_bytes`` with
+    ``settings``; ``fallback_tile`` when nothing is free) and its slowdown."""
     if free_vram_bytes <= 0:
         return fallback_tile, None
-    layout = plan_layout(width, height, free_vram_bytes, variant)
+    assert settings is not None, "checked by _check_layout_settings"
+    layout = plan_layout(width, height, free_vram_bytes, variant, settings)
     if not layout.tiled:  # fits untiled with fewer decoder frames per pass
         return 0, None
     slowdown = tiled_slowdown_for(table, device, variant, width, height, layout.tiles, layout.tile_width,
@@ -252,6 +264,11 @@ class WorkerCapacity:
     busy_for: float = 0.0
     free_vram_bytes: int | None = None
     """GPU memory the worker may use (its ready report); None when unknown (a CPU worker)."""
+    settings: UpscalerSettings | None = None
+    """The upscaler settings the worker runs with: its layouts are chosen with them (required with memory)."""
+
+    def __post_init__(self) -> None:
+        _check_layout_settings(self.free_vram_bytes, self.settings)
 
     def seconds(self, clip: ClipWork) -> float:
         """Estimated wall seconds of ``clip`` on this worker. With the worker's memory known, a clip whose
@@ -262,7 +279,7 @@ class WorkerCapacity:
         if self.free_vram_bytes and (clip.tiled or self.table.peak_bytes(
                 self.device, clip.variant, clip.width, clip.height) > self.free_vram_bytes):
             tile, slowdown = _tiling(self.table, clip.variant, self.device, clip.width, clip.height,
-                                     self.free_vram_bytes, 0)
+                                     self.free_vram_bytes, 0, self.settings)
             tiled = tile > 0
         return estimate_seconds(clip.width, clip.height, clip.frames, self.table, clip.variant, self.device,
                                 tiled=tiled, slowdown=slowdown)

@@ -13,7 +13,7 @@ blend overlapped the last tile, so they hold the tile's peak alone.)
 :func:`choose_layout` picks the fewest, then smallest, tiles (rows x columns of equal rectangles,
 sides multiples of the model's 128 px window, bands where they need fewer tiles than squares), the
 most decoder frames per pass and the largest blend group whose predicted peak fits the usable memory
-minus a margin.
+minus a margin; :func:`plan_layout` does so with the settings a run uses.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from upscaler.blend_memory import blend_bytes
 from upscaler.configfiles import load_config
 from upscaler.geometry import round_up
-from upscaler.settings import TilingSettings, VariantSettings, load_settings
+from upscaler.settings import TilingSettings, UpscalerSettings, VariantSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class MemoryModel:
 @dataclass(frozen=True)
 class TileLayout:
     """``rows`` x ``columns`` tiles of ``tile_width`` x ``tile_height`` output pixels (one tile: untiled),
-    blended ``blend_frames`` output frames at a time (0 untiled); ``peak_gib`` includes the blend's ``blend_gib``."""
+    blended ``blend_frames`` output frames at a time (0 untiled); ``peak_gib`` includes the blend's ``blend_gib``;
+    ``budget_gib`` is what the memory it was chosen for allows (:meth:`MemoryModel.budget_gib`)."""
 
     rows: int
     columns: int
@@ -110,10 +111,16 @@ class TileLayout:
     peak_gib: float
     blend_frames: int
     blend_gib: float
+    budget_gib: float
 
     @property
     def tiles(self) -> int:
         return self.rows * self.columns
+
+    @property
+    def fits(self) -> bool:
+        """Whether the predicted peak fits the budget (the chooser returns the smallest layout when none does)."""
+        return self.peak_gib <= self.budget_gib
 
     @property
     def tiled(self) -> bool:
@@ -122,7 +129,8 @@ class TileLayout:
     def describe(self) -> str:
         blend = f", blend {self.blend_frames} frames/group ({self.blend_gib:.1f} GiB)" if self.tiled else ""
         return (f"{self.rows}x{self.columns} tiles of {self.tile_width}x{self.tile_height} overlap {self.overlap}, "
-                f"decoder {self.decoder_frames} frames/pass{blend}, predicted peak {self.peak_gib:.1f} GiB")
+                f"decoder {self.decoder_frames} frames/pass{blend}, predicted peak {self.peak_gib:.1f} GiB "
+                f"(budget {self.budget_gib:.1f} GiB)")
 
 
 def axis_tile(length: int, splits: int, overlap: int, multiple: int) -> int:
@@ -164,14 +172,18 @@ def choose_layout(
     overlap: int,
     multiple: int = 128,
     blend_frames: int = TilingSettings.blend_frames,
+    min_tiles: int = 1,
 ) -> TileLayout:
-    """The fewest tiles, then the fewest model pixels, then the most decoder frames per pass (at most
-    ``variant``'s), then the largest blend group (at most ``blend_frames``), whose predicted peak (the
-    tile's, plus the blend's when tiled) fits ``usable_bytes`` less the margin; the smallest-peak layout
-    when none fits (logged: the run may then run out of memory, and the miner retries with smaller tiles)."""
+    """The fewest tiles (at least ``min_tiles`` where the frame can be cut into that many), then the fewest
+    model pixels, then the most decoder frames per pass (at most ``variant``'s), then the largest blend group
+    (at most ``blend_frames``), whose predicted peak (the tile's, plus the blend's when tiled) fits
+    ``usable_bytes`` less the margin; the smallest-peak layout when none fits (``fits`` false: the caller
+    decides whether to run it)."""
     budget = model.budget_gib(usable_bytes)
+    grids = candidate_layouts(width, height, overlap, multiple)
+    grids = [g for g in grids if g[0] * g[1] >= min_tiles] or grids
     options: list[tuple[tuple[int, int, int, int], TileLayout]] = []
-    for rows, columns, tile_w, tile_h in candidate_layouts(width, height, overlap, multiple):
+    for rows, columns, tile_w, tile_h in grids:
         tiles = rows * columns
         model_pixels = round_up(tile_w, multiple) * round_up(tile_h, multiple)
         most = variant.frames_per_pass(model_pixels)
@@ -181,17 +193,11 @@ def choose_layout(
             peak = model.peak_gib(variant.decoder, model_pixels, frames)
             for group, blend in blends if tiles > 1 else [(0, 0.0)]:
                 layout = TileLayout(rows, columns, tile_w, tile_h, overlap if tiles > 1 else 0, frames, peak + blend,
-                                    group, blend)
+                                    group, blend, budget)
                 options.append(((tiles, tiles * model_pixels, -frames, -group), layout))
-    fitting = [o for o in options if o[1].peak_gib <= budget]
-    if fitting:
-        chosen = min(fitting, key=lambda o: o[0])[1]
-    else:
-        chosen = min(options, key=lambda o: o[1].peak_gib)[1]
-        log.warning("no tile layout fits usable_gib=%.1f budget_gib=%.1f: using the smallest, %s",
-                    usable_bytes / GIB, budget, chosen.describe())
-    log.debug("tile layout out=%dx%d usable_gib=%.1f budget_gib=%.1f %s", width, height, usable_bytes / GIB, budget,
-              chosen.describe())
+    fitting = [o for o in options if o[1].fits]
+    chosen = min(fitting, key=lambda o: o[0])[1] if fitting else min(options, key=lambda o: o[1].peak_gib)[1]
+    log.debug("tile layout out=%dx%d usable_gib=%.1f %s", width, height, usable_bytes / GIB, chosen.describe())
     return chosen
 
 
@@ -230,12 +236,12 @@ def layout_slowdown(tiles: int, tile_width: int, tile_height: int, width: int, h
     return overhead * tiles * seconds_per_frame(tile_width * tile_height) / seconds_per_frame(width * height)
 
 
-def plan_layout(width: int, height: int, usable_bytes: int, variant: str, upscaler_config: str = "upscaler",
-                throughput_config: str = "throughput") -> TileLayout:
-    """:func:`choose_layout` for ``variant`` of the upscaler's configuration, with the shipped memory model."""
-    settings = load_settings(upscaler_config)
+def plan_layout(width: int, height: int, usable_bytes: int, variant: str, settings: UpscalerSettings, *,
+                throughput_config: str = "throughput", min_tiles: int = 1) -> TileLayout:
+    """:func:`choose_layout` for ``variant`` of ``settings`` (those the run uses: its tiling, variants and
+    spatial multiple), with the memory model of ``throughput_config``."""
     return choose_layout(
         width, height, usable_bytes=usable_bytes, model=MemoryModel.load(throughput_config),
         variant=settings.variant(variant), overlap=settings.tiling.tile_overlap, multiple=settings.spatial_multiple,
-        blend_frames=settings.tiling.blend_frames,
+        blend_frames=settings.tiling.blend_frames, min_tiles=min_tiles,
     )

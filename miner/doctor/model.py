@@ -85,7 +85,7 @@ def check_warmup(context: DoctorContext) -> CheckResult:
     shape = f"{frames} frames {in_w}x{in_h}->{out_w}x{out_h}{tiles} in {seconds:.1f} s = {measured:.2f} frames/s"
     table = ThroughputTable.load(config.get("upscaler.throughput"), config.get("upscaler.precision"))
     name = device_class(context.device)
-    worker = WorkerCapacity(name, table, free_vram_bytes=free_vram(context.device))
+    worker = WorkerCapacity(name, table, free_vram_bytes=free_vram(context.device), settings=upscaler.settings)
     try:
         expected = table.frames_per_second(name, "tiny", out_w, out_h, calibrated=False)
         estimate = worker.seconds(ClipWork(out_w, out_h, frames))

@@ -25,10 +25,9 @@ from miner.jobs.inputs import InputFailed
 from miner.jobs.pool import KILL_GRACE_S, InputHolder, WorkerHandle, WorkerLost, WorkerPool, WorkerStartError
 from miner.jobs.queue import PriorityTaskQueue, QueueFull
 from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
-from miner.jobs.worker import WorkerConfig, WorkerHooks
+from miner.jobs.worker import WorkerConfig, WorkerHooks, worker_settings
 from miner.metrics import MinerMetrics
 from upscaler.calibration import CalibrationStore, ThroughputCalibration
-from upscaler.configfiles import load_config
 from upscaler.planner import (ClipWork, Plan, ThroughputTable, WorkerCapacity, calibration_key, plan,
                               tiled_slowdown_for)
 from upscaler.video import VideoInfo
@@ -80,21 +79,9 @@ def visible_devices(config: MinerConfig) -> list[str]:
     return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
-MIN_TILE_SIZE = 256
-
-
-def retry_tile_size(failed_tile: int, planned_tile: int, multiple: int) -> int:
-    """The tile of the one retry after an out-of-memory: the planned tile after an untiled attempt, half
-    the failed tile (a multiple of the upscaler's ``spatial_multiple``, at least :data:`MIN_TILE_SIZE`)
-    after a tiled one."""
-    if failed_tile <= 0:
-        return planned_tile
-    return max(MIN_TILE_SIZE, failed_tile // 2 // multiple * multiple)
-
-
 def clip_work(spec: TaskSpec) -> ClipWork:
     """The planner's view of a task."""
-    return ClipWork(spec.width, spec.height, spec.frames, spec.variant, spec.tile_size > 0)
+    return ClipWork(spec.width, spec.height, spec.frames, spec.variant, spec.tiled)
 
 
 class Scheduler:
@@ -108,6 +95,8 @@ class Scheduler:
         self._slots: list[_Slot] = []
         self._queue: PriorityTaskQueue[_Job] = PriorityTaskQueue(int(jobs["max_queue"]))
         self._base_table = ThroughputTable.load(config.get("upscaler.throughput"), config.get("upscaler.precision"))
+        # what every worker runs with (the device aside, which no tile layout depends on): clips are priced with it
+        self.settings = worker_settings(config.get("upscaler.config"), "auto", config.upscaler_overrides)
         self._tables: dict[str, ThroughputTable] = {}
         self._stores: dict[str, CalibrationStore] = {}
         self._lost_clip_retries = int(config.get("cluster.lost_clip_retries")) if self.backend == "ray" else 0
@@ -343,7 +332,7 @@ class Scheduler:
             width, height, frames, free_vram_bytes=min(free) if free else None, deadline_s=deadline_s,
             table=self.table, device=self.device_class, variant=self.config.get("upscaler.variant"),
             prefer_quality=bool(jobs["prefer_quality"]), long_clip_frames=int(jobs["long_clip_frames"]),
-            tile_size=int(jobs["oom_retry_tile_size"]),
+            tile_size=int(jobs["oom_retry_tile_size"]), settings=self.settings,
         )
 
     def capacity(self) -> list[WorkerCapacity]:
@@ -354,7 +343,8 @@ class Scheduler:
             if not slot.up:
                 continue
             device = self._class_of(slot)
-            worker = WorkerCapacity(device, self.table_for(device), free_vram_bytes=slot.info.get("free_vram_bytes"))
+            worker = WorkerCapacity(device, self.table_for(device), free_vram_bytes=slot.info.get("free_vram_bytes"),
+                                    settings=self.settings)
             if slot.running is not None:
                 left = worker.seconds(clip_work(slot.running.spec)) - (now - slot.started_at)
                 worker = replace(worker, busy_for=max(left, 0.0))
@@ -578,16 +568,8 @@ class Scheduler:
             store.save(calibration)
 
     async def _retry_tiled(self, slot: _Slot, spec: TaskSpec, first: TaskOutcome) -> TaskOutcome:
-        """After an out-of-memory: plan again as if no untiled run fits, and retry once tiled."""
-        device = self._class_of(slot)
-        replanned = plan(
-            spec.width, spec.height, spec.frames, free_vram_bytes=0, deadline_s=spec.deadline - time.time(),
-            table=self.table_for(device), device=device, variant=spec.variant,
-            tile_size=int(self.config.get("jobs.oom_retry_tile_size")),
-        )
-        multiple = int(load_config(self.config.get("upscaler.config"))["defaults"]["spatial_multiple"])
-        tile = retry_tile_size(spec.tile_size, replanned.tile_size or int(self.config.get("jobs.oom_retry_tile_size")),
-                               multiple)
+        """After an out-of-memory: retry once on the same worker, which tiles the clip in the layout that fits
+        the memory free then, or fails it with the reason when none does (:class:`miner.jobs.worker.WorkerCore`)."""
         log.warning("retrying tiled after out-of-memory", extra={"fields": {
-            "task_id": spec.task_id, "tile": tile, "first_error": first.message}})
-        return await slot.handle.execute(spec.retry_tiled(tile))
+            "task_id": spec.task_id, "worker": slot.index, "first_error": first.message}})
+        return await slot.handle.execute(spec.retry_tiled())

@@ -44,9 +44,14 @@ class TaskSpec:
     staged_on: int = -1          # the worker that downloaded ``src`` on its own host (Ray backend; -1: this host):
                                  # another Ray actor pulls it from there, or fetches ``src_url`` if that copy is gone
 
-    def retry_tiled(self, tile_size: int) -> "TaskSpec":
-        """The same task, second attempt, with spatial tiling."""
-        return replace(self, tile_size=tile_size, attempt=self.attempt + 1)
+    @property
+    def tiled(self) -> bool:
+        """Whether it runs tiled: planned so, or the retry after an out-of-memory (tiled on a GPU)."""
+        return self.tile_size > 0 or self.attempt > 0
+
+    def retry_tiled(self) -> "TaskSpec":
+        """The same task, second attempt: the worker tiles it in the layout that fits the memory free then."""
+        return replace(self, attempt=self.attempt + 1)
 
 
 @dataclass

@@ -26,7 +26,8 @@ from upscaler import vram
 from upscaler.api import Upscaler
 from upscaler.errors import InputVideoError, OutputTooLargeError, UpscaleCancelled
 from upscaler.report import Progress, UpscaleReport
-from upscaler.settings import TilingSettings, UpscalerSettings, load_settings
+from upscaler.settings import UpscalerSettings, load_settings
+from upscaler.tile_plan import TileLayout, plan_layout
 from upscaler.video import fit_to_size
 from upscaler.video.synthetic import write_test_clip
 
@@ -43,6 +44,10 @@ class WorkerHooks:
 
 
 WARMUP_FRAMES = 29
+
+
+class RetryDoesNotFit(Exception):
+    """No tile layout fits the memory usable for the retry after an out-of-memory."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +98,11 @@ def device_class(device: str) -> str:
 
 
 def worker_settings(upscaler_config: str, device: str, overrides: Mapping[str, Any]) -> UpscalerSettings:
-    """The settings a worker on ``device`` loads and runs its warm-up and every first attempt with (the
-    doctor's warm-up too): ``upscaler_config`` under the miner's ``[upscaler]`` keys, with the tile layout
-    chosen from the worker's usable memory (``tiling.auto``: untiled where the frame fits, within
-    ``max_vram_gib``), as the planner prices its clips."""
+    """The settings a worker on ``device`` loads and runs its warm-up and every clip with (the doctor's
+    warm-up too): ``upscaler_config`` under the miner's ``[upscaler]`` keys, with the tile layout chosen
+    from the worker's usable memory (``tiling.auto``: untiled where the frame fits, within ``max_vram_gib``;
+    the retry after an out-of-memory in a layout chosen the same way). The planner prices clips in layouts
+    chosen with them (the scheduler's, the doctor's)."""
     settings = load_settings(upscaler_config, device=device, **overrides)
     return settings.with_overrides(tiling=replace(settings.tiling, auto=True))
 
@@ -171,6 +177,8 @@ class WorkerCore:
         except torch.OutOfMemoryError as exc:
             self._free_memory()
             return self._failed(spec, ErrorKind.OOM, f"out of memory: {str(exc).splitlines()[0]}")
+        except RetryDoesNotFit as exc:
+            return self._failed(spec, ErrorKind.OOM, str(exc))
         except InputVideoError as exc:
             return self._failed(spec, ErrorKind.INPUT, str(exc))
         except UpscaleCancelled:
@@ -183,7 +191,6 @@ class WorkerCore:
             self._free_memory()
             return self._failed(spec, ErrorKind.ERROR, f"{exc.__class__.__name__}: {exc}")
         finally:
-            self.upscaler.settings = self.settings
             gc.collect()  # a tensor caught in a reference cycle must not hold GPU memory into the next clip
 
     def _should_cancel(self, spec: TaskSpec) -> bool:
@@ -191,17 +198,36 @@ class WorkerCore:
 
     def _upscale(self, spec: TaskSpec) -> UpscaleReport:
         self._apply_hooks(spec)
-        if spec.tile_size and spec.attempt > 0:  # the retry after an out-of-memory: the scheduler's square tiles
-            overlap = min(self.settings.tiling.tile_overlap, spec.tile_size // 2)
-            self.upscaler.settings = self.settings.with_overrides(
-                tiling=TilingSettings(tile_size=spec.tile_size, tile_overlap=overlap)).validate()
+        layout = self._retry_layout(spec) if spec.attempt > 0 else None
         with torch.inference_mode():
             return self.upscaler.upscale_file(
                 spec.src, spec.dst, width=spec.width, height=spec.height, variant=spec.variant, crf=spec.crf,
                 codec=spec.codec, preset=spec.preset or None,
                 should_cancel=lambda: self._should_cancel(spec),
-                progress=ProgressLog(spec.task_id, self.config.progress_log_s),
+                progress=ProgressLog(spec.task_id, self.config.progress_log_s), layout=layout,
             )
+
+    def _retry_layout(self, spec: TaskSpec) -> TileLayout | None:
+        """The tiles of the retry after an out-of-memory: once what the failed attempt held is released, the
+        layout of :func:`upscaler.tile_plan.plan_layout` (the memory model, its margin and the blend included)
+        for the memory usable now, tiled where the frame can be cut; :class:`RetryDoesNotFit` when none fits.
+        None off CUDA (no memory to fit: the run plans as a first attempt does)."""
+        self._free_memory()
+        usable = free_vram(self.config.device)
+        if usable is None:
+            return None
+        layout = plan_layout(spec.width, spec.height, usable, spec.variant, self.settings, min_tiles=2)
+        fields = {"task_id": spec.task_id, "usable_gib": round(usable / vram.GIB, 2),
+                  "budget_gib": round(layout.budget_gib, 2), "peak_gib": round(layout.peak_gib, 2),
+                  "tiles": layout.tiles, "tile": f"{layout.tile_width}x{layout.tile_height}",
+                  "decoder_frames": layout.decoder_frames, "blend_frames": layout.blend_frames}
+        if not layout.fits:
+            log.warning("out-of-memory retry not run: no tile layout fits", extra={"fields": fields})
+            raise RetryDoesNotFit(
+                f"out of memory, and no tile layout fits the {usable / vram.GIB:.1f} GiB usable after it: "
+                f"the smallest, {layout.describe()}; retry not run")
+        log.info("out-of-memory retry layout", extra={"fields": fields})
+        return layout
 
     def _apply_hooks(self, spec: TaskSpec) -> None:
         """Test fault injection: a hard crash, a real OOM on the first attempt, a cancellable delay."""

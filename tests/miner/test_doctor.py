@@ -205,7 +205,7 @@ def test_warm_up_runs_what_a_worker_runs(tmp_path: Path, monkeypatch: pytest.Mon
     core = WorkerCore(WorkerConfig(0, "cpu", config.get("upscaler.config"), config.upscaler_overrides), threading.Event())
     assert core.upscaler.settings == expected
     usable = int(6.5 * 2**30)
-    layout = plan_layout(512, 256, usable, "tiny")
+    layout = plan_layout(512, 256, usable, "tiny", expected)
     assert layout.tiled
     monkeypatch.setattr(vram, "usable_bytes", lambda device: usable)
     monkeypatch.setattr(doctor_model, "CPU_WARMUP", (256, 128, 512, 256, 9))

@@ -4,9 +4,12 @@ spawned worker process that runs the real upscaler (random-small weights, CPU) o
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import threading
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,7 +20,8 @@ import pytest
 from miner.config import load_miner_config
 from miner.jobs.admission import Backlog, admit, predict_finishes
 from miner.jobs.queue import PriorityTaskQueue, QueueFull
-from miner.jobs.spec import ErrorKind, TaskSpec
+from miner.jobs.spec import ErrorKind, TaskOutcome, TaskSpec
+from miner.jobs.worker import WorkerConfig, WorkerCore, WorkerHooks
 from miner.metrics import MinerMetrics
 from upscaler.planner import ClipWork, Measurement, ThroughputTable, WorkerCapacity
 
@@ -138,18 +142,13 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
             assert factor == min(max(ok.report["frames_per_second"] / raw_fps, 0.25), 2.0)
             assert metrics.throughput_factor.labels("0", "cpu", "tiny", f"{OUT_W}x{OUT_H}")._value.get() == factor
 
-            # A real torch.OutOfMemoryError on the first attempt: freed, retried once tiled, succeeds.
+            # A real torch.OutOfMemoryError on the first attempt: freed, retried once, succeeds. The CPU has no
+            # GPU memory to fit a layout to, so the retry plans as a first attempt does (untiled); the layout
+            # of a retry on a GPU: test_out_of_memory_retry_runs_the_layout_that_fits_the_memory_free_then.
             oom = await scheduler.run(_spec(tmp_path, "oom-clip"), priority=1.0)
             assert oom.ok, oom.message
-            assert oom.attempts == 2 and oom.report["tiled"] is True
+            assert oom.attempts == 2 and oom.report["tiled"] is False
             assert video_shape(Path(tmp_path / "oom-clip.out.mp4")) == (OUT_W, OUT_H, FRAMES)
-            # The tiled run calibrates tiled estimates only; the untiled factor is unchanged.
-            tiled_raw = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, tiled=True, calibrated=False)
-            tiled_factor = table.calibration.factor("tiny+tiled", OUT_W, OUT_H)
-            assert tiled_factor == min(max(oom.report["frames_per_second"] / tiled_raw, 0.25), 2.0)
-            tiled_series = metrics.throughput_factor.labels("0", "cpu", "tiny+tiled", f"{OUT_W}x{OUT_H}")
-            assert tiled_series._value.get() == tiled_factor
-            assert table.calibration.factor("tiny", OUT_W, OUT_H) == factor
 
             # The worker process dies mid-task: only that task fails; the worker is restarted.
             crash = await scheduler.run(_spec(tmp_path, "crash-clip"), priority=1.0)
@@ -189,7 +188,7 @@ def test_scheduler_with_real_worker(tmp_path: Path) -> None:
         await restarted.start()
         try:
             assert restarted.table.calibration.state() == scheduler.table.calibration.state()
-            assert {r["variant"] for r in restarted.table.calibration.state()} == {"tiny", "tiny+tiled"}
+            assert {r["variant"] for r in restarted.table.calibration.state()} == {"tiny"}
         finally:
             await restarted.stop(grace_s=5.0)
 
@@ -281,12 +280,143 @@ def test_warmup_shapes_come_from_the_task_table(tmp_path: Path) -> None:
     assert video_shape(write_test_clip(tmp_path / "warm.mp4", 64, 36, 29)) == (64, 36, 29)
 
 
-def test_retry_tile_after_out_of_memory() -> None:
-    """An untiled attempt retries at the planned tile; a tiled one at half its tile (multiple of 128, >= 256)."""
-    from miner.jobs.scheduler import retry_tile_size
+def _core(tmp_path: Path) -> WorkerCore:
+    """A worker core on the CPU as a worker process loads it (random-small weights), whose first attempts
+    of a clip named ``oom...`` raise a real ``torch.OutOfMemoryError``."""
+    config = _config(tmp_path)
+    return WorkerCore(WorkerConfig(0, "cpu", config.get("upscaler.config"), config.upscaler_overrides,
+                                   hooks=WorkerHooks(oom_if_src_contains="oom")), threading.Event())
 
-    assert retry_tile_size(0, 1024, 128) == 1024
-    assert retry_tile_size(1024, 1024, 128) == 512
-    assert retry_tile_size(640, 1024, 128) == 256
-    assert retry_tile_size(256, 1024, 128) == 256
-    assert retry_tile_size(1536, 1024, 256) == 768
+
+def _wide_spec(tmp_path: Path, name: str) -> TaskSpec:
+    """A clip whose 384x128 output can be cut in tiles (two 256x128 tiles with the 64 px overlap)."""
+    spec = _spec(tmp_path, name)
+    src = make_clip(tmp_path / f"{name}-wide.mp4", width=192, height=64)
+    return TaskSpec(**{**spec.__dict__, "src": str(src), "width": 384, "height": 128})
+
+
+def test_out_of_memory_retry_runs_the_layout_that_fits_the_memory_free_then(tmp_path: Path, monkeypatch,
+                                                                            caplog) -> None:
+    """After an out-of-memory the retry releases what the failed attempt held, reads the usable memory (the
+    probe faked: the CPU has none) and runs the chooser's tiled layout for it (the memory model with its
+    margin and the blend): two tiles, though the model says the untiled frame fits 40 GiB."""
+    from upscaler import vram
+    from upscaler.tile_plan import plan_layout
+
+    core = _core(tmp_path)
+    spec = _wide_spec(tmp_path, "oom-clip")
+    first = core.run(spec)
+    assert not first.ok and first.error_kind == ErrorKind.OOM and "injected out-of-memory" in first.message
+
+    usable = 40 * 2**30
+    events: list[str] = []
+    monkeypatch.setattr(WorkerCore, "_free_memory", staticmethod(lambda: events.append("release")))
+    monkeypatch.setattr(vram, "usable_bytes", lambda device: events.append("probe") or usable)
+    layouts = []
+    upscale = core.upscaler.upscale_file
+    monkeypatch.setattr(core.upscaler, "upscale_file", lambda *a, **k: layouts.append(k["layout"]) or upscale(*a, **k))
+    with caplog.at_level(logging.INFO, logger="miner.jobs.worker"):
+        retry = core.run(spec.retry_tiled())
+    assert retry.ok, retry.message
+    expected = plan_layout(384, 128, usable, "tiny", core.settings, min_tiles=2)
+    assert layouts == [expected] and expected.fits and expected.tiles == 2
+    assert not plan_layout(384, 128, usable, "tiny", core.settings).tiled
+    assert events[:2] == ["release", "probe"]  # the memory is read once the failed attempt's is released
+    assert retry.attempts == 2 and (retry.report["tiled"], retry.report["tiles"]) == (True, 2)
+    logged = [r.fields for r in caplog.records if r.getMessage() == "out-of-memory retry layout"]
+    assert logged == [{"task_id": "oom-clip", "usable_gib": 40.0, "budget_gib": round(expected.budget_gib, 2),
+                       "peak_gib": round(expected.peak_gib, 2), "tiles": 2, "tile": "256x128",
+                       "decoder_frames": expected.decoder_frames, "blend_frames": expected.blend_frames}]
+
+
+def test_out_of_memory_retry_fails_with_the_reason_when_no_layout_fits(tmp_path: Path, monkeypatch) -> None:
+    """With 5 GiB usable after the failure, no layout's predicted peak fits the budget (the weights alone
+    take more): the clip fails at once with the reason, instead of running out of memory a second time."""
+    from upscaler import vram
+    from upscaler.tile_plan import plan_layout
+
+    core = _core(tmp_path)
+    spec = _wide_spec(tmp_path, "oom-clip").retry_tiled()
+    monkeypatch.setattr(vram, "usable_bytes", lambda device: 5 * 2**30)
+    monkeypatch.setattr(core.upscaler, "upscale_file", lambda *a, **k: pytest.fail("a retry that cannot fit ran"))
+    failed = core.run(spec)
+    smallest = plan_layout(384, 128, 5 * 2**30, "tiny", core.settings, min_tiles=2)
+    assert not smallest.fits
+    assert not failed.ok and failed.error_kind == ErrorKind.OOM and failed.attempts == 2
+    assert failed.message == ("out of memory, and no tile layout fits the 5.0 GiB usable after it: the smallest, "
+                              f"{smallest.describe()}; retry not run")
+
+
+def test_the_scheduler_retries_an_out_of_memory_once_on_the_same_worker(tmp_path: Path) -> None:
+    """The retry is the same task's second attempt (the worker picks its layout), priced as a tiled clip."""
+    from types import SimpleNamespace
+
+    from miner.jobs.scheduler import Scheduler, clip_work
+
+    sent: list[TaskSpec] = []
+
+    async def execute(spec: TaskSpec) -> TaskOutcome:
+        sent.append(spec)
+        return TaskOutcome(spec.task_id, True)
+
+    scheduler = Scheduler(_config(tmp_path), MinerMetrics())
+    slot = SimpleNamespace(index=0, handle=SimpleNamespace(execute=execute))
+    spec = _spec(tmp_path, "oom-clip")
+    first = TaskOutcome.failed(spec.task_id, ErrorKind.OOM, "out of memory: injected")
+    assert asyncio.run(scheduler._retry_tiled(slot, spec, first)).ok
+    assert sent == [replace(spec, attempt=1)] and not clip_work(spec).tiled and clip_work(sent[0]).tiled
+
+
+def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> None:
+    """The scheduler prices clips in layouts chosen with the workers' settings (miner.jobs.worker.worker_settings:
+    the miner's [upscaler] table), not the shipped upscaler.toml: an upscaler.config with 128 px tile overlap
+    makes a 4K clip on a 22 GiB worker 2 x 2 tiles of 2048x1152 instead of 3 bands of 3840x768."""
+    from types import SimpleNamespace
+
+    from miner.jobs.scheduler import IDLE, Scheduler, _Slot
+    from miner.jobs.worker import worker_settings
+    from upscaler.configfiles import config_path
+    from upscaler.tile_plan import plan_layout
+
+    shipped = config_path("upscaler").read_text()
+    assert "\ntile_overlap = 64 " in shipped
+    custom = tmp_path / "upscaler-overlap128.toml"
+    custom.write_text(shipped.replace("\ntile_overlap = 64 ", "\ntile_overlap = 128 "))
+    usable = 22 * 2**30
+
+    def scheduler(**upscaler: str) -> Scheduler:
+        config = load_miner_config(overrides={"upscaler": upscaler, "jobs": {"calibration": {"state_path": ""}}},
+                                   environ={})
+        made = Scheduler(config, MinerMetrics())
+        made._slots = [_Slot(SimpleNamespace(index=0, backend="local"), state=IDLE,
+                             info={"device_class": "h200", "free_vram_bytes": usable})]
+        return made
+
+    default, custom_overlap = scheduler(), scheduler(config=str(custom))
+    assert custom_overlap.settings == worker_settings(str(custom), "auto", custom_overlap.config.upscaler_overrides)
+    layouts = [plan_layout(3840, 2160, usable, "tiny", s.settings) for s in (default, custom_overlap)]
+    assert [(l.rows, l.columns, l.tile_width, l.tile_height) for l in layouts] == [(3, 1, 3840, 768), (2, 2, 2048, 1152)]
+    plans = [s.plan(3840, 2160, 300, deadline_s=None) for s in (default, custom_overlap)]
+    assert [p.tile_size for p in plans] == [768, 1152]
+    clip = ClipWork(3840, 2160, 300)
+    priced = [s.capacity()[0].seconds(clip) for s in (default, custom_overlap)]
+    assert priced == [p.est_seconds for p in plans] and priced[0] != priced[1]
+
+
+def test_a_tiled_clip_calibrates_the_tiled_estimates_only(tmp_path: Path) -> None:
+    """A finished tiled clip (a GPU worker's report; the CPU worker above runs untiled) moves the tiled
+    factor of its variant, measured against the estimate of its own layout, and leaves the untiled one."""
+    from types import SimpleNamespace
+
+    from miner.jobs.scheduler import Scheduler
+
+    metrics = MinerMetrics()
+    scheduler = Scheduler(_config(tmp_path), metrics)
+    report = {"frames": FRAMES, "frames_per_second": 0.5, "out_size": [OUT_W, OUT_H], "variant": "tiny",
+              "tiled": True, "tiles": 2, "tile_width": 128, "tile_height": 72}
+    scheduler._calibrate(SimpleNamespace(info={"device_class": "cpu"}), TaskOutcome("tiled", True, report=report))
+    table = scheduler.table_for("cpu")
+    tiled_raw = table.frames_per_second("cpu", "tiny", OUT_W, OUT_H, tiled=True, calibrated=False)
+    tiled_factor = table.calibration.factor("tiny+tiled", OUT_W, OUT_H)
+    assert tiled_factor == min(max(0.5 / tiled_raw, 0.25), 2.0)
+    assert [r["variant"] for r in table.calibration.state()] == ["tiny+tiled"]
