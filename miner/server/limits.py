@@ -140,4 +140,5 @@ def uvicorn_options(config: MinerConfig, app: Any) -> dict[str, Any]:
         "limit_concurrency": limits.max_connections,
         "timeout_keep_alive": limits.keep_alive_s,
         "server_header": False,
+        "proxy_headers": False,  # a source is the socket's peer (docs/security.md), as the connection guard sees it
     }

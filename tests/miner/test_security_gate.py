@@ -427,6 +427,10 @@ def test_routes_and_ops_access(server: Server) -> None:
     assert _send(server, _request("GET", "/health", {}), source="127.0.0.7")[0] == 404  # not in server.ops.allow
     assert _send(server, _request("GET", "/health", {"Authorization": "Bearer s3cret"}), source="127.0.0.7")[0] == 200
     assert _send(server, _request("GET", "/health", {}, b"x"))[0] == 413
+    # A source is the connection's peer: a forwarded-for header neither moves a caller out of the ops list
+    # nor gives one a fresh source (uvicorn trusts the header from loopback unless told not to).
+    forwarded = {"X-Forwarded-For": "203.0.113.5", "X-Forwarded-Proto": "https"}
+    assert _send(server, _request("GET", "/health", forwarded))[0] == 200
 
 
 def test_validators_keep_slots_unauthenticated_callers_cannot_take() -> None:
