@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from miner.config_numbers import check_numbers
 from miner.protocol.tasks import UpscalingTask
 from upscaler.configfiles import config_path, load_config
 from upscaler.settings import load_settings
@@ -113,7 +114,8 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> 
 
 
 def _coerce(default: Any, value: Any, path: str) -> Any:
-    """Convert ``value`` (possibly an environment string) to the type of ``default``."""
+    """Convert ``value`` (possibly an environment string) to the type of ``default``; a string that is no number
+    stays a string, for ``check_numbers`` to refuse with the key's range."""
     if default is None or not isinstance(value, str) or isinstance(default, str):
         return value
     try:
@@ -123,15 +125,21 @@ def _coerce(default: Any, value: Any, path: str) -> Any:
             if value.strip().lower() in ("0", "false", "no", "off", ""):
                 return False
             raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
+        if isinstance(default, (int, float)):
+            return _number(type(default), value)
         if isinstance(default, list):
             return [item.strip() for item in value.split(",") if item.strip()]
     except ValueError:
         raise ValueError(f"configuration key {path}: cannot read {value!r} as {type(default).__name__}") from None
     return value
+
+
+def _number(kind: type[int] | type[float], text: str) -> int | float | str:
+    """``text`` read as ``kind`` (``nan``, ``inf`` included: the rules refuse them), or ``text`` itself."""
+    try:
+        return kind(text)
+    except ValueError:
+        return text
 
 
 def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -192,29 +200,21 @@ def load_miner_config(
     workers = raw["jobs"]["workers"]
     if isinstance(workers, str) and workers.isdigit():
         raw["jobs"]["workers"] = int(workers)
+    _check_types(raw, defaults, "")
+    check_numbers(raw)
     tasks = {name: TaskGeometry(**spec) for name, spec in raw["tasks"].items()}
     config = MinerConfig(raw=raw, source=source, tasks=tasks)
-    _validate(config, defaults)
+    _validate(config)
     return config
 
 
-def _validate(config: MinerConfig, defaults: Mapping[str, Any]) -> None:
+def _validate(config: MinerConfig) -> None:
     """Raise ``ValueError`` naming the key and the allowed values for any value the miner would only
-    trip over later (at start, or at the first request)."""
-    _check_types(config.raw, defaults, "")
-    for key in _POSITIVE:
-        if config.get(key) <= 0:
-            raise ValueError(f"{key} must be greater than 0, got {config.get(key)!r}")
-    for key in _NON_NEGATIVE:
-        if config.get(key) < 0:
-            raise ValueError(f"{key} must be 0 or more, got {config.get(key)!r}")
+    trip over later (at start, or at the first request). Types and numbers are checked before."""
     for key, allowed in _CHOICES.items():
         value = config.get(key)
         if (value.upper() if key == "log.level" else value) not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    port = config.get("server.port")
-    if not 1 <= port <= 65535:
-        raise ValueError(f"server.port must be from 1 to 65535, got {port}")
     public_url = config.get("server.public_url")
     if public_url and (urlsplit(public_url).scheme not in ("http", "https") or not urlsplit(public_url).hostname):
         raise ValueError(f"server.public_url must be \"\" or an http(s)://host[:port] URL, got {public_url!r}")
@@ -235,17 +235,8 @@ def _validate(config: MinerConfig, defaults: Mapping[str, Any]) -> None:
         for name in [value] if isinstance(value, str) else value:
             if name not in config.tasks:
                 raise ValueError(f"{key}: {name!r} is not a task type; choose from {', '.join(config.tasks)}")
-    calibration = config.get("jobs.calibration")
-    if not 0 < calibration["weight"] <= 1:
-        raise ValueError(f"jobs.calibration.weight must be in (0, 1], got {calibration['weight']!r}")
-    if not 0 < calibration["min_factor"] <= 1 <= calibration["max_factor"]:
-        raise ValueError("jobs.calibration.min_factor must be in (0, 1] and jobs.calibration.max_factor at least 1, "
-                         f"got {calibration['min_factor']!r} and {calibration['max_factor']!r}")
     if not config.get("upscaler.weights").strip():
         raise ValueError("upscaler.weights must be 'auto', 'random', 'random-small' or a model directory, got ''")
-    crf = config.get("upscaler.crf")
-    if not 0 <= crf <= 51:
-        raise ValueError(f"upscaler.crf must be from 0 to 51, got {crf}")
     for key in ("upscaler.config", "upscaler.throughput"):
         try:
             load_config(config.get(key))
@@ -258,7 +249,8 @@ def _validate(config: MinerConfig, defaults: Mapping[str, Any]) -> None:
 
 
 def _check_types(raw: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> None:
-    """Every value has its default's type (an int is accepted for a float; ``jobs.workers`` may be a number)."""
+    """Every value has its default's type (``jobs.workers`` may be a number); numbers are left to
+    ``check_numbers``, which also checks their range."""
     for key, default in defaults.items():
         path = f"{where}.{key}" if where else key
         value = raw[key]
@@ -267,10 +259,10 @@ def _check_types(raw: Mapping[str, Any], defaults: Mapping[str, Any], where: str
                 raise ValueError(f"{path} must be a table, got {value!r}")
             _check_types(value, default, path)
             continue
-        if path == "jobs.workers":
+        if path == "jobs.workers" or (isinstance(default, (int, float)) and not isinstance(default, bool)):
             continue
-        expected = float if isinstance(default, float) else type(default)
-        if isinstance(value, bool) != (expected is bool) or not isinstance(value, (int, float) if expected is float else expected):
+        expected = type(default)
+        if not isinstance(value, expected):
             raise ValueError(f"{path} must be {_TYPE_NAMES[expected]}, got {value!r}")
         if expected is list and not all(isinstance(item, str) for item in value):
             raise ValueError(f"{path} must be a list of strings, got {value!r}")
@@ -280,16 +272,9 @@ def _validate_cluster(cluster: Mapping[str, Any], workers: Any) -> None:
     """``[cluster]``: a known backend, and Ray installed when it is asked for."""
     if cluster["backend"] not in ("local", "ray"):
         raise ValueError(f"cluster.backend must be 'local' or 'ray', got {cluster['backend']!r}")
-    if not isinstance(cluster["resources"], Mapping) or not all(
-            isinstance(v, (int, float)) and v > 0 for v in cluster["resources"].values()):
-        raise ValueError(f"cluster.resources must be a table of positive amounts, got {cluster['resources']!r}")
-    if cluster["num_gpus"] < 0 or cluster["num_cpus"] < 0 or cluster["lost_clip_retries"] < 0:
-        raise ValueError("cluster.num_gpus, cluster.num_cpus and cluster.lost_clip_retries must not be negative")
     if cluster["backend"] == "ray" and workers == "auto" and not cluster["num_gpus"] and not cluster["resources"]:
         raise ValueError("jobs.workers = 'auto' counts one actor per cluster.num_gpus GPUs or cluster.resources: "
                          "set one of them, or a number of workers")
-    if cluster["result_chunk_bytes"] < 65536:
-        raise ValueError("cluster.result_chunk_bytes must be at least 65536")
     if cluster["backend"] == "ray" and not _installed("ray"):
         raise ValueError("cluster.backend = 'ray' needs Ray, which is not installed: "
                          "pip install -e '.[cluster]' (or set cluster.backend = 'local')")
@@ -303,19 +288,8 @@ def _installed(module: str) -> bool:
         return False
 
 
-_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", list: "a list"}
+_TYPE_NAMES = {bool: "true or false", str: "a string", list: "a list"}
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
-_POSITIVE = (
-    "server.default_timeout_s", "chain.metagraph_refresh_s", "jobs.max_queue", "jobs.worker_start_timeout_s", "jobs.worker_check_s",
-    "jobs.download_concurrency", "jobs.clip_fps_assumed", "jobs.result_ttl_s", "jobs.oom_retry_tile_size",
-    "jobs.organic_timeout_s", "jobs.long_clip_frames", "fetch.max_bytes", "fetch.connect_timeout_s",
-    "fetch.read_timeout_s", "fetch.total_timeout_s", "fetch.chunk_bytes", "storage.url_expiry_s",
-    "storage.cleanup_interval_s",
-)
-_NON_NEGATIVE = (
-    "server.shutdown_grace_s", "chain.netuid", "chain.min_stake", "chain.allow_list_stake", "jobs.deadline_margin_s",
-    "jobs.progress_log_s", "jobs.calibration.min_frames", "jobs.test_hooks.delay_s", "fetch.max_redirects",
-)
 _CHOICES = {
     "storage.backend": ("local", "s3"),
     "log.format": ("kv", "json"),

@@ -44,9 +44,11 @@ def test_cluster_settings_are_validated() -> None:
     env = load_miner_config(environ={"FLASHVSR_MINER_CLUSTER_BACKEND": "ray", "FLASHVSR_MINER_CLUSTER_NUM_GPUS": "0.5"})
     assert env.get("cluster.backend") == "ray" and env.get("cluster.num_gpus") == 0.5
     for bad, message in (({"backend": "slurm"}, "cluster.backend must be"),
-                         ({"resources": {"h100": 0}}, "positive amounts"),
-                         ({"num_gpus": -1.0}, "must not be negative"),
-                         ({"result_chunk_bytes": 1024}, "at least 65536"),
+                         ({"resources": {"h100": 0}},
+                          "cluster.resources.h100 must be a finite number greater than 0, got 0"),
+                         ({"num_gpus": -1.0}, "cluster.num_gpus must be a finite number of at least 0, got -1.0"),
+                         ({"result_chunk_bytes": 1024},
+                          "cluster.result_chunk_bytes must be a whole number of at least 65536, got 1024"),
                          ({"backend": "ray", "num_gpus": 0.0}, "set one of them, or a number of workers")):
         with pytest.raises(ValueError, match=message):
             load_miner_config(overrides={"cluster": bad}, environ={})

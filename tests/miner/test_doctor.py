@@ -108,22 +108,24 @@ def test_run_steps_prints_one_line_per_check_and_exit_status(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"server": {"port": 70000}}, "server.port must be from 1 to 65535, got 70000"),
+    ({"server": {"port": 70000}}, "server.port must be a whole number from 1 to 65535, got 70000"),
     ({"server": {"shutdown_grace_s": "soon"}}, "server.shutdown_grace_s"),
     ({"server": {"public_url": "203.0.113.7:8091"}}, "server.public_url must be"),
-    ({"chain": {"netuid": -1}}, "chain.netuid must be 0 or more"),
+    ({"chain": {"netuid": -1}}, "chain.netuid must be a whole number of at least 0, got -1"),
     ({"chain": {"allow_list": [5]}}, "chain.allow_list must be a list of strings"),
-    ({"jobs": {"max_queue": 0}}, "jobs.max_queue must be greater than 0"),
+    ({"jobs": {"max_queue": 0}}, "jobs.max_queue must be a whole number of at least 1, got 0"),
     ({"jobs": {"devices": ["gpu0"]}}, "jobs.devices entries must be 'cpu' or 'cuda:N'"),
     ({"jobs": {"warmup_tasks": ["SD8K"]}}, "jobs.warmup_tasks: 'SD8K' is not a task type; choose from SD2HD"),
-    ({"jobs": {"calibration": {"weight": 2.0}}}, "jobs.calibration.weight must be in (0, 1]"),
-    ({"fetch": {"max_bytes": 1.5}}, "fetch.max_bytes must be a whole number"),
+    ({"jobs": {"calibration": {"weight": 2.0}}},
+     "jobs.calibration.weight must be a finite number greater than 0 and at most 1, got 2.0"),
+    ({"fetch": {"max_bytes": 1.5}}, "fetch.max_bytes must be a whole number of at least 1, got 1.5"),
     ({"log": {"level": "LOUD"}}, "log.level must be one of 'DEBUG', 'INFO'"),
     ({"upscaler": {"codec": "h264"}}, "upscaler.codec must be one of 'hevc'"),
     ({"upscaler": {"preset": "turbo"}}, "upscaler.preset must be one of 'ultrafast'"),
-    ({"upscaler": {"crf": 60}}, "upscaler.crf must be from 0 to 51"),
+    ({"upscaler": {"crf": 60}}, "upscaler.crf must be a whole number from 0 to 51, got 60"),
     ({"upscaler": {"dtype": "int8"}}, "upscaler.dtype must be bf16, fp16 or fp32"),
-    ({"upscaler": {"max_vram_gib": -1}}, "upscaler.max_vram_gib must be >= 0 (0: the whole GPU)"),
+    ({"upscaler": {"max_vram_gib": -1}},
+     "upscaler.max_vram_gib must be a finite number of at least 0 (0: the whole card), got -1"),
     ({"upscaler": {"throughput": "no-such-table"}}, "upscaler.throughput: configuration file not found"),
     ({"metrics": {"enabled": 1}}, "metrics.enabled must be true or false"),
 ])
@@ -532,9 +534,10 @@ def test_bad_starts_exit_2_with_one_line(tmp_path: Path, wallet_root: Path, mine
                            **{"storage.s3": {**s3_server, "bucket": BUCKET, "secret_access_key": "wrong"}}),
                     "credentials were rejected (SignatureDoesNotMatch)"),
         "port": (config("port", server={"port": busy}), f"port {busy} is already in use by another program: pid "),
-        "value": (config("value", jobs={"max_queue": -3}), "configuration error: jobs.max_queue must be greater than 0"),
+        "value": (config("value", jobs={"max_queue": -3}),
+                  "configuration error: jobs.max_queue must be a whole number of at least 1, got -3"),
         "limits": (config("limits", **{"server.limits": {"open_in_flight": 0}}),
-                   "configuration error: server.limits.open_in_flight must be between 1"),
+                   "configuration error: server.limits.open_in_flight must be a whole number of at least 1, got 0"),
     }
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:

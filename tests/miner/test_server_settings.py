@@ -36,12 +36,15 @@ def test_a_header_deadline_not_outlasting_keep_alive_is_refused(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("keep_alive_s = -1", "server.limits.keep_alive_s must be 0 (no idle keep-alive) or more, got -1"),
-    ("block_s = 0.0", "server.limits.block_s must be positive, got 0.0"),
-    ("block_s = -60.0", "server.limits.block_s must be positive, got -60.0"),
-    ("header_timeout_s = inf", "server.limits.header_timeout_s must be a finite number, got inf"),
-    ("body_timeout_s = nan", "server.limits.body_timeout_s must be a finite number, got nan"),
-    ("block_s = inf", "server.limits.block_s must be a finite number, got inf"),
+    ("keep_alive_s = -1", "server.limits.keep_alive_s must be a whole number of at least 0 "
+                          "(0: idle keep-alive connections closed at once), got -1"),
+    ("block_s = 0.0", "server.limits.block_s must be a finite number greater than 0, got 0.0"),
+    ("block_s = -60.0", "server.limits.block_s must be a finite number greater than 0, got -60.0"),
+    ("header_timeout_s = inf", "server.limits.header_timeout_s must be a finite number greater than 0, got inf"),
+    ("body_timeout_s = nan", "server.limits.body_timeout_s must be a finite number greater than 0, got nan"),
+    ("block_s = inf", "server.limits.block_s must be a finite number greater than 0, got inf"),
+    ("max_sources = 1.5", "server.limits.max_sources must be a whole number of at least 1, got 1.5"),
+    ("refusal_burst = true", "server.limits.refusal_burst must be a whole number of at least 1, got True"),
 ])
 def test_negative_zero_and_infinite_limits_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        setting: str, message: str) -> None:
@@ -57,9 +60,9 @@ def test_an_ipv6_source_prefix_outside_32_to_128_is_refused(tmp_path: Path, caps
                                                              prefix: int) -> None:
     status, err = _start(tmp_path, capsys, f"[server.limits]\nipv6_source_prefix = {prefix}\n")
     assert status == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith("flashvsr-miner: configuration error: server.limits.ipv6_source_prefix must be from 32 to "
-                          f"128 (64: an IPv6 source is its /64, one host's usual allocation; 128: each address), "
-                          f"got {prefix}"), err
+    assert err.startswith("flashvsr-miner: configuration error: server.limits.ipv6_source_prefix must be a whole "
+                          "number from 32 to 128 (64: an IPv6 source is its /64, one host's usual allocation; "
+                          f"128: each address), got {prefix}"), err
 
 
 def test_no_keep_alive_is_accepted() -> None:
