@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from miner.config import MinerConfig
+from miner.config_numbers import NUMBERS
 from miner.metrics import MinerMetrics
 from miner.server.connections import guarded_protocol
-from miner.server.source_key import IPV6_BITS, source_key
+from miner.server.source_key import source_key
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-MIN_IPV6_SOURCE_PREFIX = 32  # shorter prefixes lump unrelated networks (a /32 is a whole ISP's allocation)
 
 
 @dataclass(frozen=True)
@@ -50,28 +49,17 @@ class ServerLimits:
         return limits
 
     def validate(self) -> None:
-        """``ValueError`` for settings that would refuse everyone or bound nothing."""
+        """``ValueError`` for settings that would refuse everyone or bound nothing: each field as its
+        ``miner.config_numbers.NUMBERS`` rule allows, then the relations between them."""
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if not math.isfinite(value):
-                raise ValueError(f"server.limits.{field.name} must be a finite number, got {value!r}")
-        if not 0 < self.open_in_flight <= self.max_in_flight:
-            raise ValueError("server.limits.open_in_flight must be between 1 and server.limits.max_in_flight")
+            key = f"server.limits.{field.name}"
+            NUMBERS[key].check(key, getattr(self, field.name))
+        if self.open_in_flight > self.max_in_flight:
+            raise ValueError(f"server.limits.open_in_flight ({self.open_in_flight}) must be at most "
+                             f"server.limits.max_in_flight ({self.max_in_flight})")
         if self.max_connections <= self.max_in_flight:
             raise ValueError("server.limits.max_connections must exceed server.limits.max_in_flight "
                              "(idle keep-alive connections count against it)")
-        for name in ("synapse_max_bytes", "json_max_bytes", "json_max_depth", "body_timeout_s", "max_body_reads_per_ip",
-                     "header_timeout_s", "max_header_bytes", "max_header_count", "max_connections_per_ip",
-                     "refusal_burst", "refusal_rate_per_s", "block_s", "max_sources"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"server.limits.{name} must be positive, got {getattr(self, name)!r}")
-        if not MIN_IPV6_SOURCE_PREFIX <= self.ipv6_source_prefix <= IPV6_BITS:
-            raise ValueError(f"server.limits.ipv6_source_prefix must be from {MIN_IPV6_SOURCE_PREFIX} to {IPV6_BITS} "
-                             f"(64: an IPv6 source is its /64, one host's usual allocation; 128: each address), "
-                             f"got {self.ipv6_source_prefix!r}")
-        if self.keep_alive_s < 0:
-            raise ValueError("server.limits.keep_alive_s must be 0 (no idle keep-alive) or more, "
-                             f"got {self.keep_alive_s!r}")
         if self.header_timeout_s <= self.keep_alive_s:
             raise ValueError(f"server.limits.header_timeout_s ({self.header_timeout_s:g}) must exceed "
                              f"server.limits.keep_alive_s ({self.keep_alive_s:g}): both run on an idle keep-alive "

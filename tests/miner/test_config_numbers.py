@@ -152,6 +152,14 @@ def test_the_operator_s_own_tables_are_checked_too(overrides: dict[str, Any], me
     assert str(caught.value) == message
 
 
+def test_server_limits_check_their_fields_with_the_same_rules() -> None:
+    """ServerLimits built without a configuration (tests, tools) is checked by the table too."""
+    with pytest.raises(ValueError, match=r"^server\.limits\.block_s must be a finite number greater than 0, got nan$"):
+        ServerLimits(block_s=math.nan).validate()
+    with pytest.raises(ValueError, match=r"^server\.limits\.max_sources must be a whole number of at least 1"):
+        ServerLimits(max_sources=True).validate()
+
+
 # ------------------------------------------------------------------------------- the real start, refused
 
 

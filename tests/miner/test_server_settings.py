@@ -55,6 +55,17 @@ def test_negative_zero_and_infinite_limits_are_refused(tmp_path: Path, capsys: p
     assert err.startswith(f"flashvsr-miner: configuration error: {message}"), err
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("open_in_flight = 300", "server.limits.open_in_flight (300) must be at most server.limits.max_in_flight (256)"),
+    ("max_connections = 256", "server.limits.max_connections must exceed server.limits.max_in_flight"),
+])
+def test_limits_read_together_are_checked_together(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   setting: str, message: str) -> None:
+    status, err = _start(tmp_path, capsys, f"[server.limits]\n{setting}\n")
+    assert status == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"flashvsr-miner: configuration error: {message}"), err
+
+
 @pytest.mark.parametrize("prefix", [0, 16, 129])
 def test_an_ipv6_source_prefix_outside_32_to_128_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                              prefix: int) -> None:
