@@ -202,10 +202,17 @@ def load_miner_config(
         raw["jobs"]["workers"] = int(workers)
     _check_types(raw, defaults, "")
     check_numbers(raw)
-    tasks = {name: TaskGeometry(**spec) for name, spec in raw["tasks"].items()}
+    tasks = {name: _task_geometry(name, spec) for name, spec in raw["tasks"].items()}
     config = MinerConfig(raw=raw, source=source, tasks=tasks)
     _validate(config)
     return config
+
+
+def _task_geometry(name: str, spec: Any) -> TaskGeometry:
+    """``tasks.<name>``, whose numbers ``check_numbers`` has checked; ``ValueError`` unless it has the three keys."""
+    if not isinstance(spec, Mapping) or set(spec) != {"width", "height", "scale"}:
+        raise ValueError(f"tasks.{name} must be a table of width, height and scale, got {spec!r}")
+    return TaskGeometry(**spec)
 
 
 def _validate(config: MinerConfig) -> None:

@@ -145,6 +145,8 @@ def test_environment_numbers_are_read_as_the_key_s_type() -> None:
      "tasks.X.height must be a whole number of at least 1, got 360.0"),
     ({"cluster": {"resources": {"h100": math.inf}}}, "cluster.resources.h100 must be a finite number greater than 0, "
                                                      "got inf"),
+    ({"tasks": {"X": {"width": 640}}}, "tasks.X must be a table of width, height and scale, got {'width': 640}"),
+    ({"tasks": {"SD2HD": 2}}, "tasks.SD2HD must be a table of width, height and scale, got 2"),
 ])
 def test_the_operator_s_own_tables_are_checked_too(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as caught:
