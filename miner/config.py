@@ -197,9 +197,9 @@ def load_miner_config(
     _merge(raw, _env_overrides(raw, os.environ if environ is None else environ))
     if overrides:
         _merge(raw, overrides)
-    workers = raw["jobs"]["workers"]
-    if isinstance(workers, str) and workers.isdigit():
-        raw["jobs"]["workers"] = int(workers)
+    jobs = raw.get("jobs")
+    if isinstance(jobs, dict) and isinstance(jobs.get("workers"), str) and jobs["workers"].isdigit():
+        jobs["workers"] = int(jobs["workers"])
     _check_types(raw, defaults, "")
     check_numbers(raw)
     tasks = {name: _task_geometry(name, spec) for name, spec in raw["tasks"].items()}

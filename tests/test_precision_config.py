@@ -3,6 +3,8 @@ CLIs, and the throughput rows the planner reads for each precision."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from miner.config import load_miner_config
@@ -21,6 +23,9 @@ def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
         load_settings(weights="random-small", device="cpu", precision="fp4")
     with pytest.raises(ValueError, match="fp8_layers: unknown"):
         load_settings(weights="random-small", device="cpu", fp8_layers=("self_qkv", "everything"))
+    for cap in (-1.0, math.nan, math.inf):  # the upscaler's own CLIs and TOML, not only the miner's table
+        with pytest.raises(ValueError, match="max_vram_gib must be a finite number >= 0"):
+            load_settings(weights="random-small", device="cpu", max_vram_gib=cap)
 
 
 def test_miner_config_carries_and_checks_the_precision() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -137,8 +139,8 @@ class UpscalerSettings:
             raise ValueError("tile_overlap must be >= 0 and smaller than the tile's width and height")
         if self.tiling.blend_frames < 1:
             raise ValueError(f"tiling.blend_frames must be >= 1, got {self.tiling.blend_frames}")
-        if self.max_vram_gib < 0:
-            raise ValueError(f"max_vram_gib must be >= 0 (0: the whole GPU), got {self.max_vram_gib}")
+        if not (math.isfinite(self.max_vram_gib) and self.max_vram_gib >= 0):
+            raise ValueError(f"max_vram_gib must be a finite number >= 0 (0: the whole GPU), got {self.max_vram_gib}")
         for variant in self.variants.values():
             if variant.decoder not in DECODERS:
                 raise ValueError(f"variant {variant.name}: decoder must be one of {DECODERS}")

@@ -173,6 +173,7 @@ def test_server_limits_check_their_fields_with_the_same_rules() -> None:
      "fetch.max_bytes must be a whole number of at least 1, got '500MiB'"),
     ("", {"FLASHVSR_MINER_UPSCALER_MAX_VRAM_GIB": "inf"},
      "upscaler.max_vram_gib must be a finite number of at least 0 (0: the whole card), got inf"),
+    ("jobs = 5\n", {}, "jobs must be a table, got 5"),
 ])
 def test_flashvsr_miner_refuses_to_start_in_one_line(tmp_path: Path, toml: str, environment: dict[str, str],
                                                     line: str) -> None:
