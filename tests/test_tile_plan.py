@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -115,6 +116,27 @@ def test_plan_layout_chooses_with_the_settings_it_is_given() -> None:
     assert (layout.rows, layout.columns, layout.overlap) == (2, 2, 128) and layout == _layout(22, overlap=128)
     single = replace(SETTINGS, tiling=replace(SETTINGS.tiling, blend_frames=1))
     assert plan_layout(3840, 2160, 22 * GIB, "tiny", single).blend_frames == 1
+
+
+def raised_peaks_table(tmp_path, gib: float) -> str:
+    """A copy of the shipped throughput table whose [[peak]] rows are ``gib`` GiB higher (an operator's own)."""
+    from upscaler.configfiles import config_path
+
+    speed, peaks = config_path("throughput").read_text().split("[[peak]]", 1)
+    raised = re.sub(r"peak_gib = ([0-9.]+)", lambda m: f"peak_gib = {float(m.group(1)) + gib}", peaks)
+    path = tmp_path / "operator-throughput.toml"
+    path.write_text(f"{speed}[[peak]]{raised}")
+    return str(path)
+
+
+def test_plan_layout_reads_the_configured_throughput_table(tmp_path) -> None:
+    """The memory model is fitted to the [[peak]] rows of settings.throughput (the miner's upscaler.throughput),
+    not the shipped table's: peaks measured 6 GiB higher cut 4K in 22 GiB into more tiles."""
+    own = replace(SETTINGS, throughput=raised_peaks_table(tmp_path, 6.0))
+    shipped, operator = plan_layout(3840, 2160, 22 * GIB, "tiny", SETTINGS), plan_layout(3840, 2160, 22 * GIB, "tiny", own)
+    assert operator == choose_layout(3840, 2160, usable_bytes=22 * GIB, model=MemoryModel.load(own.throughput),
+                                     variant=TINY, overlap=64)
+    assert operator.fits and operator.tiles > shipped.tiles
 
 
 def test_predicted_peak_includes_the_blend_of_a_group_beside_the_last_tile() -> None:

@@ -131,7 +131,7 @@ class Upscaler:
             if usable is None:
                 return replace(tiling, tile_size=0, tile_height=0), variant
             if self._memory_model is None:
-                self._memory_model = MemoryModel.load()
+                self._memory_model = MemoryModel.load(self.settings.throughput)
             layout = choose_layout(
                 geometry.out_width, geometry.out_height, usable_bytes=usable, model=self._memory_model,
                 variant=variant, overlap=tiling.tile_overlap, multiple=self.settings.spatial_multiple,

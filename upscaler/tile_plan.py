@@ -237,11 +237,11 @@ def layout_slowdown(tiles: int, tile_width: int, tile_height: int, width: int, h
 
 
 def plan_layout(width: int, height: int, usable_bytes: int, variant: str, settings: UpscalerSettings, *,
-                throughput_config: str = "throughput", min_tiles: int = 1) -> TileLayout:
+                min_tiles: int = 1) -> TileLayout:
     """:func:`choose_layout` for ``variant`` of ``settings`` (those the run uses: its tiling, variants and
-    spatial multiple), with the memory model of ``throughput_config``."""
+    spatial multiple), with the memory model of their throughput table (``settings.throughput``)."""
     return choose_layout(
-        width, height, usable_bytes=usable_bytes, model=MemoryModel.load(throughput_config),
+        width, height, usable_bytes=usable_bytes, model=MemoryModel.load(settings.throughput),
         variant=settings.variant(variant), overlap=settings.tiling.tile_overlap, multiple=settings.spatial_multiple,
         blend_frames=settings.tiling.blend_frames, min_tiles=min_tiles,
     )

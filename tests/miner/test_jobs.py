@@ -403,6 +403,37 @@ def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> N
     assert priced == [p.est_seconds for p in plans] and priced[0] != priced[1]
 
 
+def test_workers_plan_tiles_with_the_configured_throughput_table(tmp_path: Path) -> None:
+    """upscaler.throughput reaches the workers' settings: their tile layouts (and the scheduler's pricing of
+    them) use that table's [[peak]] rows, as the planner's speed rows come from it; peaks 6 GiB higher than
+    the shipped rows cut 4K on a 22 GiB worker into more tiles."""
+    from types import SimpleNamespace
+
+    from miner.jobs.scheduler import IDLE, Scheduler, _Slot
+    from miner.jobs.worker import worker_settings
+    from tests.test_tile_plan import raised_peaks_table
+    from upscaler.tile_plan import plan_layout
+
+    table = raised_peaks_table(tmp_path, 6.0)
+    usable = 22 * 2**30
+
+    def scheduler(**upscaler: str) -> Scheduler:
+        config = load_miner_config(overrides={"upscaler": upscaler, "jobs": {"calibration": {"state_path": ""}}},
+                                   environ={})
+        made = Scheduler(config, MinerMetrics())
+        made._slots = [_Slot(SimpleNamespace(index=0, backend="local"), state=IDLE,
+                             info={"device_class": "h200", "free_vram_bytes": usable})]
+        return made
+
+    shipped, own = scheduler(), scheduler(throughput=table)
+    worker = worker_settings(own.config.get("upscaler.config"), "cuda:0", own.config.upscaler_overrides)
+    assert own.settings.throughput == worker.throughput == table
+    layouts = [plan_layout(3840, 2160, usable, "tiny", s.settings) for s in (shipped, own)]
+    assert layouts[1].tiles > layouts[0].tiles
+    plans = [s.plan(3840, 2160, 300, deadline_s=None) for s in (shipped, own)]
+    assert [p.tile_size for p in plans] == [min(l.tile_width, l.tile_height) for l in layouts]
+
+
 def test_a_tiled_clip_calibrates_the_tiled_estimates_only(tmp_path: Path) -> None:
     """A finished tiled clip (a GPU worker's report; the CPU worker above runs untiled) moves the tiled
     factor of its variant, measured against the estimate of its own layout, and leaves the untiled one."""
