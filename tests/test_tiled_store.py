@@ -163,13 +163,15 @@ def test_the_layouts_blend_group_reaches_the_run(upscaler, tmp_path, monkeypatch
     import upscaler.api as api_module
 
     monkeypatch.setattr(api_module.vram, "usable_bytes", lambda device: 22 * 2**30)
-    monkeypatch.setattr(upscaler, "settings", replace(upscaler.settings, tiling=replace(upscaler.settings.tiling, auto=True)))
+    monkeypatch.setattr(upscaler, "settings", replace(upscaler.settings, kv_cache_dtype="fp8",
+                                                      tiling=replace(upscaler.settings.tiling, auto=True)))
     geometry = Geometry.for_target((3840, 2160), (7680, 4320), upscaler.settings.spatial_multiple)
     tiny = upscaler.settings.variant("tiny")
     tiling, variant = upscaler.plan_tiles(geometry, tiny)
     assert (tiling.tile_size, tiling.height, tiling.blend_frames) == (1152, 2304, 2)
     # A layout handed to the run (the miner's retry after an out-of-memory) is run as it is, memory unread.
     layout = choose_layout(7680, 4320, usable_bytes=22 * 2**30, model=MemoryModel.load(), variant=tiny,
+                           kv_cache=upscaler.settings.kv_cache_dtype,
                            overlap=upscaler.settings.tiling.tile_overlap)
     monkeypatch.setattr(api_module.vram, "usable_bytes", lambda device: pytest.fail("a given layout reads no memory"))
     assert upscaler.plan_tiles(geometry, tiny, layout) == (tiling, variant)
