@@ -90,7 +90,7 @@ class MinerConfig:
         """The ``[upscaler]`` keys a worker passes to ``upscaler.settings.load_settings``."""
         upscaler = self.raw["upscaler"]
         return {key: upscaler[key] for key in ("weights", "model_version", "dtype", "kv_cache_dtype", "compile",
-                                               "precision", "max_vram_gib")}
+                                               "precision", "max_vram_gib", "throughput")}
 
     def as_json(self) -> str:
         """The merged configuration with secrets masked (for the start-up log)."""

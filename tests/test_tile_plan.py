@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -9,47 +10,85 @@ import torch
 
 from upscaler import vram
 from upscaler.blend_memory import blend_bytes
+from upscaler.kv_cache_memory import ELEMENT_BYTES
 from upscaler.cli import tiling_from_args
 from upscaler.planner import GIB, ThroughputTable, plan
-from upscaler.settings import TilingSettings, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, TilingSettings, load_settings
 from upscaler.tile_plan import (MemoryModel, PeakRow, TileLayout, TiledRow, blend_groups, candidate_layouts, choose_layout,
                                 layout_slowdown, plan_layout)
 from upscaler.tiling import tile_grid
 
-SETTINGS = load_settings()
+SETTINGS = load_settings(kv_cache_dtype="fp8")  # the miner's K/V cache, which the documented layouts are for
 TINY, FULL = SETTINGS.variant("tiny"), SETTINGS.variant("full")
+KV = SETTINGS.kv_cache_dtype
 MODEL = MemoryModel.load()
 
 
 def _layout(usable_gib: float, width: int = 3840, height: int = 2160, variant=TINY, overlap: int = 64) -> TileLayout:
-    return choose_layout(width, height, usable_bytes=int(usable_gib * GIB), model=MODEL, variant=variant, overlap=overlap)
+    return choose_layout(width, height, usable_bytes=int(usable_gib * GIB), model=MODEL, variant=variant, kv_cache=KV,
+                         overlap=overlap)
 
 
 def _least_peak(width: int, height: int, rows: int, columns: int, tile_w: int, tile_h: int) -> float:
     """The smallest predicted peak of a tiled grid: one decoder frame per pass, a blend group of one frame."""
     model_pixels = tile_w * -(-tile_h // 128) * 128
-    return MODEL.peak_gib("tcdecoder", model_pixels, 1) + blend_bytes(height, width, rows * columns, tile_h, tile_w, 1) / GIB
+    return MODEL.peak_gib("tcdecoder", model_pixels, 1, KV) + blend_bytes(height, width, rows * columns, tile_h, tile_w, 1) / GIB
 
 
 def test_memory_model_reproduces_the_measured_peaks() -> None:
-    """The fit is within 0.5 GiB of every shipped [[peak]] row (4K, 1080p, 1024 px tiles, Full)."""
-    assert MODEL.peak_gib("tcdecoder", 3840 * 2176, 1) == pytest.approx(43.9, abs=0.5)
-    assert MODEL.peak_gib("tcdecoder", 1920 * 1152, 4) == pytest.approx(19.7, abs=0.5)
-    assert MODEL.peak_gib("tcdecoder", 1024 * 1024, 4) == pytest.approx(11.8, abs=0.5)
-    assert MODEL.peak_gib("wan-vae", 1920 * 1152, 4) == pytest.approx(29.4, abs=0.1)
+    """The fit is within 0.5 GiB of every shipped [[peak]] row (4K, 1080p, 1024 px tiles, Full; FP8 and
+    bf16 K/V caches)."""
+    assert MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "fp8") == pytest.approx(43.9, abs=0.5)
+    assert MODEL.peak_gib("tcdecoder", 1920 * 1152, 4, "fp8") == pytest.approx(19.7, abs=0.5)
+    assert MODEL.peak_gib("tcdecoder", 1024 * 1024, 4, "fp8") == pytest.approx(11.8, abs=0.5)
+    assert MODEL.peak_gib("wan-vae", 1920 * 1152, 4, "fp8") == pytest.approx(29.4, abs=0.1)
+    assert MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "model") == pytest.approx(66.53, abs=0.5)
+    assert MODEL.peak_gib("tcdecoder", 1920 * 1152, 4, "model") == pytest.approx(25.68, abs=0.5)
     assert MODEL.adjustable_decoders == {"tcdecoder"}  # Full was measured at one frames-per-pass value only
     with pytest.raises(LookupError, match="add a \\[\\[peak\\]\\] row"):
-        MODEL.peak_gib("other", 1, 1)
+        MODEL.peak_gib("other", 1, 1, "fp8")
 
 
 def test_fit_recovers_known_coefficients_and_needs_enough_rows() -> None:
     truth = lambda d, w, h, f: 3.0 + 4.0 * w * h / 1e6 + {"a": 0.5, "b": 2.0}[d] * f * w * h / 1e6  # noqa: E731
     sizes = [("a", 1024, 1024, 4), ("a", 3840, 2176, 1), ("a", 1920, 1152, 2), ("b", 1920, 1152, 4)]
-    model = MemoryModel.fit([PeakRow(d, w, h, f, truth(d, w, h, f)) for d, w, h, f in sizes])
+    cache = {"fp8": 1.0, "model": 2.0}  # GiB per megapixel, added to the rows measured with each
+    rows = [PeakRow(d, w, h, f, truth(d, w, h, f) + cache[kv] * w * h / 1e6, kv)
+            for (d, w, h, f), kv in zip(sizes, ("fp8", "model", "fp8", "model"))]
+    model = MemoryModel.fit(rows, cache)
     assert (model.base_gib, model.dit_gib_per_mpx) == (pytest.approx(3.0), pytest.approx(4.0))
     assert model.decoder_gib_per_mpx == {"a": pytest.approx(0.5), "b": pytest.approx(2.0)}
     with pytest.raises(ValueError, match="cannot fit"):
-        MemoryModel.fit([PeakRow("a", 1024, 1024, 4, 11.0), PeakRow("b", 1024, 1024, 4, 12.0)])
+        MemoryModel.fit([PeakRow("a", 1024, 1024, 4, 11.0, "fp8"), PeakRow("b", 1024, 1024, 4, 12.0, "fp8")], cache)
+    with pytest.raises(ValueError, match="unknown kv_cache \\['fp16'\\]"):
+        MemoryModel.fit([replace(r, kv_cache="fp16") for r in rows], cache)
+
+
+def test_the_k_v_cache_dtype_prices_its_own_cache() -> None:
+    """The same 4K request with the bf16 cache ("model", upscaler.toml's default) predicts the measured
+    66.5 GiB instead of the FP8 cache's 44: 22.4 GiB more untiled, the cache difference the model's shapes give
+    (tiles: in proportion to their pixels); on an 80 GB card it still runs untiled, in 60 GiB it takes two
+    bands, on 24 and 16 GB cards more tiles than the FP8 cache's. Every K/V cache dtype has a size."""
+    fp8_4k, bf16_4k = (MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, kv) for kv in ("fp8", "model"))
+    assert bf16_4k - fp8_4k == pytest.approx(22.41, abs=0.01) and MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "fp8-qk") == fp8_4k
+    for usable_gib, tiles in ((80, (1, 1)), (60, (1, 2)), (22, (3, 5)), (15, (6, 10))):
+        fp8, bf16 = (plan_layout(3840, 2160, usable_gib * GIB, "tiny", replace(SETTINGS, kv_cache_dtype=kv))
+                     for kv in ("fp8", "model"))
+        assert fp8.fits and bf16.fits and (fp8.tiles, bf16.tiles) == tiles
+        same_tiles = choose_layout(3840, 2160, usable_bytes=1000 * GIB, model=MODEL, variant=TINY, kv_cache="model",
+                                   overlap=64, min_tiles=fp8.tiles)
+        assert same_tiles.peak_gib > fp8.peak_gib
+    assert set(ELEMENT_BYTES) == set(KV_CACHE_DTYPES)
+
+
+def test_peak_rows_must_say_their_k_v_cache(tmp_path) -> None:
+    """A [[peak]] row without kv_cache is refused with what to add (its peak cannot be split from the cache)."""
+    from upscaler.configfiles import config_path
+
+    table = tmp_path / "no-kv.toml"
+    table.write_text(config_path("throughput").read_text().replace('kv_cache = "fp8"\n', "", 1))
+    with pytest.raises(ValueError, match="row 1 lacks kv_cache, the K/V cache dtype it was measured with"):
+        MemoryModel.load(str(table))
 
 
 @pytest.mark.parametrize(("usable_gib", "expected"), [
@@ -73,7 +112,7 @@ def test_bands_beat_squares_and_the_grid_covers_the_frame() -> None:
     bands = _layout(22)
     squares = [c for c in candidate_layouts(3840, 2160, 64, 128) if c[2] == c[3]]
     budget = MODEL.budget_gib(22 * GIB)
-    fitting_squares = [c for c in squares if MODEL.peak_gib("tcdecoder", c[2] * c[3], 1) <= budget]
+    fitting_squares = [c for c in squares if MODEL.peak_gib("tcdecoder", c[2] * c[3], 1, KV) <= budget]
     assert min(c[0] * c[1] for c in fitting_squares) > bands.tiles
     tiles = tile_grid(2160, 3840, bands.tile_width, bands.overlap, 16, bands.tile_height)
     assert len(tiles) == 3 and all(t.width == 3840 and t.height <= 768 for t in tiles)
@@ -99,10 +138,11 @@ def test_nothing_fits_gives_the_smallest_peak() -> None:
 def test_a_least_tile_count_where_the_frame_can_be_cut() -> None:
     """``min_tiles`` (the retry after an out-of-memory asks for 2) skips the layouts with fewer tiles: 4K in
     80 GiB, which fits untiled, is then cut into two bands; a frame too small to cut stays whole."""
-    banded = choose_layout(3840, 2160, usable_bytes=80 * GIB, model=MODEL, variant=TINY, overlap=64, min_tiles=2)
+    banded = choose_layout(3840, 2160, usable_bytes=80 * GIB, model=MODEL, variant=TINY, kv_cache=KV, overlap=64,
+                           min_tiles=2)
     assert (banded.rows, banded.columns, banded.tile_width, banded.tile_height) == (2, 1, 3840, 1152)
     assert banded.fits and not _layout(80).tiled
-    small = choose_layout(128, 72, usable_bytes=80 * GIB, model=MODEL, variant=TINY, overlap=64, min_tiles=2)
+    small = choose_layout(128, 72, usable_bytes=80 * GIB, model=MODEL, variant=TINY, kv_cache=KV, overlap=64, min_tiles=2)
     assert small.tiles == 1 and small.fits
 
 
@@ -117,20 +157,41 @@ def test_plan_layout_chooses_with_the_settings_it_is_given() -> None:
     assert plan_layout(3840, 2160, 22 * GIB, "tiny", single).blend_frames == 1
 
 
+def raised_peaks_table(tmp_path, gib: float) -> str:
+    """A copy of the shipped throughput table whose [[peak]] rows are ``gib`` GiB higher (an operator's own)."""
+    from upscaler.configfiles import config_path
+
+    speed, peaks = config_path("throughput").read_text().split("[[peak]]", 1)
+    raised = re.sub(r"peak_gib = ([0-9.]+)", lambda m: f"peak_gib = {float(m.group(1)) + gib}", peaks)
+    path = tmp_path / "operator-throughput.toml"
+    path.write_text(f"{speed}[[peak]]{raised}")
+    return str(path)
+
+
+def test_plan_layout_reads_the_configured_throughput_table(tmp_path) -> None:
+    """The memory model is fitted to the [[peak]] rows of settings.throughput (the miner's upscaler.throughput),
+    not the shipped table's: peaks measured 6 GiB higher cut 4K in 22 GiB into more tiles."""
+    own = replace(SETTINGS, throughput=raised_peaks_table(tmp_path, 6.0))
+    shipped, operator = plan_layout(3840, 2160, 22 * GIB, "tiny", SETTINGS), plan_layout(3840, 2160, 22 * GIB, "tiny", own)
+    assert operator == choose_layout(3840, 2160, usable_bytes=22 * GIB, model=MemoryModel.load(own.throughput),
+                                     variant=TINY, kv_cache=KV, overlap=64)
+    assert operator.fits and operator.tiles > shipped.tiles
+
+
 def test_predicted_peak_includes_the_blend_of_a_group_beside_the_last_tile() -> None:
     """A tiled layout's peak is the tile run's plus one blend group's buffers at the output size; an
     untiled run blends nothing."""
     for usable_gib, width, height in ((22, 3840, 2160), (15, 3840, 2160), (22, 7680, 4320), (15, 1920, 1080)):
         layout = _layout(usable_gib, width, height)
         engine = MODEL.peak_gib("tcdecoder", -(-layout.tile_width // 128) * 128 * -(-layout.tile_height // 128) * 128,
-                                layout.decoder_frames)
+                                layout.decoder_frames, KV)
         blend = blend_bytes(height, width, layout.tiles, layout.tile_height, layout.tile_width, layout.blend_frames) / GIB
         assert layout.tiled and blend > 0 and layout.blend_gib == pytest.approx(blend)
         assert layout.peak_gib == pytest.approx(engine + blend)
         assert f"blend {layout.blend_frames} frames/group" in layout.describe()
     untiled = _layout(80)
     assert not untiled.tiled and (untiled.blend_frames, untiled.blend_gib) == (0, 0.0)
-    assert untiled.peak_gib == pytest.approx(MODEL.peak_gib("tcdecoder", 3840 * 2176, 1))
+    assert untiled.peak_gib == pytest.approx(MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, KV))
     assert blend_groups(8) == [8, 4, 2, 1] and blend_groups(6) == [6, 3, 1] and blend_groups(1) == [1]
 
 
@@ -144,7 +205,7 @@ def test_4k_to_8k_fits_with_the_blend_by_more_tiles_or_a_smaller_group(usable_gi
     layout = _layout(usable_gib, 7680, 4320)
     assert layout.tiled and layout.peak_gib <= budget
     grids = candidate_layouts(7680, 4320, 64, 128)
-    fewest = min(c[0] * c[1] for c in grids if MODEL.peak_gib("tcdecoder", c[2] * -(-c[3] // 128) * 128, 1) <= budget)
+    fewest = min(c[0] * c[1] for c in grids if MODEL.peak_gib("tcdecoder", c[2] * -(-c[3] // 128) * 128, 1, KV) <= budget)
     assert all(_least_peak(7680, 4320, *c) - blend_bytes(4320, 7680, c[0] * c[1], c[3], c[2], 1) / GIB
                + blend_bytes(4320, 7680, c[0] * c[1], c[3], c[2], 8) / GIB > budget
                for c in grids if c[0] * c[1] == fewest)  # the old choice overflows with its blend of 8 frames

@@ -139,6 +139,23 @@ def test_blending_starts_during_the_last_tile(upscaler, tmp_path, monkeypatch):
     assert torch.equal(tiled, _reference(upscaler, src, geometry, tiles, ramp=32))
 
 
+def test_auto_tiles_use_the_configured_throughput_table(small_checkpoints, tmp_path, monkeypatch):
+    """An upscaler with its own throughput table (settings.throughput) plans auto tiles with that table's
+    [[peak]] rows: the layout plan_layout gives for the same settings, not the shipped table's."""
+    import upscaler.api as api_module
+    from tests.test_tile_plan import raised_peaks_table
+    from upscaler.tile_plan import plan_layout
+
+    settings = load_settings(weights=str(small_checkpoints("v1.1").dit.parent), model_preset="small", device="cpu",
+                             throughput=raised_peaks_table(tmp_path, 6.0))
+    settings = replace(settings, tiling=replace(settings.tiling, auto=True))
+    monkeypatch.setattr(api_module.vram, "usable_bytes", lambda device: 22 * 2**30)
+    geometry = Geometry.for_target((960, 540), (3840, 2160), settings.spatial_multiple)
+    tiling, _ = Upscaler.load(settings).plan_tiles(geometry, settings.variant("tiny"))
+    own, shipped = (plan_layout(3840, 2160, 22 * 2**30, "tiny", s) for s in (settings, replace(settings, throughput="throughput")))
+    assert (tiling.tile_size, tiling.height) == (own.tile_width, own.tile_height) != (shipped.tile_width, shipped.tile_height)
+
+
 def test_the_layouts_blend_group_reaches_the_run(upscaler, tmp_path, monkeypatch):
     """Tiles chosen from memory carry the layout's blend group into the run (4K -> 8K in 22 GiB: groups of
     2 frames, see test_tile_plan); a run blending 3 frames at a time blends 29 frames in 10 groups and
@@ -146,13 +163,15 @@ def test_the_layouts_blend_group_reaches_the_run(upscaler, tmp_path, monkeypatch
     import upscaler.api as api_module
 
     monkeypatch.setattr(api_module.vram, "usable_bytes", lambda device: 22 * 2**30)
-    monkeypatch.setattr(upscaler, "settings", replace(upscaler.settings, tiling=replace(upscaler.settings.tiling, auto=True)))
+    monkeypatch.setattr(upscaler, "settings", replace(upscaler.settings, kv_cache_dtype="fp8",
+                                                      tiling=replace(upscaler.settings.tiling, auto=True)))
     geometry = Geometry.for_target((3840, 2160), (7680, 4320), upscaler.settings.spatial_multiple)
     tiny = upscaler.settings.variant("tiny")
     tiling, variant = upscaler.plan_tiles(geometry, tiny)
     assert (tiling.tile_size, tiling.height, tiling.blend_frames) == (1152, 2304, 2)
     # A layout handed to the run (the miner's retry after an out-of-memory) is run as it is, memory unread.
     layout = choose_layout(7680, 4320, usable_bytes=22 * 2**30, model=MemoryModel.load(), variant=tiny,
+                           kv_cache=upscaler.settings.kv_cache_dtype,
                            overlap=upscaler.settings.tiling.tile_overlap)
     monkeypatch.setattr(api_module.vram, "usable_bytes", lambda device: pytest.fail("a given layout reads no memory"))
     assert upscaler.plan_tiles(geometry, tiny, layout) == (tiling, variant)

@@ -131,10 +131,10 @@ class Upscaler:
             if usable is None:
                 return replace(tiling, tile_size=0, tile_height=0), variant
             if self._memory_model is None:
-                self._memory_model = MemoryModel.load()
+                self._memory_model = MemoryModel.load(self.settings.throughput)
             layout = choose_layout(
                 geometry.out_width, geometry.out_height, usable_bytes=usable, model=self._memory_model,
-                variant=variant, overlap=tiling.tile_overlap, multiple=self.settings.spatial_multiple,
+                variant=variant, kv_cache=self.settings.kv_cache_dtype, overlap=tiling.tile_overlap, multiple=self.settings.spatial_multiple,
                 blend_frames=tiling.blend_frames,
             )
             if layout.fits:

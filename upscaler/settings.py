@@ -100,6 +100,9 @@ class UpscalerSettings:
     compile: bool = False
     max_vram_gib: float = 0.0
     """Cap this process's GPU memory at this many GiB (0: the whole card): see :mod:`upscaler.vram`."""
+    throughput: str = "throughput"
+    """The measured-throughput table (a ``configs/`` name or a path) whose ``[[peak]]`` rows the tile layouts
+    are planned with (:mod:`upscaler.tile_plan`); the miner's planner reads its speed rows from the same file."""
     sparsity: SparsitySettings = field(default_factory=SparsitySettings)
     tiling: TilingSettings = field(default_factory=TilingSettings)
     variants: dict[str, VariantSettings] = field(default_factory=dict)

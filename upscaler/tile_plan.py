@@ -1,11 +1,15 @@
 """Spatial tile layouts chosen from free GPU memory, by a memory model fitted to measured peaks.
 
-Peak GPU memory of a run at a model frame of ``P`` pixels whose decoder takes ``F`` frames per pass is
-modelled as ``base + dit * P + decoder[kind] * F * P`` (GiB, pixels in millions): ``base`` the weights
-and fixed buffers, ``dit`` the streaming K/V cache and DiT activations per pixel (one engine for every
-variant), ``decoder[kind]`` the decoder's activations per pixel of one pass. The coefficients are a
-least-squares fit to the measured peaks in ``configs/throughput.toml`` (``[[peak]]`` rows), so a new
-measured row refines them without code changes. A tiled run also blends a group of output frames on
+Peak GPU memory of a run at a model frame of ``P`` pixels whose decoder takes ``F`` frames per pass, with
+its streaming K/V cache stored as ``C``, is modelled as ``base + (dit + kv[C]) * P + decoder[kind] * F * P``
+(GiB, pixels in millions): ``base`` the weights and fixed buffers, ``dit`` the DiT's activations per pixel
+(one engine for every variant), ``kv[C]`` the K/V cache per pixel, computed from the model's shapes
+(:mod:`upscaler.kv_cache_memory`: 5.4 GiB per megapixel in bf16, half that in FP8), ``decoder[kind]`` the
+decoder's activations per pixel of one pass. The other coefficients are a least-squares fit to the
+measured peaks of the throughput table (``[[peak]]`` rows), each less its own K/V cache (the rows record
+the ``kv_cache`` they were measured with), so a new measured row refines them without code changes and
+rows of either cache dtype price runs of both. (The cache alone differs between the dtypes: the bf16 and
+FP8 peaks measured in the same call differ by the computed cache within 0.05 GiB at 4K and 1080p.) A tiled run also blends a group of output frames on
 the GPU while its last tile runs: that group's buffers (:func:`upscaler.blend_memory.blend_bytes`, at
 the full output size) add to the tile's peak. (The tiled ``[[peak]]`` rows were measured before the
 blend overlapped the last tile, so they hold the tile's peak alone.)
@@ -28,33 +32,47 @@ import numpy as np
 from upscaler.blend_memory import blend_bytes
 from upscaler.configfiles import load_config
 from upscaler.geometry import round_up
-from upscaler.settings import TilingSettings, UpscalerSettings, VariantSettings
+from upscaler.kv_cache_memory import ELEMENT_BYTES, kv_cache_gib_per_mpx
+from upscaler.models.config import load_preset
+from upscaler.settings import SparsitySettings, TilingSettings, UpscalerSettings, VariantSettings
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
 MPX = 1e6
 MAX_SPLITS = 8  # rows and columns considered per axis
+MEASURED_PRESET = "wan2.1-1.3b"  # the model whose peaks the [[peak]] rows hold...
+MEASURED_KV_RATIO = SparsitySettings.kv_ratio  # ...at the default cache length
 
 
 @dataclass(frozen=True)
 class PeakRow:
-    """One measured peak: the model frame size, decoder and its frames per pass."""
+    """One measured peak: the model frame size, decoder and its frames per pass, and the K/V cache dtype
+    (``kv_cache_dtype``: "model" or "fp8") it was measured with."""
 
     decoder: str
     model_width: int
     model_height: int
     decoder_frames: int
     peak_gib: float
+    kv_cache: str
+
+    @property
+    def mpx(self) -> float:
+        return self.model_width * self.model_height / MPX
 
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """``peak_gib = base + dit * P + decoder[kind] * F * P`` (P in megapixels), plus the planning margin."""
+    """``peak_gib = base + (dit + kv[C]) * P + decoder[kind] * F * P`` (P in megapixels, C the K/V cache
+    dtype), plus the planning margin."""
 
     base_gib: float
     dit_gib_per_mpx: float
+    """The DiT's activations, the K/V cache left out."""
     decoder_gib_per_mpx: dict[str, float]
+    kv_cache_gib_per_mpx: dict[str, float]
+    """The K/V cache per ``kv_cache_dtype`` (:func:`upscaler.kv_cache_memory.kv_cache_gib_per_mpx`)."""
     adjustable_decoders: frozenset[str] = frozenset()
     """Decoders measured at more than one frames-per-pass value: only these are planned with fewer
     frames per pass than their variant's (the others' split between per-pass and fixed memory is unknown)."""
@@ -62,33 +80,47 @@ class MemoryModel:
     margin_fraction: float = 0.08
 
     @classmethod
-    def fit(cls, rows: Sequence[PeakRow], margin_gib: float = 1.0, margin_fraction: float = 0.08) -> "MemoryModel":
-        """Least-squares coefficients from measured rows (at least one row per decoder, three sizes in all)."""
+    def fit(cls, rows: Sequence[PeakRow], kv_cache_gib_per_mpx: dict[str, float], margin_gib: float = 1.0,
+            margin_fraction: float = 0.08) -> "MemoryModel":
+        """Least-squares coefficients from measured rows, each less its K/V cache (at least one row per
+        decoder, three sizes in all)."""
         decoders = sorted({r.decoder for r in rows})
         if len(rows) < 2 + len(decoders):
             raise ValueError(f"{len(rows)} peak rows cannot fit {2 + len(decoders)} coefficients")
-        design = np.array([[1.0, r.model_width * r.model_height / MPX]
-                           + [r.model_width * r.model_height * r.decoder_frames / MPX * (r.decoder == d) for d in decoders]
-                           for r in rows])
-        coef, *_ = np.linalg.lstsq(design, np.array([r.peak_gib for r in rows]), rcond=None)
+        unknown = sorted({r.kv_cache for r in rows} - set(kv_cache_gib_per_mpx))
+        if unknown:
+            raise ValueError(f"peak rows with unknown kv_cache {unknown}; choose from {', '.join(kv_cache_gib_per_mpx)}")
+        design = np.array([[1.0, r.mpx] + [r.mpx * r.decoder_frames * (r.decoder == d) for d in decoders] for r in rows])
+        without_cache = np.array([r.peak_gib - kv_cache_gib_per_mpx[r.kv_cache] * r.mpx for r in rows])
+        coef, *_ = np.linalg.lstsq(design, without_cache, rcond=None)
         adjustable = frozenset(d for d in decoders if len({r.decoder_frames for r in rows if r.decoder == d}) > 1)
         return cls(float(coef[0]), float(coef[1]), {d: float(c) for d, c in zip(decoders, coef[2:])},
-                   adjustable, margin_gib, margin_fraction)
+                   dict(kv_cache_gib_per_mpx), adjustable, margin_gib, margin_fraction)
 
     @classmethod
     def load(cls, path: str = "throughput") -> "MemoryModel":
-        """Fit the ``[[peak]]`` rows of ``configs/throughput.toml``; margins from its ``[tile_plan]``."""
+        """Fit the ``[[peak]]`` rows of a throughput table (``configs/throughput.toml`` or another), with the
+        K/V cache of the model they were measured on; margins from its ``[tile_plan]``."""
         raw = load_config(path)
-        rows = [PeakRow(**{k: v for k, v in row.items() if k in PeakRow.__dataclass_fields__}) for row in raw["peak"]]
+        rows = []
+        for number, row in enumerate(raw["peak"], 1):
+            if "kv_cache" not in row:
+                raise ValueError(f"{path}: [[peak]] row {number} lacks kv_cache, the K/V cache dtype it was measured "
+                                 f"with (flashvsr-bench --kv-cache: {', '.join(ELEMENT_BYTES)})")
+            rows.append(PeakRow(**{k: v for k, v in row.items() if k in PeakRow.__dataclass_fields__}))
+        dit = load_preset(MEASURED_PRESET).dit
+        cache = {dtype: kv_cache_gib_per_mpx(dit, MEASURED_KV_RATIO, dtype) for dtype in ELEMENT_BYTES}
         margins = raw.get("tile_plan", {})
-        return cls.fit(rows, float(margins.get("margin_gib", 1.0)), float(margins.get("margin_fraction", 0.08)))
+        return cls.fit(rows, cache, float(margins.get("margin_gib", 1.0)), float(margins.get("margin_fraction", 0.08)))
 
-    def peak_gib(self, decoder: str, model_pixels: int, decoder_frames: int) -> float:
-        """Predicted peak GiB of a run at ``model_pixels`` with ``decoder_frames`` per decoder pass."""
+    def peak_gib(self, decoder: str, model_pixels: int, decoder_frames: int, kv_cache: str) -> float:
+        """Predicted peak GiB of a run at ``model_pixels`` with ``decoder_frames`` per decoder pass and its
+        K/V cache stored as ``kv_cache`` (a ``kv_cache_dtype``)."""
         if decoder not in self.decoder_gib_per_mpx:
-            raise LookupError(f"no measured peak for decoder {decoder!r}: add a [[peak]] row to configs/throughput.toml")
+            raise LookupError(f"no measured peak for decoder {decoder!r}: add a [[peak]] row to the throughput table")
         mpx = model_pixels / MPX
-        return self.base_gib + self.dit_gib_per_mpx * mpx + self.decoder_gib_per_mpx[decoder] * decoder_frames * mpx
+        return (self.base_gib + (self.dit_gib_per_mpx + self.kv_cache_gib_per_mpx[kv_cache]) * mpx
+                + self.decoder_gib_per_mpx[decoder] * decoder_frames * mpx)
 
     def budget_gib(self, usable_bytes: int) -> float:
         """What a run may peak at in ``usable_bytes``: less the fixed and proportional margins."""
@@ -169,6 +201,7 @@ def choose_layout(
     usable_bytes: int,
     model: MemoryModel,
     variant: VariantSettings,
+    kv_cache: str,
     overlap: int,
     multiple: int = 128,
     blend_frames: int = TilingSettings.blend_frames,
@@ -176,7 +209,8 @@ def choose_layout(
 ) -> TileLayout:
     """The fewest tiles (at least ``min_tiles`` where the frame can be cut into that many), then the fewest
     model pixels, then the most decoder frames per pass (at most ``variant``'s), then the largest blend group
-    (at most ``blend_frames``), whose predicted peak (the tile's, plus the blend's when tiled) fits
+    (at most ``blend_frames``), whose predicted peak (the tile's with its K/V cache stored as ``kv_cache``,
+    plus the blend's when tiled) fits
     ``usable_bytes`` less the margin; the smallest-peak layout when none fits (``fits`` false: the caller
     decides whether to run it)."""
     budget = model.budget_gib(usable_bytes)
@@ -190,7 +224,7 @@ def choose_layout(
         fewest = 1 if variant.decoder in model.adjustable_decoders else most
         blends = [(g, blend_bytes(height, width, tiles, tile_h, tile_w, g) / GIB) for g in blend_groups(blend_frames)]
         for frames in range(most, fewest - 1, -1):
-            peak = model.peak_gib(variant.decoder, model_pixels, frames)
+            peak = model.peak_gib(variant.decoder, model_pixels, frames, kv_cache)
             for group, blend in blends if tiles > 1 else [(0, 0.0)]:
                 layout = TileLayout(rows, columns, tile_w, tile_h, overlap if tiles > 1 else 0, frames, peak + blend,
                                     group, blend, budget)
@@ -237,11 +271,11 @@ def layout_slowdown(tiles: int, tile_width: int, tile_height: int, width: int, h
 
 
 def plan_layout(width: int, height: int, usable_bytes: int, variant: str, settings: UpscalerSettings, *,
-                throughput_config: str = "throughput", min_tiles: int = 1) -> TileLayout:
-    """:func:`choose_layout` for ``variant`` of ``settings`` (those the run uses: its tiling, variants and
-    spatial multiple), with the memory model of ``throughput_config``."""
+                min_tiles: int = 1) -> TileLayout:
+    """:func:`choose_layout` for ``variant`` of ``settings`` (those the run uses: its tiling, variants, K/V
+    cache dtype and spatial multiple), with the memory model of their throughput table (``settings.throughput``)."""
     return choose_layout(
-        width, height, usable_bytes=usable_bytes, model=MemoryModel.load(throughput_config),
-        variant=settings.variant(variant), overlap=settings.tiling.tile_overlap, multiple=settings.spatial_multiple,
+        width, height, usable_bytes=usable_bytes, model=MemoryModel.load(settings.throughput),
+        variant=settings.variant(variant), kv_cache=settings.kv_cache_dtype, overlap=settings.tiling.tile_overlap, multiple=settings.spatial_multiple,
         blend_frames=settings.tiling.blend_frames, min_tiles=min_tiles,
     )

@@ -569,7 +569,8 @@ class Scheduler:
 
     async def _retry_tiled(self, slot: _Slot, spec: TaskSpec, first: TaskOutcome) -> TaskOutcome:
         """After an out-of-memory: retry once on the same worker, which tiles the clip in the layout that fits
-        the memory free then, or fails it with the reason when none does (:class:`miner.jobs.worker.WorkerCore`)."""
+        the memory free then and predicts less than the failed attempt's, or fails it with the reason when none
+        does (:class:`miner.jobs.worker.WorkerCore`)."""
         log.warning("retrying tiled after out-of-memory", extra={"fields": {
             "task_id": spec.task_id, "worker": slot.index, "first_error": first.message}})
-        return await slot.handle.execute(spec.retry_tiled())
+        return await slot.handle.execute(spec.retry_tiled(first.predicted_peak_gib))

@@ -43,15 +43,18 @@ class TaskSpec:
     src_url: str = ""            # where ``src`` was downloaded from
     staged_on: int = -1          # the worker that downloaded ``src`` on its own host (Ray backend; -1: this host):
                                  # another Ray actor pulls it from there, or fetches ``src_url`` if that copy is gone
+    failed_peak_gib: float = 0.0  # the retry after an out-of-memory: the failed attempt's predicted peak (0: unknown);
+                                  # the retry's layout is chosen below it
 
     @property
     def tiled(self) -> bool:
         """Whether it runs tiled: planned so, or the retry after an out-of-memory (tiled on a GPU)."""
         return self.tile_size > 0 or self.attempt > 0
 
-    def retry_tiled(self) -> "TaskSpec":
-        """The same task, second attempt: the worker tiles it in the layout that fits the memory free then."""
-        return replace(self, attempt=self.attempt + 1)
+    def retry_tiled(self, failed_peak_gib: float = 0.0) -> "TaskSpec":
+        """The same task, second attempt: the worker tiles it in the layout that fits the memory free then and
+        predicts less than ``failed_peak_gib``, the peak predicted for the attempt that ran out (0: unknown)."""
+        return replace(self, attempt=self.attempt + 1, failed_peak_gib=failed_peak_gib)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class TaskOutcome:
     out_bytes: int = 0
     attempts: int = 1
     url: str = ""                # set when the worker stored the result itself (a Ray actor uploading to S3)
+    predicted_peak_gib: float = 0.0  # the peak the memory model predicted for the attempt's layout (0: none planned)
 
     @classmethod
     def failed(cls, task_id: str, kind: str, message: str) -> "TaskOutcome":

@@ -138,6 +138,13 @@ def worker_info(device: str) -> dict[str, Any]:
             "free_vram_bytes": free_vram(device), "host": socket.gethostname(), "pid": os.getpid()}
 
 
+def _layout_fields(spec: TaskSpec, usable: int, layout: TileLayout) -> dict[str, Any]:
+    """The log fields of an attempt's tile layout."""
+    return {"task_id": spec.task_id, "usable_gib": round(usable / vram.GIB, 2), "budget_gib": round(layout.budget_gib, 2),
+            "peak_gib": round(layout.peak_gib, 2), "tiles": layout.tiles, "tile": f"{layout.tile_width}x{layout.tile_height}",
+            "decoder_frames": layout.decoder_frames, "blend_frames": layout.blend_frames}
+
+
 class WorkerCore:
     """Holds the warm ``Upscaler`` of one worker and runs its tasks (one at a time)."""
 
@@ -167,8 +174,10 @@ class WorkerCore:
     def run(self, spec: TaskSpec) -> TaskOutcome:
         """Upscale one clip and fit it under the size cap; every failure becomes an outcome."""
         began = time.perf_counter()
+        layout: TileLayout | None = None
         try:
-            report = self._upscale(spec)
+            layout = self._layout(spec)
+            report = self._upscale(spec, layout)
             fit_began = time.perf_counter()
             self._fit(spec)
             seconds = dict(report.seconds, fit=time.perf_counter() - fit_began)
@@ -176,7 +185,9 @@ class WorkerCore:
                                out_bytes=Path(spec.dst).stat().st_size, attempts=spec.attempt + 1)
         except torch.OutOfMemoryError as exc:
             self._free_memory()
-            return self._failed(spec, ErrorKind.OOM, f"out of memory: {str(exc).splitlines()[0]}")
+            outcome = self._failed(spec, ErrorKind.OOM, f"out of memory: {str(exc).splitlines()[0]}")
+            outcome.predicted_peak_gib = layout.peak_gib if layout is not None else 0.0
+            return outcome
         except RetryDoesNotFit as exc:
             return self._failed(spec, ErrorKind.OOM, str(exc))
         except InputVideoError as exc:
@@ -196,9 +207,8 @@ class WorkerCore:
     def _should_cancel(self, spec: TaskSpec) -> bool:
         return self.cancel.is_set() or time.time() >= spec.deadline
 
-    def _upscale(self, spec: TaskSpec) -> UpscaleReport:
+    def _upscale(self, spec: TaskSpec, layout: TileLayout | None) -> UpscaleReport:
         self._apply_hooks(spec)
-        layout = self._retry_layout(spec) if spec.attempt > 0 else None
         with torch.inference_mode():
             return self.upscaler.upscale_file(
                 spec.src, spec.dst, width=spec.width, height=spec.height, variant=spec.variant, crf=spec.crf,
@@ -207,24 +217,44 @@ class WorkerCore:
                 progress=ProgressLog(spec.task_id, self.config.progress_log_s), layout=layout,
             )
 
+    def _layout(self, spec: TaskSpec) -> TileLayout | None:
+        """The tiles of this attempt, from the memory usable now (:func:`upscaler.tile_plan.plan_layout`: the
+        layout the planner priced, the memory model's margin and the blend included; the smallest, with a
+        warning, when none fits), or of the retry after an out-of-memory (:meth:`_retry_layout`). None off CUDA
+        (no memory to fit: the run plans as the settings say)."""
+        if spec.attempt > 0:
+            return self._retry_layout(spec)
+        usable = free_vram(self.config.device)
+        if usable is None:
+            return None
+        layout = plan_layout(spec.width, spec.height, usable, spec.variant, self.settings)
+        fields = _layout_fields(spec, usable, layout)
+        if layout.fits:
+            log.info("tile layout", extra={"fields": fields})
+        else:
+            log.warning("no tile layout fits: running the smallest", extra={"fields": fields})
+        return layout
+
     def _retry_layout(self, spec: TaskSpec) -> TileLayout | None:
         """The tiles of the retry after an out-of-memory: once what the failed attempt held is released, the
-        layout of :func:`upscaler.tile_plan.plan_layout` (the memory model, its margin and the blend included)
-        for the memory usable now, tiled where the frame can be cut; :class:`RetryDoesNotFit` when none fits.
-        None off CUDA (no memory to fit: the run plans as a first attempt does)."""
+        layout of :func:`upscaler.tile_plan.plan_layout` for the memory usable now, but at most the failed
+        attempt's predicted peak (its layout ran out, so the model under-predicted it: the retry's budget is that
+        peak less the model's margins, and smaller tiles, decoder passes or blend groups are taken), tiled where
+        the frame can be cut; :class:`RetryDoesNotFit` when none fits. None off CUDA."""
         self._free_memory()
         usable = free_vram(self.config.device)
         if usable is None:
             return None
-        layout = plan_layout(spec.width, spec.height, usable, spec.variant, self.settings, min_tiles=2)
-        fields = {"task_id": spec.task_id, "usable_gib": round(usable / vram.GIB, 2),
-                  "budget_gib": round(layout.budget_gib, 2), "peak_gib": round(layout.peak_gib, 2),
-                  "tiles": layout.tiles, "tile": f"{layout.tile_width}x{layout.tile_height}",
-                  "decoder_frames": layout.decoder_frames, "blend_frames": layout.blend_frames}
+        failed = int(spec.failed_peak_gib * vram.GIB)
+        memory = min(usable, failed) if failed > 0 else usable
+        layout = plan_layout(spec.width, spec.height, memory, spec.variant, self.settings, min_tiles=2)
+        fields = _layout_fields(spec, usable, layout)
+        fields["failed_peak_gib"] = round(spec.failed_peak_gib, 2) if failed > 0 else None
         if not layout.fits:
             log.warning("out-of-memory retry not run: no tile layout fits", extra={"fields": fields})
+            below = f" below the failed attempt's predicted {spec.failed_peak_gib:.1f} GiB" if memory < usable else ""
             raise RetryDoesNotFit(
-                f"out of memory, and no tile layout fits the {usable / vram.GIB:.1f} GiB usable after it: "
+                f"out of memory, and no tile layout fits the {usable / vram.GIB:.1f} GiB usable after it{below}: "
                 f"the smallest, {layout.describe()}; retry not run")
         log.info("out-of-memory retry layout", extra={"fields": fields})
         return layout

@@ -16,6 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from miner.config import load_miner_config
 from miner.jobs.admission import Backlog, admit, predict_finishes
@@ -326,7 +327,8 @@ def test_out_of_memory_retry_runs_the_layout_that_fits_the_memory_free_then(tmp_
     logged = [r.fields for r in caplog.records if r.getMessage() == "out-of-memory retry layout"]
     assert logged == [{"task_id": "oom-clip", "usable_gib": 40.0, "budget_gib": round(expected.budget_gib, 2),
                        "peak_gib": round(expected.peak_gib, 2), "tiles": 2, "tile": "256x128",
-                       "decoder_frames": expected.decoder_frames, "blend_frames": expected.blend_frames}]
+                       "decoder_frames": expected.decoder_frames, "blend_frames": expected.blend_frames,
+                       "failed_peak_gib": None}]
 
 
 def test_out_of_memory_retry_fails_with_the_reason_when_no_layout_fits(tmp_path: Path, monkeypatch) -> None:
@@ -347,8 +349,69 @@ def test_out_of_memory_retry_fails_with_the_reason_when_no_layout_fits(tmp_path:
                               f"{smallest.describe()}; retry not run")
 
 
+def _four_k_spec(tmp_path: Path, name: str) -> TaskSpec:
+    """A 4K task (its upscale faked: the CPU model is not run at 4K)."""
+    return TaskSpec(**{**_spec(tmp_path, name).__dict__, "width": 3840, "height": 2160})
+
+
+def test_a_retry_after_an_under_predicted_tiled_attempt_takes_smaller_tiles(tmp_path: Path, monkeypatch,
+                                                                            caplog) -> None:
+    """A tiled first attempt that runs out of memory (the model under-predicted it) with the usable memory
+    unchanged (the probe faked: 22 GiB both times) is retried below its predicted peak less the model's
+    margins: more, smaller tiles than the 3 bands that ran out, which the memory alone would choose again."""
+    from upscaler import vram
+    from upscaler.tile_plan import MemoryModel, plan_layout
+
+    core = _core(tmp_path)
+    usable = 22 * 2**30
+    monkeypatch.setattr(vram, "usable_bytes", lambda device: usable)
+    layouts = []
+
+    def out_of_memory(*args, **kwargs):
+        layouts.append(kwargs["layout"])
+        raise torch.OutOfMemoryError("CUDA out of memory (faked)")
+
+    monkeypatch.setattr(core.upscaler, "upscale_file", out_of_memory)
+    spec = _four_k_spec(tmp_path, "under-predicted")
+    first = core.run(spec)
+    ran = plan_layout(3840, 2160, usable, "tiny", core.settings)
+    assert layouts == [ran] and ran.tiled and ran.fits and (ran.rows, ran.columns) == (3, 1)
+    assert first.error_kind == ErrorKind.OOM and first.predicted_peak_gib == ran.peak_gib
+    assert plan_layout(3840, 2160, usable, "tiny", core.settings, min_tiles=2) == ran  # the memory alone: same again
+
+    with caplog.at_level(logging.INFO, logger="miner.jobs.worker"):
+        retry = core.run(spec.retry_tiled(first.predicted_peak_gib))
+    smaller = layouts[1]
+    budget = MemoryModel.load(core.settings.throughput).budget_gib(int(ran.peak_gib * 2**30))
+    assert smaller == plan_layout(3840, 2160, int(ran.peak_gib * 2**30), "tiny", core.settings, min_tiles=2)
+    assert smaller.fits and smaller.budget_gib == pytest.approx(budget) and smaller.peak_gib <= budget < ran.peak_gib
+    assert smaller.tiles > ran.tiles and smaller.tile_width * smaller.tile_height < ran.tile_width * ran.tile_height
+    assert retry.error_kind == ErrorKind.OOM and retry.attempts == 2
+    logged = [r.fields for r in caplog.records if r.getMessage() == "out-of-memory retry layout"]
+    assert [(f["usable_gib"], f["failed_peak_gib"], f["tiles"]) for f in logged] == [
+        (22.0, round(ran.peak_gib, 2), smaller.tiles)]
+
+
+def test_a_retry_with_no_layout_below_the_failed_peak_fails_with_the_reason(tmp_path: Path, monkeypatch) -> None:
+    """When no layout predicts less than the failed attempt's peak (less the margins), the clip fails at once
+    with that reason, though the usable memory (22 GiB) is larger."""
+    from upscaler import vram
+    from upscaler.tile_plan import plan_layout
+
+    core = _core(tmp_path)
+    monkeypatch.setattr(vram, "usable_bytes", lambda device: 22 * 2**30)
+    monkeypatch.setattr(core.upscaler, "upscale_file", lambda *a, **k: pytest.fail("a retry that cannot fit ran"))
+    failed = core.run(_four_k_spec(tmp_path, "tight").retry_tiled(5.0))
+    smallest = plan_layout(3840, 2160, 5 * 2**30, "tiny", core.settings, min_tiles=2)
+    assert not smallest.fits
+    assert not failed.ok and failed.error_kind == ErrorKind.OOM and failed.attempts == 2
+    assert failed.message == ("out of memory, and no tile layout fits the 22.0 GiB usable after it below the failed "
+                              f"attempt's predicted 5.0 GiB: the smallest, {smallest.describe()}; retry not run")
+
+
 def test_the_scheduler_retries_an_out_of_memory_once_on_the_same_worker(tmp_path: Path) -> None:
-    """The retry is the same task's second attempt (the worker picks its layout), priced as a tiled clip."""
+    """The retry is the same task's second attempt (the worker picks its layout, below the failed attempt's
+    predicted peak), priced as a tiled clip."""
     from types import SimpleNamespace
 
     from miner.jobs.scheduler import Scheduler, clip_work
@@ -363,8 +426,9 @@ def test_the_scheduler_retries_an_out_of_memory_once_on_the_same_worker(tmp_path
     slot = SimpleNamespace(index=0, handle=SimpleNamespace(execute=execute))
     spec = _spec(tmp_path, "oom-clip")
     first = TaskOutcome.failed(spec.task_id, ErrorKind.OOM, "out of memory: injected")
+    first.predicted_peak_gib = 19.2
     assert asyncio.run(scheduler._retry_tiled(slot, spec, first)).ok
-    assert sent == [replace(spec, attempt=1)] and not clip_work(spec).tiled and clip_work(sent[0]).tiled
+    assert sent == [replace(spec, attempt=1, failed_peak_gib=19.2)] and not clip_work(spec).tiled and clip_work(sent[0]).tiled
 
 
 def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> None:
@@ -401,6 +465,37 @@ def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> N
     clip = ClipWork(3840, 2160, 300)
     priced = [s.capacity()[0].seconds(clip) for s in (default, custom_overlap)]
     assert priced == [p.est_seconds for p in plans] and priced[0] != priced[1]
+
+
+def test_workers_plan_tiles_with_the_configured_throughput_table(tmp_path: Path) -> None:
+    """upscaler.throughput reaches the workers' settings: their tile layouts (and the scheduler's pricing of
+    them) use that table's [[peak]] rows, as the planner's speed rows come from it; peaks 6 GiB higher than
+    the shipped rows cut 4K on a 22 GiB worker into more tiles."""
+    from types import SimpleNamespace
+
+    from miner.jobs.scheduler import IDLE, Scheduler, _Slot
+    from miner.jobs.worker import worker_settings
+    from tests.test_tile_plan import raised_peaks_table
+    from upscaler.tile_plan import plan_layout
+
+    table = raised_peaks_table(tmp_path, 6.0)
+    usable = 22 * 2**30
+
+    def scheduler(**upscaler: str) -> Scheduler:
+        config = load_miner_config(overrides={"upscaler": upscaler, "jobs": {"calibration": {"state_path": ""}}},
+                                   environ={})
+        made = Scheduler(config, MinerMetrics())
+        made._slots = [_Slot(SimpleNamespace(index=0, backend="local"), state=IDLE,
+                             info={"device_class": "h200", "free_vram_bytes": usable})]
+        return made
+
+    shipped, own = scheduler(), scheduler(throughput=table)
+    worker = worker_settings(own.config.get("upscaler.config"), "cuda:0", own.config.upscaler_overrides)
+    assert own.settings.throughput == worker.throughput == table
+    layouts = [plan_layout(3840, 2160, usable, "tiny", s.settings) for s in (shipped, own)]
+    assert layouts[1].tiles > layouts[0].tiles
+    plans = [s.plan(3840, 2160, 300, deadline_s=None) for s in (shipped, own)]
+    assert [p.tile_size for p in plans] == [min(l.tile_width, l.tile_height) for l in layouts]
 
 
 def test_a_tiled_clip_calibrates_the_tiled_estimates_only(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from einops import rearrange
 import kernels
 from upscaler.models.config import SparsityParams, load_preset
 from upscaler.models.dit import WanDiT, lcsa_topk, rope_time_offset, sinusoidal_embedding
-from upscaler.models.kv_cache import kv_cache_bytes
+from upscaler.kv_cache_memory import ELEMENT_BYTES, kv_cache_bytes, kv_cache_gib_per_mpx
 from upscaler.models.rope import Rope3D, apply_rope
 
 CFG = load_preset("small").dit
@@ -184,10 +184,20 @@ def test_cache_size_is_known_up_front(dit):
     cache = dit.new_cache()
     dit.stream_step(noise, features, cache, step=0, sparsity=SPARSE)
     latent_hw = (HEIGHT // 8, WIDTH // 8)
-    assert cache.nbytes() == kv_cache_bytes(CFG, latent_hw, SPARSE.kv_ratio, torch.float32)
+    assert cache.nbytes() == kv_cache_bytes(CFG, latent_hw, SPARSE.kv_ratio, torch.float32.itemsize)
+    fp8 = dit.new_cache(torch.float8_e4m3fn)
+    dit.stream_step(noise, features, fp8, step=0, sparsity=SPARSE)
+    assert fp8.nbytes() == kv_cache_bytes(CFG, latent_hw, SPARSE.kv_ratio, ELEMENT_BYTES["fp8"])
     real = load_preset("wan2.1-1.3b").dit
     # 4K output (3840x2176 model size), kv_ratio 3, bf16: 4 slices of 2 x 272 x 480 / 4 tokens
-    assert kv_cache_bytes(real, (272, 480), 3, torch.bfloat16) == 2 * 30 * 1536 * 4 * 2 * 136 * 240 * 2
+    bf16 = kv_cache_bytes(real, (272, 480), 3, ELEMENT_BYTES["model"])
+    assert bf16 == 2 * 30 * 1536 * 4 * 2 * 136 * 240 * 2
+    # what the tile plan prices per megapixel of the model frame: 44.8 GiB bf16, 22.4 GiB FP8 at 4K
+    per_mpx = {dtype: kv_cache_gib_per_mpx(real, 3, dtype) * 3840 * 2176 / 1e6 for dtype in ("model", "fp8", "fp8-qk")}
+    assert per_mpx == {"model": pytest.approx(bf16 / 2**30), "fp8": pytest.approx(bf16 / 2**31),
+                       "fp8-qk": pytest.approx(bf16 / 2**31)}
+    with pytest.raises(ValueError, match="unknown K/V cache dtype"):
+        kv_cache_gib_per_mpx(real, 3, "fp16")
 
 
 def test_fp32_rope_matches_complex128():

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import torch
 
 from kernels.reference import FP8_KV_DTYPE, K_BLOCK, SliceScales, dequantize_slices, pool_blocks, quantize_slices
+from upscaler.kv_cache_memory import ring_slots
 from upscaler.models.config import DiTConfig
 from upscaler.models.fusion import fusable
 
 FIRST_STEP_SLICES = 3
-MIN_RETAINED_SLICES = 2
 
 
 def is_fp8(dtype: torch.dtype | None) -> bool:
@@ -48,26 +48,6 @@ class CachedKV:
     values: torch.Tensor
     pooled_keys: torch.Tensor
     key_scales: SliceScales | None = None
-
-
-def ring_slots(kv_ratio: float) -> int:
-    """Slices a block's ring must hold: the retained cache plus the current step's slice."""
-    return max(int(kv_ratio), MIN_RETAINED_SLICES) + 1
-
-
-def slice_tokens(latent_hw: tuple[int, int], cfg: DiTConfig) -> int:
-    """Tokens in one time slice (``window[0]`` latent frames) of a ``latent_hw`` latent."""
-    _, ph, pw = cfg.patch_size
-    return cfg.window[0] * (latent_hw[0] // ph) * (latent_hw[1] // pw)
-
-
-def kv_cache_bytes(
-    cfg: DiTConfig, latent_hw: tuple[int, int], kv_ratio: float, dtype: torch.dtype, batch: int = 1
-) -> int:
-    """Bytes of a fully allocated :class:`DiTStreamCache` (K and V of every block; the pooled keys,
-    1/64 of K in the model dtype, are left out)."""
-    elements = 2 * cfg.num_layers * batch * cfg.dim * ring_slots(kv_ratio) * slice_tokens(latent_hw, cfg)
-    return elements * torch.empty((), dtype=dtype).element_size()
 
 
 @dataclass
