@@ -43,7 +43,7 @@ def test_planner_check_reports_the_layout_estimate():
     from scripts.bench import Case, planner_check
     from upscaler.planner import GIB, ThroughputTable
     from upscaler.settings import load_settings
-    table, settings = ThroughputTable.load(), load_settings()
+    table, settings = ThroughputTable.load(), load_settings(kv_cache_dtype="fp8")  # the miner's and the bench's cache
     untiled = planner_check(table, Case.parse("tiny:SD24K:300"), 300, 139 * GIB, 31.8, "h200", settings)
     capped = planner_check(table, Case.parse("tiny:SD24K:300@22"), 300, 22 * GIB, 60.0, "h200", settings)
     assert untiled["tile_size"] == 0 and untiled["est_s"] == pytest.approx(300 / 9.90 + 1.5, abs=0.01)
