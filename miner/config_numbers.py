@@ -91,7 +91,7 @@ NUMBERS: dict[str, Number] = {
         whole=True, low=MIN_IPV6_SOURCE_PREFIX, high=IPV6_BITS,
         note="64: an IPv6 source is its /64, one host's usual allocation; 128: each address"),
     "chain.allow_list_stake": _NON_NEGATIVE,
-    "chain.netuid": _WHOLE_0,
+    "chain.netuid": Number(whole=True, low=0, high=65535),  # a u16 on chain
     "chain.min_stake": _NON_NEGATIVE,
     "chain.metagraph_refresh_s": _POSITIVE,
     "jobs.max_queue": _WHOLE_1,

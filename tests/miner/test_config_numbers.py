@@ -147,6 +147,7 @@ def test_environment_numbers_are_read_as_the_key_s_type() -> None:
                                                      "got inf"),
     ({"tasks": {"X": {"width": 640}}}, "tasks.X must be a table of width, height and scale, got {'width': 640}"),
     ({"tasks": {"SD2HD": 2}}, "tasks.SD2HD must be a table of width, height and scale, got 2"),
+    ({"chain": {"netuid": 70000}}, "chain.netuid must be a whole number from 0 to 65535, got 70000"),  # a u16
 ])
 def test_the_operator_s_own_tables_are_checked_too(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as caught:
