@@ -111,7 +111,7 @@ def test_run_steps_prints_one_line_per_check_and_exit_status(tmp_path: Path) -> 
     ({"server": {"port": 70000}}, "server.port must be a whole number from 1 to 65535, got 70000"),
     ({"server": {"shutdown_grace_s": "soon"}}, "server.shutdown_grace_s"),
     ({"server": {"public_url": "203.0.113.7:8091"}}, "server.public_url must be"),
-    ({"chain": {"netuid": -1}}, "chain.netuid must be a whole number of at least 0, got -1"),
+    ({"chain": {"netuid": -1}}, "chain.netuid must be a whole number from 0 to 65535, got -1"),
     ({"chain": {"allow_list": [5]}}, "chain.allow_list must be a list of strings"),
     ({"jobs": {"max_queue": 0}}, "jobs.max_queue must be a whole number of at least 1, got 0"),
     ({"jobs": {"devices": ["gpu0"]}}, "jobs.devices entries must be 'cpu' or 'cuda:N'"),
