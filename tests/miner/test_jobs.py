@@ -431,13 +431,24 @@ def test_the_scheduler_retries_an_out_of_memory_once_on_the_same_worker(tmp_path
     assert sent == [replace(spec, attempt=1, failed_peak_gib=19.2)] and not clip_work(spec).tiled and clip_work(sent[0]).tiled
 
 
+def _one_worker_scheduler(usable: int, **upscaler: str):
+    """A scheduler with the miner's [upscaler] overrides and one idle H200 worker reporting ``usable`` bytes."""
+    from types import SimpleNamespace
+
+    from miner.jobs.scheduler import IDLE, Scheduler, _Slot
+
+    config = load_miner_config(overrides={"upscaler": upscaler, "jobs": {"calibration": {"state_path": ""}}},
+                               environ={})
+    made = Scheduler(config, MinerMetrics())
+    made._slots = [_Slot(SimpleNamespace(index=0, backend="local"), state=IDLE,
+                         info={"device_class": "h200", "free_vram_bytes": usable})]
+    return made
+
+
 def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> None:
     """The scheduler prices clips in layouts chosen with the workers' settings (miner.jobs.worker.worker_settings:
     the miner's [upscaler] table), not the shipped upscaler.toml: an upscaler.config with 128 px tile overlap
     makes a 4K clip on a 22 GiB worker 2 x 2 tiles of 2048x1152 instead of 3 bands of 3840x768."""
-    from types import SimpleNamespace
-
-    from miner.jobs.scheduler import IDLE, Scheduler, _Slot
     from miner.jobs.worker import worker_settings
     from upscaler.configfiles import config_path
     from upscaler.tile_plan import plan_layout
@@ -448,15 +459,7 @@ def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> N
     custom.write_text(shipped.replace("\ntile_overlap = 64 ", "\ntile_overlap = 128 "))
     usable = 22 * 2**30
 
-    def scheduler(**upscaler: str) -> Scheduler:
-        config = load_miner_config(overrides={"upscaler": upscaler, "jobs": {"calibration": {"state_path": ""}}},
-                                   environ={})
-        made = Scheduler(config, MinerMetrics())
-        made._slots = [_Slot(SimpleNamespace(index=0, backend="local"), state=IDLE,
-                             info={"device_class": "h200", "free_vram_bytes": usable})]
-        return made
-
-    default, custom_overlap = scheduler(), scheduler(config=str(custom))
+    default, custom_overlap = _one_worker_scheduler(usable), _one_worker_scheduler(usable, config=str(custom))
     assert custom_overlap.settings == worker_settings(str(custom), "auto", custom_overlap.config.upscaler_overrides)
     layouts = [plan_layout(3840, 2160, usable, "tiny", s.settings) for s in (default, custom_overlap)]
     assert [(l.rows, l.columns, l.tile_width, l.tile_height) for l in layouts] == [(3, 1, 3840, 768), (2, 2, 2048, 1152)]
@@ -471,9 +474,6 @@ def test_workers_plan_tiles_with_the_configured_throughput_table(tmp_path: Path)
     """upscaler.throughput reaches the workers' settings: their tile layouts (and the scheduler's pricing of
     them) use that table's [[peak]] rows, as the planner's speed rows come from it; peaks 6 GiB higher than
     the shipped rows cut 4K on a 22 GiB worker into more tiles."""
-    from types import SimpleNamespace
-
-    from miner.jobs.scheduler import IDLE, Scheduler, _Slot
     from miner.jobs.worker import worker_settings
     from tests.test_tile_plan import raised_peaks_table
     from upscaler.tile_plan import plan_layout
@@ -481,15 +481,7 @@ def test_workers_plan_tiles_with_the_configured_throughput_table(tmp_path: Path)
     table = raised_peaks_table(tmp_path, 6.0)
     usable = 22 * 2**30
 
-    def scheduler(**upscaler: str) -> Scheduler:
-        config = load_miner_config(overrides={"upscaler": upscaler, "jobs": {"calibration": {"state_path": ""}}},
-                                   environ={})
-        made = Scheduler(config, MinerMetrics())
-        made._slots = [_Slot(SimpleNamespace(index=0, backend="local"), state=IDLE,
-                             info={"device_class": "h200", "free_vram_bytes": usable})]
-        return made
-
-    shipped, own = scheduler(), scheduler(throughput=table)
+    shipped, own = _one_worker_scheduler(usable), _one_worker_scheduler(usable, throughput=table)
     worker = worker_settings(own.config.get("upscaler.config"), "cuda:0", own.config.upscaler_overrides)
     assert own.settings.throughput == worker.throughput == table
     layouts = [plan_layout(3840, 2160, usable, "tiny", s.settings) for s in (shipped, own)]
