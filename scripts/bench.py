@@ -38,7 +38,8 @@ from miner.protocol.tasks import UpscalingTask
 from miner.jobs.worker import device_class
 from upscaler import vram
 from upscaler.api import Upscaler
-from upscaler.geometry import Geometry
+from upscaler.blend_memory import blend_bytes
+from upscaler.geometry import Geometry, round_up
 from upscaler.planner import ThroughputTable, plan
 from upscaler.report import GIB, UpscaleReport
 from upscaler.seams import seam_error
@@ -146,10 +147,7 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
         "frames": frames,
         "in_size": list(report.in_size), "out_size": list(report.out_size), "tile_size": case.tile_size,
         "max_vram_gib": case.max_vram_gib, "usable_gib": round((usable or 0) / GIB, 2),
-        "tiling": {"tile_width": report.tile_width, "tile_height": report.tile_height,
-                   "overlap": tiling.tile_overlap if tiling.enabled else 0, "tiles": report.tiles,
-                   "decoder_frames_per_pass": variant.frames_per_pass(
-                       tiling.tile_size * tiling.height if tiling.enabled else geometry.model_width * geometry.model_height)},
+        "tiling": tiling_fields(report, tiling, variant, geometry, upscaler.settings.spatial_multiple),
         "attention": kernels.active_backend(),
         "total_s": round(seconds["total"], 3), "fps": round(report.frames_per_second, 2),
         "ms_per_frame": {k: round(1000 * seconds[k] / frames, 2) for k in STAGES if k in seconds},
@@ -159,6 +157,23 @@ def run_case(upscaler: Upscaler, case: Case, src: Path, warm: Path, out_dir: Pat
         row["planner"] = planner_check(table, case, frames, usable, report.seconds["total"],
                                        device_class(str(upscaler.device)), base)
     return row
+
+
+def tiling_fields(report: UpscaleReport, tiling: TilingSettings, variant: VariantSettings, geometry: Geometry,
+                  multiple: int) -> dict[str, Any]:
+    """The layout a run used: tiles, the model frame it ran at and its decoder frames per pass (a ``[[peak]]``
+    row's keys), and the blend group held beside the last tile with its GiB (the row's ``blend_gib``)."""
+    if tiling.enabled:
+        model = (round_up(tiling.tile_size, multiple), round_up(tiling.height, multiple))
+        blend = blend_bytes(geometry.out_height, geometry.out_width, report.tiles, report.tile_height,
+                            report.tile_width, tiling.blend_frames) / GIB
+    else:
+        model, blend = (geometry.model_width, geometry.model_height), 0.0
+    return {"tile_width": report.tile_width, "tile_height": report.tile_height,
+            "overlap": tiling.tile_overlap if tiling.enabled else 0, "tiles": report.tiles,
+            "decoder": variant.decoder, "model_width": model[0], "model_height": model[1],
+            "decoder_frames_per_pass": variant.frames_per_pass(model[0] * model[1]),
+            "blend_frames": tiling.blend_frames if tiling.enabled else 0, "blend_gib": round(blend, 3)}
 
 
 def planner_check(table: ThroughputTable, case: Case, frames: int, usable: int | None, measured_s: float,

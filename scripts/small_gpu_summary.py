@@ -1,6 +1,7 @@
 """The small-card checks of a ``flashvsr-bench`` JSON (``scripts/bench_small_gpu.sh``): per capped case its
 frames/s against the untiled run of the same variant and task, its peak against the cap, and the
-planner's estimate against the measured time; then the seam error rows.
+planner's estimate against the measured time; then the seam error rows, and each run's peak as a
+``[[peak]]`` row of configs/throughput.toml (the memory model's input; its blend group recorded).
 
     python -m scripts.small_gpu_summary runs/small-gpu/bench-small-gpu.json
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +52,31 @@ def summary(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def peak_rows(result: dict[str, Any], date: str) -> list[str]:
+    """Each measured run's peak as a ``[[peak]]`` row (TOML) for the throughput table, the blend included and
+    recorded (``blend_gib``: the fit takes it off)."""
+    out = []
+    for r in result["rows"]:
+        t = r.get("tiling", {})
+        if "error" in r or "model_width" not in t:
+            continue
+        cap = f" under a {r['max_vram_gib']:g} GiB cap" if r.get("max_vram_gib") else ""
+        out += [f"[[peak]]    # {r['case']} ({t['tiles']} tiles){cap}, {result['gpu']} {date}",
+                f'decoder = "{t["decoder"]}"', f"model_width = {t['model_width']}", f"model_height = {t['model_height']}",
+                f"decoder_frames = {t['decoder_frames_per_pass']}", f'kv_cache = "{result["kv_cache"]}"',
+                f"peak_gib = {r['peak_vram_gib']}"] + ([f"blend_gib = {t['blend_gib']}"] if t.get("blend_gib") else []) + [""]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="small_gpu_summary", description=__doc__.splitlines()[0])
     p.add_argument("json", type=Path, help="flashvsr-bench --json output")
     args = p.parse_args(argv)
-    print("\n".join(summary(json.loads(args.json.read_text()))))
+    result = json.loads(args.json.read_text())
+    print("\n".join(summary(result)))
+    rows = peak_rows(result, time.strftime("%Y-%m-%d", time.gmtime(args.json.stat().st_mtime)))
+    if rows:
+        print("\n# measured peaks, as rows of configs/throughput.toml:\n" + "\n".join(rows))
     return 0
 
 

@@ -68,3 +68,24 @@ def test_small_gpu_summary_checks_speed_peak_and_estimate():
     assert "within 15%" in lines[1] and "65% of untiled (met 60%)" in lines[2] and "cap 22: ok" in lines[2]
     assert "+30%, outside 15%" in lines[2] and "ERROR out of memory" in lines[3]
     assert lines[4].startswith("seams tiny:SD24K:300:tileauto@22") and "away 50.0 dB max 3" in lines[4]
+
+
+def test_small_gpu_summary_writes_measured_peaks_as_rows_the_memory_model_reads(tmp_path):
+    """The summary's ``[[peak]]`` rows are TOML the throughput table takes: a tiled row records its blend,
+    which the fit takes off."""
+    import tomllib
+
+    from scripts.small_gpu_summary import peak_rows
+    from upscaler.tile_plan import PeakRow
+    bands = {"tile_width": 3840, "tile_height": 768, "overlap": 64, "tiles": 3, "decoder": "tcdecoder",
+             "model_width": 3840, "model_height": 768, "decoder_frames_per_pass": 1, "blend_frames": 8, "blend_gib": 2.41}
+    untiled = dict(bands, tiles=1, model_height=2176, blend_frames=0, blend_gib=0.0)
+    result = {"gpu": "NVIDIA H100 80GB HBM3", "kv_cache": "fp8", "rows": [
+        {"case": "tiny:SD24K:300", "tiling": untiled, "peak_vram_gib": 43.7},
+        {"case": "tiny:SD24K:300:tileauto@22", "tiling": bands, "peak_vram_gib": 18.2, "max_vram_gib": 22.0},
+        {"case": "tiny:SD24K:300:tileauto@15", "error": "out of memory: ..."}]}
+    text = "\n".join(peak_rows(result, "2026-12-07"))
+    rows = tomllib.loads(text)["peak"]
+    assert [PeakRow(**r) for r in rows] == [
+        PeakRow("tcdecoder", 3840, 2176, 1, 43.7, "fp8"), PeakRow("tcdecoder", 3840, 768, 1, 18.2, "fp8", 2.41)]
+    assert "under a 22 GiB cap, NVIDIA H100 80GB HBM3 2026-12-07" in text

@@ -62,6 +62,8 @@ def test_fit_recovers_known_coefficients_and_needs_enough_rows() -> None:
         MemoryModel.fit([PeakRow("a", 1024, 1024, 4, 11.0, "fp8"), PeakRow("b", 1024, 1024, 4, 12.0, "fp8")], cache)
     with pytest.raises(ValueError, match="unknown kv_cache \\['fp16'\\]"):
         MemoryModel.fit([replace(r, kv_cache="fp16") for r in rows], cache)
+    blended = [replace(r, peak_gib=r.peak_gib + 1.5 * i, blend_gib=1.5 * i) for i, r in enumerate(rows)]
+    assert MemoryModel.fit(blended, cache) == pytest.approx(model)  # a row's recorded blend is taken off
 
 
 def test_the_k_v_cache_dtype_prices_its_own_cache() -> None:

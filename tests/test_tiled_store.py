@@ -12,6 +12,7 @@ import torch
 from tests.media import make_clip
 from upscaler.api import Upscaler
 from upscaler.frame_source import lq_batches
+from upscaler.blend_memory import blend_bytes
 from upscaler.geometry import Geometry, round_up
 from upscaler.lq_frames import LQFrames
 from upscaler.resize import frames_to_host
@@ -231,7 +232,10 @@ def test_bench_rows_and_seam_rows_on_the_cpu(upscaler, tmp_path):
     src = make_clip(tmp_path / "in.mp4", width=128, height=96, frames=9)
     bands = Case("tiny", task, 9, tile_size=256, tile_height=128)
     row = run_case(upscaler, bands, src, src, tmp_path, "h264", None, ThroughputTable.load())
-    assert row["tiling"] == {"tile_width": 256, "tile_height": 128, "overlap": 64, "tiles": 2, "decoder_frames_per_pass": 4}
+    blend = blend_bytes(192, 256, 2, 128, 256, TilingSettings.blend_frames) / 2**30
+    assert row["tiling"] == {"tile_width": 256, "tile_height": 128, "overlap": 64, "tiles": 2, "decoder": "tcdecoder",
+                             "model_width": 256, "model_height": 128, "decoder_frames_per_pass": 4,
+                             "blend_frames": TilingSettings.blend_frames, "blend_gib": round(blend, 3)}
     assert row["frames"] == 9 and row["planner"]["device"] == "cpu" and row["planner"]["est_s"] > 0
     assert {"tile_store", "tile_store_wait", "tile_blend"} <= set(row["ms_per_frame"])
     seams = seam_rows(upscaler, bands, src, [0])

@@ -11,8 +11,9 @@ the ``kv_cache`` they were measured with), so a new measured row refines them wi
 rows of either cache dtype price runs of both. (The cache alone differs between the dtypes: the bf16 and
 FP8 peaks measured in the same call differ by the computed cache within 0.05 GiB at 4K and 1080p.) A tiled run also blends a group of output frames on
 the GPU while its last tile runs: that group's buffers (:func:`upscaler.blend_memory.blend_bytes`, at
-the full output size) add to the tile's peak. (The tiled ``[[peak]]`` rows were measured before the
-blend overlapped the last tile, so they hold the tile's peak alone.)
+the full output size) add to the tile's peak. A tiled ``[[peak]]`` row measured with that blend records it
+(``blend_gib``), and the fit takes it off; rows without it (measured before the blend overlapped the last
+tile) hold the tile's peak alone.
 
 :func:`choose_layout` picks the fewest, then smallest, tiles (rows x columns of equal rectangles,
 sides multiples of the model's 128 px window, bands where they need fewer tiles than squares), the
@@ -56,6 +57,8 @@ class PeakRow:
     decoder_frames: int
     peak_gib: float
     kv_cache: str
+    blend_gib: float = 0.0
+    """The blend group's share of ``peak_gib`` (:func:`~upscaler.blend_memory.blend_bytes`; 0 untiled)."""
 
     @property
     def mpx(self) -> float:
@@ -82,8 +85,8 @@ class MemoryModel:
     @classmethod
     def fit(cls, rows: Sequence[PeakRow], kv_cache_gib_per_mpx: dict[str, float], margin_gib: float = 1.0,
             margin_fraction: float = 0.08) -> "MemoryModel":
-        """Least-squares coefficients from measured rows, each less its K/V cache (at least one row per
-        decoder, three sizes in all)."""
+        """Least-squares coefficients from measured rows, each less its K/V cache and its blend (at least one
+        row per decoder, three sizes in all)."""
         decoders = sorted({r.decoder for r in rows})
         if len(rows) < 2 + len(decoders):
             raise ValueError(f"{len(rows)} peak rows cannot fit {2 + len(decoders)} coefficients")
@@ -91,8 +94,8 @@ class MemoryModel:
         if unknown:
             raise ValueError(f"peak rows with unknown kv_cache {unknown}; choose from {', '.join(kv_cache_gib_per_mpx)}")
         design = np.array([[1.0, r.mpx] + [r.mpx * r.decoder_frames * (r.decoder == d) for d in decoders] for r in rows])
-        without_cache = np.array([r.peak_gib - kv_cache_gib_per_mpx[r.kv_cache] * r.mpx for r in rows])
-        coef, *_ = np.linalg.lstsq(design, without_cache, rcond=None)
+        model_only = np.array([r.peak_gib - r.blend_gib - kv_cache_gib_per_mpx[r.kv_cache] * r.mpx for r in rows])
+        coef, *_ = np.linalg.lstsq(design, model_only, rcond=None)
         adjustable = frozenset(d for d in decoders if len({r.decoder_frames for r in rows if r.decoder == d}) > 1)
         return cls(float(coef[0]), float(coef[1]), {d: float(c) for d, c in zip(decoders, coef[2:])},
                    dict(kv_cache_gib_per_mpx), adjustable, margin_gib, margin_fraction)
