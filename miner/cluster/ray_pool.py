@@ -31,8 +31,8 @@ from upscaler.video import VideoInfo
 
 log = logging.getLogger(__name__)
 
-# the inputs group: as many downloads at once as jobs.download_concurrency's default; more wait their turn
-RemoteActor = ray.remote(concurrency_groups={CONTROL: 4, INPUTS: 8})(UpscaleActor)
+CONTROL_CALLS = 4  # info, cancel and result chunks answered at once while a clip runs
+INPUT_TRANSFERS = 2  # besides the downloads: another actor pulling a staged input, a discard
 CHECK_TIMEOUT_S = 10.0  # an idle actor that does not answer its periodic check this fast counts as lost
 
 
@@ -44,6 +44,13 @@ def connect(cluster: dict[str, Any]) -> None:
              configure_logging=False)
     log.info("joined the Ray cluster", extra={"fields": {"address": cluster["address"],
                                                          "resources": ray.cluster_resources()}})
+
+
+def remote_actor(download_concurrency: int) -> Any:
+    """The actor class, its inputs group sized so that every download the miner lets run at once
+    (``jobs.download_concurrency``, all actors together) can land on one actor, with room for transfers."""
+    return ray.remote(concurrency_groups={CONTROL: CONTROL_CALLS,
+                                          INPUTS: download_concurrency + INPUT_TRANSFERS})(UpscaleActor)
 
 
 def actor_count(cluster: dict[str, Any], totals: dict[str, float]) -> int:
@@ -69,6 +76,7 @@ class RayPool:
         self.settings = ActorSettings(fetch=FetchSettings.from_table(config.section("fetch")), miner=config,
                                       work_dir=str(self.cluster["work_dir"]),
                                       chunk_bytes=int(self.cluster["result_chunk_bytes"]))
+        self.actor_class = remote_actor(int(config.get("jobs.download_concurrency")))
         self.handles: list[RayWorker] = []
 
     async def new_workers(self) -> list["RayWorker"]:
@@ -87,8 +95,8 @@ class RayPool:
             raise WorkerStartError(f"the Ray cluster at {self.cluster['address']} has no room for an actor (each "
                                    f"needs num_gpus={self.cluster['num_gpus']}, resources={self.cluster['resources']}); "
                                    f"join a GPU host with `ray start --address <head>:6379`")
-        new = [RayWorker(self.worker_config(i, "auto"), self.settings, self.cluster, self.start_timeout_s,
-                         self.handles) for i in range(len(self.handles), count)]
+        new = [RayWorker(self.worker_config(i, "auto"), self.actor_class, self.settings, self.cluster,
+                         self.start_timeout_s, self.handles) for i in range(len(self.handles), count)]
         if new and not first:
             log.info("the Ray cluster has room for more actors", extra={"fields": {
                 "actors": len(self.handles), "room_for": count}})
@@ -102,10 +110,11 @@ class RayWorker:
 
     backend = "ray"
 
-    def __init__(self, config: WorkerConfig, settings: ActorSettings, cluster: dict[str, Any],
+    def __init__(self, config: WorkerConfig, actor_class: Any, settings: ActorSettings, cluster: dict[str, Any],
                  start_timeout_s: float, peers: list["RayWorker"]) -> None:
         self.index = config.index
         self.config = config
+        self.actor_class = actor_class
         self.settings = settings
         self.cluster = cluster
         self.start_timeout_s = start_timeout_s
@@ -114,7 +123,7 @@ class RayWorker:
         self._node = "?"
 
     def _create(self) -> None:
-        self._actor = RemoteActor.options(
+        self._actor = self.actor_class.options(
             name=f"flashvsr-worker-{self.index}-{os.getpid()}", num_gpus=float(self.cluster["num_gpus"]),
             num_cpus=float(self.cluster["num_cpus"]), resources=dict(self.cluster["resources"]),
             max_restarts=int(self.cluster["max_restarts"]), max_task_retries=0,

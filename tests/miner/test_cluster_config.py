@@ -69,3 +69,15 @@ def test_auto_workers_count_the_actors_the_cluster_holds() -> None:
     assert actor_count(fake, {"CPU": 4.0, "test_gpu": 4.0}) == 4
     with pytest.raises(ValueError, match="needs cluster.num_gpus or cluster.resources"):
         actor_count({**cluster, "num_gpus": 0.0}, {"CPU": 4.0})
+
+
+def test_an_actor_takes_every_download_the_miner_lets_run_at_once() -> None:
+    """The actor's inputs group follows ``jobs.download_concurrency`` (all of a round's downloads may land
+    on one actor), with room for transfers beside them."""
+    pytest.importorskip("ray")
+    from miner.cluster.actor import CONTROL, INPUTS
+    from miner.cluster.ray_pool import CONTROL_CALLS, INPUT_TRANSFERS, remote_actor
+
+    for downloads in (1, 8, 24):
+        groups = remote_actor(downloads).__ray_metadata__.concurrency_groups
+        assert groups[INPUTS] == downloads + INPUT_TRANSFERS and groups[CONTROL] == CONTROL_CALLS
