@@ -13,9 +13,9 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import ray
 from ray.exceptions import ActorDiedError, RayActorError
@@ -194,7 +194,7 @@ class RayWorker:
             outcome: TaskOutcome = await asyncio.wait_for(_awaitable(self._actor.run.remote(spec, holder)), timeout)
             if outcome.ok and not outcome.url:
                 began = time.perf_counter()
-                await self._pull(spec.task_id, Path(spec.dst))
+                await self._pull(spec.task_id, Path(spec.dst), spec.deadline)
                 outcome.seconds["transfer"] = time.perf_counter() - began
             return outcome
         except RayActorError as exc:
@@ -205,14 +205,22 @@ class RayWorker:
             raise WorkerLost(ErrorKind.DEADLINE, f"worker {self.index} (Ray actor on {self._node}) did not stop "
                                                  f"{KILL_GRACE_S:.0f}s after the deadline; restarted") from None
 
-    async def _pull(self, task_id: str, dst: Path) -> None:
-        """Stream the kept result into ``dst`` (a ``.part`` file renamed when complete)."""
+    async def _pull(self, task_id: str, dst: Path, deadline: float) -> None:
+        """Stream the kept result into ``dst`` (a ``.part`` file renamed when complete), each chunk within
+        ``fetch.read_timeout_s`` (as input pulls) and the whole by the clip's deadline; ``WorkerLost`` else."""
         partial = dst.with_name(dst.name + ".part")
+        where = f"worker {self.index} (Ray actor on {self._node})"
         try:
             with open(partial, "wb") as out:
-                async for ref in self._actor.result_chunks.remote(task_id):
-                    out.write(await ref)
+                await asyncio.wait_for(
+                    write_chunks(self._actor.result_chunks.remote(task_id), out, self.settings.fetch.read_timeout_s),
+                    max(deadline - time.time(), 0.0) + KILL_GRACE_S)
             partial.replace(dst)
+        except TransferStalled as exc:
+            raise WorkerLost(ErrorKind.CRASH, f"{where}: the result transfer stalled ({exc})") from None
+        except asyncio.TimeoutError:
+            raise WorkerLost(ErrorKind.DEADLINE, f"{where}: the result transfer was still running "
+                                                 f"{KILL_GRACE_S:.0f}s after the deadline") from None
         finally:
             partial.unlink(missing_ok=True)
 
@@ -224,6 +232,27 @@ class RayWorker:
         if self._actor is not None:
             ray.kill(self._actor, no_restart=True)
             self._actor = None
+
+
+class TransferStalled(Exception):
+    """No chunk of a result came within the per-chunk timeout."""
+
+
+async def write_chunks(chunks: AsyncIterator[Awaitable[bytes]], out: BinaryIO, chunk_timeout_s: float) -> int:
+    """Write each chunk of ``chunks`` (a Ray generator's refs) to ``out``; bytes written. Raises
+    :class:`TransferStalled` when the next chunk takes longer than ``chunk_timeout_s``."""
+    written = 0
+    refs = aiter(chunks)
+    while True:
+        try:
+            ref = await asyncio.wait_for(anext(refs), chunk_timeout_s)
+            chunk = await asyncio.wait_for(_awaitable(ref), chunk_timeout_s)
+        except StopAsyncIteration:
+            return written
+        except asyncio.TimeoutError:
+            raise TransferStalled(f"no chunk after {written} bytes for {chunk_timeout_s:g}s") from None
+        out.write(chunk)
+        written += len(chunk)
 
 
 async def _awaitable(ref: Any) -> Any:

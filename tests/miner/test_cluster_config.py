@@ -81,3 +81,29 @@ def test_an_actor_takes_every_download_the_miner_lets_run_at_once() -> None:
     for downloads in (1, 8, 24):
         groups = remote_actor(downloads).__ray_metadata__.concurrency_groups
         assert groups[INPUTS] == downloads + INPUT_TRANSFERS and groups[CONTROL] == CONTROL_CALLS
+
+
+def test_a_result_transfer_that_stalls_is_given_up_per_chunk() -> None:
+    """Result chunks are written as they come; a chunk that does not come within the per-chunk timeout ends
+    the transfer (the clip is then lost on that worker, and retried where the deadline allows)."""
+    pytest.importorskip("ray")
+    import asyncio
+    import io
+
+    from miner.cluster.ray_pool import TransferStalled, write_chunks
+
+    async def ready(data: bytes) -> bytes:
+        return data
+
+    async def chunks(stall_after: int | None):
+        for number, data in enumerate((b"ab", b"cd", b"ef")):
+            if number == stall_after:
+                await asyncio.Event().wait()  # the actor's host stopped answering
+            yield ready(data)
+
+    out = io.BytesIO()
+    assert asyncio.run(write_chunks(chunks(None), out, 1.0)) == 6 and out.getvalue() == b"abcdef"
+    out = io.BytesIO()
+    with pytest.raises(TransferStalled, match="no chunk after 4 bytes for 0.2s"):
+        asyncio.run(write_chunks(chunks(2), out, 0.2))
+    assert out.getvalue() == b"abcd"
