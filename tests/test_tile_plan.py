@@ -83,6 +83,18 @@ def test_the_k_v_cache_dtype_prices_its_own_cache() -> None:
     assert set(ELEMENT_BYTES) == set(KV_CACHE_DTYPES)
 
 
+def test_a_longer_k_v_cache_is_priced_by_its_ring() -> None:
+    """``kv_ratio`` sets the cache's ring (kv_ratio + 1 slices, at least 3): at 4K the FP8 cache is 22.4 GiB at
+    the default 3 (4 slices), so kv_ratio 4 adds a quarter of it and 1 (3 slices) takes a quarter off; on a
+    24 GB card the longer cache needs more tiles."""
+    fp8_4k = MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "fp8")
+    assert MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "fp8", 4) - fp8_4k == pytest.approx(22.41 / 4, abs=0.01)
+    assert fp8_4k - MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "fp8", 1) == pytest.approx(22.41 / 4, abs=0.01)
+    longer = replace(SETTINGS, sparsity=replace(SETTINGS.sparsity, kv_ratio=6))
+    default, long_cache = (plan_layout(3840, 2160, 22 * GIB, "tiny", s) for s in (SETTINGS, longer))
+    assert long_cache.fits and long_cache.tiles > default.tiles
+
+
 def test_peak_rows_must_say_their_k_v_cache(tmp_path) -> None:
     """A [[peak]] row without kv_cache is refused with what to add (its peak cannot be split from the cache)."""
     from upscaler.configfiles import config_path

@@ -135,7 +135,7 @@ class Upscaler:
             layout = choose_layout(
                 geometry.out_width, geometry.out_height, usable_bytes=usable, model=self._memory_model,
                 variant=variant, kv_cache=self.settings.kv_cache_dtype, overlap=tiling.tile_overlap, multiple=self.settings.spatial_multiple,
-                blend_frames=tiling.blend_frames,
+                blend_frames=tiling.blend_frames, kv_ratio=self.settings.sparsity.kv_ratio,
             )
             if layout.fits:
                 log.info("tile layout out=%dx%d usable_gib=%.1f %s", geometry.out_width, geometry.out_height,

@@ -4,7 +4,8 @@ Peak GPU memory of a run at a model frame of ``P`` pixels whose decoder takes ``
 its streaming K/V cache stored as ``C``, is modelled as ``base + (dit + kv[C]) * P + decoder[kind] * F * P``
 (GiB, pixels in millions): ``base`` the weights and fixed buffers, ``dit`` the DiT's activations per pixel
 (one engine for every variant), ``kv[C]`` the K/V cache per pixel, computed from the model's shapes
-(:mod:`upscaler.kv_cache_memory`: 5.4 GiB per megapixel in bf16, half that in FP8), ``decoder[kind]`` the
+(:mod:`upscaler.kv_cache_memory`: 5.4 GiB per megapixel in bf16, half that in FP8, at the default
+``kv_ratio``; in proportion to the ring's slices at another), ``decoder[kind]`` the
 decoder's activations per pixel of one pass. The other coefficients are a least-squares fit to the
 measured peaks of the throughput table (``[[peak]]`` rows), each less its own K/V cache (the rows record
 the ``kv_cache`` they were measured with), so a new measured row refines them without code changes and
@@ -33,7 +34,7 @@ import numpy as np
 from upscaler.blend_memory import blend_bytes
 from upscaler.configfiles import load_config
 from upscaler.geometry import round_up
-from upscaler.kv_cache_memory import ELEMENT_BYTES, kv_cache_gib_per_mpx
+from upscaler.kv_cache_memory import ELEMENT_BYTES, kv_cache_gib_per_mpx, ring_slots
 from upscaler.models.config import load_preset
 from upscaler.settings import SparsitySettings, TilingSettings, UpscalerSettings, VariantSettings
 
@@ -116,13 +117,16 @@ class MemoryModel:
         margins = raw.get("tile_plan", {})
         return cls.fit(rows, cache, float(margins.get("margin_gib", 1.0)), float(margins.get("margin_fraction", 0.08)))
 
-    def peak_gib(self, decoder: str, model_pixels: int, decoder_frames: int, kv_cache: str) -> float:
+    def peak_gib(self, decoder: str, model_pixels: int, decoder_frames: int, kv_cache: str,
+                 kv_ratio: float = MEASURED_KV_RATIO) -> float:
         """Predicted peak GiB of a run at ``model_pixels`` with ``decoder_frames`` per decoder pass and its
-        K/V cache stored as ``kv_cache`` (a ``kv_cache_dtype``)."""
+        K/V cache stored as ``kv_cache`` (a ``kv_cache_dtype``), ``kv_ratio`` slices long (the cache's ring
+        grows with it)."""
         if decoder not in self.decoder_gib_per_mpx:
             raise LookupError(f"no measured peak for decoder {decoder!r}: add a [[peak]] row to the throughput table")
         mpx = model_pixels / MPX
-        return (self.base_gib + (self.dit_gib_per_mpx + self.kv_cache_gib_per_mpx[kv_cache]) * mpx
+        cache = self.kv_cache_gib_per_mpx[kv_cache] * ring_slots(kv_ratio) / ring_slots(MEASURED_KV_RATIO)
+        return (self.base_gib + (self.dit_gib_per_mpx + cache) * mpx
                 + self.decoder_gib_per_mpx[decoder] * decoder_frames * mpx)
 
     def budget_gib(self, usable_bytes: int) -> float:
@@ -209,10 +213,12 @@ def choose_layout(
     multiple: int = 128,
     blend_frames: int = TilingSettings.blend_frames,
     min_tiles: int = 1,
+    kv_ratio: float = MEASURED_KV_RATIO,
 ) -> TileLayout:
     """The fewest tiles (at least ``min_tiles`` where the frame can be cut into that many), then the fewest
     model pixels, then the most decoder frames per pass (at most ``variant``'s), then the largest blend group
     (at most ``blend_frames``), whose predicted peak (the tile's with its K/V cache stored as ``kv_cache``,
+    ``kv_ratio`` slices long,
     plus the blend's when tiled) fits
     ``usable_bytes`` less the margin; the smallest-peak layout when none fits (``fits`` false: the caller
     decides whether to run it)."""
@@ -227,7 +233,7 @@ def choose_layout(
         fewest = 1 if variant.decoder in model.adjustable_decoders else most
         blends = [(g, blend_bytes(height, width, tiles, tile_h, tile_w, g) / GIB) for g in blend_groups(blend_frames)]
         for frames in range(most, fewest - 1, -1):
-            peak = model.peak_gib(variant.decoder, model_pixels, frames, kv_cache)
+            peak = model.peak_gib(variant.decoder, model_pixels, frames, kv_cache, kv_ratio)
             for group, blend in blends if tiles > 1 else [(0, 0.0)]:
                 layout = TileLayout(rows, columns, tile_w, tile_h, overlap if tiles > 1 else 0, frames, peak + blend,
                                     group, blend, budget)
@@ -276,9 +282,9 @@ def layout_slowdown(tiles: int, tile_width: int, tile_height: int, width: int, h
 def plan_layout(width: int, height: int, usable_bytes: int, variant: str, settings: UpscalerSettings, *,
                 min_tiles: int = 1) -> TileLayout:
     """:func:`choose_layout` for ``variant`` of ``settings`` (those the run uses: its tiling, variants, K/V
-    cache dtype and spatial multiple), with the memory model of their throughput table (``settings.throughput``)."""
+    cache dtype and length, and spatial multiple), with the memory model of their throughput table (``settings.throughput``)."""
     return choose_layout(
         width, height, usable_bytes=usable_bytes, model=MemoryModel.load(settings.throughput),
         variant=settings.variant(variant), kv_cache=settings.kv_cache_dtype, overlap=settings.tiling.tile_overlap, multiple=settings.spatial_multiple,
-        blend_frames=settings.tiling.blend_frames, min_tiles=min_tiles,
+        blend_frames=settings.tiling.blend_frames, min_tiles=min_tiles, kv_ratio=settings.sparsity.kv_ratio,
     )
