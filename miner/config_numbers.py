@@ -59,83 +59,85 @@ class Number:
             raise ValueError(f"{key} must be {self.allowed}, got {value!r}")
 
 
-_WHOLE_1 = Number(whole=True, low=1)          # sizes, counts, caps
-_WHOLE_0 = Number(whole=True, low=0)          # counts where 0 means none
-_POSITIVE = Number(whole=False, above=0)      # durations, rates and amounts that cannot be none
-_NON_NEGATIVE = Number(whole=False, low=0)    # durations and amounts where 0 means none (or no wait)
+WHOLE_1 = Number(whole=True, low=1)          # sizes, counts, caps
+WHOLE_0 = Number(whole=True, low=0)          # counts where 0 means none
+POSITIVE = Number(whole=False, above=0)      # durations, rates and amounts that cannot be none
+NON_NEGATIVE = Number(whole=False, low=0)    # durations and amounts where 0 means none (or no wait)
+CRF = Number(whole=True, low=0, high=51)     # x264/x265 constant rate factor
 
 # Every numeric key of configs/miner.toml (tests/miner/test_config_numbers.py walks the file), and those of the
 # free tables: ``*`` is any key the operator names ([tasks] types, [cluster.resources] resources).
 NUMBERS: dict[str, Number] = {
     "server.port": Number(whole=True, low=1, high=65535),
-    "server.shutdown_grace_s": _NON_NEGATIVE,
-    "server.default_timeout_s": _POSITIVE,
-    "server.limits.max_in_flight": _WHOLE_1,
-    "server.limits.open_in_flight": _WHOLE_1,
-    "server.limits.synapse_max_bytes": _WHOLE_1,
-    "server.limits.json_max_bytes": _WHOLE_1,
-    "server.limits.json_max_depth": _WHOLE_1,
-    "server.limits.body_timeout_s": _POSITIVE,
-    "server.limits.max_body_reads_per_ip": _WHOLE_1,
-    "server.limits.header_timeout_s": _POSITIVE,
+    "server.shutdown_grace_s": NON_NEGATIVE,
+    "server.default_timeout_s": POSITIVE,
+    "server.limits.max_in_flight": WHOLE_1,
+    "server.limits.open_in_flight": WHOLE_1,
+    "server.limits.synapse_max_bytes": WHOLE_1,
+    "server.limits.json_max_bytes": WHOLE_1,
+    "server.limits.json_max_depth": WHOLE_1,
+    "server.limits.body_timeout_s": POSITIVE,
+    "server.limits.max_body_reads_per_ip": WHOLE_1,
+    "server.limits.header_timeout_s": POSITIVE,
     "server.limits.keep_alive_s": Number(whole=True, low=0, note="0: idle keep-alive connections closed at once"),
-    "server.limits.max_header_bytes": _WHOLE_1,
-    "server.limits.max_header_count": _WHOLE_1,
-    "server.limits.max_connections": _WHOLE_1,
-    "server.limits.max_connections_per_ip": _WHOLE_1,
-    "server.limits.refusal_burst": _WHOLE_1,
-    "server.limits.refusal_rate_per_s": _POSITIVE,
-    "server.limits.block_s": _POSITIVE,
-    "server.limits.max_sources": _WHOLE_1,
+    "server.limits.max_header_bytes": WHOLE_1,
+    "server.limits.max_header_count": WHOLE_1,
+    "server.limits.max_connections": WHOLE_1,
+    "server.limits.max_connections_per_ip": WHOLE_1,
+    "server.limits.refusal_burst": WHOLE_1,
+    "server.limits.refusal_rate_per_s": POSITIVE,
+    "server.limits.block_s": POSITIVE,
+    "server.limits.max_sources": WHOLE_1,
     "server.limits.ipv6_source_prefix": Number(
         whole=True, low=MIN_IPV6_SOURCE_PREFIX, high=IPV6_BITS,
         note="64: an IPv6 source is its /64, one host's usual allocation; 128: each address"),
-    "chain.allow_list_stake": _NON_NEGATIVE,
+    "chain.allow_list_stake": NON_NEGATIVE,
     "chain.netuid": Number(whole=True, low=0, high=65535),  # a u16 on chain
-    "chain.min_stake": _NON_NEGATIVE,
-    "chain.metagraph_refresh_s": _POSITIVE,
-    "jobs.max_queue": _WHOLE_1,
-    "jobs.worker_start_timeout_s": _POSITIVE,
-    "jobs.worker_check_s": _POSITIVE,
-    "jobs.download_concurrency": _WHOLE_1,
-    "jobs.clip_fps_assumed": _WHOLE_1,
-    "jobs.result_ttl_s": _POSITIVE,
-    "jobs.oom_retry_tile_size": _WHOLE_1,
-    "jobs.deadline_margin_s": _NON_NEGATIVE,
-    "jobs.organic_timeout_s": _POSITIVE,
-    "jobs.long_clip_frames": _WHOLE_1,
+    "chain.min_stake": NON_NEGATIVE,
+    "chain.metagraph_refresh_s": POSITIVE,
+    "jobs.max_queue": WHOLE_1,
+    "jobs.worker_start_timeout_s": POSITIVE,
+    "jobs.worker_check_s": POSITIVE,
+    "jobs.download_concurrency": WHOLE_1,
+    "jobs.clip_fps_assumed": WHOLE_1,
+    "jobs.result_ttl_s": POSITIVE,
+    "jobs.oom_retry_tile_size": WHOLE_1,
+    "jobs.deadline_margin_s": NON_NEGATIVE,
+    "jobs.organic_timeout_s": POSITIVE,
+    "jobs.long_clip_frames": WHOLE_1,
     "jobs.progress_log_s": Number(whole=False, low=0, note="0: off"),
     "jobs.calibration.weight": Number(whole=False, above=0, high=1),
     "jobs.calibration.min_factor": Number(whole=False, above=0, high=1),
     "jobs.calibration.max_factor": Number(whole=False, low=1),
-    "jobs.calibration.min_frames": _WHOLE_0,
-    "jobs.test_hooks.delay_s": _NON_NEGATIVE,
-    "cluster.num_gpus": _NON_NEGATIVE,
-    "cluster.num_cpus": _NON_NEGATIVE,
-    "cluster.resources.*": _POSITIVE,
+    "jobs.calibration.min_frames": WHOLE_0,
+    "jobs.test_hooks.delay_s": NON_NEGATIVE,
+    "cluster.num_gpus": NON_NEGATIVE,
+    "cluster.num_cpus": NON_NEGATIVE,
+    "cluster.resources.*": POSITIVE,
     "cluster.max_restarts": Number(whole=True, low=-1, note="-1: always"),
-    "cluster.lost_clip_retries": _WHOLE_0,
+    "cluster.lost_clip_retries": WHOLE_0,
     "cluster.result_chunk_bytes": Number(whole=True, low=65536),
-    "tasks.*.width": _WHOLE_1,
-    "tasks.*.height": _WHOLE_1,
-    "tasks.*.scale": _WHOLE_1,
-    "fetch.max_bytes": _WHOLE_1,
-    "fetch.connect_timeout_s": _POSITIVE,
-    "fetch.read_timeout_s": _POSITIVE,
-    "fetch.total_timeout_s": _POSITIVE,
-    "fetch.max_redirects": _WHOLE_0,
-    "fetch.chunk_bytes": _WHOLE_1,
-    "storage.url_expiry_s": _WHOLE_1,
-    "storage.retention_s": _WHOLE_1,
-    "storage.cleanup_interval_s": _POSITIVE,
+    "tasks.*.width": WHOLE_1,
+    "tasks.*.height": WHOLE_1,
+    "tasks.*.scale": WHOLE_1,
+    "fetch.max_bytes": WHOLE_1,
+    "fetch.connect_timeout_s": POSITIVE,
+    "fetch.read_timeout_s": POSITIVE,
+    "fetch.total_timeout_s": POSITIVE,
+    "fetch.max_redirects": WHOLE_0,
+    "fetch.chunk_bytes": WHOLE_1,
+    "storage.url_expiry_s": WHOLE_1,
+    "storage.retention_s": WHOLE_1,
+    "storage.cleanup_interval_s": POSITIVE,
     "upscaler.max_vram_gib": Number(whole=False, low=0, note="0: the whole card"),
-    "upscaler.crf": Number(whole=True, low=0, high=51),
+    "upscaler.crf": CRF,
 }
 
 
-def check_numbers(raw: Mapping[str, Any]) -> None:
-    """``ValueError`` for the first value in ``raw`` (the merged tables) that its ``NUMBERS`` rule refuses."""
-    for pattern, rule in NUMBERS.items():
+def check_numbers(raw: Mapping[str, Any], rules: Mapping[str, Number] = NUMBERS) -> None:
+    """``ValueError`` for the first value in ``raw`` (the merged tables) that its rule (``NUMBERS``: the
+    miner's) refuses."""
+    for pattern, rule in rules.items():
         for key, value in _values(raw, pattern.split(".")):
             rule.check(key, value)
 

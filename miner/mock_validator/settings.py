@@ -7,9 +7,49 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from miner.config_numbers import CRF, NON_NEGATIVE, POSITIVE, WHOLE_0, WHOLE_1, Number, check_numbers
 from upscaler.configfiles import load_config
 
 DEFAULTS = "mock_validator"
+
+# Every numeric key of configs/mock_validator.toml (tests/miner/test_mock_validator_settings.py walks the file)
+NUMBERS: dict[str, Number] = {
+    "round.clips": WHOLE_1,
+    "round.clip_seconds": POSITIVE,
+    "round.fps": WHOLE_1,
+    "round.rounds": WHOLE_1,
+    "round.concurrency": WHOLE_1,
+    "round.workers": Number(whole=True, low=0, note="0: one per CPU core"),
+    "round.organic_clips": WHOLE_1,
+    "round.maximum_optimized_size_mb": WHOLE_1,
+    "round.seed": WHOLE_0,
+    "timeouts.*": POSITIVE,
+    "tasks.*.width": WHOLE_1,
+    "tasks.*.height": WHOLE_1,
+    "tasks.*.scale": WHOLE_1,
+    "small.clip_seconds": POSITIVE,
+    "small.clips": WHOLE_1,
+    "small.*.width": WHOLE_1,
+    "small.*.height": WHOLE_1,
+    "encode.reference_crf": CRF,
+    "encode.input_crf": CRF,
+    "encode.baseline_crf": CRF,
+    "encode.gop": WHOLE_1,
+    "checks.frame_tolerance": WHOLE_0,
+    "checks.fps_tolerance": NON_NEGATIVE,
+    "checks.size_multipliers.*": POSITIVE,
+    "checks.vmaf_threshold": Number(whole=False, low=0, high=100),
+    "checks.chroma_ratio_min": NON_NEGATIVE,
+    "checks.chroma_low_saturation": NON_NEGATIVE,
+    "checks.chroma_max_frames": WHOLE_1,
+    "checks.gray_brightness_min": NON_NEGATIVE,
+    "checks.gray_ref_saturation_min": NON_NEGATIVE,
+    "checks.gray_out_saturation_max": NON_NEGATIVE,
+    "checks.gray_max_ratio": Number(whole=False, low=0, high=1),
+    "metrics.sample_frames": Number(whole=True, low=0, note="0: every frame"),
+    "content.pan_widths_per_s": NON_NEGATIVE,
+    "content.sprites": WHOLE_0,
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +73,7 @@ class Geometry:
 def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> None:
     for key, value in update.items():
         if key not in base:
-            raise KeyError(f"unknown mock validator setting {where}{key}")
+            raise ValueError(f"unknown mock validator setting {where}{key}")
         if isinstance(base[key], dict) and isinstance(value, Mapping):
             _merge(base[key], value, f"{where}{key}.")
         else:
@@ -41,12 +81,14 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> 
 
 
 def load_settings(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Embedded defaults, then the tables of ``path`` (any subset of keys), then ``overrides``."""
+    """Embedded defaults, then the tables of ``path`` (any subset of keys), then ``overrides``; ``ValueError``
+    naming the key for an unknown key or a number of the wrong type or out of its range."""
     settings = copy.deepcopy(load_config(DEFAULTS))
     if path:
         _merge(settings, load_config(path))
     if overrides:
         _merge(settings, overrides)
+    check_numbers(settings, NUMBERS)
     return settings
 
 
