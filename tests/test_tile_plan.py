@@ -36,14 +36,21 @@ def _least_peak(width: int, height: int, rows: int, columns: int, tile_w: int, t
 
 
 def test_memory_model_reproduces_the_measured_peaks() -> None:
-    """The fit is within 0.5 GiB of every shipped [[peak]] row (4K, 1080p, 1024 px tiles, Full; FP8 and
-    bf16 K/V caches)."""
-    assert MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "fp8") == pytest.approx(43.9, abs=0.5)
-    assert MODEL.peak_gib("tcdecoder", 1920 * 1152, 4, "fp8") == pytest.approx(19.7, abs=0.5)
-    assert MODEL.peak_gib("tcdecoder", 1024 * 1024, 4, "fp8") == pytest.approx(11.8, abs=0.5)
-    assert MODEL.peak_gib("wan-vae", 1920 * 1152, 4, "fp8") == pytest.approx(29.4, abs=0.1)
-    assert MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "model") == pytest.approx(66.53, abs=0.5)
-    assert MODEL.peak_gib("tcdecoder", 1920 * 1152, 4, "model") == pytest.approx(25.68, abs=0.5)
+    """The fit (its blend added back) is within 0.5 GiB of every shipped [[peak]] row, repeats of one case
+    averaged (4K, 1080p, bands, tiles, Full; FP8 and bf16 K/V caches; the 1024 px tiles ran at 11.45 and
+    12.1 GiB in two runs)."""
+    from collections import defaultdict
+
+    from upscaler.configfiles import load_config
+    measured: dict[tuple, list[float]] = defaultdict(list)
+    for raw in load_config("throughput")["peak"]:
+        row = PeakRow(**raw)
+        measured[(row.decoder, row.model_width * row.model_height, row.decoder_frames, row.kv_cache, row.blend_gib)].append(
+            row.peak_gib)
+    assert len(measured) >= 9
+    for (decoder, pixels, frames, kv, blend), peaks in measured.items():
+        predicted = MODEL.peak_gib(decoder, pixels, frames, kv) + blend
+        assert predicted == pytest.approx(sum(peaks) / len(peaks), abs=0.5), (decoder, pixels, frames, kv, peaks)
     assert MODEL.adjustable_decoders == {"tcdecoder"}  # Full was measured at one frames-per-pass value only
     with pytest.raises(LookupError, match="add a \\[\\[peak\\]\\] row"):
         MODEL.peak_gib("other", 1, 1, "fp8")
@@ -73,7 +80,7 @@ def test_the_k_v_cache_dtype_prices_its_own_cache() -> None:
     bands, on 24 and 16 GB cards more tiles than the FP8 cache's. Every K/V cache dtype has a size."""
     fp8_4k, bf16_4k = (MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, kv) for kv in ("fp8", "model"))
     assert bf16_4k - fp8_4k == pytest.approx(22.41, abs=0.01) and MODEL.peak_gib("tcdecoder", 3840 * 2176, 1, "fp8-qk") == fp8_4k
-    for usable_gib, tiles in ((80, (1, 1)), (60, (1, 2)), (22, (3, 5)), (15, (6, 10))):
+    for usable_gib, tiles in ((80, (1, 1)), (60, (1, 2)), (22, (3, 5)), (15, (6, 8))):
         fp8, bf16 = (plan_layout(3840, 2160, usable_gib * GIB, "tiny", replace(SETTINGS, kv_cache_dtype=kv))
                      for kv in ("fp8", "model"))
         assert fp8.fits and bf16.fits and (fp8.tiles, bf16.tiles) == tiles
@@ -108,8 +115,8 @@ def test_peak_rows_must_say_their_k_v_cache(tmp_path) -> None:
 @pytest.mark.parametrize(("usable_gib", "expected"), [
     (80, (1, 1, 3840, 2160, 1)),    # the untiled 4K run fits an 80 GB card (44 GiB)
     (22, (3, 1, 3840, 768, 1)),     # a 24 GB card: three full-width bands, decoder one frame per pass
-    (15, (3, 2, 2048, 768, 1)),     # a 16 GB card: six tiles
-    (10, (3, 5, 896, 768, 1)),      # 2 x 7 tiles of 640x1152 before the blend's memory was counted
+    (15, (3, 2, 2048, 768, 2)),     # a 16 GB card: six tiles, two decoder frames per pass
+    (10, (3, 4, 1024, 768, 1)),     # twelve tiles
 ])
 def test_4k_layouts_from_free_memory(usable_gib: float, expected: tuple[int, ...]) -> None:
     layout = _layout(usable_gib)
@@ -162,11 +169,11 @@ def test_a_least_tile_count_where_the_frame_can_be_cut() -> None:
 
 def test_plan_layout_chooses_with_the_settings_it_is_given() -> None:
     """plan_layout prices with the settings the run uses, not the shipped file's: a 128 px overlap (or
-    blend groups of 1 frame) changes the 4K layout in 22 GiB."""
+    blend groups of 1 frame) changes the 4K layout in 22 GiB (three columns instead of three bands)."""
     assert plan_layout(3840, 2160, 22 * GIB, "tiny", SETTINGS) == _layout(22)
     wide = replace(SETTINGS, tiling=replace(SETTINGS.tiling, tile_overlap=128))
     layout = plan_layout(3840, 2160, 22 * GIB, "tiny", wide)
-    assert (layout.rows, layout.columns, layout.overlap) == (2, 2, 128) and layout == _layout(22, overlap=128)
+    assert (layout.rows, layout.columns, layout.overlap) == (1, 3, 128) and layout == _layout(22, overlap=128)
     single = replace(SETTINGS, tiling=replace(SETTINGS.tiling, blend_frames=1))
     assert plan_layout(3840, 2160, 22 * GIB, "tiny", single).blend_frames == 1
 
@@ -224,7 +231,7 @@ def test_4k_to_8k_fits_with_the_blend_by_more_tiles_or_a_smaller_group(usable_gi
                + blend_bytes(4320, 7680, c[0] * c[1], c[3], c[2], 8) / GIB > budget
                for c in grids if c[0] * c[1] == fewest)  # the old choice overflows with its blend of 8 frames
     assert layout.tiles > fewest or layout.blend_frames < 8
-    assert (layout.tiles, layout.blend_frames) == {22: (14, 2), 15: (28, 1)}[usable_gib]
+    assert (layout.tiles, layout.blend_frames) == {22: (14, 4), 15: (24, 2)}[usable_gib]
 
 
 def test_layout_slowdown_from_measured_tiled_rows() -> None:

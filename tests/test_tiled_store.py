@@ -159,7 +159,7 @@ def test_auto_tiles_use_the_configured_throughput_table(small_checkpoints, tmp_p
 
 def test_the_layouts_blend_group_reaches_the_run(upscaler, tmp_path, monkeypatch):
     """Tiles chosen from memory carry the layout's blend group into the run (4K -> 8K in 22 GiB: groups of
-    2 frames, see test_tile_plan); a run blending 3 frames at a time blends 29 frames in 10 groups and
+    4 frames, see test_tile_plan); a run blending 3 frames at a time blends 29 frames in 10 groups and
     gives the same output as the one-thread reference."""
     import upscaler.api as api_module
 
@@ -169,7 +169,7 @@ def test_the_layouts_blend_group_reaches_the_run(upscaler, tmp_path, monkeypatch
     geometry = Geometry.for_target((3840, 2160), (7680, 4320), upscaler.settings.spatial_multiple)
     tiny = upscaler.settings.variant("tiny")
     tiling, variant = upscaler.plan_tiles(geometry, tiny)
-    assert (tiling.tile_size, tiling.height, tiling.blend_frames) == (1152, 2304, 2)
+    assert (tiling.tile_size, tiling.height, tiling.blend_frames) == (1152, 2304, 4)
     # A layout handed to the run (the miner's retry after an out-of-memory) is run as it is, memory unread.
     layout = choose_layout(7680, 4320, usable_bytes=22 * 2**30, model=MemoryModel.load(), variant=tiny,
                            kv_cache=upscaler.settings.kv_cache_dtype,

@@ -191,7 +191,7 @@ def test_weights_missing_give_the_download_command(tmp_path: Path, monkeypatch: 
 def test_warm_up_runs_what_a_worker_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The doctor loads the settings a worker loads (one helper, tiles chosen from usable memory), so its
     warm-up is tiled where a worker's run would be, and priced in that layout: usable memory read as
-    6.5 GiB tiles a 512x256 output on the CPU."""
+    5.4 GiB tiles a 512x256 output on the CPU."""
     import threading
 
     import miner.doctor.model as doctor_model
@@ -206,7 +206,7 @@ def test_warm_up_runs_what_a_worker_runs(tmp_path: Path, monkeypatch: pytest.Mon
     assert expected.tiling.auto and context.found["upscaler"].settings == expected
     core = WorkerCore(WorkerConfig(0, "cpu", config.get("upscaler.config"), config.upscaler_overrides), threading.Event())
     assert core.upscaler.settings == expected
-    usable = int(6.5 * 2**30)
+    usable = int(5.4 * 2**30)
     layout = plan_layout(512, 256, usable, "tiny", expected)
     assert layout.tiled
     monkeypatch.setattr(vram, "usable_bytes", lambda device: usable)
