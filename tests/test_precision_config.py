@@ -64,7 +64,7 @@ def test_planner_reads_the_precisions_rows_and_falls_back_to_bf16() -> None:
 def test_precision_rows_and_tiled_rows_load_together() -> None:
     """The fp8 table keeps the [[tiled]] rows, and a worker gets both the precision and the memory cap."""
     fp8, bf16 = ThroughputTable.load("throughput", "fp8"), ThroughputTable.load("throughput")
-    assert fp8.tiled_rows == bf16.tiled_rows and {r.device for r in fp8.tiled_rows} == {"h100", "h200"}
+    assert fp8.tiled_rows == bf16.tiled_rows and {r.device for r in fp8.tiled_rows} == {"h100"}
     overrides = load_miner_config(overrides={"upscaler": {"precision": "fp8", "max_vram_gib": 22.0}},
                                   environ={}).upscaler_overrides
     assert (overrides["precision"], overrides["max_vram_gib"]) == ("fp8", 22.0)

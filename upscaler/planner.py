@@ -209,10 +209,11 @@ def tiled_slowdown_for(table: ThroughputTable, device: str, variant: str, width:
                        tile_width: int, tile_height: int) -> float:
     """A tiled run's slowdown against the untiled figure (:func:`upscaler.tile_plan.layout_slowdown`): the
     planner's estimate and the calibration of finished tiled clips use the same one. An unmeasured GPU
-    takes the tiled rows of the device whose untiled rows stand in for it."""
+    takes the tiled rows of the device whose untiled rows stand in for it; a measured one without tiled
+    rows of the variant, the overhead of another device's."""
     measured = device if any(e.device == device for e in table.entries) else FALLBACK_DEVICE
     return layout_slowdown(tiles, tile_width, tile_height, width, height,
-                           lambda pixels: 1.0 / table.frames_per_second(measured, variant, pixels, 1, calibrated=False),
+                           lambda dev, pixels: 1.0 / table.frames_per_second(dev, variant, pixels, 1, calibrated=False),
                            table.tiled_rows, measured, variant, table.tiled_slowdown)
 
 

@@ -265,18 +265,21 @@ def load_tiled_rows(path: str = "throughput") -> list[TiledRow]:
 
 
 def layout_slowdown(tiles: int, tile_width: int, tile_height: int, width: int, height: int,
-                    seconds_per_frame: Callable[[int], float], rows: Sequence[TiledRow], device: str, variant: str,
+                    seconds_per_frame: Callable[[str, int], float], rows: Sequence[TiledRow], device: str, variant: str,
                     default: float) -> float:
     """Seconds per frame of ``tiles`` tiles of ``tile_width x tile_height`` over the untiled run's at
-    ``width x height``: the tiles at the untiled speed of their size (``seconds_per_frame(pixels)`` on
-    ``device``) times the overhead of this device's and variant's measured tiled rows; ``default`` (the
-    table's ``tiled_slowdown``) without such rows."""
-    measured = [r for r in rows if r.device == device and r.variant == variant]
+    ``width x height`` on ``device``: the tiles at the untiled speed of their size
+    (``seconds_per_frame(device, pixels)``) times the mean overhead of the measured tiled rows of this
+    variant on this device, else on any device (the overhead, per-tile start, store and blend against that
+    device's own untiled speed, is a ratio); ``default`` (the table's ``tiled_slowdown``) without rows."""
+    measured = ([r for r in rows if r.device == device and r.variant == variant]
+                or [r for r in rows if r.variant == variant])
     if not measured:
         return default
-    overhead = sum((1.0 / r.fps) / (r.tiles * seconds_per_frame(r.tile_width * r.tile_height)) for r in measured)
-    overhead /= len(measured)
-    return overhead * tiles * seconds_per_frame(tile_width * tile_height) / seconds_per_frame(width * height)
+    overhead = sum((1.0 / r.fps) / (r.tiles * seconds_per_frame(r.device, r.tile_width * r.tile_height))
+                   for r in measured) / len(measured)
+    return (overhead * tiles * seconds_per_frame(device, tile_width * tile_height)
+            / seconds_per_frame(device, width * height))
 
 
 def plan_layout(width: int, height: int, usable_bytes: int, variant: str, settings: UpscalerSettings, *,

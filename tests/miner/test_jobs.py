@@ -448,7 +448,7 @@ def _one_worker_scheduler(usable: int, **upscaler: str):
 def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> None:
     """The scheduler prices clips in layouts chosen with the workers' settings (miner.jobs.worker.worker_settings:
     the miner's [upscaler] table), not the shipped upscaler.toml: an upscaler.config with 128 px tile overlap
-    makes a 4K clip on a 22 GiB worker 2 x 2 tiles of 2048x1152 instead of 3 bands of 3840x768."""
+    makes a 4K clip on a 22 GiB worker 3 columns of 1408x2160 instead of 3 bands of 3840x768."""
     from miner.jobs.worker import worker_settings
     from upscaler.configfiles import config_path
     from upscaler.tile_plan import plan_layout
@@ -462,9 +462,9 @@ def test_clips_are_priced_with_the_settings_the_workers_run(tmp_path: Path) -> N
     default, custom_overlap = _one_worker_scheduler(usable), _one_worker_scheduler(usable, config=str(custom))
     assert custom_overlap.settings == worker_settings(str(custom), "auto", custom_overlap.config.upscaler_overrides)
     layouts = [plan_layout(3840, 2160, usable, "tiny", s.settings) for s in (default, custom_overlap)]
-    assert [(l.rows, l.columns, l.tile_width, l.tile_height) for l in layouts] == [(3, 1, 3840, 768), (2, 2, 2048, 1152)]
+    assert [(l.rows, l.columns, l.tile_width, l.tile_height) for l in layouts] == [(3, 1, 3840, 768), (1, 3, 1408, 2160)]
     plans = [s.plan(3840, 2160, 300, deadline_s=None) for s in (default, custom_overlap)]
-    assert [p.tile_size for p in plans] == [768, 1152]
+    assert [p.tile_size for p in plans] == [768, 1408]
     clip = ClipWork(3840, 2160, 300)
     priced = [s.capacity()[0].seconds(clip) for s in (default, custom_overlap)]
     assert priced == [p.est_seconds for p in plans] and priced[0] != priced[1]
