@@ -1,10 +1,11 @@
 """Per-row e4m3 quantisation for FP8 matrix products (``torch._scaled_mm`` with rowwise scales).
 
 A row ``v`` (one token's activations, or one output channel of a weight) becomes
-``q = round_e4m3(clamp(v / s, -448, 448))`` with ``s = max(amax(|v|), 1e-12) / 448`` in fp32, so
-``v ~= q * s`` and the row's largest value lands on e4m3's largest finite value. The division is the
-IEEE one (``div.rn``) on both paths, so the Triton kernels and :func:`quantise_rows_torch` agree bit for
-bit. :func:`quantise_rows_tile` is the ``@triton.jit`` helper the producing kernels call in their
+``q = round_e4m3(clamp(v * (448 / a), -448, 448))`` with ``a = max(amax(|v|), 1e-12)`` and the scale
+``s = a / 448`` in fp32, so ``v ~= q * s`` and the row's largest value lands on e4m3's largest finite
+value. The two divisions per row are the IEEE ones (``div.rn``) on both paths and each value is
+multiplied by the row's reciprocal (one fp32 product, no per-value division), so the Triton kernels and
+:func:`quantise_rows_torch` agree bit for bit. :func:`quantise_rows_tile` is the ``@triton.jit`` helper the producing kernels call in their
 epilogue (the layer norm in :mod:`kernels.layer_norm`); :func:`quantise_rows` is the stand-alone pass
 (the attention output before ``o``, and the FFN's GELU fused in, before the down projection).
 """
@@ -23,30 +24,80 @@ AMAX_FLOOR = 1e-12  # an all-zero row gets a tiny scale and quantises to zeros
 GELU_TANH_C = 0.7978845608028654  # sqrt(2 / pi)
 
 
+MAX_BLOCK_D = 2048  # columns a program holds at once: wider rows are read in chunks, twice (amax, then quantise)
+ELEMENTS_PER_PROGRAM = 8192  # rows per program = this over the block width (narrow rows: several per program)
+
+
+@triton.jit
+def _row_scales(amax):
+    """``(scale, reciprocal)`` fp32 of rows whose largest magnitude is ``amax``."""
+    floor = tl.maximum(amax, 1e-12)
+    full = tl.full(amax.shape, 448.0, tl.float32)
+    return tl.math.div_rn(floor, full), tl.math.div_rn(full, floor)
+
+
 @triton.jit
 def quantise_rows_tile(y):
     """``(q, scale)`` of an fp32 ``(R, D)`` tile whose masked-off entries are 0: ``q`` fp32 values on the
     e4m3 grid's range (cast them to e4m3 to store), ``scale`` ``(R,)`` fp32."""
-    amax = tl.max(tl.abs(y), 1)
-    scale = tl.math.div_rn(tl.maximum(amax, 1e-12), tl.full(amax.shape, 448.0, tl.float32))
-    q = tl.math.div_rn(y, scale[:, None])
+    scale, reciprocal = _row_scales(tl.max(tl.abs(y), 1))
+    q = y * reciprocal[:, None]
     return tl.minimum(tl.maximum(q, -448.0), 448.0), scale
 
 
 @triton.jit
-def _quantise_rows_kernel(X, Q, SCALE, ROWS, DIM, stride_xr, GELU: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Program = one row of ``X`` (row stride ``stride_xr``, unit column stride) -> ``Q`` (contiguous
-    e4m3) and ``SCALE`` (fp32, one per row); ``GELU``: quantise ``gelu_tanh(x)`` computed in fp32."""
-    row = tl.program_id(0).to(tl.int64)
+def _gelu_tanh(x):
+    inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    return 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))  # tanh(z) = 2 sigmoid(2z) - 1
+
+
+@triton.jit
+def _quantise_rows_kernel(X, Q, SCALE, ROWS, DIM, stride_xr, GELU: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_D: tl.constexpr, CHUNKS: tl.constexpr):
+    """Program = ``BLOCK_R`` rows of ``X`` (row stride ``stride_xr``, unit column stride) -> ``Q`` (contiguous
+    e4m3) and ``SCALE`` (fp32, one per row), ``BLOCK_D`` columns at a time; with ``CHUNKS`` > 1 the rows are
+    read twice, for their maxima and then to quantise (the second read from cache); ``GELU``: quantise
+    ``gelu_tanh(x)`` computed in fp32."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < ROWS
+    src = X + rows.to(tl.int64)[:, None] * stride_xr
+    dst = Q + rows.to(tl.int64)[:, None] * DIM
     cols = tl.arange(0, BLOCK_D)
-    keep = cols < DIM
-    x = tl.load(X + row * stride_xr + cols, mask=keep, other=0.0).to(tl.float32)
-    if GELU:
-        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-        x = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))  # tanh(z) = 2 sigmoid(2z) - 1
-    q, scale = quantise_rows_tile(x[None, :])
-    tl.store(Q + row * DIM + cols[None, :], q.to(Q.dtype.element_ty), mask=keep[None, :])
-    tl.store(SCALE + row + tl.arange(0, 1), scale)
+    if CHUNKS == 1:
+        keep = row_ok[:, None] & (cols < DIM)[None, :]
+        x = tl.load(src + cols[None, :], mask=keep, other=0.0).to(tl.float32)
+        if GELU:
+            x = _gelu_tanh(x)
+        q, scale = quantise_rows_tile(x)
+        tl.store(dst + cols[None, :], q.to(Q.dtype.element_ty), mask=keep)
+    else:
+        amax = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for chunk in range(CHUNKS):
+            at = chunk * BLOCK_D + cols
+            keep = row_ok[:, None] & (at < DIM)[None, :]
+            x = tl.load(src + at[None, :], mask=keep, other=0.0).to(tl.float32)
+            if GELU:
+                x = _gelu_tanh(x)
+            amax = tl.maximum(amax, tl.max(tl.abs(x), 1))
+        scale, reciprocal = _row_scales(amax)
+        for chunk in range(CHUNKS):
+            at = chunk * BLOCK_D + cols
+            keep = row_ok[:, None] & (at < DIM)[None, :]
+            x = tl.load(src + at[None, :], mask=keep, other=0.0).to(tl.float32)
+            if GELU:
+                x = _gelu_tanh(x)
+            q = tl.minimum(tl.maximum(x * reciprocal[:, None], -448.0), 448.0)
+            tl.store(dst + at[None, :], q.to(Q.dtype.element_ty), mask=keep)
+    tl.store(SCALE + rows, scale, mask=row_ok)
+
+
+def launch_config(dim: int) -> dict[str, int]:
+    """The row quantiser's tile for rows of ``dim`` values: ``BLOCK_D`` columns (the row, or chunks of
+    :data:`MAX_BLOCK_D`), ``CHUNKS``, ``BLOCK_R`` rows per program and the warps."""
+    block_d = min(triton.next_power_of_2(dim), MAX_BLOCK_D)
+    block_r = max(1, ELEMENTS_PER_PROGRAM // block_d)
+    return {"BLOCK_R": block_r, "BLOCK_D": block_d, "CHUNKS": triton.cdiv(dim, block_d),
+            "num_warps": max(4, min(8, block_r * block_d // 1024))}
 
 
 def gelu_tanh_torch(x: torch.Tensor) -> torch.Tensor:
@@ -59,8 +110,8 @@ def gelu_tanh_torch(x: torch.Tensor) -> torch.Tensor:
 def quantise_rows_torch(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference (and CPU path): ``(q e4m3 (..., D), scale fp32 (..., 1))`` of the rows of ``x``."""
     xf = gelu_tanh_torch(x) if gelu else x.float()
-    scale = xf.abs().amax(dim=-1, keepdim=True).clamp_min(AMAX_FLOOR) / E4M3_MAX
-    return (xf / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+    amax = xf.abs().amax(dim=-1, keepdim=True).clamp_min(AMAX_FLOOR)
+    return (xf * (E4M3_MAX / amax)).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), amax / E4M3_MAX
 
 
 def quantise_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +123,7 @@ def quantise_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor,
     rows = rows_view.shape[0]
     q = torch.empty((rows, dim), dtype=E4M3, device=x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
-    block_d = triton.next_power_of_2(dim)
-    _quantise_rows_kernel[(rows,)](rows_view, q, scale, rows, dim, rows_view.stride(0), GELU=gelu, BLOCK_D=block_d,
-                                   num_warps=min(16, max(4, block_d // 1024)), **FP_FUSION)
+    config = launch_config(dim)
+    grid = (triton.cdiv(rows, config["BLOCK_R"]),)
+    _quantise_rows_kernel[grid](rows_view, q, scale, rows, dim, rows_view.stride(0), GELU=gelu, **config, **FP_FUSION)
     return q.view(*x.shape[:-1], dim), scale.view(*x.shape[:-1], 1)

@@ -27,7 +27,7 @@ from kernels import triton_compat
 from kernels.channel_norm import _bias_norm_silu_kernel
 from kernels.frame_pairs import _stack_with_previous_kernel
 from kernels.layer_norm import LAUNCH_OPTIONS as LAYER_NORM_LAUNCH
-from kernels.fp8_quant import _quantise_rows_kernel
+from kernels.fp8_quant import _quantise_rows_kernel, launch_config
 from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kernel
 from kernels.norm_rope import _norm_rope_kernel
 from kernels.subpixel import _interleave_kernel
@@ -214,12 +214,13 @@ FP8_MIN_ARCH = 89  # e4m3 (fp8e4nv) exists from sm_89: the FP8 linears' kernels 
 
 def _fp8_kernels(arch: int) -> list[bool]:
     """The FP8 linears' quantising kernels (precision = "fp8"), at the DiT's widths (1536, FFN 8960)."""
-    results = [
-        _compile(f"row quantise to e4m3{' + GELU' if gelu else ''}", _quantise_rows_kernel, arch,
-                 {"X": "*bf16", "Q": "*fp8e4nv", "SCALE": "*fp32"}, (), {"GELU": gelu, "BLOCK_D": block_d},
-                 num_warps=min(16, max(4, block_d // 1024)), num_stages=1)
-        for gelu, block_d in ((False, 2048), (True, 16384))
-    ]
+    results = []
+    for gelu, dim in ((False, 1536), (True, 8960)):
+        config = launch_config(dim)
+        warps = config.pop("num_warps")
+        results.append(_compile(f"row quantise to e4m3{' + GELU' if gelu else ''}", _quantise_rows_kernel, arch,
+                                {"X": "*bf16", "Q": "*fp8e4nv", "SCALE": "*fp32"}, (), {"GELU": gelu, **config},
+                                num_warps=warps, num_stages=1))
     for affine in (False, True):
         results.append(_compile(f"residual add + layer norm to e4m3 ({'affine' if affine else 'modulated'})",
                                 _add_layer_norm_fp8_kernel, arch,

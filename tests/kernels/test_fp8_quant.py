@@ -31,7 +31,7 @@ def test_reference_rounds_to_nearest_e4m3_and_puts_the_row_maximum_on_448() -> N
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("gelu", [False, True])
-@pytest.mark.parametrize("rows,dim", [(7, 48), (3, 100)])
+@pytest.mark.parametrize("rows,dim", [(7, 48), (3, 100), (5, 4500)])  # 4500: three chunks, rows past the end
 def test_kernel_matches_the_reference(rows, dim, gelu, dtype) -> None:
     x = _rows(rows, dim, dtype, seed=rows * dim)
     q, scale = quantise_rows(x, gelu=gelu)
@@ -42,6 +42,14 @@ def test_kernel_matches_the_reference(rows, dim, gelu, dtype) -> None:
     mismatched = (q.float() != q_ref.float()).float().mean().item()
     assert mismatched <= (0.01 if gelu else 0.0)
     torch.testing.assert_close(q.float() * scale, q_ref.float() * scale_ref, rtol=2**-3, atol=1e-9)
+
+
+def test_launch_tiles_cover_the_dit_widths() -> None:
+    """The DiT's 1536-wide rows in one block, four rows a program; the FFN's 8960 in five chunks of 2048."""
+    from kernels.fp8_quant import launch_config
+    assert launch_config(1536) == {"BLOCK_R": 4, "BLOCK_D": 2048, "CHUNKS": 1, "num_warps": 8}
+    assert launch_config(8960) == {"BLOCK_R": 4, "BLOCK_D": 2048, "CHUNKS": 5, "num_warps": 8}
+    assert launch_config(48) == {"BLOCK_R": 128, "BLOCK_D": 64, "CHUNKS": 1, "num_warps": 8}
 
 
 def test_kernel_gelu_is_the_tanh_gelu() -> None:
