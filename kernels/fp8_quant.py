@@ -52,6 +52,16 @@ def _gelu_tanh(x):
 
 
 @triton.jit
+def _load_chunk(src, at, row_ok, DIM, GELU: tl.constexpr):
+    """Columns ``at`` of the rows at ``src`` (0 outside), in fp32, through the GELU when asked; and the mask."""
+    keep = row_ok[:, None] & (at < DIM)[None, :]
+    x = tl.load(src + at[None, :], mask=keep, other=0.0).to(tl.float32)
+    if GELU:
+        x = _gelu_tanh(x)
+    return x, keep
+
+
+@triton.jit
 def _quantise_rows_kernel(X, Q, SCALE, ROWS, DIM, stride_xr, GELU: tl.constexpr, BLOCK_R: tl.constexpr,
                           BLOCK_D: tl.constexpr, CHUNKS: tl.constexpr):
     """Program = ``BLOCK_R`` rows of ``X`` (row stride ``stride_xr``, unit column stride) -> ``Q`` (contiguous
@@ -74,18 +84,12 @@ def _quantise_rows_kernel(X, Q, SCALE, ROWS, DIM, stride_xr, GELU: tl.constexpr,
         amax = tl.zeros([BLOCK_R], dtype=tl.float32)
         for chunk in range(CHUNKS):
             at = chunk * BLOCK_D + cols
-            keep = row_ok[:, None] & (at < DIM)[None, :]
-            x = tl.load(src + at[None, :], mask=keep, other=0.0).to(tl.float32)
-            if GELU:
-                x = _gelu_tanh(x)
+            x, keep = _load_chunk(src, at, row_ok, DIM, GELU)
             amax = tl.maximum(amax, tl.max(tl.abs(x), 1))
         scale, reciprocal = _row_scales(amax)
         for chunk in range(CHUNKS):
             at = chunk * BLOCK_D + cols
-            keep = row_ok[:, None] & (at < DIM)[None, :]
-            x = tl.load(src + at[None, :], mask=keep, other=0.0).to(tl.float32)
-            if GELU:
-                x = _gelu_tanh(x)
+            x, keep = _load_chunk(src, at, row_ok, DIM, GELU)
             q = tl.minimum(tl.maximum(x * reciprocal[:, None], -448.0), 448.0)
             tl.store(dst + at[None, :], q.to(Q.dtype.element_ty), mask=keep)
     tl.store(SCALE + rows, scale, mask=row_ok)

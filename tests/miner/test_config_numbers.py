@@ -10,26 +10,18 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from miner.config import load_miner_config
 from miner.config_numbers import NUMBERS, Number, check_numbers
 from miner.server.limits import ServerLimits
+from tests.config_leaves import numeric_leaves
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = tomllib.loads((REPO / "configs" / "miner.toml").read_text())
 FIXED = {key: rule for key, rule in NUMBERS.items() if "*" not in key}  # the keys of configs/miner.toml
-
-
-def _numeric_leaves(table: dict[str, Any], where: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in table.items():
-        path = f"{where}.{key}" if where else key
-        if isinstance(value, dict):
-            yield from _numeric_leaves(value, path)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield path, value
 
 
 def _nested(dotted: str, value: Any) -> dict[str, Any]:
@@ -46,7 +38,7 @@ def _nested(dotted: str, value: Any) -> dict[str, Any]:
 
 def test_every_numeric_key_of_the_shipped_toml_has_a_rule_of_its_type() -> None:
     """A numeric key added to configs/miner.toml without a rule would reach the code unchecked."""
-    leaves = dict(_numeric_leaves(SHIPPED))
+    leaves = dict(numeric_leaves(SHIPPED))
     missing = sorted(set(leaves) - set(NUMBERS))
     assert not missing, f"numeric keys of configs/miner.toml without a rule in miner.config_numbers.NUMBERS: {missing}"
     wrong_kind = [key for key, value in leaves.items() if NUMBERS[key].whole != isinstance(value, int)]
@@ -55,7 +47,7 @@ def test_every_numeric_key_of_the_shipped_toml_has_a_rule_of_its_type() -> None:
 
 
 def test_the_shipped_defaults_pass() -> None:
-    for key, value in _numeric_leaves(SHIPPED):
+    for key, value in numeric_leaves(SHIPPED):
         assert NUMBERS[key].accepts(value), (key, value, NUMBERS[key].allowed)
     check_numbers(SHIPPED)
     config = load_miner_config(None, environ={})

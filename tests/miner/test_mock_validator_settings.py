@@ -7,23 +7,15 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from miner.mock_validator.settings import NUMBERS, load_settings
+from tests.config_leaves import numeric_leaves
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = tomllib.loads((REPO / "configs" / "mock_validator.toml").read_text())
-
-
-def _numeric_leaves(table: dict[str, Any], where: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in table.items():
-        path = f"{where}.{key}" if where else key
-        if isinstance(value, dict):
-            yield from _numeric_leaves(value, path)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield path, value
 
 
 def _rule_for(key: str) -> str | None:
@@ -37,7 +29,7 @@ def _rule_for(key: str) -> str | None:
 
 
 def test_every_numeric_key_of_the_shipped_toml_has_a_rule_of_its_type() -> None:
-    leaves = dict(_numeric_leaves(SHIPPED))
+    leaves = dict(numeric_leaves(SHIPPED))
     missing = sorted(key for key in leaves if _rule_for(key) is None)
     assert not missing, f"numeric keys of configs/mock_validator.toml without a rule: {missing}"
     for key, value in leaves.items():
