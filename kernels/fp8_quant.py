@@ -74,10 +74,7 @@ def _quantise_rows_kernel(X, Q, SCALE, ROWS, DIM, stride_xr, GELU: tl.constexpr,
     dst = Q + rows.to(tl.int64)[:, None] * DIM
     cols = tl.arange(0, BLOCK_D)
     if CHUNKS == 1:
-        keep = row_ok[:, None] & (cols < DIM)[None, :]
-        x = tl.load(src + cols[None, :], mask=keep, other=0.0).to(tl.float32)
-        if GELU:
-            x = _gelu_tanh(x)
+        x, keep = _load_chunk(src, cols, row_ok, DIM, GELU)
         q, scale = quantise_rows_tile(x)
         tl.store(dst + cols[None, :], q.to(Q.dtype.element_ty), mask=keep)
     else:
