@@ -111,8 +111,9 @@ def _layer_norm_ms(clock: Clock, x: torch.Tensor, fp8: bool) -> dict[str, float]
 
 @torch.no_grad()
 def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: int, token_counts: dict[str, int],
-                  repeats: int) -> dict[str, Any]:
-    """Section 1: the product timings per shape and token count, and the per-block cost of each group."""
+                  repeats: int, fast_accum: bool = False) -> dict[str, Any]:
+    """Section 1: the product timings per shape and token count, and the per-block cost of each group
+    (its FP8 products with ``use_fast_accum`` when ``fast_accum``)."""
     clock = Clock(device, repeats)
     shapes = {"q/k/v/o": (dim, dim), "qkv fused": (dim, 3 * dim), "ffn up": (dim, ffn_dim), "ffn down": (ffn_dim, dim)}
     out: dict[str, Any] = {"shapes": {}, "groups": {}, "scaled_mm": None}
@@ -144,6 +145,9 @@ def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: i
             exact = _fp8_product(rows, FP8Linear(linear, use_scaled_mm=False)).float()
             got = _fp8_product(rows, layer).float()
             entry["product_vs_emulated_rel_error"] = _rel(got, exact)
+            if use_scaled_mm:
+                fast = _fp8_product(rows, layer, fast_accum=True).float()
+                entry["product_fast_accum_vs_emulated_rel_error"] = _rel(fast, exact)
             per_shape[name] = entry
             del linear, layer, x, rows
         if device.type == "cuda":
@@ -151,7 +155,7 @@ def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: i
             per_shape["layer norm bf16"] = _layer_norm_ms(clock, norm_in, fp8=False)
             per_shape["layer norm fp8"] = _layer_norm_ms(clock, norm_in, fp8=True)
         out["shapes"][label] = {"tokens": tokens, **per_shape}
-        out["groups"][label] = group_costs(per_shape)
+        out["groups"][label] = group_costs(per_shape, fast_accum and use_scaled_mm)
     out["scaled_mm"] = use_scaled_mm
     largest = max(token_counts, key=token_counts.get)
     out["fp8_faster_groups"] = [g for g, c in out["groups"][largest].items() if c["fp8_ms"] < c["bf16_ms"]]
@@ -159,10 +163,14 @@ def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: i
     return out
 
 
-def group_costs(shape: dict[str, Any]) -> dict[str, dict[str, float]]:
+def group_costs(shape: dict[str, Any], fast_accum: bool = False) -> dict[str, dict[str, float]]:
     """Per-block milliseconds of each ``fp8_layers`` group on each path, from one token count's timings:
-    the product, plus what FP8 adds to feed it (the layer norm's FP8 variant minus its bf16 one where a
-    norm produces the input, else the stand-alone quantising pass)."""
+    the product (with ``use_fast_accum`` when ``fast_accum``), plus what FP8 adds to feed it (the layer
+    norm's FP8 variant minus its bf16 one where a norm produces the input, else the stand-alone
+    quantising pass)."""
+    if fast_accum:
+        shape = {name: {**e, "fp8_product_ms": e["fp8_product_fast_accum_ms"]} if "fp8_product_fast_accum_ms" in e else e
+                 for name, e in shape.items() if isinstance(e, dict)}
     qkvo, up, down = shape["q/k/v/o"], shape["ffn up"], shape["ffn down"]
     norm_extra = {"modulated": 0.0, "affine": 0.0}
     if "layer norm fp8" in shape:
@@ -242,10 +250,11 @@ def _output_frames(upscaler: Upscaler, clip: Path, geometry: Geometry) -> torch.
 
 @torch.no_grad()
 def measure_errors(weights: str, device: str, in_size: tuple[int, int], out_size: tuple[int, int],
-                   work: Path, groups: tuple[str, ...]) -> dict[str, Any]:
-    """Section 2: per-layer errors, latent PSNR and output-frame PSNR, fp8 against bf16."""
+                   work: Path, groups: tuple[str, ...], fast_accum: bool = False) -> dict[str, Any]:
+    """Section 3: per-layer errors, latent PSNR and output-frame PSNR, fp8 against bf16."""
     clip = write_test_clip(work / "error-clip.mp4", *in_size, ERROR_CLIP_FRAMES)
-    upscalers = {p: Upscaler.load(load_settings(weights=weights, device=device, precision=p, fp8_layers=groups))
+    upscalers = {p: Upscaler.load(load_settings(weights=weights, device=device, precision=p, fp8_layers=groups,
+                                                fp8_fast_accum=fast_accum))
                  for p in ("bf16", "fp8")}
     bf16, fp8 = upscalers["bf16"], upscalers["fp8"]
     geometry = Geometry.for_target(in_size, out_size, bf16.settings.spatial_multiple)
@@ -260,7 +269,8 @@ def measure_errors(weights: str, device: str, in_size: tuple[int, int], out_size
     want, got = stream(dit_bf16, noise, sparsity), stream(dit_fp8, noise, sparsity)
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return {
-        "weights": bf16.weights_label, "fp8_layers": list(groups), "model_size": list(geometry.model_size),
+        "weights": bf16.weights_label, "fp8_layers": list(groups), "fp8_fast_accum": fast_accum,
+        "model_size": list(geometry.model_size),
         "per_layer_rel_error": per_layer,
         "latents": [{"step": i, "psnr_db": _psnr_range(b, a), "rel_error": round(_rel(b, a), 5),
                      "prediction_psnr_db": _psnr_range(n - b, n - a), "prediction_rel_error": round(_rel(n - b, n - a), 5)}
@@ -303,7 +313,8 @@ def summary(result: dict[str, Any]) -> str:
                 lines.append(f"  {name:10} bf16 {e['bf16_linear_ms']:.3f} ms ({e['bf16_tflops']} TFLOP/s), fp8 "
                              f"{e['fp8_product_ms']:.3f} ms ({e['fp8_tflops']} TFLOP/s), fast-accum "
                              f"{e.get('fp8_product_fast_accum_ms', float('nan')):.3f}, quantise pass "
-                             f"{e['quantise_pass_ms']:.3f}; fp8 vs emulated rel. error {e['product_vs_emulated_rel_error']:.2e}")
+                             f"{e['quantise_pass_ms']:.3f}; vs emulated rel. error {e['product_vs_emulated_rel_error']:.2e}, "
+                             f"fast-accum {e.get('product_fast_accum_vs_emulated_rel_error', float('nan')):.2e}")
             elif isinstance(e, dict):
                 lines.append(f"  {name:15} " + ", ".join(f"{k} {v:.3f} ms" for k, v in e.items()))
         for group, cost in gemm["groups"][label].items():
@@ -332,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="directory for fp8_measure.json (and bench.json)")
     p.add_argument("--frames", type=int, default=300, help="frames per end-to-end case")
     p.add_argument("--sections", default="gemm,error,e2e", help="comma-separated subset of gemm,error,e2e")
-    p.add_argument("--fp8-layers", default=",".join(FP8_LAYER_GROUPS), help="groups converted in error and e2e")
+    p.add_argument("--fp8-layers", default=",".join(FP8_LAYER_GROUPS),
+                   help="groups converted in error and e2e, or 'measured': the groups the gemm section found faster")
+    p.add_argument("--fast-accum", action="store_true",
+                   help="FP8 products with use_fast_accum in the group costs, error and e2e (fp8_fast_accum = true)")
     p.add_argument("--repeats", type=int, default=20, help="timed repeats per product")
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: random-small weights, no e2e")
     p.add_argument("--log-level", default="WARNING")
@@ -343,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     sections = set(args.sections.split(","))
-    groups = tuple(g for g in args.fp8_layers.split(",") if g)
+    measured_groups = args.fp8_layers == "measured"
+    if measured_groups and "gemm" not in sections:
+        print("--fp8-layers measured takes the groups from the gemm section: add gemm to --sections")
+        return 2
+    groups = () if measured_groups else tuple(g for g in args.fp8_layers.split(",") if g)
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
         print("measure-fp8 measures GPU speed: no CUDA device here (use --smoke for the CPU walk-through)")
@@ -352,15 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "fp8_layers": list(groups), "seconds": {},
+        "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "fp8_layers": list(groups),
+        "fp8_fast_accum": args.fast_accum, "seconds": {},
     }
     if "gemm" in sections:
         t0 = time.perf_counter()
         if cuda:
             tokens = {task.value: steady_tokens(task.output_size, 128) for task in (UpscalingTask.SD2HD, UpscalingTask.SD24K)}
-            result["gemm"] = measure_gemms(device, torch.bfloat16, 1536, 8960, tokens, args.repeats)
+            result["gemm"] = measure_gemms(device, torch.bfloat16, 1536, 8960, tokens, args.repeats, args.fast_accum)
         else:
-            result["gemm"] = measure_gemms(device, torch.float32, 256, 512, {"toy": 256}, 2)
+            result["gemm"] = measure_gemms(device, torch.float32, 256, 512, {"toy": 256}, 2, args.fast_accum)
+        if measured_groups:
+            groups = tuple(result["gemm"]["fp8_faster_groups"])
+            result["fp8_layers"] = list(groups)
         result["seconds"]["gemm"] = round(time.perf_counter() - t0, 1)
         write(args.out, result)
         print(summary(result), flush=True)
@@ -370,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         argv_bench = ["--weights", "random", "--compile", "--kv-cache", "fp8", "--preset", "ultrafast",
                       "--case", f"tiny:SD24K:{args.frames}", "--case", f"tiny:SD2HD:{args.frames}",
                       "--precision", "bf16", "--precision", "fp8", "--fp8-layers", ",".join(groups),
-                      "--json", str(bench_json)]
+                      "--json", str(bench_json)] + (["--fp8-fast-accum"] if args.fast_accum else [])
         code = bench.main(argv_bench)
         result["e2e"] = json.loads(bench_json.read_text()) if bench_json.exists() else {"error": f"bench exit {code}"}
         result["throughput_rows_toml"] = throughput_rows(result["e2e"].get("rows", []), device_class("cuda"))
@@ -381,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             if cuda:
                 task = UpscalingTask.SD2HD
-                result["error"] = measure_errors("random", "cuda", task.input_size, task.output_size, Path(tmp), groups)
+                result["error"] = measure_errors("random", "cuda", task.input_size, task.output_size, Path(tmp), groups,
+                                                 args.fast_accum)
             else:
-                result["error"] = measure_errors("random-small", "cpu", (64, 48), (128, 96), Path(tmp), groups)
+                result["error"] = measure_errors("random-small", "cpu", (64, 48), (128, 96), Path(tmp), groups,
+                                                 args.fast_accum)
             result["seconds"]["error"] = round(time.perf_counter() - t0, 1)
             write(args.out, result)
             print(summary({"error": result["error"]}), flush=True)

@@ -31,6 +31,29 @@ def test_group_costs_add_what_fp8_needs_to_feed_each_product() -> None:
     assert costs["ffn_down"] == {"bf16_ms": 5.0, "fp8_ms": 2.8}
 
 
+def test_group_costs_with_fast_accum_take_the_fast_accum_products() -> None:
+    shape = {
+        "q/k/v/o": {"bf16_linear_ms": 1.0, "fp8_product_ms": 0.5, "fp8_product_fast_accum_ms": 0.4, "quantise_pass_ms": 0.2},
+        "ffn up": {"bf16_linear_ms": 5.0, "fp8_product_ms": 3.0, "fp8_product_fast_accum_ms": 2.0},
+        "ffn down": {"bf16_linear_ms": 5.0, "fp8_product_ms": 2.5, "fp8_product_fast_accum_ms": 2.0,
+                     "gelu_quantise_pass_ms": 0.9, "bf16_gelu_ms": 0.6},
+    }
+    costs = group_costs(shape, fast_accum=True)
+    assert costs["self_qkv"] == {"bf16_ms": 3.0, "fp8_ms": 1.2}
+    assert costs["self_o"] == {"bf16_ms": 1.0, "fp8_ms": 0.6}
+    assert costs["ffn_up"] == {"bf16_ms": 5.6, "fp8_ms": 2.6}
+    assert costs["ffn_down"] == {"bf16_ms": 5.0, "fp8_ms": 2.3}
+    assert group_costs(shape)["self_o"] == {"bf16_ms": 1.0, "fp8_ms": 0.7}
+
+
+def test_measured_layers_are_the_groups_the_gemm_section_found_faster(tmp_path) -> None:
+    assert main([str(tmp_path / "no-gemm"), "--smoke", "--sections", "error", "--fp8-layers", "measured"]) == 2
+    assert main([str(tmp_path), "--smoke", "--sections", "gemm", "--fp8-layers", "measured", "--fast-accum"]) == 0
+    result = json.loads((tmp_path / "fp8_measure.json").read_text())
+    assert result["fp8_layers"] == result["gemm"]["fp8_faster_groups"]
+    assert result["fp8_fast_accum"] is True
+
+
 def test_smoke_run_writes_every_figure(tmp_path, capsys) -> None:
     assert main([str(tmp_path), "--smoke", "--fp8-layers", "self_qkv,self_o,ffn_down"]) == 0
     result = json.loads((tmp_path / "fp8_measure.json").read_text())

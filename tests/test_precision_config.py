@@ -17,7 +17,7 @@ from upscaler.settings import load_settings
 
 def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
     settings = load_settings(weights="random-small", device="cpu")
-    assert settings.precision == "bf16" and settings.fp8_layers == FP8_LAYER_GROUPS
+    assert settings.precision == "bf16" and settings.fp8_layers == FP8_LAYER_GROUPS and not settings.fp8_fast_accum
     assert load_settings(weights="random-small", device="cpu", precision="fp8").precision == "fp8"
     with pytest.raises(ValueError, match="precision must be one of"):
         load_settings(weights="random-small", device="cpu", precision="fp4")

@@ -74,6 +74,6 @@ def load_components(settings: UpscalerSettings, device: torch.device, dtype: tor
     dit = load_dit(files, preset, device, dtype)
     dit.prepare(load_context(files, preset))
     if settings.precision == "fp8":
-        convert_dit_linears(dit, settings.fp8_layers)
+        convert_dit_linears(dit, settings.fp8_layers, fast_accum=settings.fp8_fast_accum)
     lq_proj = load_lq_proj(files, preset, device, dtype)
     return Components(files=files, preset=preset, settings=settings, device=device, dtype=dtype, dit=dit, lq_proj=lq_proj)

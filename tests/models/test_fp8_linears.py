@@ -67,6 +67,9 @@ def test_only_the_chosen_groups_convert_and_the_path_is_logged(dit, caplog) -> N
         assert not isinstance(block.cross_attn.k, FP8Linear)  # prompt K/V: once per run, model dtype
     with pytest.raises(ValueError, match="unknown FP8 layer groups"):
         convert_dit_linears(copy.deepcopy(dit), ["attention"])
+    fast = copy.deepcopy(dit)
+    convert_dit_linears(fast, ["ffn_up"], fast_accum=True)
+    assert all(block.ffn[0].fast_accum and not block.ffn[0].use_scaled_mm for block in fast.blocks)
 
 
 @torch.no_grad()

@@ -84,7 +84,7 @@ class FP8Linear(nn.Module):
     """An ``nn.Linear`` whose product runs in FP8; takes model-dtype activations or :class:`QuantisedRows`,
     returns the bias dtype (the model dtype)."""
 
-    def __init__(self, linear: nn.Linear, *, use_scaled_mm: bool) -> None:
+    def __init__(self, linear: nn.Linear, *, use_scaled_mm: bool, fast_accum: bool = False) -> None:
         super().__init__()
         from kernels.fp8_quant import quantise_rows_torch
 
@@ -94,6 +94,7 @@ class FP8Linear(nn.Module):
         self.register_buffer("bias", linear.bias.detach() if linear.bias is not None else None)
         self.out_dtype = linear.weight.dtype
         self.use_scaled_mm = use_scaled_mm
+        self.fast_accum = fast_accum  # only the tensor-core product has it; the emulated one is exact fp32
 
     @property
     def in_features(self) -> int:
@@ -106,7 +107,7 @@ class FP8Linear(nn.Module):
         a_scale = rows.scale.reshape(-1, 1)
         if self.use_scaled_mm:
             out = torch._scaled_mm(a, self.weight.t(), scale_a=a_scale, scale_b=self.weight_scale, bias=self.bias,
-                                   out_dtype=self.out_dtype)
+                                   out_dtype=self.out_dtype, use_fast_accum=self.fast_accum)
         else:
             out = emulated_scaled_mm(a, a_scale, self.weight, self.weight_scale, self.bias, self.out_dtype)
         return out.unflatten(0, lead)
@@ -142,10 +143,11 @@ def _targets(block: nn.Module, group: str) -> list[tuple[nn.Module, str]]:
     }[group]
 
 
-def convert_dit_linears(dit: nn.Module, groups: Iterable[str]) -> frozenset[str]:
+def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bool = False) -> frozenset[str]:
     """Replace the linears of ``groups`` in every block of ``dit`` by :class:`FP8Linear` (weights
-    quantised now, the model-dtype weights released) and tell each block which of its inputs to quantise;
-    logs once which product path runs. Returns the groups converted."""
+    quantised now, the model-dtype weights released; ``fast_accum``: products without fp32 promotion)
+    and tell each block which of its inputs to quantise; logs once which product path runs. Returns the
+    groups converted."""
     chosen = frozenset(groups)
     unknown = chosen - set(FP8_LAYER_GROUPS)
     if unknown:
@@ -167,12 +169,13 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str]) -> frozenset[str]
             if group not in chosen:
                 continue
             for parent, name in _targets(block, group):
-                setattr(parent, name, FP8Linear(getattr(parent, name), use_scaled_mm=use_scaled_mm))
+                setattr(parent, name, FP8Linear(getattr(parent, name), use_scaled_mm=use_scaled_mm,
+                                                       fast_accum=fast_accum))
                 converted += 1
         block.fp8_inputs = chosen
     if use_scaled_mm:
-        log.info("dit fp8 linears=%d groups=%s path=torch._scaled_mm (rowwise scales, FP8 tensor cores)",
-                 converted, ",".join(sorted(chosen)))
+        log.info("dit fp8 linears=%d groups=%s path=torch._scaled_mm (rowwise scales, FP8 tensor cores) "
+                 "fast_accum=%s", converted, ",".join(sorted(chosen)), fast_accum)
     else:
         log.info("dit fp8 linears=%d groups=%s path=emulated (quantise, dequantise, fp32 product: no FP8 tensor "
                  "cores on %s) - same roundings, not faster", converted, ",".join(sorted(chosen)),
