@@ -101,16 +101,18 @@ class MinerConfig:
         return json.dumps(masked, sort_keys=True)
 
 
-def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> None:
-    """Deep-merge ``update`` into ``base``; unknown keys are an error (typos must not pass silently)."""
+def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "", *, coerce: bool = True) -> None:
+    """Deep-merge ``update`` into ``base``; unknown keys are an error (typos must not pass silently).
+    ``coerce``: strings (environment values) are read as the default's type; a TOML file's values are
+    typed already, so a quoted number there stays a string and is refused with the key's rule."""
     for key, value in update.items():
         path = f"{where}.{key}" if where else key
         if key not in base and where not in FREE_TABLES:
             raise ValueError(f"unknown miner configuration key {path!r}")
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value, path)
+            _merge(base[key], value, path, coerce=coerce)
         else:
-            base[key] = _coerce(base.get(key), value, path)
+            base[key] = _coerce(base.get(key), value, path) if coerce else value
 
 
 def _coerce(default: Any, value: Any, path: str) -> Any:
@@ -135,11 +137,14 @@ def _coerce(default: Any, value: Any, path: str) -> Any:
 
 
 def _number(kind: type[int] | type[float], text: str) -> int | float | str:
-    """``text`` read as ``kind`` (``nan``, ``inf`` included: the rules refuse them), or ``text`` itself."""
-    try:
-        return kind(text)
-    except ValueError:
-        return text
+    """``text`` read as ``kind``, or as a float where a whole number does not parse (``32.5``, ``nan``: the
+    rules refuse them as numbers), or ``text`` itself when it is no number at all."""
+    for read in (kind, float):
+        try:
+            return read(text)
+        except ValueError:
+            continue
+    return text
 
 
 def _env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -192,7 +197,7 @@ def load_miner_config(
     }
     source = "embedded"
     if path is not None:
-        _merge(raw, load_config(Path(path).expanduser()))
+        _merge(raw, load_config(Path(path).expanduser()), coerce=False)
         source = str(path)
     _merge(raw, _env_overrides(raw, os.environ if environ is None else environ))
     if overrides:
@@ -295,7 +300,7 @@ def _installed(module: str) -> bool:
         return False
 
 
-_TYPE_NAMES = {bool: "true or false", str: "a string", list: "a list"}
+_TYPE_NAMES = {bool: "true or false", str: "a string", list: "a list of strings"}
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 _CHOICES = {
     "storage.backend": ("local", "s3"),

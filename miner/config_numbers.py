@@ -56,7 +56,16 @@ class Number:
     def check(self, key: str, value: Any) -> None:
         """``ValueError`` naming ``key``, ``value`` and what is allowed, unless the rule accepts ``value``."""
         if not self.accepts(value):
-            raise ValueError(f"{key} must be {self.allowed}, got {value!r}")
+            quoted = " (a number in quotes: write it without them)" if isinstance(value, str) and _numeric(value) else ""
+            raise ValueError(f"{key} must be {self.allowed}, got {value!r}{quoted}")
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 WHOLE_1 = Number(whole=True, low=1)          # sizes, counts, caps

@@ -83,7 +83,8 @@ def test_a_rule_checks_type_finiteness_and_range(rule: Number, accepted: list[An
         assert not rule.accepts(value), value
         with pytest.raises(ValueError) as caught:
             rule.check("some.key", value)
-        assert str(caught.value) == f"some.key must be {rule.allowed}, got {value!r}"
+        quoted = " (a number in quotes: write it without them)" if value in ("8091", "1.0") else ""
+        assert str(caught.value) == f"some.key must be {rule.allowed}, got {value!r}{quoted}"
 
 
 # -------------------------------------------------------------------------------------------- at load
@@ -112,8 +113,8 @@ def test_every_key_refuses_a_bool_and_text(key: str, value: Any) -> None:
                                                     "got nan"),
     ("FLASHVSR_MINER_JOBS_ORGANIC_TIMEOUT_S=infinity", "jobs.organic_timeout_s must be a finite number greater than 0, "
                                                        "got inf"),
-    ("FLASHVSR_MINER_JOBS_MAX_QUEUE=32.5", "jobs.max_queue must be a whole number of at least 1, got '32.5'"),
-    ("FLASHVSR_MINER_FETCH_MAX_REDIRECTS=nan", "fetch.max_redirects must be a whole number of at least 0, got 'nan'"),
+    ("FLASHVSR_MINER_JOBS_MAX_QUEUE=32.5", "jobs.max_queue must be a whole number of at least 1, got 32.5"),
+    ("FLASHVSR_MINER_FETCH_MAX_REDIRECTS=nan", "fetch.max_redirects must be a whole number of at least 0, got nan"),
     ("MINER_STORAGE_S3_PRESIGNED_EXPIRY=1h", "storage.url_expiry_s must be a whole number of at least 1, got '1h'"),
 ])
 def test_environment_text_is_read_as_the_key_s_number_or_refused(variable: str, message: str) -> None:
@@ -129,6 +130,23 @@ def test_environment_numbers_are_read_as_the_key_s_type() -> None:
                                         "FLASHVSR_MINER_SERVER_DEFAULT_TIMEOUT_S": "90"})
     assert config.get("jobs.max_queue") == 12 and config.get("upscaler.max_vram_gib") == 22.5
     assert config.get("server.default_timeout_s") == 90.0 and isinstance(config.get("server.default_timeout_s"), float)
+
+
+def test_a_config_file_s_values_keep_their_toml_types(tmp_path: Path) -> None:
+    """Only environment text is read as the key's type: a quoted number, bool or list in a file is refused."""
+    cases = [("[jobs]\nmax_queue = \"12\"\n",
+              "jobs.max_queue must be a whole number of at least 1, got '12' (a number in quotes: write it without them)"),
+             ("[upscaler]\ncompile = \"true\"\n", "upscaler.compile must be true or false, got 'true'"),
+             ("[jobs]\ndevices = \"cuda:0\"\n", "jobs.devices must be a list of strings, got 'cuda:0'")]
+    for index, (toml, message) in enumerate(cases):
+        config = tmp_path / f"miner{index}.toml"  # one file each: loaded TOML files are cached by path
+        config.write_text(toml)
+        with pytest.raises(ValueError) as caught:
+            load_miner_config(config, environ={})
+        assert str(caught.value) == message
+    config = tmp_path / "miner-ok.toml"
+    config.write_text("[jobs]\nmax_queue = 12\n")
+    assert load_miner_config(config, environ={"FLASHVSR_MINER_SERVER_PORT": "8092"}).get("server.port") == 8092
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -167,6 +185,8 @@ def test_server_limits_check_their_fields_with_the_same_rules() -> None:
     ("", {"FLASHVSR_MINER_UPSCALER_MAX_VRAM_GIB": "inf"},
      "upscaler.max_vram_gib must be a finite number of at least 0 (0: the whole card), got inf"),
     ("jobs = 5\n", {}, "jobs must be a table, got 5"),
+    ("[server]\nport = \"8091\"\n", {},
+     "server.port must be a whole number from 1 to 65535, got '8091' (a number in quotes: write it without them)"),
 ])
 def test_flashvsr_miner_refuses_to_start_in_one_line(tmp_path: Path, toml: str, environment: dict[str, str],
                                                     line: str) -> None:
