@@ -21,6 +21,8 @@ def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
     assert load_settings(weights="random-small", device="cpu", precision="fp8").precision == "fp8"
     with pytest.raises(ValueError, match="precision must be one of"):
         load_settings(weights="random-small", device="cpu", precision="fp4")
+    with pytest.raises(ValueError, match="fp8_fast_accum must be true or false, got 'yes'"):
+        load_settings(weights="random-small", device="cpu", fp8_fast_accum="yes")
     with pytest.raises(ValueError, match="fp8_layers: unknown"):
         load_settings(weights="random-small", device="cpu", fp8_layers=("self_qkv", "everything"))
     for cap in (-1.0, math.nan, math.inf):  # the upscaler's own CLIs and TOML, not only the miner's table

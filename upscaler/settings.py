@@ -133,6 +133,8 @@ class UpscalerSettings:
         unknown_layers = set(self.fp8_layers) - set(FP8_LAYER_GROUPS)
         if unknown_layers:
             raise ValueError(f"fp8_layers: unknown {sorted(unknown_layers)}; choose from {FP8_LAYER_GROUPS}")
+        if not isinstance(self.fp8_fast_accum, bool):
+            raise ValueError(f"fp8_fast_accum must be true or false, got {self.fp8_fast_accum!r}")
         if self.color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
         if self.pad_mode not in ("replicate", "reflect"):

@@ -170,7 +170,7 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
                 continue
             for parent, name in _targets(block, group):
                 setattr(parent, name, FP8Linear(getattr(parent, name), use_scaled_mm=use_scaled_mm,
-                                                       fast_accum=fast_accum))
+                                                fast_accum=fast_accum))
                 converted += 1
         block.fp8_inputs = chosen
     if use_scaled_mm:
