@@ -282,14 +282,16 @@ def measure_errors(weights: str, device: str, in_size: tuple[int, int], out_size
     }
 
 
-def throughput_rows(rows: list[dict[str, Any]], device: str) -> str:
-    """``configs/throughput.toml`` entries for the fp8 rows of a bench run (paste them beside the bf16 ones)."""
+def throughput_rows(rows: list[dict[str, Any]], device: str, fast_accum: bool = False) -> str:
+    """``configs/throughput.toml`` entries for the fp8 rows of a bench run (paste them beside the bf16 ones;
+    rows measured with ``fast_accum`` say so: they price a miner that runs with ``fp8_fast_accum = true``)."""
     entries = []
+    how = "--precision fp8 --fp8-fast-accum" if fast_accum else "--precision fp8"
     for row in rows:
         if row.get("precision") != "fp8" or "error" in row:
             continue
         width, height = row["out_size"]
-        entries.append(f"[[entry]]   # {row['case']}, flashvsr-bench --precision fp8 (scripts/measure_fp8.py)\n"
+        entries.append(f"[[entry]]   # {row['case']}, flashvsr-bench {how} (scripts/measure_fp8.py)\n"
                        f'device = "{device}"\nvariant = "{row["variant"]}"\nprecision = "fp8"\n'
                        f"width = {width}\nheight = {height}\nfps = {row['fps']}\npeak_gib = {row['peak_vram_gib']}\n")
     return "\n".join(entries)
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                       "--json", str(bench_json)] + (["--fp8-fast-accum"] if args.fast_accum else [])
         code = bench.main(argv_bench)
         result["e2e"] = json.loads(bench_json.read_text()) if bench_json.exists() else {"error": f"bench exit {code}"}
-        result["throughput_rows_toml"] = throughput_rows(result["e2e"].get("rows", []), device_class("cuda"))
+        result["throughput_rows_toml"] = throughput_rows(result["e2e"].get("rows", []), device_class("cuda"), args.fast_accum)
         result["seconds"]["e2e"] = round(time.perf_counter() - t0, 1)
         write(args.out, result)
     with tempfile.TemporaryDirectory(prefix="measure-fp8-") as tmp:

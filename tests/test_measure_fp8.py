@@ -79,6 +79,7 @@ def test_fp8_bench_rows_become_throughput_entries() -> None:
             {"case": "tiny:SD24K:300", "precision": "fp8", "variant": "tiny", "out_size": [3840, 2160], "fps": 12.6,
              "peak_vram_gib": 42.0},
             {"case": "tiny:SD2HD:300", "precision": "fp8", "error": "out of memory"}]
+    assert "--fp8-fast-accum" in throughput_rows(rows, "h200", fast_accum=True)
     entries = tomllib.loads(throughput_rows(rows, "h200"))["entry"]
     assert entries == [{"device": "h200", "variant": "tiny", "precision": "fp8", "width": 3840, "height": 2160,
                         "fps": 12.6, "peak_gib": 42.0}]

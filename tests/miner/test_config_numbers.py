@@ -83,7 +83,7 @@ def test_a_rule_checks_type_finiteness_and_range(rule: Number, accepted: list[An
         assert not rule.accepts(value), value
         with pytest.raises(ValueError) as caught:
             rule.check("some.key", value)
-        quoted = " (a number in quotes: write it without them)" if value in ("8091", "1.0") else ""
+        quoted = " (a number in quotes: write it without them)" if isinstance(value, str) else ""  # "8091", "1.0"
         assert str(caught.value) == f"some.key must be {rule.allowed}, got {value!r}{quoted}"
 
 
