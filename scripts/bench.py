@@ -257,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DiT compute precision (repeatable: each case runs in each; default bf16)")
     p.add_argument("--fp8-layers", help="comma-separated linears run in FP8 with --precision fp8 "
                                         "(default: configs/upscaler.toml fp8_layers)")
-    p.add_argument("--fp8-fast-accum", action="store_true",
-                   help="FP8 products without fp32 promotion of the accumulator (with --precision fp8)")
+    p.add_argument("--fp8-fast-accum", action=argparse.BooleanOptionalAction,
+                   help="with --precision fp8: products without fp32 promotion of the accumulator, or with it "
+                        "(--no-fp8-fast-accum; default: configs/upscaler.toml fp8_fast_accum)")
     p.add_argument("--codec", default="hevc", choices=("h264", "hevc"), help="output codec (Vidaio scores HEVC)")
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
     p.add_argument("--compare-sdpa", action="store_true", help="also run each case with dense flash SDPA attention")
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
                                                    kv_cache_dtype=args.kv_cache, compile=args.compile,
                                                    precision=precision, fp8_layers=fp8_layers,
-                                                   fp8_fast_accum=args.fp8_fast_accum or None))
+                                                   fp8_fast_accum=args.fp8_fast_accum))
             labels.add(upscaler.weights_label)
             result["weights"] = ",".join(sorted(labels))
             result["fp8_layers"] = list(upscaler.settings.fp8_layers)

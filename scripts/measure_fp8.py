@@ -284,9 +284,9 @@ def measure_errors(weights: str, device: str, in_size: tuple[int, int], out_size
 
 def throughput_rows(rows: list[dict[str, Any]], device: str, fast_accum: bool = False) -> str:
     """``configs/throughput.toml`` entries for the fp8 rows of a bench run (paste them beside the bf16 ones;
-    rows measured with ``fast_accum`` say so: they price a miner that runs with ``fp8_fast_accum = true``)."""
+    each says whether it was measured with fast accumulation: it prices a miner run with that setting)."""
     entries = []
-    how = "--precision fp8 --fp8-fast-accum" if fast_accum else "--precision fp8"
+    how = "--precision fp8 --fp8-fast-accum" if fast_accum else "--precision fp8 --no-fp8-fast-accum"
     for row in rows:
         if row.get("precision") != "fp8" or "error" in row:
             continue
@@ -347,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", default="gemm,error,e2e", help="comma-separated subset of gemm,error,e2e")
     p.add_argument("--fp8-layers", default=",".join(FP8_LAYER_GROUPS),
                    help="groups converted in error and e2e, or 'measured': the groups the gemm section found faster")
-    p.add_argument("--fast-accum", action="store_true",
-                   help="FP8 products with use_fast_accum in the group costs, error and e2e (fp8_fast_accum = true)")
+    p.add_argument("--fast-accum", action=argparse.BooleanOptionalAction,
+                   help="FP8 products with use_fast_accum in the group costs, error and e2e, or without "
+                        "(--no-fast-accum; default: configs/upscaler.toml fp8_fast_accum)")
     p.add_argument("--repeats", type=int, default=20, help="timed repeats per product")
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: random-small weights, no e2e")
     p.add_argument("--log-level", default="WARNING")
@@ -364,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--fp8-layers measured takes the groups from the gemm section: add gemm to --sections")
         return 2
     groups = () if measured_groups else tuple(g for g in args.fp8_layers.split(",") if g)
+    fast_accum = load_settings().fp8_fast_accum if args.fast_accum is None else args.fast_accum
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:
         print("measure-fp8 measures GPU speed: no CUDA device here (use --smoke for the CPU walk-through)")
@@ -373,15 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if cuda else "cpu", "fp8_layers": list(groups),
-        "fp8_fast_accum": args.fast_accum, "seconds": {},
+        "fp8_fast_accum": fast_accum, "seconds": {},
     }
     if "gemm" in sections:
         t0 = time.perf_counter()
         if cuda:
             tokens = {task.value: steady_tokens(task.output_size, 128) for task in (UpscalingTask.SD2HD, UpscalingTask.SD24K)}
-            result["gemm"] = measure_gemms(device, torch.bfloat16, 1536, 8960, tokens, args.repeats, args.fast_accum)
+            result["gemm"] = measure_gemms(device, torch.bfloat16, 1536, 8960, tokens, args.repeats, fast_accum)
         else:
-            result["gemm"] = measure_gemms(device, torch.float32, 256, 512, {"toy": 256}, 2, args.fast_accum)
+            result["gemm"] = measure_gemms(device, torch.float32, 256, 512, {"toy": 256}, 2, fast_accum)
         if measured_groups:
             groups = tuple(result["gemm"]["fp8_faster_groups"])
             result["fp8_layers"] = list(groups)
@@ -394,10 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         argv_bench = ["--weights", "random", "--compile", "--kv-cache", "fp8", "--preset", "ultrafast",
                       "--case", f"tiny:SD24K:{args.frames}", "--case", f"tiny:SD2HD:{args.frames}",
                       "--precision", "bf16", "--precision", "fp8", "--fp8-layers", ",".join(groups),
-                      "--json", str(bench_json)] + (["--fp8-fast-accum"] if args.fast_accum else [])
+                      "--json", str(bench_json), "--fp8-fast-accum" if fast_accum else "--no-fp8-fast-accum"]
         code = bench.main(argv_bench)
         result["e2e"] = json.loads(bench_json.read_text()) if bench_json.exists() else {"error": f"bench exit {code}"}
-        result["throughput_rows_toml"] = throughput_rows(result["e2e"].get("rows", []), device_class("cuda"), args.fast_accum)
+        result["throughput_rows_toml"] = throughput_rows(result["e2e"].get("rows", []), device_class("cuda"), fast_accum)
         result["seconds"]["e2e"] = round(time.perf_counter() - t0, 1)
         write(args.out, result)
     with tempfile.TemporaryDirectory(prefix="measure-fp8-") as tmp:
@@ -406,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 task = UpscalingTask.SD2HD
                 result["error"] = measure_errors("random", "cuda", task.input_size, task.output_size, Path(tmp), groups,
-                                                 args.fast_accum)
+                                                 fast_accum)
             else:
                 result["error"] = measure_errors("random-small", "cpu", (64, 48), (128, 96), Path(tmp), groups,
-                                                 args.fast_accum)
+                                                 fast_accum)
             result["seconds"]["error"] = round(time.perf_counter() - t0, 1)
             write(args.out, result)
             print(summary({"error": result["error"]}), flush=True)

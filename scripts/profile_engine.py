@@ -54,7 +54,7 @@ from scripts.trace_attribution import (
 from upscaler.api import Upscaler
 from upscaler.geometry import Geometry
 from upscaler.report import GIB
-from upscaler.settings import KV_CACHE_DTYPES, load_settings
+from upscaler.settings import KV_CACHE_DTYPES, PRECISIONS, load_settings
 from upscaler.timing import StageTimer
 from upscaler.video.synthetic import write_test_clip
 
@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="random")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--kv-cache", choices=KV_CACHE_DTYPES, default="model")
+    p.add_argument("--precision", choices=PRECISIONS, help="DiT compute precision (default: configs/upscaler.toml)")
+    p.add_argument("--fp8-fast-accum", action=argparse.BooleanOptionalAction,
+                   help="with --precision fp8: FP8 products without fp32 promotion (default: configs/upscaler.toml)")
     p.add_argument("--top", type=int, default=12, help="kernels to list per stage")
     p.add_argument("--memory", action="store_true", help="list the allocations alive at the memory peak")
     p.add_argument("--by-op", action="store_true", help="group kernel time by the ops that launched it (and shapes)")
@@ -145,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         print("flashvsr-profile needs a CUDA device")
         return 2
     upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", kv_cache_dtype=args.kv_cache,
-                                           compile=args.compile))
+                                           compile=args.compile, precision=args.precision,
+                                           fp8_fast_accum=args.fp8_fast_accum))
     upscaler.settings = case_settings(upscaler.settings, args.case)
     with tempfile.TemporaryDirectory(prefix="flashvsr-profile-") as tmp:
         raise_kineto_buffer_limit(Path(tmp))  # before the warm-up: its compilation may start a profiler
@@ -178,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         result = attribute(events, args.by_op)
         gaps = idle_gaps(events) if args.gaps else []
     seconds = timer.seconds()
-    print(f"{args.case.name}: {frames} frames, kv-cache {args.kv_cache}, compile {args.compile}")
+    print(f"{args.case.name}: {frames} frames, precision {upscaler.settings.precision}"
+          f"{' (fast accum)' if upscaler.settings.precision == 'fp8' and upscaler.settings.fp8_fast_accum else ''}, "
+          f"kv-cache {args.kv_cache}, compile {args.compile}")
     print(f"{'stage':12} {'ms/frame':>9} {'held GiB':>9} {'peak GiB':>9}")
     for name, s in seconds.items():
         print(f"{name:12} {1000 * s / max(frames, 1):9.2f} {timer.entry_bytes[name] / GIB:9.2f} "

@@ -52,6 +52,10 @@ def test_measured_layers_are_the_groups_the_gemm_section_found_faster(tmp_path) 
     result = json.loads((tmp_path / "fp8_measure.json").read_text())
     assert result["fp8_layers"] == result["gemm"]["fp8_faster_groups"]
     assert result["fp8_fast_accum"] is True
+    assert main([str(tmp_path / "slow"), "--smoke", "--sections", "gemm", "--no-fast-accum"]) == 0
+    assert json.loads((tmp_path / "slow" / "fp8_measure.json").read_text())["fp8_fast_accum"] is False
+    assert main([str(tmp_path / "default"), "--smoke", "--sections", "gemm"]) == 0  # configs/upscaler.toml's
+    assert json.loads((tmp_path / "default" / "fp8_measure.json").read_text())["fp8_fast_accum"] is True
 
 
 def test_smoke_run_writes_every_figure(tmp_path, capsys) -> None:
@@ -79,7 +83,8 @@ def test_fp8_bench_rows_become_throughput_entries() -> None:
             {"case": "tiny:SD24K:300", "precision": "fp8", "variant": "tiny", "out_size": [3840, 2160], "fps": 12.6,
              "peak_vram_gib": 42.0},
             {"case": "tiny:SD2HD:300", "precision": "fp8", "error": "out of memory"}]
-    assert "--fp8-fast-accum" in throughput_rows(rows, "h200", fast_accum=True)
+    assert "--precision fp8 --fp8-fast-accum " in throughput_rows(rows, "h200", fast_accum=True)
+    assert "--precision fp8 --no-fp8-fast-accum " in throughput_rows(rows, "h200", fast_accum=False)
     entries = tomllib.loads(throughput_rows(rows, "h200"))["entry"]
     assert entries == [{"device": "h200", "variant": "tiny", "precision": "fp8", "width": 3840, "height": 2160,
                         "fps": 12.6, "peak_gib": 42.0}]

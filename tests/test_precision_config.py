@@ -17,7 +17,7 @@ from upscaler.settings import load_settings
 
 def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
     settings = load_settings(weights="random-small", device="cpu")
-    assert settings.precision == "bf16" and settings.fp8_layers == FP8_LAYER_GROUPS and not settings.fp8_fast_accum
+    assert settings.precision == "bf16" and settings.fp8_layers == FP8_LAYER_GROUPS and settings.fp8_fast_accum
     assert load_settings(weights="random-small", device="cpu", precision="fp8").precision == "fp8"
     with pytest.raises(ValueError, match="precision must be one of"):
         load_settings(weights="random-small", device="cpu", precision="fp4")
@@ -44,6 +44,9 @@ def test_clis_take_the_precision() -> None:
     assert bench_parser().parse_args(["--precision", "bf16", "--precision", "fp8"]).precisions == ["bf16", "fp8"]
     with pytest.raises(SystemExit):
         bench_parser().parse_args(["--precision", "fp16"])
+    fast_accum = {tuple(argv): bench_parser().parse_args(argv).fp8_fast_accum
+                  for argv in ([], ["--fp8-fast-accum"], ["--no-fp8-fast-accum"])}
+    assert fast_accum == {(): None, ("--fp8-fast-accum",): True, ("--no-fp8-fast-accum",): False}  # None: the TOML's
 
 
 def test_planner_reads_the_precisions_rows_and_falls_back_to_bf16() -> None:
