@@ -76,3 +76,19 @@ def test_precision_rows_and_tiled_rows_load_together() -> None:
     settings = load_settings(weights="random-small", device="cpu",
                              **{key: overrides[key] for key in ("precision", "max_vram_gib")})
     assert (settings.precision, settings.max_vram_gib) == ("fp8", 22.0)
+
+
+def test_miner_config_sets_the_fp8_layers_and_fast_accumulation() -> None:
+    """[upscaler] fp8_layers / fp8_fast_accum reach the workers' settings, agree with configs/upscaler.toml
+    by default, and a bad value is refused at load with the key's name."""
+    defaults = load_miner_config(environ={}).upscaler_overrides
+    upscaler_toml = load_settings(weights="random-small", device="cpu")
+    assert tuple(defaults["fp8_layers"]) == upscaler_toml.fp8_layers
+    assert defaults["fp8_fast_accum"] == upscaler_toml.fp8_fast_accum
+    overrides = load_miner_config(environ={"FLASHVSR_MINER_UPSCALER_FP8_LAYERS": "self_qkv, ffn_up",
+                                           "FLASHVSR_MINER_UPSCALER_FP8_FAST_ACCUM": "false"}).upscaler_overrides
+    settings = load_settings(weights="random-small", device="cpu", precision="fp8",
+                             **{key: overrides[key] for key in ("fp8_layers", "fp8_fast_accum")})
+    assert (settings.fp8_layers, settings.fp8_fast_accum) == (("self_qkv", "ffn_up"), False)
+    with pytest.raises(ValueError, match=r"upscaler\.fp8_layers: unknown \['ffn'\]"):
+        load_miner_config(overrides={"upscaler": {"fp8_layers": ["ffn"]}}, environ={})

@@ -117,7 +117,9 @@ class UpscalerSettings:
         return self.variants[name]
 
     def with_overrides(self, **overrides: Any) -> "UpscalerSettings":
-        """A copy with the given non-None top-level fields replaced."""
+        """A copy with the given non-None top-level fields replaced (``fp8_layers`` may be any sequence)."""
+        if overrides.get("fp8_layers") is not None:
+            overrides["fp8_layers"] = tuple(overrides["fp8_layers"])
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def validate(self) -> "UpscalerSettings":
