@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 STARTING, IDLE, BUSY, RESTARTING, DOWN, STOPPED = "starting", "idle", "busy", "restarting", "down", "stopped"
 RECOVERY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # waits between attempts to bring a lost worker back
+DOWN_LOG_EVERY_S = 600.0  # at the longest backoff, "worker still down" is logged this often (or when its error changes)
 STAGE_ATTEMPTS = 2  # workers tried for one clip's download (Ray backend) when the first is lost meanwhile
 
 
@@ -45,6 +47,12 @@ class _Job:
     priority: float
     future: asyncio.Future[TaskOutcome]
     losses: int = 0
+
+
+def down_log_due(attempt: int, error: str, logged_error: str, since_logged_s: float) -> bool:
+    """Whether a failed attempt to bring a worker back is logged: every one while the backoff grows, then
+    one in :data:`DOWN_LOG_EVERY_S` or when the error changes (a worker down for hours is not 120 lines an hour)."""
+    return attempt < len(RECOVERY_BACKOFF_S) or error != logged_error or since_logged_s >= DOWN_LOG_EVERY_S
 
 
 @dataclass(eq=False)
@@ -220,6 +228,7 @@ class Scheduler:
         since the start up, retrying with a backoff for as long as it takes; the LengthCheck and admission
         see it only once it is up."""
         added = not slot.info
+        first_failure, logged_at, logged_error = time.monotonic(), -math.inf, ""
         for attempt in itertools.count():
             self._mark_down(slot, STARTING if added else RESTARTING)
             began = time.perf_counter()
@@ -228,8 +237,13 @@ class Scheduler:
             except Exception as exc:
                 wait_s = RECOVERY_BACKOFF_S[min(attempt, len(RECOVERY_BACKOFF_S) - 1)]
                 self._mark_down(slot, DOWN)
-                log.warning("worker still down", extra={"fields": {"worker": slot.index, "attempt": attempt + 1,
-                                                                   "retry_in_s": wait_s, "error": str(exc)[:500]}})
+                error, now = str(exc)[:500], time.monotonic()
+                if down_log_due(attempt, error, logged_error, now - logged_at):
+                    logged_at, logged_error = now, error
+                    log.warning("worker still down", extra={"fields": {
+                        "worker": slot.index, "attempt": attempt + 1, "down_s": round(now - first_failure),
+                        "retry_in_s": wait_s, "error": error,
+                        "next": "the miner keeps retrying; check the GPU (nvidia-smi) and the error above"}})
                 await asyncio.sleep(wait_s)
                 continue
             self._mark_up(slot, info)

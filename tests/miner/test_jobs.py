@@ -123,6 +123,21 @@ def _spec(tmp_path: Path, name: str, deadline_s: float = 120.0, frames: int = FR
 
 
 @pytest.mark.slow
+def test_a_worker_that_stays_down_is_logged_while_the_backoff_grows_then_every_ten_minutes() -> None:
+    from miner.jobs.scheduler import DOWN_LOG_EVERY_S, RECOVERY_BACKOFF_S, down_log_due
+
+    logged, since, error = [], 0.0, "CUDA error: no CUDA-capable device is detected"
+    for attempt in range(200):  # ~100 minutes of failures at the longest backoff
+        if down_log_due(attempt, error, error if logged else "", since):
+            logged.append(attempt)
+            since = 0.0
+        since += RECOVERY_BACKOFF_S[min(attempt, len(RECOVERY_BACKOFF_S) - 1)]
+    assert logged[:len(RECOVERY_BACKOFF_S)] == list(range(len(RECOVERY_BACKOFF_S)))
+    spacing = {b - a for a, b in zip(logged[len(RECOVERY_BACKOFF_S):], logged[len(RECOVERY_BACKOFF_S) + 1:])}
+    assert spacing == {int(DOWN_LOG_EVERY_S // RECOVERY_BACKOFF_S[-1])}  # one line per 10 minutes, not per 30 s
+    assert down_log_due(150, "another error", error, 30.0)  # a new error is logged at once
+
+
 def test_scheduler_with_real_worker(tmp_path: Path) -> None:
     from miner.jobs.scheduler import Scheduler
 
