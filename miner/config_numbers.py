@@ -135,6 +135,7 @@ NUMBERS: dict[str, Number] = {
     "fetch.total_timeout_s": POSITIVE,
     "fetch.max_redirects": WHOLE_0,
     "fetch.chunk_bytes": WHOLE_1,
+    "fetch.max_frame_pixels": WHOLE_1,
     "storage.url_expiry_s": WHOLE_1,
     "storage.retention_s": WHOLE_1,
     "storage.cleanup_interval_s": POSITIVE,

@@ -71,6 +71,7 @@ class FetchSettings:
     max_redirects: int = 5
     allow_private_urls: bool = False
     chunk_bytes: int = 1024 * 1024
+    max_frame_pixels: int = 4096 * 2176  # a downloaded clip's frames may hold this many pixels (checked before decoding)
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> "FetchSettings":

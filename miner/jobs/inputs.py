@@ -30,7 +30,7 @@ async def fetch_input(fetcher: Fetcher, url: str, dest: Path) -> VideoInfo:
     """Download ``url`` into ``dest`` and probe it; raises :class:`InputFailed`."""
     try:
         fetched = await fetcher.fetch(url, dest)
-        info = await asyncio.to_thread(probe, fetched.path)
+        info = await asyncio.to_thread(probe, fetched.path, fetcher.settings.max_frame_pixels)
     except FetchError as exc:
         raise InputFailed(f"download_{exc.kind}", str(exc)) from None
     except InputVideoError as exc:

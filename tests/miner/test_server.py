@@ -42,6 +42,7 @@ def miner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Miner]:
     media = root / "media"
     media.mkdir()
     make_clip(media / "good.mp4", width=64, height=36, frames=9)
+    make_clip(media / "giant.mp4", width=96, height=64, frames=2)  # over the frame-size cap set below
     make_corrupt(media / "corrupt.mp4")
     make_zero_frame(media / "empty.mp4")
     (media / "huge.mp4").write_bytes(bytes(MAX_DOWNLOAD + 1))
@@ -54,8 +55,9 @@ def miner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Miner]:
     hotkey = wallets.load_or_create(root / "wallets", MINER_WALLET).hotkey.ss58_address
     port = free_port()
     config = miner_config(root, port, "random-small", [validator.hotkey.ss58_address])
-    text = config.read_text()  # a small download cap for the oversize case
-    config.write_text(text.replace("allow_private_urls = true", f"allow_private_urls = true\nmax_bytes = {MAX_DOWNLOAD}"))
+    text = config.read_text()  # small download and frame-size caps for the oversize cases (good.mp4 at the cap)
+    config.write_text(text.replace("allow_private_urls = true", f"allow_private_urls = true\nmax_bytes = {MAX_DOWNLOAD}"
+                                                                f"\nmax_frame_pixels = {64 * 36}"))
     log = (root / "miner.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "miner", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -90,7 +92,7 @@ def _fetch(url: str, dest: Path) -> Path:
 
 @pytest.mark.parametrize("transport", ["legacy", "btauth"])
 def test_bad_clips_fail_alone_and_the_good_one_is_served(miner: _Miner, transport: str, tmp_path: Path) -> None:
-    names = ["good", "corrupt", "empty", "huge"]
+    names = ["good", "corrupt", "empty", "huge", "giant"]
     urls = [f"{miner.inputs}/{n}.mp4" for n in names] + [f"http://127.0.0.1:{free_port()}/gone.mp4"]
     answer = _round(miner, transport, urls)
     assert answer.status == 200, answer.message
@@ -99,7 +101,8 @@ def test_bad_clips_fail_alone_and_the_good_one_is_served(miner: _Miner, transpor
     assert (info.width, info.height, info.frames, info.codec) == (128, 72, 9, "hevc")
     if transport == "btauth":  # the JSON routes carry a reason per clip
         kinds = [e.split(":")[0] for e in answer.errors]
-        assert kinds == ["", "input_error", "input_error", "download_too_large", "download_unreachable"], answer.errors
+        assert kinds == ["", "input_error", "input_error", "download_too_large", "input_error", "download_unreachable"]
+        assert "96x64: more than the 2304 pixels allowed per frame" in answer.errors[4], answer.errors
 
 
 def test_unknown_task_type_is_a_clear_400(miner: _Miner) -> None:

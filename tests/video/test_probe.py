@@ -56,3 +56,19 @@ def test_probe_rejects_unusable_input(tmp_path: Path, make, message: str) -> Non
     with pytest.raises(InputVideoError, match=message) as caught:
         probe(path)
     assert "input.mp4" in str(caught.value)
+
+
+def test_probe_refuses_frames_over_the_cap_before_decoding_them(tmp_path: Path) -> None:
+    clip = media.make_clip(tmp_path / "clip.mkv", width=64, height=48, frames=4)
+    assert probe(clip, max_frame_pixels=64 * 48).frames == 4  # at the cap
+    with pytest.raises(InputVideoError, match="clip.mkv's frames are 64x48: more than the 3071 pixels"):
+        probe(clip, max_frame_pixels=64 * 48 - 1)
+    # The header and the first Cluster element's ID alone: no frame can be decoded, and the size the
+    # header declares is refused before the decoder is asked for one.
+    data = clip.read_bytes()
+    header = tmp_path / "header.mkv"
+    header.write_bytes(data[:data.index(b"\x1f\x43\xb6\x75") + 4])
+    with pytest.raises(InputVideoError, match="no decodable video frames"):
+        probe(header)
+    with pytest.raises(InputVideoError, match="64x48: more than the 1000 pixels"):
+        probe(header, max_frame_pixels=1000)

@@ -68,21 +68,31 @@ def _duration_s(container: av.container.InputContainer, stream: av.video.stream.
     return 0.0
 
 
-def probe(path: str | Path) -> VideoInfo:
+def _check_frame_size(name: str, width: int, height: int, max_frame_pixels: int | None) -> None:
+    if max_frame_pixels is not None and width * height > max_frame_pixels:
+        raise InputVideoError(f"{name}'s frames are {width}x{height}: more than the {max_frame_pixels} pixels "
+                              "allowed per frame")
+
+
+def probe(path: str | Path, max_frame_pixels: int | None = None) -> VideoInfo:
     """Read ``path``'s video properties and decode its first frame to prove it is usable.
 
     Raises :class:`InputVideoError` with a clear message when the file is missing, empty, corrupt,
-    not a video, or has no decodable frame.
+    not a video, or has no decodable frame, or when ``max_frame_pixels`` is given and the frame size
+    its header declares (checked before decoding, which costs memory and time in proportion) or its
+    first decoded frame is larger.
     """
     container, stream = open_input(path)
     name = Path(path).name
     with container:
+        _check_frame_size(name, stream.codec_context.width, stream.codec_context.height, max_frame_pixels)
         try:
             first = next(container.decode(stream), None)
         except av.FFmpegError as exc:
             raise InputVideoError(f"cannot decode {name}: {exc.__class__.__name__}: {exc}") from exc
         if first is None:
             raise InputVideoError(f"{name} has no decodable video frames")
+        _check_frame_size(name, first.width, first.height, max_frame_pixels)
         fps = stream_fps(stream)
         duration = _duration_s(container, stream)
         exact = stream.frames > 0
