@@ -200,12 +200,13 @@ def load_miner_config(
     if path is not None:
         _merge(raw, load_config(Path(path).expanduser()), coerce=False)
         source = str(path)
-    _merge(raw, _env_overrides(raw, os.environ if environ is None else environ))
+    environment = _env_overrides(raw, os.environ if environ is None else environ)
+    workers = environment.get("jobs", {}).get("workers")
+    if isinstance(workers, str) and workers.isdigit():  # its default "auto" is text: "2" here is the number 2
+        environment["jobs"]["workers"] = int(workers)
+    _merge(raw, environment)
     if overrides:
         _merge(raw, overrides)
-    jobs = raw.get("jobs")
-    if isinstance(jobs, dict) and isinstance(jobs.get("workers"), str) and jobs["workers"].isdigit():
-        jobs["workers"] = int(jobs["workers"])
     _check_types(raw, defaults, "")
     check_numbers(raw)
     tasks = {name: _task_geometry(name, spec) for name, spec in raw["tasks"].items()}
@@ -238,7 +239,8 @@ def _validate(config: MinerConfig) -> None:
         raise ValueError("storage.retention_s must be at least storage.url_expiry_s (URLs must not outlive files)")
     workers = config.get("jobs.workers")
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}")
+        hint = " (a number in quotes: write it without them)" if isinstance(workers, str) and workers.isdigit() else ""
+        raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}{hint}")
     _validate_cluster(config.section("cluster"), workers)
     for device in config.get("jobs.devices"):
         if not _DEVICE.fullmatch(device):

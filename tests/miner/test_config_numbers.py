@@ -130,6 +130,7 @@ def test_environment_numbers_are_read_as_the_key_s_type() -> None:
                                         "FLASHVSR_MINER_SERVER_DEFAULT_TIMEOUT_S": "90"})
     assert config.get("jobs.max_queue") == 12 and config.get("upscaler.max_vram_gib") == 22.5
     assert config.get("server.default_timeout_s") == 90.0 and isinstance(config.get("server.default_timeout_s"), float)
+    assert load_miner_config(environ={"FLASHVSR_MINER_JOBS_WORKERS": "2"}).get("jobs.workers") == 2  # default "auto"
 
 
 def test_a_config_file_s_values_keep_their_toml_types(tmp_path: Path) -> None:
@@ -137,7 +138,9 @@ def test_a_config_file_s_values_keep_their_toml_types(tmp_path: Path) -> None:
     cases = [("[jobs]\nmax_queue = \"12\"\n",
               "jobs.max_queue must be a whole number of at least 1, got '12' (a number in quotes: write it without them)"),
              ("[upscaler]\ncompile = \"true\"\n", "upscaler.compile must be true or false, got 'true'"),
-             ("[jobs]\ndevices = \"cuda:0\"\n", "jobs.devices must be a list of strings, got 'cuda:0'")]
+             ("[jobs]\ndevices = \"cuda:0\"\n", "jobs.devices must be a list of strings, got 'cuda:0'"),
+             ("[jobs]\nworkers = \"2\"\n",
+              "jobs.workers must be 'auto' or a positive number, got '2' (a number in quotes: write it without them)")]
     for index, (toml, message) in enumerate(cases):
         config = tmp_path / f"miner{index}.toml"  # one file each: loaded TOML files are cached by path
         config.write_text(toml)
