@@ -122,7 +122,6 @@ def _spec(tmp_path: Path, name: str, deadline_s: float = 120.0, frames: int = FR
                     max_bytes=50 * 1024 * 1024, deadline=time.time() + deadline_s, crf=23, est_seconds=5.0)
 
 
-@pytest.mark.slow
 def test_a_worker_that_stays_down_is_logged_while_the_backoff_grows_then_every_ten_minutes() -> None:
     from miner.jobs.scheduler import DOWN_LOG_EVERY_S, RECOVERY_BACKOFF_S, down_log_due
 
@@ -138,6 +137,7 @@ def test_a_worker_that_stays_down_is_logged_while_the_backoff_grows_then_every_t
     assert down_log_due(150, "another error", error, 30.0)  # a new error is logged at once
 
 
+@pytest.mark.slow
 def test_scheduler_with_real_worker(tmp_path: Path) -> None:
     from miner.jobs.scheduler import Scheduler
 

@@ -101,7 +101,8 @@ def test_bad_clips_fail_alone_and_the_good_one_is_served(miner: _Miner, transpor
     assert (info.width, info.height, info.frames, info.codec) == (128, 72, 9, "hevc")
     if transport == "btauth":  # the JSON routes carry a reason per clip
         kinds = [e.split(":")[0] for e in answer.errors]
-        assert kinds == ["", "input_error", "input_error", "download_too_large", "input_error", "download_unreachable"]
+        assert kinds == ["", "input_error", "input_error", "download_too_large", "input_error",
+                         "download_unreachable"], answer.errors
         assert "96x64: more than the 2304 pixels allowed per frame" in answer.errors[4], answer.errors
 
 
