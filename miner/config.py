@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from miner.config_numbers import check_numbers
+from miner.config_numbers import check_numbers, quoted_number_hint
 from miner.protocol.tasks import UpscalingTask
 from upscaler.configfiles import config_path, load_config
 from upscaler.settings import load_settings
@@ -239,8 +239,8 @@ def _validate(config: MinerConfig) -> None:
         raise ValueError("storage.retention_s must be at least storage.url_expiry_s (URLs must not outlive files)")
     workers = config.get("jobs.workers")
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        hint = " (a number in quotes: write it without them)" if isinstance(workers, str) and workers.isdigit() else ""
-        raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}{hint}")
+        raise ValueError(f"jobs.workers must be 'auto' or a positive number, got {workers!r}"
+                         f"{quoted_number_hint(workers)}")
     _validate_cluster(config.section("cluster"), workers)
     for device in config.get("jobs.devices"):
         if not _DEVICE.fullmatch(device):

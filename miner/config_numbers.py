@@ -56,16 +56,18 @@ class Number:
     def check(self, key: str, value: Any) -> None:
         """``ValueError`` naming ``key``, ``value`` and what is allowed, unless the rule accepts ``value``."""
         if not self.accepts(value):
-            quoted = " (a number in quotes: write it without them)" if isinstance(value, str) and _numeric(value) else ""
-            raise ValueError(f"{key} must be {self.allowed}, got {value!r}{quoted}")
+            raise ValueError(f"{key} must be {self.allowed}, got {value!r}{quoted_number_hint(value)}")
 
 
-def _numeric(text: str) -> bool:
+def quoted_number_hint(value: Any) -> str:
+    """What to do when ``value`` is a number written in quotes (text in a TOML file), else ``""``."""
+    if not isinstance(value, str):
+        return ""
     try:
-        float(text)
+        float(value)
     except ValueError:
-        return False
-    return True
+        return ""
+    return " (a number in quotes: write it without them)"
 
 
 WHOLE_1 = Number(whole=True, low=1)          # sizes, counts, caps

@@ -110,6 +110,9 @@ class UpscalerSettings:
     tiling: TilingSettings = field(default_factory=TilingSettings)
     variants: dict[str, VariantSettings] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fp8_layers", tuple(self.fp8_layers))  # a TOML or config list is a tuple here
+
     def variant(self, name: str) -> VariantSettings:
         """Settings of one variant; a clear error for unknown names."""
         if name not in self.variants:
@@ -117,9 +120,7 @@ class UpscalerSettings:
         return self.variants[name]
 
     def with_overrides(self, **overrides: Any) -> "UpscalerSettings":
-        """A copy with the given non-None top-level fields replaced (``fp8_layers`` may be any sequence)."""
-        if overrides.get("fp8_layers") is not None:
-            overrides["fp8_layers"] = tuple(overrides["fp8_layers"])
+        """A copy with the given non-None top-level fields replaced."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def validate(self) -> "UpscalerSettings":
@@ -169,8 +170,6 @@ def load_settings(config: str = "upscaler", **overrides: Any) -> UpscalerSetting
     """Read ``configs/upscaler.toml`` (or another file) and apply non-None overrides."""
     raw = load_config(config)
     defaults = _pick(UpscalerSettings, raw.get("defaults", {}))
-    if "fp8_layers" in defaults:
-        defaults["fp8_layers"] = tuple(defaults["fp8_layers"])
     variants = {
         name: VariantSettings(name=name, **_pick(VariantSettings, table))
         for name, table in raw.get("variants", {}).items()
