@@ -18,6 +18,7 @@ import os
 import torch
 
 from kernels.reference import (
+    FP8KeysValues,
     SliceScales,
     check_key_dtype,
     dequantize_slices,
@@ -133,3 +134,25 @@ def sparse_attention(
     if backend == "dense" and q.is_cuda:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
     return sparse_attention_sdpa(q, k, v, block_mask, scale=scale)
+
+
+def fp8_attention_available(device: torch.device) -> bool:
+    """Whether :func:`sparse_attention_fp8` multiplies in FP8 on ``device`` (an sm_90 GPU with the Triton
+    backend and the warp-specialised kernels on); elsewhere it dequantises the cache first."""
+    if backend_for(torch.empty(0, device=device)) != "triton":
+        return False
+    from kernels.triton_sparse import fp8_kernel_available
+
+    return fp8_kernel_available(device)
+
+
+def sparse_attention_fp8(q: torch.Tensor, kv: FP8KeysValues, block_mask: torch.Tensor, *,
+                         scale: float | None = None) -> torch.Tensor:
+    """:func:`sparse_attention` over the FP8 cache as stored (:class:`~kernels.reference.FP8KeysValues`):
+    Q.K^T and P.V in FP8 where :func:`fp8_attention_available`, else over the dequantised keys and values."""
+    if backend_for(q) == "triton":
+        from kernels.triton_sparse import sparse_attention_fp8_cache
+
+        return sparse_attention_fp8_cache(q, kv, block_mask, scale=scale)
+    k, v = kv.dequantized(q.dtype)
+    return sparse_attention(q, k, v, block_mask, scale=scale)

@@ -120,12 +120,15 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 @gluon.jit
 def _load_partition(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready, empty, idx_row, count, q_row, q_col,
-                    kv_row, STAGES: gl.constexpr):
+                    kv_row, v_row, STAGES: gl.constexpr, V_T: gl.constexpr):
     """One warp: the query tile once (one box per attention partition), then the kept K/V blocks, one
-    tile of ``PAIRS`` blocks per free stage (an odd tail repeats its last block; the scores mask it)."""
+    tile of ``PAIRS`` blocks per free stage (an odd tail repeats its last block; the scores mask it).
+    Values are ``(key, d)`` boxes stacked along the keys, or with ``V_T`` (transposed values, rows
+    ``v_row + d``) ``(d, key)`` boxes stacked along d."""
     SPLIT: gl.constexpr = q_bufs.type.shape[0]
     Q_ROWS: gl.constexpr = q_desc.block_type.shape[0]
     BLOCK: gl.constexpr = k_desc.block_type.shape[0]
+    V_ROWS: gl.constexpr = v_desc.block_type.shape[0]
     PAIRS: gl.constexpr = k_bufs.type.shape[1] // BLOCK
     mbarrier.expect(q_bar, SPLIT * q_desc.block_type.nbytes, pred=count > 0)
     for i in gl.static_range(SPLIT):
@@ -136,9 +139,13 @@ def _load_partition(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready
         mbarrier.wait(empty.index(stage), ((t // STAGES) & 1) ^ 1)
         mbarrier.expect(ready.index(stage), PAIRS * (k_desc.block_type.nbytes + v_desc.block_type.nbytes))
         for i in gl.static_range(PAIRS):
-            key_row = kv_row + gl.load(idx_row + gl.minimum(t * PAIRS + i, count - 1)) * BLOCK
-            tma_load(k_desc, [key_row, 0], ready.index(stage), k_bufs.index(stage).slice(i * BLOCK, BLOCK))
-            tma_load(v_desc, [key_row, 0], ready.index(stage), v_bufs.index(stage).slice(i * BLOCK, BLOCK))
+            key = gl.load(idx_row + gl.minimum(t * PAIRS + i, count - 1)) * BLOCK
+            tma_load(k_desc, [kv_row + key, 0], ready.index(stage), k_bufs.index(stage).slice(i * BLOCK, BLOCK))
+            v_smem = v_bufs.index(stage).slice(i * V_ROWS, V_ROWS)
+            if V_T:
+                tma_load(v_desc, [v_row, key], ready.index(stage), v_smem)
+            else:
+                tma_load(v_desc, [v_row + key, 0], ready.index(stage), v_smem)
 
 
 @gluon.jit
@@ -245,8 +252,9 @@ def _sparse_attn_ws_kernel(q_desc, k_desc, v_desc, o_desc, IDX, CNT, ORDER, qk_s
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=SPLIT)  # every attention partition releases each stage
 
+    V_T: gl.constexpr = False  # values in (key, d) rows
     load_args = (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready, empty, idx_row, count, q_row, q_col,
-                 kv_row, STAGES)
+                 kv_row, kv_row, STAGES, V_T)
     if SPLIT == 1:
         gl.warp_specialize([
             (_attend_partition, (q_bufs.index(0), k_bufs, v_bufs, q_bar, ready, empty, o_desc, count, q_row, q_col,

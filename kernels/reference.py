@@ -34,6 +34,43 @@ class SliceScales:
     slice_len: int
 
 
+@dataclass(frozen=True)
+class FP8KeysValues:
+    """The FP8 streaming cache as the FP8 attention kernel reads it: ``keys`` e4m3 ``(B, H, L, D)``,
+    ``values_t`` e4m3 stored transposed ``(B, H, D, L)`` (views of the filled part, padding allowed),
+    each with float32 scales ``(>= L / slice_len, H)``, contiguous, one per time slice and head."""
+
+    keys: torch.Tensor
+    values_t: torch.Tensor
+    key_scales: torch.Tensor
+    value_scales: torch.Tensor
+    slice_len: int
+
+    def __post_init__(self) -> None:
+        b, h, length, d = self.keys.shape
+        if self.keys.dtype != FP8_KV_DTYPE or self.values_t.dtype != FP8_KV_DTYPE:
+            raise ValueError(f"keys and values_t must be {FP8_KV_DTYPE}, got {self.keys.dtype} / {self.values_t.dtype}")
+        if tuple(self.values_t.shape) != (b, h, d, length):
+            raise ValueError(f"values_t {tuple(self.values_t.shape)} must be the keys' {(b, h, length, d)} transposed")
+        if self.slice_len <= 0 or self.slice_len % K_BLOCK or length % self.slice_len:
+            raise ValueError(f"slice_len {self.slice_len} must be a multiple of {K_BLOCK} dividing L={length}")
+        for name in ("key_scales", "value_scales"):
+            t = getattr(self, name)
+            if (t.dtype != torch.float32 or t.dim() != 2 or t.shape[0] < length // self.slice_len or t.shape[1] != h
+                    or not t.is_contiguous()):
+                raise ValueError(f"{name} must be contiguous float32 (>= {length // self.slice_len}, {h}), got "
+                                 f"{t.dtype} {tuple(t.shape)}")
+
+    def dequantized(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``(B, H, L, D)`` in ``dtype`` (values contiguous), for the other backends."""
+        keys = dequantize_slices(self.keys, self.key_scales, self.slice_len, dtype)
+        b, h, d, length = self.values_t.shape
+        slices = length // self.slice_len
+        values = self.values_t.reshape(b, h, d, slices, self.slice_len).to(dtype)
+        values = values * self.value_scales[:slices].t().to(dtype)[None, :, None, :, None]
+        return keys, values.reshape(b, h, d, length).transpose(2, 3).contiguous()
+
+
 def quantize_slices(x: torch.Tensor, slice_len: int, dtype: torch.dtype = FP8_KV_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
     """``x (B, H, n * slice_len, D)`` -> FP8 values and float32 scales ``(n, H)`` (contiguous), one per
     slice and head: each slice's absolute maximum maps to the format's largest value."""

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from kernels import triton_compat
-from kernels.reference import K_BLOCK, Q_BLOCK, SliceScales, check_attention_inputs, check_key_dtype
+from kernels.reference import K_BLOCK, Q_BLOCK, FP8KeysValues, SliceScales, check_attention_inputs, check_key_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,7 @@ class _GluonStatus:
 
 
 _GLUON = _GluonStatus()
+_GLUON_FP8 = _GluonStatus()
 
 
 @functools.cache
@@ -363,3 +364,37 @@ def sparse_attention_triton(
         grid = (b * h * nq * (128 // cfg["BLOCK_M"]),)
         _sparse_attn_fwd[grid](*args, **flags, **cfg, **triton_compat.FP_FUSION)
     return out
+
+
+def fp8_kernel_available(device: torch.device) -> bool:
+    """Whether :func:`sparse_attention_fp8_cache` multiplies in FP8 on ``device``: an sm_90 GPU with the
+    warp-specialised kernels on (:func:`_gluon_kernels`) and no failure of the FP8 kernel so far."""
+    return _arch(device) == 90 and _gluon_kernels() is not None and _GLUON_FP8.failure is None
+
+
+def sparse_attention_fp8_cache(q: torch.Tensor, kv: FP8KeysValues, block_mask: torch.Tensor, *,
+                               scale: float | None = None, schedule: str = "locality") -> torch.Tensor:
+    """Block-sparse attention over the FP8 cache as stored (e4m3 keys, transposed e4m3 values, per slice
+    and head scales): both products in FP8 on sm_90 (:mod:`kernels.gluon_sparse_fp8`). Elsewhere, or
+    once that kernel has failed on its first use (logged once), the keys and values are dequantised and
+    :func:`sparse_attention_triton` runs in q's dtype. The output has q's dtype and memory layout."""
+    check_attention_inputs(q, kv.keys, kv.keys, block_mask)
+    if fp8_kernel_available(q.device):
+        from kernels import gluon_sparse_fp8
+
+        if gluon_sparse_fp8.supported(q, kv):
+            idx, cnt, order = compact_block_lists(block_mask, schedule)
+            try:
+                out = gluon_sparse_fp8.sparse_attention_gluon_fp8(q, kv, idx, cnt, order, scale=scale)
+            except Exception as exc:
+                if _GLUON_FP8.proven or isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                _GLUON_FP8.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                logger.error("FP8 attention kernel failed on first use, switched off for this process (the keys "
+                             "and values are dequantised and attention runs in %s): %s",
+                             str(q.dtype).removeprefix("torch."), _GLUON_FP8.failure)
+            else:
+                _GLUON_FP8.proven = True
+                return out
+    k, v = kv.dequantized(q.dtype)
+    return sparse_attention_triton(q, k, v, block_mask, scale=scale, schedule=schedule)

@@ -90,8 +90,8 @@ class MinerConfig:
         """The ``[upscaler]`` keys a worker passes to ``upscaler.settings.load_settings``."""
         upscaler = self.raw["upscaler"]
         return {key: upscaler[key] for key in ("weights", "model_version", "dtype", "kv_cache_dtype", "compile",
-                                               "precision", "fp8_layers", "fp8_fast_accum", "max_vram_gib",
-                                               "throughput")}
+                                               "precision", "fp8_layers", "fp8_fast_accum", "fp8_attention",
+                                               "max_vram_gib", "throughput")}
 
     def as_json(self) -> str:
         """The merged configuration with secrets masked (for the start-up log)."""

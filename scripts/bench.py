@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp8-fast-accum", action=argparse.BooleanOptionalAction,
                    help="with --precision fp8: products without fp32 promotion of the accumulator, or with it "
                         "(--no-fp8-fast-accum; default: configs/upscaler.toml fp8_fast_accum)")
+    p.add_argument("--fp8-attention", action=argparse.BooleanOptionalAction,
+                   help="with --precision fp8 and --kv-cache fp8: attention's products in FP8 (sm_90), or over the "
+                        "dequantised cache (--no-fp8-attention; default: configs/upscaler.toml fp8_attention)")
     p.add_argument("--codec", default="hevc", choices=("h264", "hevc"), help="output codec (Vidaio scores HEVC)")
     p.add_argument("--preset", help="encoder preset (default: configs/video.toml)")
     p.add_argument("--compare-sdpa", action="store_true", help="also run each case with dense flash SDPA attention")
@@ -322,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             upscaler = Upscaler.load(load_settings(weights=args.weights, device="cuda", dtype=args.dtype,
                                                    kv_cache_dtype=args.kv_cache, compile=args.compile,
                                                    precision=precision, fp8_layers=fp8_layers,
-                                                   fp8_fast_accum=args.fp8_fast_accum))
+                                                   fp8_fast_accum=args.fp8_fast_accum,
+                                                   fp8_attention=args.fp8_attention))
             labels.add(upscaler.weights_label)
             result["weights"] = ",".join(sorted(labels))
             result["fp8_layers"] = list(upscaler.settings.fp8_layers)
@@ -334,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                         case = replace(case, frames=min(case.frames, args.baseline_frames))
                     row = run_case(upscaler, case, clip(case.task, case.frames), clip(case.task, WARMUP_FRAMES), work,
                                    args.codec, args.preset, table if backend == "default" else None)
+                    row["fp8_attention"] = upscaler.fp8_attention_active
                     rows.append(row)
                     save()
                     print(_table([row]).splitlines()[-1], flush=True)

@@ -32,6 +32,7 @@ from triton.testing import do_bench  # noqa: E402
 from kernels import gluon_sparse, triton_sparse  # noqa: E402
 from kernels.flex import _compiled_flex, to_flex_block_mask  # noqa: E402
 from kernels.reference import (  # noqa: E402
+    FP8KeysValues,
     SliceScales,
     block_probabilities,
     block_scores,
@@ -252,7 +253,7 @@ def run_case(case: Case, args) -> dict:
         res["sdpa_dense_ms"] = bench(lambda: F.scaled_dot_product_attention(q, k, v), rep=300)
     res["sdpa_dense_tflops"] = 4.0 * lq * lk * HEAD_DIM * HEADS / res["sdpa_dense_ms"] * 1e-9
 
-    res.update(fp8_variants(q, k, v, mask, case, index, ref))
+    res.update(fp8_variants(q, k, v, mask, case, index, ref, sweep=args.sweep is not None))
     res["speedup_vs_flex"] = res["flex_ms"] / res["triton_ms"]
     res["speedup_vs_sdpa"] = res["sdpa_dense_ms"] / res["triton_ms"]
     res["mask_fraction_of_attention"] = res["mask_pooled_keys_ms"] / res["triton_ms"]
@@ -261,10 +262,12 @@ def run_case(case: Case, args) -> dict:
     return res
 
 
-def fp8_variants(q, k, v, mask, case: Case, index, ref) -> dict:
-    """Our kernel on the FP8 cache's keys as stored (e4m3, one scale per slice and head; Q quantised per
-    row, Q.K^T in FP8, P.V in bf16 over the dequantised values), with its error against fp32 attention
-    over the dequantised K/V (the kernel's own error) and over the bf16 K/V (including the cache's
+def fp8_variants(q, k, v, mask, case: Case, index, ref, *, sweep: bool = False) -> dict:
+    """Our kernels on the FP8 cache as stored (e4m3, one scale per slice and head): the Triton kernel's
+    FP8 Q.K^T (Q quantised per row, P.V in bf16 over the dequantised values) and, on sm_90, the FP8
+    warp-specialised kernel (``fp8ws``: both products in FP8 over the keys and the transposed values;
+    with ``sweep`` also its stage counts), each with its error against fp32 attention over the
+    dequantised K/V (the kernel's own error) and over the bf16 K/V (including the cache's
     quantisation). ``dequant_kv_ms`` / ``dequant_v_ms``: the compiled dequantisation of K and V (the bf16
     path over the FP8 cache) or of V alone (the FP8 Q.K path)."""
     slice_len = case.grid[0] * case.grid[1] * 128
@@ -282,6 +285,22 @@ def fp8_variants(q, k, v, mask, case: Case, index, ref) -> dict:
     res["fp8qk_tflops"] = kept_block_flops(mask) / res["fp8qk_ms"] * 1e-9
     res["fp8qk_max_abs_err_vs_dequantised"] = max_err(out, index, ref_deq)
     res["fp8qk_max_abs_err_vs_bf16_kv"] = max_err(out, index, ref)
+    if triton_sparse.fp8_kernel_available(q.device):
+        from kernels import gluon_sparse_fp8
+
+        kv = FP8KeysValues(k8, v8.transpose(2, 3).contiguous(), ks, vs, slice_len)
+        out = triton_sparse.sparse_attention_fp8_cache(q, kv, mask)
+        res["fp8ws_options"] = gluon_sparse_fp8.LAUNCH_OPTIONS
+        res["fp8ws_ms"] = bench(lambda: triton_sparse.sparse_attention_fp8_cache(q, kv, mask))
+        res["fp8ws_tflops"] = kept_block_flops(mask) / res["fp8ws_ms"] * 1e-9
+        res["fp8ws_max_abs_err_vs_dequantised"] = max_err(out, index, ref_deq)
+        res["fp8ws_max_abs_err_vs_bf16_kv"] = max_err(out, index, ref)
+        if sweep:
+            idx, cnt, order = compact_block_lists(mask)
+            res["fp8ws_sweep_ms"] = {}
+            for stages in (2, 3):
+                res["fp8ws_sweep_ms"][f"stages {stages}"] = bench(lambda: gluon_sparse_fp8.sparse_attention_gluon_fp8(
+                    q, kv, idx, cnt, order, options={"stages": stages}))
     return res
 
 
@@ -374,13 +393,18 @@ def table(rows: list[dict]) -> str:
             f" {r['flex_max_abs_err']:.1e} |"
         )
     lines += ["", "| case | ours bf16 ms | on the FP8 cache (+ dequantise K, V) ms | ours FP8 Q.K ms |"
-              " on the FP8 cache (+ dequantise V) ms | x flex (kernel) | err vs dequantised | err vs bf16 K/V |",
-              "|---|---|---|---|---|---|---|---|"]
+              " on the FP8 cache (+ dequantise V) ms | x flex (kernel) | err vs dequantised | err vs bf16 K/V |"
+              " FP8 Q.K + P.V (sm_90) ms | TFLOP/s | x bf16 on the FP8 cache | err vs dequantised | err vs bf16 K/V |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        fp8ws = (f" {r['fp8ws_ms']:.2f} | {r['fp8ws_tflops']:.0f} |"
+                 f" {(r['triton_ms'] + r['dequant_kv_ms']) / r['fp8ws_ms']:.2f} |"
+                 f" {r['fp8ws_max_abs_err_vs_dequantised']:.1e} | {r['fp8ws_max_abs_err_vs_bf16_kv']:.1e} |"
+                 if "fp8ws_ms" in r else " - | - | - | - | - |")
         lines.append(
             f"| {r['name']} | {r['triton_ms']:.2f} | {r['triton_ms'] + r['dequant_kv_ms']:.2f} | {r['fp8qk_ms']:.2f} |"
             f" {r['fp8qk_ms'] + r['dequant_v_ms']:.2f} | {r['flex_ms'] / r['fp8qk_ms']:.2f} |"
-            f" {r['fp8qk_max_abs_err_vs_dequantised']:.1e} | {r['fp8qk_max_abs_err_vs_bf16_kv']:.1e} |"
+            f" {r['fp8qk_max_abs_err_vs_dequantised']:.1e} | {r['fp8qk_max_abs_err_vs_bf16_kv']:.1e} |" + fp8ws
         )
     return "\n".join(lines)
 

@@ -14,10 +14,12 @@ keeps what finished):
 2. ``e2e``: ``flashvsr-bench`` with the miner's settings (compiled element-wise chains, FP8 K/V cache,
    HEVC ultrafast), Tiny SD24K then SD2HD, ``--precision bf16 --precision fp8``: frames/s end to end
    and peak memory (its JSON: ``OUT/bench.json``; each row is also printed as it ends).
-3. ``error``: random weights of the real shapes; the relative error of each FP8 linear against the
-   bf16 one on the same input (captured in the bf16 DiT), the PSNR and relative error of the latents
-   and of the model's prediction after a first and two steady streaming steps, and the PSNR of the
-   decoded output frames of the whole pipeline (bf16 against fp8, a short SD2HD clip).
+3. ``error``: random weights of the real shapes, both paths over the FP8 K/V cache (the miner's); the
+   relative error of each FP8 linear against the bf16 one on the same input (captured in the bf16
+   DiT), the PSNR and relative error of the latents and of the model's prediction after a first and
+   two steady streaming steps, and the PSNR of the decoded output frames of the whole pipeline (bf16
+   against fp8, a short SD2HD clip); the fp8 path's attention in FP8 where ``fp8_attention`` is on and
+   the GPU runs it (the result says whether it did).
 """
 
 from __future__ import annotations
@@ -236,9 +238,11 @@ def layer_errors(dit_bf16: WanDiT, dit_fp8: WanDiT, run: Callable[[WanDiT], Any]
     return report
 
 
-def stream(dit: WanDiT, noise: list[torch.Tensor], sparsity: SparsityParams) -> list[torch.Tensor]:
-    """The latents of streaming steps over ``noise`` chunks (no LQ features: the DiT's own numerics)."""
-    cache = dit.new_cache(torch.float8_e4m3fn)
+def stream(dit: WanDiT, noise: list[torch.Tensor], sparsity: SparsityParams,
+           fp8_attention: bool = False) -> list[torch.Tensor]:
+    """The latents of streaming steps over ``noise`` chunks (no LQ features: the DiT's own numerics), over
+    the FP8 cache (with ``fp8_attention``: attention's products in FP8)."""
+    cache = dit.new_cache(torch.float8_e4m3fn, fp8_attention=fp8_attention)
     return [dit.stream_step(n, None, cache, step=i, sparsity=sparsity) for i, n in enumerate(noise)]
 
 
@@ -250,11 +254,14 @@ def _output_frames(upscaler: Upscaler, clip: Path, geometry: Geometry) -> torch.
 
 @torch.no_grad()
 def measure_errors(weights: str, device: str, in_size: tuple[int, int], out_size: tuple[int, int],
-                   work: Path, groups: tuple[str, ...], fast_accum: bool = False) -> dict[str, Any]:
-    """Section 3: per-layer errors, latent PSNR and output-frame PSNR, fp8 against bf16."""
+                   work: Path, groups: tuple[str, ...], fast_accum: bool = False,
+                   attention: bool | None = None) -> dict[str, Any]:
+    """Section 3: per-layer errors, latent PSNR and output-frame PSNR, fp8 against bf16 (``attention``:
+    the fp8 path's ``fp8_attention``, None: the settings')."""
     clip = write_test_clip(work / "error-clip.mp4", *in_size, ERROR_CLIP_FRAMES)
     upscalers = {p: Upscaler.load(load_settings(weights=weights, device=device, precision=p, fp8_layers=groups,
-                                                fp8_fast_accum=fast_accum))
+                                                fp8_fast_accum=fast_accum, kv_cache_dtype="fp8",
+                                                fp8_attention=attention))
                  for p in ("bf16", "fp8")}
     bf16, fp8 = upscalers["bf16"], upscalers["fp8"]
     geometry = Geometry.for_target(in_size, out_size, bf16.settings.spatial_multiple)
@@ -266,11 +273,11 @@ def measure_errors(weights: str, device: str, in_size: tuple[int, int], out_size
     h, w = geometry.model_height // 8, geometry.model_width // 8
     noise = [torch.randn(1, 16, f, h, w, generator=g).to(dit_bf16.device, dit_bf16.dtype) for f in (6, 2, 2)]
     per_layer = layer_errors(dit_bf16, dit_fp8, lambda d: stream(d, noise, sparsity))
-    want, got = stream(dit_bf16, noise, sparsity), stream(dit_fp8, noise, sparsity)
+    want, got = stream(dit_bf16, noise, sparsity), stream(dit_fp8, noise, sparsity, fp8.fp8_attention_active)
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return {
         "weights": bf16.weights_label, "fp8_layers": list(groups), "fp8_fast_accum": fast_accum,
-        "model_size": list(geometry.model_size),
+        "kv_cache": "fp8", "fp8_attention": fp8.fp8_attention_active, "model_size": list(geometry.model_size),
         "per_layer_rel_error": per_layer,
         "latents": [{"step": i, "psnr_db": _psnr_range(b, a), "rel_error": round(_rel(b, a), 5),
                      "prediction_psnr_db": _psnr_range(n - b, n - a), "prediction_rel_error": round(_rel(n - b, n - a), 5)}
@@ -330,10 +337,10 @@ def summary(result: dict[str, Any]) -> str:
         lines.append("  latents PSNR " + ", ".join(f"step {s['step']}: {s['psnr_db']:.2f} dB" for s in error["latents"])
                      + "; model prediction (noise - latents) PSNR "
                      + ", ".join(f"{s['prediction_psnr_db']:.2f} dB" for s in error["latents"]))
-        lines.append(f"  output PSNR (bf16 vs fp8) RGB {error['output']['psnr_rgb_db']:.2f} dB, "
-                     f"luma {error['output']['psnr_luma_db']:.2f} dB")
+        lines.append(f"  output PSNR (bf16 vs fp8, FP8 cache, fp8 attention {'on' if error.get('fp8_attention') else 'off'}) "
+                     f"RGB {error['output']['psnr_rgb_db']:.2f} dB, luma {error['output']['psnr_luma_db']:.2f} dB")
     for row in result.get("e2e", {}).get("rows", []):
-        lines.append(f"  {row['case']:20} {row.get('precision', ''):5} "
+        lines.append(f"  {row['case']:20} {row.get('precision', ''):5}{' +attn' if row.get('fp8_attention') else '      '} "
                      + (f"ERROR {row['error']}" if "error" in row else f"{row['fps']:7.2f} fps {row['peak_vram_gib']:6.2f} GiB"))
     if result.get("throughput_rows_toml"):
         lines.append("configs/throughput.toml rows:\n" + result["throughput_rows_toml"])
@@ -350,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast-accum", action=argparse.BooleanOptionalAction,
                    help="FP8 products with use_fast_accum in the group costs, error and e2e, or without "
                         "(--no-fast-accum; default: configs/upscaler.toml fp8_fast_accum)")
+    p.add_argument("--fp8-attention", action=argparse.BooleanOptionalAction,
+                   help="the fp8 path's attention in FP8 in error and e2e, or over the dequantised cache "
+                        "(--no-fp8-attention; default: configs/upscaler.toml fp8_attention)")
     p.add_argument("--repeats", type=int, default=20, help="timed repeats per product")
     p.add_argument("--smoke", action="store_true", help="toy sizes on the CPU: random-small weights, no e2e")
     p.add_argument("--log-level", default="WARNING")
@@ -397,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                       "--case", f"tiny:SD24K:{args.frames}", "--case", f"tiny:SD2HD:{args.frames}",
                       "--precision", "bf16", "--precision", "fp8", "--fp8-layers", ",".join(groups),
                       "--json", str(bench_json), "--fp8-fast-accum" if fast_accum else "--no-fp8-fast-accum"]
+        if args.fp8_attention is not None:
+            argv_bench.append("--fp8-attention" if args.fp8_attention else "--no-fp8-attention")
         code = bench.main(argv_bench)
         result["e2e"] = json.loads(bench_json.read_text()) if bench_json.exists() else {"error": f"bench exit {code}"}
         result["throughput_rows_toml"] = throughput_rows(result["e2e"].get("rows", []), device_class("cuda"), fast_accum)
@@ -408,10 +420,10 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 task = UpscalingTask.SD2HD
                 result["error"] = measure_errors("random", "cuda", task.input_size, task.output_size, Path(tmp), groups,
-                                                 fast_accum)
+                                                 fast_accum, args.fp8_attention)
             else:
                 result["error"] = measure_errors("random-small", "cpu", (64, 48), (128, 96), Path(tmp), groups,
-                                                 fast_accum)
+                                                 fast_accum, args.fp8_attention)
             result["seconds"]["error"] = round(time.perf_counter() - t0, 1)
             write(args.out, result)
             print(summary({"error": result["error"]}), flush=True)

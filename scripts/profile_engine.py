@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         gaps = idle_gaps(events) if args.gaps else []
     seconds = timer.seconds()
     print(f"{args.case.name}: {frames} frames, precision {upscaler.settings.precision}"
-          f"{' (fast accum)' if upscaler.settings.precision == 'fp8' and upscaler.settings.fp8_fast_accum else ''}, "
+          f"{' (fast accum)' if upscaler.settings.precision == 'fp8' and upscaler.settings.fp8_fast_accum else ''}"
+          f"{' (FP8 attention)' if upscaler.fp8_attention_active else ''}, "
           f"kv-cache {args.kv_cache}, compile {args.compile}")
     print(f"{'stage':12} {'ms/frame':>9} {'held GiB':>9} {'peak GiB':>9}")
     for name, s in seconds.items():

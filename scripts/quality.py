@@ -1,10 +1,11 @@
 """``flashvsr-quality``: does a setting (FP8 by default) keep your clips above Vidaio's VMAF threshold?
 
     flashvsr-quality clip1.mp4 clip2.mp4 --reference clip1_hr.mp4 --reference clip2_hr.mp4 --json q.json
-    flashvsr-quality clip.mp4 --scale 4 --b precision=fp8,fp8_layers=self_qkv+ffn_up
+    flashvsr-quality clip.mp4 --scale 4 --b precision=fp8,kv_cache_dtype=fp8,fp8_layers=self_qkv+ffn_up
 
-Upscales every clip with two settings of the upscaler (``--a``, default ``precision=bf16``; ``--b``,
-default ``precision=fp8``) and your weights (``--weights``, as configs/upscaler.toml), encoded as the
+Upscales every clip with two settings of the upscaler (``--a``, default ``precision=bf16,kv_cache_dtype=fp8``;
+``--b``, default ``precision=fp8,kv_cache_dtype=fp8``: both over the miner's FP8 K/V cache, so the second
+has FP8 attention where the GPU runs it) and your weights (``--weights``, as configs/upscaler.toml), encoded as the
 miner encodes (HEVC). With a high-resolution reference per clip (``--reference``, in clip order; the
 clip is the reference downscaled 2x or 4x, as a Vidaio validator makes its input), each output is
 scored as a validator scores it (:func:`miner.mock_validator.scoring.score_clip`: hard checks, then
@@ -40,6 +41,7 @@ from upscaler.settings import UpscalerSettings, load_settings
 log = logging.getLogger("flashvsr-quality")
 
 SCORED_SCALES = (2, 4)  # Vidaio's upscaling tasks (the validator's size limits are per scale)
+MINER_CACHE = "kv_cache_dtype=fp8"  # both default settings use the miner's K/V cache (its FP8 attention reads it)
 MAX_SIZE_MB = 2048  # the output-size cap is a round setting, not a quality question: effectively off here
 
 
@@ -206,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="append", dest="references",
                    help="high-resolution reference of each clip, in clip order (repeatable)")
     p.add_argument("--scale", type=int, choices=SCORED_SCALES, default=4, help="upscale factor without references")
-    p.add_argument("--a", type=Setting.parse, default=Setting.parse("precision=bf16"), help="first setting: upscaler keys key=value[,key=value], tuples joined with + (default precision=bf16)")
-    p.add_argument("--b", type=Setting.parse, default=Setting.parse("precision=fp8"), help="second setting, the one judged (default precision=fp8; e.g. precision=fp8,fp8_layers=self_qkv+ffn_up)")
+    p.add_argument("--a", type=Setting.parse, default=Setting.parse(f"precision=bf16,{MINER_CACHE}"), help=f"first setting: upscaler keys key=value[,key=value], tuples joined with + (default precision=bf16,{MINER_CACHE}: the miner's bf16)")
+    p.add_argument("--b", type=Setting.parse, default=Setting.parse(f"precision=fp8,{MINER_CACHE}"), help=f"second setting, the one judged (default precision=fp8,{MINER_CACHE}: FP8 linears and, on sm_90, FP8 attention; e.g. precision=fp8,{MINER_CACHE},fp8_layers=self_qkv+ffn_up or ...,fp8_attention=false)")
     p.add_argument("--weights", help="model dir or 'auto' (default: configs/upscaler.toml)")
     p.add_argument("--config", default="upscaler", help="upscaler TOML to start from")
     p.add_argument("--device", help="auto, cuda, cuda:N or cpu")

@@ -42,13 +42,19 @@ def test_compiled_elementwise_chains_keep_the_output(upscaler, tmp_path):
     assert diff.mean() < 0.5 and diff.max() <= 8, (diff.mean().item(), diff.max().item())  # uint8 levels, bf16 noise
 
 
-@pytest.mark.parametrize("kv_cache", ["fp8", "fp8-qk"])
+@pytest.mark.parametrize("kv_cache", ["fp8", "fp8-qk", "fp8 + FP8 attention"])
 def test_fp8_cache_stays_close_to_bf16(upscaler, tmp_path, kv_cache):
+    """The FP8 cache (dequantised, FP8 Q.K^T, or both products in FP8 by the sm_90 kernel: the linears
+    stay bf16 here, ``fp8_layers`` empty) against the bf16 cache on a 29-frame clip."""
     src = make_clip(tmp_path / "in.mp4", width=160, height=96, frames=29)
     reference = _run(upscaler, src)
     base = upscaler.settings
+    attention = kv_cache.endswith("FP8 attention")
     try:
-        upscaler.settings = replace(base, kv_cache_dtype=kv_cache)
+        upscaler.settings = replace(base, kv_cache_dtype=kv_cache.split()[0], precision="fp8" if attention else "bf16",
+                                    fp8_layers=(), fp8_attention=attention)
+        if attention and not upscaler.engine(base.variant("tiny"), 640 * 384).options.fp8_attention:
+            pytest.skip("FP8 attention needs an sm_90 GPU")
         fp8 = _run(upscaler, src)
     finally:
         upscaler.settings = base
@@ -240,4 +246,69 @@ def test_warp_specialised_attention_matches_float64(split, pairs, dtype, head_di
     err = float((got.double() - expected).abs().max())
     print(f"warp-specialised attention {options} {dtype} D {head_dim}: max abs error {err:.2e}")
     assert err < (2e-2 if dtype == torch.bfloat16 else 4e-3)
+    assert torch.equal(got[0, 0, :128], torch.zeros_like(got[0, 0, :128]))
+
+
+def _fp8_roundings_emulated(q: torch.Tensor, kv, tokens: torch.Tensor) -> torch.Tensor:
+    """Attention in float64 with the FP8 kernel's roundings applied once, over the final row max: each
+    query row to e4m3 by its absolute maximum, each probability (times 256 x its slice's value scale /
+    the head's largest) to e4m3."""
+    k, v = kv.dequantized(torch.float64)
+    qf = q.float()
+    q_scale = qf.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 448.0
+    q8 = (qf / q_scale).to(torch.float8_e4m3fn).double() * q_scale.double()
+    scores = (q8 @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).masked_fill(~tokens, float("-inf"))
+    p = torch.exp(scores - scores.amax(-1, keepdim=True)).nan_to_num(0)
+    slices = k.shape[2] // kv.slice_len
+    v_scale = kv.value_scales[:slices].t().double().repeat_interleave(kv.slice_len, 1)  # (H, L)
+    factor = (256.0 * v_scale / v_scale.amax(-1, keepdim=True))[None, :, None, :]
+    p8 = (p * factor).float().to(torch.float8_e4m3fn).double() / factor
+    return (p8 @ v) / p.sum(-1, keepdim=True).clamp_min(1e-300)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_fp8_attention_kernel_matches_float64(dtype, head_dim):
+    """The FP8 kernel (sm_90 only) against float64 attention over the dequantised FP8 keys and values:
+    queries in the DiT's (B, L, H, D) memory, keys and transposed values the filled part of ring
+    buffers, four time slices with their own scales, an empty and a full row, odd and even counts, a
+    row of one block, rows longer than the stage ring. Its error must be FP8's own: no larger than that
+    of the same roundings applied once in float64 (the kernel rounds probabilities against the running
+    row max, so the two differ in detail, not in size)."""
+    from kernels import gluon_sparse_fp8
+    from kernels.reference import FP8KeysValues, quantize_slices
+    from kernels.triton_sparse import compact_block_lists
+
+    g = torch.Generator(device="cuda").manual_seed(head_dim)
+    q = torch.randn(2, 4 * 128, 3, head_dim, device="cuda", generator=g).to(dtype).transpose(1, 2)
+    slice_len, slices, ring = 6 * 64, 4, 5
+    raw_k, raw_v = (torch.randn(2, 3, slices * slice_len, head_dim, device="cuda", generator=g) for _ in range(2))
+    raw_v *= torch.tensor([0.5, 1.0, 3.0, 0.1], device="cuda").repeat_interleave(slice_len)[:, None]  # uneven scales
+    (k8, ks), (v8, vs) = quantize_slices(raw_k, slice_len), quantize_slices(raw_v, slice_len)
+    ring_k = torch.empty(2, 3, ring * slice_len, head_dim, device="cuda", dtype=k8.dtype)
+    ring_vt = torch.empty(2, 3, head_dim, ring * slice_len, device="cuda", dtype=v8.dtype)
+    end = slices * slice_len
+    ring_k[:, :, :end].view(torch.uint8).copy_(k8.view(torch.uint8))
+    ring_vt[:, :, :, :end].view(torch.uint8).copy_(v8.transpose(2, 3).view(torch.uint8))
+    kv = FP8KeysValues(ring_k[:, :, :end], ring_vt[:, :, :, :end], ks, vs, slice_len)
+    if not gluon_sparse_fp8.supported(q, kv):
+        pytest.skip("the FP8 attention kernel needs an sm_90 GPU")
+    k, v = kv.dequantized(torch.float64)
+    mask = torch.rand(2, 3, 4, end // 64, device="cuda", generator=g) < 0.45
+    mask[0, 0, 0] = False
+    mask[1, 2, 3] = True
+    mask[0, 1, 1] = False
+    mask[0, 1, 1, 7] = True  # one kept block: a single tile whose second half repeats it
+    tokens = mask.repeat_interleave(128, 2).repeat_interleave(64, 3)
+    scores = q.double() @ k.transpose(-1, -2) / head_dim**0.5
+    expected = torch.softmax(scores.masked_fill(~tokens, float("-inf")), -1).nan_to_num(0) @ v
+    emulated = _fp8_roundings_emulated(q, kv, tokens)
+    idx, cnt, order = compact_block_lists(mask)
+    got = gluon_sparse_fp8.sparse_attention_gluon_fp8(q, kv, idx, cnt, order)
+    assert got.stride() == q.stride() and got.dtype == dtype
+    err, fp8_err = (got.double() - expected).abs(), (emulated - expected).abs()
+    print(f"FP8 attention {dtype} D {head_dim}: max abs error {err.max():.2e}, mean {err.mean():.2e}; the roundings "
+          f"emulated once: max {fp8_err.max():.2e}, mean {fp8_err.mean():.2e}; outputs' mean magnitude "
+          f"{expected.abs().mean():.2e}")
+    assert err.mean() <= 1.5 * fp8_err.mean() and err.max() <= 3.0 * fp8_err.max()
     assert torch.equal(got[0, 0, :128], torch.zeros_like(got[0, 0, :128]))

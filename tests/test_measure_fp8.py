@@ -74,7 +74,8 @@ def test_smoke_run_writes_every_figure(tmp_path, capsys) -> None:
     assert error["output"]["frames"] == 29 and error["output"]["psnr_rgb_db"] > 20.0
     assert "e2e" not in result  # GPU only
     out = capsys.readouterr().out
-    assert "FP8 faster:" in out and "output PSNR (bf16 vs fp8)" in out
+    assert "FP8 faster:" in out and "output PSNR (bf16 vs fp8, FP8 cache, fp8 attention off)" in out
+    assert error["kv_cache"] == "fp8" and error["fp8_attention"] is False  # off the GPU: the dequantised cache
 
 
 def test_fp8_bench_rows_become_throughput_entries() -> None:

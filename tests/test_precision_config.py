@@ -23,6 +23,8 @@ def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
         load_settings(weights="random-small", device="cpu", precision="fp4")
     with pytest.raises(ValueError, match="fp8_fast_accum must be true or false, got 'yes'"):
         load_settings(weights="random-small", device="cpu", fp8_fast_accum="yes")
+    with pytest.raises(ValueError, match="fp8_attention must be true or false, got 1"):
+        load_settings(weights="random-small", device="cpu", fp8_attention=1)
     with pytest.raises(ValueError, match="fp8_layers: unknown"):
         load_settings(weights="random-small", device="cpu", fp8_layers=("self_qkv", "everything"))
     for cap in (-1.0, math.nan, math.inf):  # the upscaler's own CLIs and TOML, not only the miner's table
@@ -47,6 +49,9 @@ def test_clis_take_the_precision() -> None:
     fast_accum = {tuple(argv): bench_parser().parse_args(argv).fp8_fast_accum
                   for argv in ([], ["--fp8-fast-accum"], ["--no-fp8-fast-accum"])}
     assert fast_accum == {(): None, ("--fp8-fast-accum",): True, ("--no-fp8-fast-accum",): False}  # None: the TOML's
+    attention = {tuple(argv): bench_parser().parse_args(argv).fp8_attention
+                 for argv in ([], ["--fp8-attention"], ["--no-fp8-attention"])}
+    assert attention == {(): None, ("--fp8-attention",): True, ("--no-fp8-attention",): False}
 
 
 def test_planner_reads_the_precisions_rows_and_falls_back_to_bf16() -> None:
@@ -79,16 +84,19 @@ def test_precision_rows_and_tiled_rows_load_together() -> None:
 
 
 def test_miner_config_sets_the_fp8_layers_and_fast_accumulation() -> None:
-    """[upscaler] fp8_layers / fp8_fast_accum reach the workers' settings, agree with configs/upscaler.toml
-    by default, and a bad value is refused at load with the key's name."""
+    """[upscaler] fp8_layers / fp8_fast_accum / fp8_attention reach the workers' settings, agree with
+    configs/upscaler.toml by default, and a bad value is refused at load with the key's name."""
     defaults = load_miner_config(environ={}).upscaler_overrides
     upscaler_toml = load_settings(weights="random-small", device="cpu")
     assert tuple(defaults["fp8_layers"]) == upscaler_toml.fp8_layers
     assert defaults["fp8_fast_accum"] == upscaler_toml.fp8_fast_accum
+    assert defaults["fp8_attention"] == upscaler_toml.fp8_attention is True
+    keys = ("fp8_layers", "fp8_fast_accum", "fp8_attention")
     overrides = load_miner_config(environ={"FLASHVSR_MINER_UPSCALER_FP8_LAYERS": "self_qkv, ffn_up",
-                                           "FLASHVSR_MINER_UPSCALER_FP8_FAST_ACCUM": "false"}).upscaler_overrides
+                                           "FLASHVSR_MINER_UPSCALER_FP8_FAST_ACCUM": "false",
+                                           "FLASHVSR_MINER_UPSCALER_FP8_ATTENTION": "false"}).upscaler_overrides
     settings = load_settings(weights="random-small", device="cpu", precision="fp8",
-                             **{key: overrides[key] for key in ("fp8_layers", "fp8_fast_accum")})
-    assert (settings.fp8_layers, settings.fp8_fast_accum) == (("self_qkv", "ffn_up"), False)
+                             **{key: overrides[key] for key in keys})
+    assert (settings.fp8_layers, settings.fp8_fast_accum, settings.fp8_attention) == (("self_qkv", "ffn_up"), False, False)
     with pytest.raises(ValueError, match=r"upscaler\.fp8_layers: unknown \['ffn'\]"):
         load_miner_config(overrides={"upscaler": {"fp8_layers": ["ffn"]}}, environ={})

@@ -47,7 +47,7 @@ def test_bf16_against_fp8_with_a_reference(clips, tmp_path, capsys) -> None:
     code = main([str(clip), "--reference", str(reference), "--weights", "random-small", "--device", "cpu",
                  "--out-dir", str(tmp_path / "out"), "--json", str(report_path)])
     report = json.loads(report_path.read_text())
-    assert report["settings"] == {"a": "precision=bf16", "b": "precision=fp8"}
+    assert report["settings"] == {"a": "precision=bf16,kv_cache_dtype=fp8", "b": "precision=fp8,kv_cache_dtype=fp8"}
     assert report["vmaf_threshold"] == 50.0
     (entry,) = report["clips"]
     for label in ("a", "b"):

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 
+import kernels
 from upscaler.engine import EngineModels, EngineOptions, StreamingEngine
 from upscaler.frame_source import lq_batches
 from upscaler.geometry import Geometry
@@ -60,6 +61,19 @@ def _fp8_products_supported(device: torch.device) -> bool:
     return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def _fp8_attention(settings: UpscalerSettings, device: torch.device) -> tuple[bool, str]:
+    """Whether attention runs its products in FP8 (``precision = "fp8"``, ``fp8_attention``, an FP8 cache and
+    a GPU the FP8 kernel runs on), and why (one line for the load log)."""
+    if settings.precision != "fp8" or not settings.fp8_attention:
+        return False, "off (precision or fp8_attention)"
+    if not settings.kv_cache_dtype.startswith("fp8"):
+        return False, f'off: kv_cache_dtype={settings.kv_cache_dtype} (it reads the FP8 cache: set kv_cache_dtype = "fp8")'
+    if not kernels.fp8_attention_available(device):
+        return False, (f"off on {device}: its kernel needs an sm_90 GPU and the warp-specialised kernels; attention "
+                       "reads the dequantised cache")
+    return True, "on: Q.K^T and P.V in e4m3 over the FP8 cache as stored"
+
+
 class Upscaler:
     """Holds the loaded models (kept warm) and runs upscales with them."""
 
@@ -73,6 +87,13 @@ class Upscaler:
         if settings.kv_cache_dtype == "fp8-qk" and not _fp8_products_supported(device):
             log.warning("kv_cache_dtype=fp8-qk: this GPU has no FP8 matrix products (compute capability < 8.9); "
                         "storing the cache in FP8 and multiplying in %s", str(dtype).removeprefix("torch."))
+        if settings.precision == "fp8":
+            log.info("fp8 attention: %s", _fp8_attention(settings, device)[1])
+
+    @property
+    def fp8_attention_active(self) -> bool:
+        """Whether this upscaler's attention multiplies in FP8 (see ``UpscalerSettings.fp8_attention``)."""
+        return _fp8_attention(self.settings, self.device)[0]
 
     @classmethod
     def load(cls, settings: UpscalerSettings) -> "Upscaler":
@@ -109,11 +130,14 @@ class Upscaler:
             kv_ratio=self.settings.sparsity.kv_ratio,
             local_range=self.settings.sparsity.local_range,
         )
+        fp8_attention = self.fp8_attention_active
         options = EngineOptions(
             sparsity=sparsity, color_fix=self.settings.color_fix, seed=self.settings.seed,
             decoder_frames_per_pass=variant.frames_per_pass(model_pixels),
             kv_cache_dtype=torch.float8_e4m3fn if self.settings.kv_cache_dtype.startswith("fp8") else None,
-            fp8_keys=self.settings.kv_cache_dtype == "fp8-qk" and _fp8_products_supported(self.device),
+            fp8_keys=(self.settings.kv_cache_dtype == "fp8-qk" and _fp8_products_supported(self.device)
+                      and not fp8_attention),
+            fp8_attention=fp8_attention,
         )
         return StreamingEngine(models, options, self.device, self.dtype)
 

@@ -57,6 +57,7 @@ class EngineOptions:
     decoder_frames_per_pass: int = 4
     kv_cache_dtype: torch.dtype | None = None  # None: the model dtype
     fp8_keys: bool = False  # FP8 cache only: attention multiplies Q by the keys as stored (FP8 Q.K^T)
+    fp8_attention: bool = False  # FP8 cache only: Q.K^T and P.V in FP8 over the keys and values as stored
 
 
 def seeded_noise(device: torch.device, dtype: torch.dtype, seed: int) -> NoiseFn:
@@ -109,7 +110,8 @@ class StreamingEngine:
         noise = noise or seeded_noise(self.device, self.dtype, self.options.seed)
         dit, lq_proj, decoder = self.models.dit, self.models.lq_proj, self.models.decoder
         lq_proj.reset()
-        cache = dit.new_cache(self.options.kv_cache_dtype, fp8_keys=self.options.fp8_keys)
+        cache = dit.new_cache(self.options.kv_cache_dtype, fp8_keys=self.options.fp8_keys,
+                              fp8_attention=self.options.fp8_attention)
         state = decoder.new_state(frames_per_pass=self.options.decoder_frames_per_pass)
         latent_hw = (model_h // LATENT_STRIDE, model_w // LATENT_STRIDE)
         index = 0

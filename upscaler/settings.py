@@ -100,6 +100,9 @@ class UpscalerSettings:
     fp8_fast_accum: bool = True
     """FP8 products accumulate without the periodic fp32 promotion (``use_fast_accum``): 18-26% less time per
     product on an H100, no error beyond FP8's own measured (scripts/measure_fp8.py, docs/benchmarks.md)."""
+    fp8_attention: bool = True
+    """With ``precision = "fp8"`` and an FP8 cache (``kv_cache_dtype`` "fp8"/"fp8-qk"): attention multiplies
+    Q.K^T and P.V in FP8 over the cache as stored (sm_90 GPUs; elsewhere it dequantises the cache as in bf16)."""
     compile: bool = False
     max_vram_gib: float = 0.0
     """Cap this process's GPU memory at this many GiB (0: the whole card): see :mod:`upscaler.vram`."""
@@ -136,8 +139,9 @@ class UpscalerSettings:
         unknown_layers = set(self.fp8_layers) - set(FP8_LAYER_GROUPS)
         if unknown_layers:
             raise ValueError(f"fp8_layers: unknown {sorted(unknown_layers)}; choose from {FP8_LAYER_GROUPS}")
-        if not isinstance(self.fp8_fast_accum, bool):
-            raise ValueError(f"fp8_fast_accum must be true or false, got {self.fp8_fast_accum!r}")
+        for key in ("fp8_fast_accum", "fp8_attention"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {COLOR_FIXES}, got {self.color_fix!r}")
         if self.pad_mode not in ("replicate", "reflect"):

@@ -142,6 +142,44 @@ def _compile_gluon_attention(variant: dict, head_dim: int) -> bool:
     return True
 
 
+def _compile_gluon_fp8_attention(head_dim: int) -> bool:
+    """The FP8 warp-specialised kernel (both products in e4m3) for sm_90 with its launch options; it must
+    not spill."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from kernels import gluon_sparse_fp8
+
+    opts = gluon_sparse_fp8.LAUNCH_OPTIONS
+    fn = gluon_sparse_fp8._sparse_attn_fp8_kernel
+    layouts = {name: gl.NVMMASharedLayout.get_default_for(box, dtype) for name, box, dtype in (
+        ("q", [64, head_dim], gl.bfloat16), ("k", [64, head_dim], gl.float8e4nv), ("vt", [head_dim, 64], gl.float8e4nv))}
+    q_desc = f"tensordesc<bf16[64, {head_dim}],{layouts['q']!r}>"
+    sig = {"q_desc": q_desc, "o_desc": q_desc, "k_desc": f"tensordesc<fp8e4nv[64, {head_dim}],{layouts['k']!r}>",
+           "vt_desc": f"tensordesc<fp8e4nv[{head_dim}, 64],{layouts['vt']!r}>", "IDX": "*i32", "CNT": "*i32",
+           "ORDER": "*i32", "KS": "*fp32", "VS": "*fp32", "qk_scale": "fp32"}
+    consts = {"STAGES": opts["stages"], "ATTEND_REGISTERS": opts["attend_registers"],
+              "LOAD_REGISTERS": opts["load_registers"], "num_warps": opts["num_warps"]}
+    sig = {name: sig.get(name) or ("constexpr" if name in consts else "i32") for name in fn.arg_names}
+    label = f"FP8 warp-specialised attention (Gluon, e4m3 Q.K^T and P.V, D {head_dim})"
+    try:
+        kernel = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=consts),
+                                target=GPUTarget("cuda", gluon_sparse_fp8.ARCH, 32),
+                                options={"num_warps": opts["num_warps"], "maxnreg": opts["maxnreg"]})
+        spills = _local_memory_bytes(kernel.asm["cubin"])
+    except Exception as exc:  # noqa: BLE001 - report every failing variant, then exit non-zero
+        print(f"FAIL {label} sm_90: {type(exc).__name__}: {str(exc)[:2000]}")
+        return False
+    if spills:
+        print(f"FAIL {label} sm_90: {spills} B of local memory per thread (register spills)")
+        return False
+    if kernel.metadata.shared > SHARED_MEMORY_LIMIT[90]:
+        print(f"FAIL {label} sm_90: {kernel.metadata.shared} B shared memory, over {SHARED_MEMORY_LIMIT[90]} B")
+        return False
+    print(f"ok {label} sm_90: {len(kernel.asm['cubin'])} B cubin, {kernel.metadata.shared} B shared memory, no spills")
+    return True
+
+
 ARCHS = (90, 89, 80)  # Hopper (H100/H200), Ada (RTX 4090, L40), Ampere (A100)
 ATTENTION_POINTERS = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*bf16", "IDX": "*i32", "CNT": "*i32",
                       "ORDER": "*i32", "KS": "*fp32"}
@@ -238,7 +276,8 @@ def _gluon_variants() -> list[bool]:
     if not triton_compat.GLUON.available:
         print(f"skip warp-specialised attention (Gluon) sm_90: not expressible: {triton_compat.GLUON.reason}")
         return []
-    return [_compile_gluon_attention(variant, d) for variant in GLUON_VARIANTS for d in (128, 64)]
+    return ([_compile_gluon_attention(variant, d) for variant in GLUON_VARIANTS for d in (128, 64)]
+            + [_compile_gluon_fp8_attention(d) for d in (128, 64)])
 
 
 def main() -> int:

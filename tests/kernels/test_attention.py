@@ -182,3 +182,27 @@ def test_fp8_key_fallback_dequantises_and_bad_scales_are_reported():
         sparse_attention_triton(q, k8, v, mask, key_scales=SliceScales(k_scale[:1], 128))
     with pytest.raises(ValueError, match="not FP8"):
         sparse_attention_triton(q, k, v, mask, key_scales=SliceScales(k_scale, 128))
+
+
+def test_fp8_keys_values_validate_and_dequantise_like_the_cache():
+    """:class:`FP8KeysValues` refuses what the FP8 kernel cannot read, and its dequantised keys and values
+    are those of :func:`dequantize_slices` over the untransposed values, element for element."""
+    from kernels.reference import FP8KeysValues, dequantize_slices, quantize_slices
+
+    g = torch.Generator().manual_seed(0)
+    slice_len = 128
+    (k8, ks), (v8, vs) = (quantize_slices(torch.randn(1, 2, 3 * slice_len, 64, generator=g) * s, slice_len)
+                          for s in (1.0, 4.0))
+    vt8 = v8.transpose(2, 3).contiguous()
+    kv = FP8KeysValues(k8, vt8, ks, vs, slice_len)
+    keys, values = kv.dequantized(torch.float32)
+    assert torch.equal(keys, dequantize_slices(k8, ks, slice_len, torch.float32))
+    assert torch.equal(values, dequantize_slices(v8, vs, slice_len, torch.float32)) and values.is_contiguous()
+    with pytest.raises(ValueError, match="must be the keys'"):
+        FP8KeysValues(k8, v8, ks, vs, slice_len)
+    with pytest.raises(ValueError, match="must be torch.float8_e4m3fn"):
+        FP8KeysValues(k8.float(), vt8, ks, vs, slice_len)
+    with pytest.raises(ValueError, match="slice_len 96 must be a multiple of 64"):
+        FP8KeysValues(k8, vt8, ks, vs, 96)
+    with pytest.raises(ValueError, match=r"value_scales must be contiguous float32 \(>= 3, 2\)"):
+        FP8KeysValues(k8, vt8, ks, vs[:2], slice_len)

@@ -1,5 +1,6 @@
 """Our Triton and Gluon kernels compile for Hopper, Ada and Ampere targets (CPU only: Triton and ptxas, no
-GPU); the warp-specialised Gluon kernel without register spills; FP8 keys refused below sm_89."""
+GPU); the warp-specialised Gluon kernels (bf16/fp16 and FP8) without register spills; FP8 keys refused below
+sm_89."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def test_kernels_compile_for_gpu_targets(tmp_path):
     lines = run.stdout.splitlines()
     gluon = [line for line in lines if "warp-specialised attention" in line]
     if triton_compat.GLUON.available:
-        assert len(gluon) == 6 and all(line.startswith("ok ") and "no spills" in line for line in gluon), run.stdout
+        assert len(gluon) == 8 and all(line.startswith("ok ") and "no spills" in line for line in gluon), run.stdout
+        assert sum("FP8 warp-specialised" in line for line in gluon) == 2, run.stdout
     else:
         reason = triton_compat.GLUON.reason
         assert gluon == [f"skip warp-specialised attention (Gluon) sm_90: not expressible: {reason}"]

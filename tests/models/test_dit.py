@@ -257,6 +257,44 @@ def test_fp8_keys_reach_attention_as_stored(dit, monkeypatch):
         assert scales.scales.shape == (raw.filled, dit.cfg.num_heads)
 
 
+@torch.no_grad()
+def test_fp8_attention_reads_keys_and_transposed_values_as_stored(dit, monkeypatch):
+    """``fp8_attention``: the cache stores the values transposed, ``(B, H, D, slots * S)``, and attention
+    receives keys and values as stored with their per-slice scales over the filled slots (the ring
+    wraps within these steps); off CUDA they are dequantised, so the steps equal the plain FP8 cache's
+    bit for bit."""
+    import kernels
+
+    seen = []
+    real = kernels.sparse_attention_fp8
+
+    def spy(q, kv, mask, **kwargs):
+        seen.append(kv)
+        return real(q, kv, mask, **kwargs)
+
+    monkeypatch.setattr(kernels, "sparse_attention_fp8", spy)
+    plain = dit.new_cache(torch.float8_e4m3fn)
+    raw = dit.new_cache(torch.float8_e4m3fn, fp8_attention=True)
+    for step, (noise, features) in enumerate(_inputs(6)):
+        want = dit.stream_step(noise, features, plain, step=step, sparsity=SPARSE)
+        seen.clear()
+        got = dit.stream_step(noise, features, raw, step=step, sparsity=SPARSE)
+        assert torch.equal(got, want)
+        kv = seen[0]
+        b, h, length, d = kv.keys.shape
+        assert kv.values_t.shape == (b, h, d, length) and kv.values_t.stride()[-1] == 1
+        assert length == raw.filled * raw.slice_len and kv.key_scales.shape == (raw.filled, h)
+        assert torch.equal(kv.values_t.transpose(2, 3).view(torch.uint8),
+                           plain.values[0][:, :, :length].view(torch.uint8))
+    assert raw.nbytes() == plain.nbytes() and len(seen) == dit.cfg.num_layers
+
+
+def test_fp8_attention_needs_the_fp8_cache(dit):
+    (noise, features), = _inputs(1)
+    with pytest.raises(ValueError, match="fp8_attention needs the FP8 cache"):
+        dit.stream_step(noise, features, dit.new_cache(fp8_attention=True), step=0, sparsity=SPARSE)
+
+
 def test_compiled_elementwise_chains_match_eager():
     """The fusable functions give the same values compiled as eager (inductor on the CPU here)."""
     from upscaler.models import fusion

@@ -95,7 +95,10 @@ class SelfAttention(_Projections):
         cached = step.cache.store(block, k, v)
         mask = kernels.lcsa_block_mask(q, cached.keys, local_range=step.local_range, topk=step.topk, grid=step.grid,
                                        k_pooled=cached.pooled_keys)
-        out = kernels.sparse_attention(q, cached.keys, cached.values, mask, key_scales=cached.key_scales)
+        if cached.fp8 is not None:
+            out = kernels.sparse_attention_fp8(q, cached.fp8, mask)
+        else:
+            out = kernels.sparse_attention(q, cached.keys, cached.values, mask, key_scales=cached.key_scales)
         return self.o(out.transpose(1, 2).reshape(b, length, dim))
 
 

@@ -231,10 +231,12 @@ class WanDiT(nn.Module):
         )
         log.info("dit prepared context_tokens=%d dtype=%s device=%s", context.shape[1], self.dtype, self.device)
 
-    def new_cache(self, dtype: torch.dtype | None = None, *, fp8_keys: bool = False) -> DiTStreamCache:
+    def new_cache(self, dtype: torch.dtype | None = None, *, fp8_keys: bool = False,
+                  fp8_attention: bool = False) -> DiTStreamCache:
         """An empty streaming K/V cache (allocated on step 0); ``dtype`` None stores K/V in the model dtype;
-        ``fp8_keys`` (FP8 storage) gives attention the keys as stored, for an FP8 Q.K^T product."""
-        return DiTStreamCache(dtype=dtype, fp8_keys=fp8_keys)
+        ``fp8_keys`` (FP8 storage) gives attention the keys as stored, for an FP8 Q.K^T product;
+        ``fp8_attention`` (FP8 storage) keys and transposed values as stored, for FP8 Q.K^T and P.V."""
+        return DiTStreamCache(dtype=dtype, fp8_keys=fp8_keys, fp8_attention=fp8_attention)
 
     def _window_positions(self, grid: tuple[int, int, int]) -> torch.Tensor:
         key = (grid, self.device)

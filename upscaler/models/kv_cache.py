@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kernels.reference import FP8_KV_DTYPE, K_BLOCK, SliceScales, dequantize_slices, pool_blocks, quantize_slices
+from kernels.reference import (
+    FP8_KV_DTYPE,
+    K_BLOCK,
+    FP8KeysValues,
+    SliceScales,
+    dequantize_slices,
+    pool_blocks,
+    quantize_slices,
+)
 from upscaler.kv_cache_memory import ring_slots
 from upscaler.models.config import DiTConfig
 from upscaler.models.fusion import fusable
@@ -31,9 +39,16 @@ def is_fp8(dtype: torch.dtype | None) -> bool:
     return dtype == FP8_KV_DTYPE
 
 
+def _quantize_transposed(x: torch.Tensor, slice_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_slices` with the values returned transposed, ``(B, H, D, L)`` contiguous."""
+    values, scales = quantize_slices(x, slice_len, dtype)
+    return values.transpose(2, 3).contiguous(), scales
+
+
 # Compiled with the DiT's other element-wise chains: one pass each (at 4K, eager conversion then
 # scaling cost an H100 ~19 ms per output frame).
 _quantize = fusable(quantize_slices)
+_quantize_t = fusable(_quantize_transposed)
 _dequantize = fusable(dequantize_slices)
 
 
@@ -41,13 +56,15 @@ _dequantize = fusable(dequantize_slices)
 class CachedKV:
     """What a block's attention reads after :meth:`DiTStreamCache.store`: K/V over the filled slots in
     the model dtype (views, or dequantised copies for FP8 storage; with ``fp8_keys`` the keys as stored,
-    with their ``key_scales``) and the keys mean-pooled per 64 tokens (pooled when each slice is written,
-    before any quantisation) for the LCSA mask."""
+    with their ``key_scales``), or with ``fp8_attention`` the FP8 keys and transposed values as stored
+    (``fp8``; ``keys`` and ``values`` are then its tensors), and the keys mean-pooled per 64 tokens
+    (pooled when each slice is written, before any quantisation) for the LCSA mask."""
 
     keys: torch.Tensor
     values: torch.Tensor
     pooled_keys: torch.Tensor
     key_scales: SliceScales | None = None
+    fp8: FP8KeysValues | None = None
 
 
 @dataclass
@@ -55,11 +72,14 @@ class DiTStreamCache:
     """Per-block K/V ring buffers, allocated on the first step (when the latent size is known).
 
     ``dtype`` None stores K/V in the model's compute dtype. ``fp8_keys`` (FP8 storage only) hands the
-    keys to attention as stored, for an FP8 Q.K^T product, instead of dequantised.
+    keys to attention as stored, for an FP8 Q.K^T product, instead of dequantised. ``fp8_attention``
+    (FP8 storage only) stores the values transposed, ``(B, H, D, slots * S)``, and hands keys and values
+    to attention as stored, for FP8 Q.K^T and P.V products (:func:`kernels.sparse_attention_fp8`).
     """
 
     dtype: torch.dtype | None = None
     fp8_keys: bool = False
+    fp8_attention: bool = False
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
     pooled_keys: list[torch.Tensor] = field(default_factory=list)
@@ -86,9 +106,12 @@ class DiTStreamCache:
         store = self.dtype or dtype
         self.slots = ring_slots(kv_ratio)
         self.slice_len = slice_len
+        if self.fp8_attention and not is_fp8(store):
+            raise ValueError("fp8_attention needs the FP8 cache (dtype float8_e4m3fn)")
         shape = (batch, cfg.num_heads, self.slots * slice_len, cfg.head_dim)
+        values_shape = (*shape[:2], shape[3], shape[2]) if self.fp8_attention else shape
         self.keys = [torch.empty(shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
-        self.values = [torch.empty(shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
+        self.values = [torch.empty(values_shape, device=device, dtype=store) for _ in range(cfg.num_layers)]
         pooled = (batch, cfg.num_heads, self.slots * slice_len // K_BLOCK, cfg.head_dim)
         self.pooled_keys = [torch.empty(pooled, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         if is_fp8(store):
@@ -126,11 +149,20 @@ class DiTStreamCache:
             return CachedKV(keys[:, :, :end], values[:, :, :end], pooled)
         slots = slice(lo // self.slice_len, hi // self.slice_len)
         for buffer, scales, x in ((keys, self.key_scales[block], k), (values, self.value_scales[block], v)):
-            quantized, scale = _quantize(x, self.slice_len, buffer.dtype)
+            if self.fp8_attention and buffer is values:
+                quantized, scale = _quantize_t(x, self.slice_len, buffer.dtype)
+                target = buffer[:, :, :, lo:hi]
+            else:
+                quantized, scale = _quantize(x, self.slice_len, buffer.dtype)
+                target = buffer[:, :, lo:hi]
             # Copied as 8-byte words: PyTorch copies FP8 into a strided slice one byte per element.
-            buffer[:, :, lo:hi].view(torch.int64).copy_(quantized.view(torch.int64))
+            target.view(torch.int64).copy_(quantized.view(torch.int64))
             scales[slots].copy_(scale)
         filled = slice(0, self.filled)
+        if self.fp8_attention:
+            fp8 = FP8KeysValues(keys[:, :, :end], values[:, :, :, :end], self.key_scales[block][filled],
+                                self.value_scales[block][filled], self.slice_len)
+            return CachedKV(fp8.keys, fp8.values_t, pooled, fp8=fp8)
         deq_values = _dequantize(values[:, :, :end], self.value_scales[block][filled], self.slice_len, k.dtype)
         if self.fp8_keys:
             scales = SliceScales(self.key_scales[block][filled], self.slice_len)
