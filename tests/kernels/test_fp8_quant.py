@@ -44,6 +44,23 @@ def test_kernel_matches_the_reference(rows, dim, gelu, dtype) -> None:
     torch.testing.assert_close(q.float() * scale, q_ref.float() * scale_ref, rtol=2**-3, atol=1e-9)
 
 
+def test_gelu_maxima_from_the_raw_rows_or_through_the_gelu() -> None:
+    """The chunked GELU pass takes a row's largest |GELU| from its largest input where that input is >= 0.5,
+    else through the GELU: rows of each kind in one program (all-negative rows, whose largest |GELU| is
+    near x = -0.75; rows just below and above 0.5; large rows) give the reference's scales and values."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 4500, generator=g)
+    x[0] = -torch.rand(4500, generator=g) * 3  # all negative: |GELU| peaks at 0.17 inside the row
+    x[1] = x[1].clamp(max=0.4999)
+    x[2] = x[2].clamp(max=0.5)
+    x[3] *= 100.0
+    q, scale = quantise_rows(x, gelu=True)
+    q_ref, scale_ref = quantise_rows_torch(x, gelu=True)
+    torch.testing.assert_close(scale, scale_ref, rtol=1e-6, atol=0)
+    assert (q.float() != q_ref.float()).float().mean().item() <= 0.01
+    assert scale[0, 0] * 448 == pytest.approx(0.170, abs=1e-3)
+
+
 def test_launch_tiles_cover_the_dit_widths() -> None:
     """The DiT's 1536-wide rows in one block, four rows a program; the FFN's 8960 in five chunks of 2048."""
     from kernels.fp8_quant import launch_config
