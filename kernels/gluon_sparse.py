@@ -220,6 +220,32 @@ def _attend_partition(q_smem, k_bufs, v_bufs, q_bar, ready, empty, o_desc, count
 
 
 @gluon.jit
+def _query_block(ORDER, CNT, IDX, H, NQ, NK, Q_PER_BATCH, Q_PER_HEAD, Q_COL_PER_HEAD):
+    """This program's query block (``ORDER[program]`` = (b * H + h) * NQ + query block): its batch, head,
+    kept-block count and list, and its first row and column in q's 2D view."""
+    row = gl.load(ORDER + gl.program_id(0))
+    bh = row // NQ
+    b = bh // H
+    h = bh % H
+    q_row = b * Q_PER_BATCH + h * Q_PER_HEAD + (row % NQ) * 128
+    return b, h, gl.load(CNT + row), IDX + row.to(gl.int64) * NK, q_row, h * Q_COL_PER_HEAD
+
+
+@gluon.jit
+def _stage_barriers(STAGES: gl.constexpr, PARTITIONS: gl.constexpr):
+    """The query tile's barrier and each stage's ``ready`` (the load warp's copies landed) and ``empty``
+    (every one of the ``PARTITIONS`` attention partitions released it) barriers, initialised."""
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=PARTITIONS)
+    return q_bar, ready, empty
+
+
+@gluon.jit
 def _sparse_attn_ws_kernel(q_desc, k_desc, v_desc, o_desc, IDX, CNT, ORDER, qk_scale,
                            H, NQ, NK, Q_PER_BATCH, Q_PER_HEAD, Q_COL_PER_HEAD, KV_PER_BATCH, KV_PER_HEAD,
                            SPLIT: gl.constexpr, PAIRS: gl.constexpr, STAGES: gl.constexpr,
@@ -229,14 +255,8 @@ def _sparse_attn_ws_kernel(q_desc, k_desc, v_desc, o_desc, IDX, CNT, ORDER, qk_s
     its rows split over ``SPLIT`` attention partitions of ``num_warps`` warps each."""
     Q_ROWS: gl.constexpr = q_desc.block_type.shape[0]
     gl.static_assert(Q_ROWS * SPLIT == 128, "the query box covers 128 // SPLIT rows")
-    row = gl.load(ORDER + gl.program_id(0))
-    bh = row // NQ
-    b = bh // H
-    h = bh % H
-    count = gl.load(CNT + row)
-    idx_row = IDX + row.to(gl.int64) * NK
-    q_row = b * Q_PER_BATCH + h * Q_PER_HEAD + (row % NQ) * 128
-    q_col = h * Q_COL_PER_HEAD
+    b, h, count, idx_row, q_row, q_col = _query_block(ORDER, CNT, IDX, H, NQ, NK, Q_PER_BATCH, Q_PER_HEAD,
+                                                      Q_COL_PER_HEAD)
     kv_row = b * KV_PER_BATCH + h * KV_PER_HEAD
 
     q_bufs = gl.allocate_shared_memory(q_desc.dtype, [SPLIT] + q_desc.block_type.shape, q_desc.layout)
@@ -244,13 +264,7 @@ def _sparse_attn_ws_kernel(q_desc, k_desc, v_desc, o_desc, IDX, CNT, ORDER, qk_s
     HEAD_DIM: gl.constexpr = k_desc.block_type.shape[1]
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [STAGES, PAIRS * BLOCK, HEAD_DIM], k_desc.layout)
     v_bufs = gl.allocate_shared_memory(v_desc.dtype, [STAGES, PAIRS * BLOCK, HEAD_DIM], v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=SPLIT)  # every attention partition releases each stage
+    q_bar, ready, empty = _stage_barriers(STAGES, SPLIT)
 
     V_T: gl.constexpr = False  # values in (key, d) rows
     load_args = (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready, empty, idx_row, count, q_row, q_col,

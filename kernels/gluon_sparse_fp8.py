@@ -34,7 +34,17 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kernels.gluon_sparse import ARCH, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _load_partition, _tma_aligned, dense, rows_view
+from kernels.gluon_sparse import (
+    ARCH,
+    SUPPORTED_DTYPES,
+    SUPPORTED_HEAD_DIMS,
+    _load_partition,
+    _query_block,
+    _stage_barriers,
+    _tma_aligned,
+    dense,
+    rows_view,
+)
 from kernels.reference import FP8_KV_DTYPE, K_BLOCK, Q_BLOCK, FP8KeysValues
 from kernels.triton_compat import FP_FUSION, tma_store
 
@@ -176,14 +186,8 @@ def _sparse_attn_fp8_kernel(q_desc, k_desc, vt_desc, o_desc, IDX, CNT, ORDER, KS
     rows split over two attention partitions of ``num_warps`` warps each."""
     Q_ROWS: gl.constexpr = q_desc.block_type.shape[0]
     gl.static_assert(Q_ROWS * 2 == 128, "the query box covers 64 rows")
-    row = gl.load(ORDER + gl.program_id(0))
-    bh = row // NQ
-    b = bh // H
-    h = bh % H
-    count = gl.load(CNT + row)
-    idx_row = IDX + row.to(gl.int64) * NK
-    q_row = b * Q_PER_BATCH + h * Q_PER_HEAD + (row % NQ) * 128
-    q_col = h * Q_COL_PER_HEAD
+    b, h, count, idx_row, q_row, q_col = _query_block(ORDER, CNT, IDX, H, NQ, NK, Q_PER_BATCH, Q_PER_HEAD,
+                                                      Q_COL_PER_HEAD)
     kv_row = b * KV_PER_BATCH + h * KV_PER_HEAD
     vt_row = b * VT_PER_BATCH + h * VT_PER_HEAD
     # The head's largest value scale: P is scaled by each block's share of it (at most 1) times P_RANGE.
@@ -200,13 +204,7 @@ def _sparse_attn_fp8_kernel(q_desc, k_desc, vt_desc, o_desc, IDX, CNT, ORDER, KS
     p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([Q_ROWS, BLOCK], gl.float8e4nv)
     p_first = gl.allocate_shared_memory(gl.float8e4nv, [2, Q_ROWS, BLOCK], p_layout)  # two halves per partition
     p_second = gl.allocate_shared_memory(gl.float8e4nv, [2, Q_ROWS, BLOCK], p_layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)  # both attention partitions release each stage
+    q_bar, ready, empty = _stage_barriers(STAGES, 2)
 
     V_T: gl.constexpr = True  # values in (d, key) rows
     v_ratio = P_RANGE / v_max

@@ -104,80 +104,65 @@ def _local_memory_bytes(cubin: bytes) -> int:
 GLUON_VARIANTS = ({}, {"pairs": 1, "stages": 4}, {"split": 1, "num_warps": 8, "pairs": 1, "stages": 4})
 
 
-def _compile_gluon_attention(variant: dict, head_dim: int) -> bool:
-    """The warp-specialised Gluon kernel for sm_90 with its launch options; it must not spill."""
-    from triton.experimental.gluon import language as gl
+def _compile_gluon(label: str, fn, sig: dict[str, str], consts: dict, opts: dict) -> bool:
+    """Compile one Gluon kernel for sm_90 with its launch options (``num_warps``, ``maxnreg``); it must not
+    spill and must fit the block's shared memory."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
+    sig = {name: sig.get(name) or ("constexpr" if name in consts else "i32") for name in fn.arg_names}
+    try:
+        kernel = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": opts["num_warps"], "maxnreg": opts["maxnreg"]})
+        spills = _local_memory_bytes(kernel.asm["cubin"])
+    except Exception as exc:  # noqa: BLE001 - report every failing variant, then exit non-zero
+        print(f"FAIL {label} sm_90: {type(exc).__name__}: {str(exc)[:2000]}")
+        return False
+    if spills:
+        print(f"FAIL {label} sm_90: {spills} B of local memory per thread (register spills)")
+        return False
+    if kernel.metadata.shared > SHARED_MEMORY_LIMIT[90]:
+        print(f"FAIL {label} sm_90: {kernel.metadata.shared} B shared memory, over {SHARED_MEMORY_LIMIT[90]} B")
+        return False
+    print(f"ok {label} sm_90: {len(kernel.asm['cubin'])} B cubin, {kernel.metadata.shared} B shared memory, no spills")
+    return True
+
+
+def _descriptor_type(dtype: str, box: list[int]) -> str:
+    """The signature type of a TMA descriptor of ``box`` elements of ``dtype`` ("bf16", "fp8e4nv")."""
+    from triton.experimental.gluon import language as gl
+
+    layout = gl.NVMMASharedLayout.get_default_for(box, {"bf16": gl.bfloat16, "fp8e4nv": gl.float8e4nv}[dtype])
+    return f"tensordesc<{dtype}[{box[0]}, {box[1]}],{layout!r}>"
+
+
+def _compile_gluon_attention(variant: dict, head_dim: int) -> bool:
+    """The warp-specialised Gluon kernel for sm_90 with its launch options; it must not spill."""
     from kernels import gluon_sparse
 
     opts = {**gluon_sparse.LAUNCH_OPTIONS, **variant}
     split, pairs = opts["split"], opts["pairs"]
-    fn = gluon_sparse._sparse_attn_ws_kernel
-    q_rows = 128 // split
-    q_layout = gl.NVMMASharedLayout.get_default_for([q_rows, head_dim], gl.bfloat16)
-    k_layout = gl.NVMMASharedLayout.get_default_for([64, head_dim], gl.bfloat16)
-    q_desc, k_desc = f"tensordesc<bf16[{q_rows}, {head_dim}],{q_layout!r}>", f"tensordesc<bf16[64, {head_dim}],{k_layout!r}>"
+    q_desc, k_desc = _descriptor_type("bf16", [128 // split, head_dim]), _descriptor_type("bf16", [64, head_dim])
     consts = {"SPLIT": split, "PAIRS": pairs, "STAGES": opts["stages"], "ATTEND_REGISTERS": opts["attend_registers"],
               "LOAD_REGISTERS": opts["load_registers"], "num_warps": opts["num_warps"]}
     sig = {"q_desc": q_desc, "k_desc": k_desc, "v_desc": k_desc, "o_desc": q_desc, "IDX": "*i32", "CNT": "*i32",
            "ORDER": "*i32", "qk_scale": "fp32"}
-    sig = {name: sig.get(name) or ("constexpr" if name in consts else "i32") for name in fn.arg_names}
     label = f"warp-specialised attention (Gluon, split {split}, {pairs} block(s) per tile, D {head_dim})"
-    try:
-        kernel = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=consts),
-                                target=GPUTarget("cuda", gluon_sparse.ARCH, 32),
-                                options={"num_warps": opts["num_warps"], "maxnreg": opts["maxnreg"]})
-        spills = _local_memory_bytes(kernel.asm["cubin"])
-    except Exception as exc:  # noqa: BLE001 - report every failing variant, then exit non-zero
-        print(f"FAIL {label} sm_90: {type(exc).__name__}: {str(exc)[:2000]}")
-        return False
-    if spills:
-        print(f"FAIL {label} sm_90: {spills} B of local memory per thread (register spills)")
-        return False
-    if kernel.metadata.shared > SHARED_MEMORY_LIMIT[90]:
-        print(f"FAIL {label} sm_90: {kernel.metadata.shared} B shared memory, over {SHARED_MEMORY_LIMIT[90]} B")
-        return False
-    print(f"ok {label} sm_90: {len(kernel.asm['cubin'])} B cubin, {kernel.metadata.shared} B shared memory, no spills")
-    return True
+    return _compile_gluon(label, gluon_sparse._sparse_attn_ws_kernel, sig, consts, opts)
 
 
 def _compile_gluon_fp8_attention(head_dim: int) -> bool:
-    """The FP8 warp-specialised kernel (both products in e4m3) for sm_90 with its launch options; it must
-    not spill."""
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon._runtime import GluonASTSource
-
+    """The FP8 warp-specialised kernel (both products in e4m3) for sm_90 with its launch options."""
     from kernels import gluon_sparse_fp8
 
     opts = gluon_sparse_fp8.LAUNCH_OPTIONS
-    fn = gluon_sparse_fp8._sparse_attn_fp8_kernel
-    layouts = {name: gl.NVMMASharedLayout.get_default_for(box, dtype) for name, box, dtype in (
-        ("q", [64, head_dim], gl.bfloat16), ("k", [64, head_dim], gl.float8e4nv), ("vt", [head_dim, 64], gl.float8e4nv))}
-    q_desc = f"tensordesc<bf16[64, {head_dim}],{layouts['q']!r}>"
-    sig = {"q_desc": q_desc, "o_desc": q_desc, "k_desc": f"tensordesc<fp8e4nv[64, {head_dim}],{layouts['k']!r}>",
-           "vt_desc": f"tensordesc<fp8e4nv[{head_dim}, 64],{layouts['vt']!r}>", "IDX": "*i32", "CNT": "*i32",
-           "ORDER": "*i32", "KS": "*fp32", "VS": "*fp32", "qk_scale": "fp32"}
+    q_desc = _descriptor_type("bf16", [64, head_dim])
+    sig = {"q_desc": q_desc, "o_desc": q_desc, "k_desc": _descriptor_type("fp8e4nv", [64, head_dim]),
+           "vt_desc": _descriptor_type("fp8e4nv", [head_dim, 64]), "IDX": "*i32", "CNT": "*i32", "ORDER": "*i32",
+           "KS": "*fp32", "VS": "*fp32", "qk_scale": "fp32"}
     consts = {"STAGES": opts["stages"], "ATTEND_REGISTERS": opts["attend_registers"],
               "LOAD_REGISTERS": opts["load_registers"], "num_warps": opts["num_warps"]}
-    sig = {name: sig.get(name) or ("constexpr" if name in consts else "i32") for name in fn.arg_names}
     label = f"FP8 warp-specialised attention (Gluon, e4m3 Q.K^T and P.V, D {head_dim})"
-    try:
-        kernel = triton.compile(GluonASTSource(fn=fn, signature=sig, constexprs=consts),
-                                target=GPUTarget("cuda", gluon_sparse_fp8.ARCH, 32),
-                                options={"num_warps": opts["num_warps"], "maxnreg": opts["maxnreg"]})
-        spills = _local_memory_bytes(kernel.asm["cubin"])
-    except Exception as exc:  # noqa: BLE001 - report every failing variant, then exit non-zero
-        print(f"FAIL {label} sm_90: {type(exc).__name__}: {str(exc)[:2000]}")
-        return False
-    if spills:
-        print(f"FAIL {label} sm_90: {spills} B of local memory per thread (register spills)")
-        return False
-    if kernel.metadata.shared > SHARED_MEMORY_LIMIT[90]:
-        print(f"FAIL {label} sm_90: {kernel.metadata.shared} B shared memory, over {SHARED_MEMORY_LIMIT[90]} B")
-        return False
-    print(f"ok {label} sm_90: {len(kernel.asm['cubin'])} B cubin, {kernel.metadata.shared} B shared memory, no spills")
-    return True
+    return _compile_gluon(label, gluon_sparse_fp8._sparse_attn_fp8_kernel, sig, consts, opts)
 
 
 ARCHS = (90, 89, 80)  # Hopper (H100/H200), Ada (RTX 4090, L40), Ampere (A100)
