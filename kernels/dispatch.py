@@ -139,7 +139,7 @@ def sparse_attention(
 def fp8_attention_available(device: torch.device) -> bool:
     """Whether :func:`sparse_attention_fp8` multiplies in FP8 on ``device`` (an sm_90 GPU with the Triton
     backend and the warp-specialised kernels on); elsewhere it dequantises the cache first."""
-    if backend_for(torch.empty(0, device=device)) != "triton":
+    if device.type != "cuda" or active_backend() != "triton":
         return False
     from kernels.triton_sparse import fp8_kernel_available
 

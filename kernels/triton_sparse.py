@@ -378,7 +378,7 @@ def sparse_attention_fp8_cache(q: torch.Tensor, kv: FP8KeysValues, block_mask: t
     and head scales): both products in FP8 on sm_90 (:mod:`kernels.gluon_sparse_fp8`). Elsewhere, or
     once that kernel has failed on its first use (logged once), the keys and values are dequantised and
     :func:`sparse_attention_triton` runs in q's dtype. The output has q's dtype and memory layout."""
-    check_attention_inputs(q, kv.keys, kv.keys, block_mask)
+    check_attention_inputs(q, kv.keys, kv.keys, block_mask)  # the values' shape: FP8KeysValues checked it
     if fp8_kernel_available(q.device):
         from kernels import gluon_sparse_fp8
 

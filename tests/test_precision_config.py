@@ -100,3 +100,25 @@ def test_miner_config_sets_the_fp8_layers_and_fast_accumulation() -> None:
     assert (settings.fp8_layers, settings.fp8_fast_accum, settings.fp8_attention) == (("self_qkv", "ffn_up"), False, False)
     with pytest.raises(ValueError, match=r"upscaler\.fp8_layers: unknown \['ffn'\]"):
         load_miner_config(overrides={"upscaler": {"fp8_layers": ["ffn"]}}, environ={})
+
+
+def test_fp8_attention_says_why_it_is_off_where_its_kernel_cannot_run(caplog) -> None:
+    """Off sm_90 (here the CPU) precision = "fp8" keeps attention over the dequantised FP8 cache, and the
+    load log says so and why; without the FP8 cache it names the setting to change."""
+    import logging
+
+    import torch
+
+    import kernels
+    from upscaler.api import Upscaler
+
+    assert not kernels.fp8_attention_available(torch.device("cpu"))
+    with caplog.at_level(logging.INFO, logger="upscaler.api"):
+        upscaler = Upscaler.load(load_settings(weights="random-small", device="cpu", precision="fp8",
+                                               kv_cache_dtype="fp8"))
+    assert not upscaler.fp8_attention_active
+    assert "fp8 attention: off on cpu: its kernel needs an sm_90 GPU" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="upscaler.api"):
+        Upscaler.load(load_settings(weights="random-small", device="cpu", precision="fp8", kv_cache_dtype="model"))
+    assert 'fp8 attention: off: kv_cache_dtype=model (it reads the FP8 cache: set kv_cache_dtype = "fp8")' in caplog.text
