@@ -285,10 +285,12 @@ def _sparse_attn_ws_kernel(q_desc, k_desc, v_desc, o_desc, IDX, CNT, ORDER, qk_s
         ], [num_warps, 1], [ATTEND_REGISTERS, LOAD_REGISTERS])
 
 
-def _descriptor(t: torch.Tensor, view: RowsView, block_rows: int) -> TensorDescriptor:
-    d = t.shape[-1]
-    layout = gl.NVMMASharedLayout.get_default_for([block_rows, d], getattr(gl, str(t.dtype).removeprefix("torch.")))
-    return TensorDescriptor(t, [view.rows, view.cols], [view.row_stride, 1], [block_rows, d], layout)
+def descriptor(t: torch.Tensor, view: RowsView, box: list[int]) -> TensorDescriptor:
+    """A TMA descriptor of ``box`` (rows, columns) tiles over ``t``'s 2D view, with the default swizzled
+    shared-memory layout for that box (bf16, fp16 or e4m3)."""
+    dtype = gl.float8e4nv if t.dtype == torch.float8_e4m3fn else getattr(gl, str(t.dtype).removeprefix("torch."))
+    layout = gl.NVMMASharedLayout.get_default_for(box, dtype)
+    return TensorDescriptor(t, [view.rows, view.cols], [view.row_stride, 1], box, layout)
 
 
 def sparse_attention_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, cnt: torch.Tensor,
@@ -308,8 +310,8 @@ def sparse_attention_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, id
     opts = {**LAUNCH_OPTIONS, **(options or {})}
     q_rows = Q_BLOCK // opts["split"]
     _sparse_attn_ws_kernel[(b * h * nq,)](
-        _descriptor(q, qv, q_rows), _descriptor(k, kv, K_BLOCK), _descriptor(v, vv, K_BLOCK),
-        _descriptor(out, ov, q_rows), idx, cnt, order, scale * math.log2(math.e),
+        descriptor(q, qv, [q_rows, d]), descriptor(k, kv, [K_BLOCK, d]), descriptor(v, vv, [K_BLOCK, d]),
+        descriptor(out, ov, [q_rows, d]), idx, cnt, order, scale * math.log2(math.e),
         h, nq, nk, qv.per_batch, qv.per_head, qv.col_per_head, kv.per_batch, kv.per_head,
         SPLIT=opts["split"], PAIRS=opts["pairs"], STAGES=opts["stages"], ATTEND_REGISTERS=opts["attend_registers"],
         LOAD_REGISTERS=opts["load_registers"], num_warps=opts["num_warps"], maxnreg=opts["maxnreg"],

@@ -12,7 +12,8 @@ with both products in FP8 (e4m3), over the FP8 streaming cache as it is stored (
   before ``exp2``, as in the bf16 kernel);
 - **probabilities**: P is multiplied by ``P_RANGE`` x (the block's value scale / the head's largest value
   scale) before its conversion to e4m3, so the value scales ride in P and P uses e4m3's range instead
-  of [0, 1]; the output divides once at the end.
+  of [0, 1]; the output divides once at the end. P waits for its product in shared memory, not in
+  registers (:func:`_stage_probabilities`).
 
 The load partition, the query-block launch order, the stage ring and the output store are the bf16
 kernel's. One layout: two attention partitions of one warpgroup, tiles of two kept 64-key blocks.
@@ -32,7 +33,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from kernels.gluon_sparse import (
     ARCH,
@@ -43,26 +43,25 @@ from kernels.gluon_sparse import (
     _stage_barriers,
     _tma_aligned,
     dense,
+    descriptor,
     rows_view,
 )
-from kernels.reference import FP8_KV_DTYPE, K_BLOCK, Q_BLOCK, FP8KeysValues
+from kernels.reference import K_BLOCK, Q_BLOCK, FP8KeysValues
 from kernels.triton_compat import FP_FUSION, tma_store
 
-# 4 stages of (2 x 64 keys x 128) e4m3 K plus as much V^T (16 + 16 KB each) and the 32 KB query tile fit
-# the 227 KB with room; register split as the bf16 kernel's.
+# 4 stages of (2 x 64 keys x 128) e4m3 K plus as much V^T (16 + 16 KB each), the 32 KB query tile and 16 KB of
+# P fit the 227 KB with room (197 KB at D 128); register split as the bf16 kernel's.
 LAUNCH_OPTIONS = {"num_warps": 4, "stages": 4, "maxnreg": 168, "attend_registers": 240, "load_registers": 24}
 P_RANGE = gl.constexpr(256.0)  # the largest scaled probability: e4m3 holds up to 448
 E4M3_MAX = gl.constexpr(448.0)
 
 
 def supported(q: torch.Tensor, kv: FP8KeysValues) -> bool:
-    """Whether this kernel can run the call: an sm_90 GPU, bf16/fp16 queries, e4m3 keys and transposed
-    values, head dim 64 or 128, and TMA-aligned views of q, the keys and the values."""
+    """Whether this kernel can run the call: an sm_90 GPU, bf16/fp16 queries, head dim 64 or 128, and
+    TMA-aligned views of q, the keys and the values (:class:`FP8KeysValues` checked their e4m3 dtypes)."""
     if not q.is_cuda or torch.cuda.get_device_capability(q.device) != (ARCH // 10, ARCH % 10):
         return False
-    if q.dtype not in SUPPORTED_DTYPES or kv.keys.dtype != FP8_KV_DTYPE or kv.values_t.dtype != FP8_KV_DTYPE:
-        return False
-    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+    if q.dtype not in SUPPORTED_DTYPES or q.shape[-1] not in SUPPORTED_HEAD_DIMS:
         return False
     views = [rows_view(t) for t in (q, kv.keys, kv.values_t)]
     if any(view is None or not _tma_aligned(t, view) for t, view in zip((q, kv.keys, kv.values_t), views)):
@@ -220,11 +219,6 @@ def _sparse_attn_fp8_kernel(q_desc, k_desc, vt_desc, o_desc, IDX, CNT, ORDER, KS
     ], [num_warps, 1], [ATTEND_REGISTERS, LOAD_REGISTERS])
 
 
-def _descriptor(t: torch.Tensor, rows: int, cols: int, row_stride: int, box: list[int]) -> TensorDescriptor:
-    dtype = gl.float8e4nv if t.dtype == FP8_KV_DTYPE else getattr(gl, str(t.dtype).removeprefix("torch."))
-    return TensorDescriptor(t, [rows, cols], [row_stride, 1], box, gl.NVMMASharedLayout.get_default_for(box, dtype))
-
-
 def sparse_attention_gluon_fp8(q: torch.Tensor, kv: FP8KeysValues, idx: torch.Tensor, cnt: torch.Tensor,
                                order: torch.Tensor, *, scale: float | None = None, options: dict | None = None
                                ) -> torch.Tensor:
@@ -243,10 +237,8 @@ def sparse_attention_gluon_fp8(q: torch.Tensor, kv: FP8KeysValues, idx: torch.Te
     opts = {**LAUNCH_OPTIONS, **(options or {})}
     q_box = [Q_BLOCK // 2, d]
     _sparse_attn_fp8_kernel[(b * h * nq,)](
-        _descriptor(q, qv.rows, qv.cols, qv.row_stride, q_box),
-        _descriptor(kv.keys, kv_view.rows, kv_view.cols, kv_view.row_stride, [K_BLOCK, d]),
-        _descriptor(kv.values_t, vt_view.rows, vt_view.cols, vt_view.row_stride, [d, K_BLOCK]),
-        _descriptor(out, qv.rows, qv.cols, qv.row_stride, q_box),
+        descriptor(q, qv, q_box), descriptor(kv.keys, kv_view, [K_BLOCK, d]),
+        descriptor(kv.values_t, vt_view, [d, K_BLOCK]), descriptor(out, qv, q_box),
         idx, cnt, order, kv.key_scales, kv.value_scales, scale * math.log2(math.e),
         h, nq, nk, qv.per_batch, qv.per_head, qv.col_per_head, kv_view.per_batch, kv_view.per_head,
         vt_view.per_batch, vt_view.per_head, kv.slice_len // K_BLOCK, lk // kv.slice_len,

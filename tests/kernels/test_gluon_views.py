@@ -49,7 +49,7 @@ def test_this_tritons_tensor_descriptors_take_the_views(name):
     """The kernel's host side on this Triton release: its TensorDescriptor accepts each 2D view."""
     t = _layouts()[name]
     view = rows_view(t)
-    desc = gluon_sparse._descriptor(t, view, 64)
+    desc = gluon_sparse.descriptor(t, view, [64, t.shape[-1]])
     assert (list(desc.shape), list(desc.strides), list(desc.block_shape)) == (
         [view.rows, view.cols], [view.row_stride, 1], [64, t.shape[-1]])
     assert desc.layout.element_bitwidth == 32 and desc.base is t
@@ -169,3 +169,16 @@ def test_layouts_the_kernel_addresses():
     assert not gluon_sparse.dense(fused) and not gluon_sparse.layouts_fit(fused, keys, keys)
     assert torch.empty_like(fused).stride() != fused.stride()
     assert not gluon_sparse.layouts_fit(queries, cache[:, :, :256], keys)  # k's heads 1024 rows apart, v's 256
+
+
+def test_descriptors_of_the_fp8_cache_take_e4m3_boxes():
+    """The FP8 kernel's keys ``(64, D)`` and transposed values ``(D, 64)`` boxes over the filled part of a
+    ring buffer: e4m3 descriptors of the views (8-bit elements, the box as given)."""
+    ring_k = torch.empty(1, 3, 5 * 256, 128, dtype=torch.float8_e4m3fn)
+    ring_vt = torch.empty(1, 3, 128, 5 * 256, dtype=torch.float8_e4m3fn)
+    for t, box in ((ring_k[:, :, : 4 * 256], [64, 128]), (ring_vt[:, :, :, : 4 * 256], [128, 64])):
+        view = rows_view(t)
+        desc = gluon_sparse.descriptor(t, view, box)
+        assert list(desc.block_shape) == box and desc.layout.element_bitwidth == 8
+        assert (list(desc.shape), list(desc.strides)) == ([view.rows, view.cols], [view.row_stride, 1])
+    assert rows_view(ring_vt[:, :, :, : 4 * 256]).per_head == 128  # heads are row groups of D rows
