@@ -64,11 +64,8 @@ class FP8KeysValues:
     def dequantized(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``(B, H, L, D)`` in ``dtype`` (values contiguous), for the other backends."""
         keys = dequantize_slices(self.keys, self.key_scales, self.slice_len, dtype)
-        b, h, d, length = self.values_t.shape
-        slices = length // self.slice_len
-        values = self.values_t.reshape(b, h, d, slices, self.slice_len).to(dtype)
-        values = values * self.value_scales[:slices].t().to(dtype)[None, :, None, :, None]
-        return keys, values.reshape(b, h, d, length).transpose(2, 3).contiguous()
+        values = dequantize_slices(self.values_t.transpose(2, 3), self.value_scales, self.slice_len, dtype)
+        return keys, values.contiguous()
 
 
 def quantize_slices(x: torch.Tensor, slice_len: int, dtype: torch.dtype = FP8_KV_DTYPE) -> tuple[torch.Tensor, torch.Tensor]:

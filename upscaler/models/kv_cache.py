@@ -148,13 +148,13 @@ class DiTStreamCache:
             values[:, :, lo:hi].copy_(v)
             return CachedKV(keys[:, :, :end], values[:, :, :end], pooled)
         slots = slice(lo // self.slice_len, hi // self.slice_len)
-        for buffer, scales, x in ((keys, self.key_scales[block], k), (values, self.value_scales[block], v)):
-            if self.fp8_attention and buffer is values:
-                quantized, scale = _quantize_t(x, self.slice_len, buffer.dtype)
-                target = buffer[:, :, :, lo:hi]
-            else:
-                quantized, scale = _quantize(x, self.slice_len, buffer.dtype)
-                target = buffer[:, :, lo:hi]
+        if self.fp8_attention:  # values stored transposed: this step's slices are columns
+            value_slots, quantize_values = values[:, :, :, lo:hi], _quantize_t
+        else:
+            value_slots, quantize_values = values[:, :, lo:hi], _quantize
+        for target, scales, quantize, x in ((keys[:, :, lo:hi], self.key_scales[block], _quantize, k),
+                                            (value_slots, self.value_scales[block], quantize_values, v)):
+            quantized, scale = quantize(x, self.slice_len, target.dtype)
             # Copied as 8-byte words: PyTorch copies FP8 into a strided slice one byte per element.
             target.view(torch.int64).copy_(quantized.view(torch.int64))
             scales[slots].copy_(scale)
