@@ -299,8 +299,9 @@ def fp8_variants(q, k, v, mask, case: Case, index, ref, *, sweep: bool = False) 
             idx, cnt, order = compact_block_lists(mask)
             res["fp8ws_sweep_ms"] = {}
             for stages in (2, 3):
-                res["fp8ws_sweep_ms"][f"stages {stages}"] = bench(lambda: gluon_sparse_fp8.sparse_attention_gluon_fp8(
-                    q, kv, idx, cnt, order, options={"stages": stages}))
+                call = lambda: gluon_sparse_fp8.sparse_attention_gluon_fp8(  # noqa: E731
+                    q, kv, idx, cnt, order, options={"stages": stages})
+                res["fp8ws_sweep_ms"][f"stages {stages} (lists not timed)"] = bench(call)
     return res
 
 
