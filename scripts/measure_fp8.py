@@ -48,7 +48,7 @@ from upscaler.geometry import Geometry
 import upscaler.models.dit as dit_module
 from upscaler.models.config import SparsityParams
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import (FP8_LAYER_GROUPS, FP8Linear, QuantisedRows, emulated_scaled_mm, quantise,
+from upscaler.models.fp8 import (DIT_FP8_GROUPS, FP8_LAYER_GROUPS, FP8Linear, QuantisedRows, emulated_scaled_mm, quantise,
                                   scaled_mm_supported)
 from upscaler.settings import load_settings
 from upscaler.timing import StageTimer
@@ -206,7 +206,7 @@ def _psnr_range(got: torch.Tensor, want: torch.Tensor) -> float:
 def layer_errors(dit_bf16: WanDiT, dit_fp8: WanDiT, run: Callable[[WanDiT], Any]) -> dict[str, Any]:
     """Relative error of each FP8 linear of ``dit_fp8`` against its bf16 twin in ``dit_bf16``, on the
     inputs the bf16 DiT gives it while ``run`` streams; per group: per block, mean and max."""
-    errors: dict[str, list[list[float]]] = {g: [[] for _ in dit_bf16.blocks] for g in FP8_LAYER_GROUPS}
+    errors: dict[str, list[list[float]]] = {g: [[] for _ in dit_bf16.blocks] for g in DIT_FP8_GROUPS}
     paths = {"self_qkv": ("self_attn.q", "self_attn.k", "self_attn.v"), "self_o": ("self_attn.o",),
              "cross_q": ("cross_attn.q",), "cross_o": ("cross_attn.o",), "ffn_up": ("ffn.0",), "ffn_down": ("ffn.2",)}
     handles = []
@@ -246,6 +246,28 @@ def stream(dit: WanDiT, noise: list[torch.Tensor], sparsity: SparsityParams,
     return [dit.stream_step(n, None, cache, step=i, sparsity=sparsity) for i, n in enumerate(noise)]
 
 
+def lq_feature_errors(lq_bf16: torch.nn.Module, lq_fp8: torch.nn.Module, size: tuple[int, int],
+                      calls: int = 3) -> list[float]:
+    """Relative error of the fp8 LQ projection's features against the bf16 one's, per streamed call (4 frames
+    each after the first), on smooth random frames of ``size`` (W, H) in [-1, 1] (4x bicubic-upscaled noise)."""
+    width, height = size
+    g = torch.Generator(device="cpu").manual_seed(2)
+    small = torch.rand(1, 3 * (1 + 4 * calls), height // 4, width // 4, generator=g) * 2 - 1
+    frames = F.interpolate(small, size=(height, width), mode="bicubic").view(1, 3, -1, height, width)
+    frames = frames.to(next(lq_bf16.parameters()).device)
+    errors = []
+    for lq in (lq_bf16, lq_fp8):
+        lq.reset()
+    for start in [0] + list(range(1, frames.shape[2], 4)):
+        chunk = frames[:, :, start:start + (1 if start == 0 else 4)]
+        want, got = lq_bf16.stream(chunk), lq_fp8.stream(chunk)
+        if want is not None:
+            errors.append(round(_rel(torch.cat(got), torch.cat(want)), 5))
+    for lq in (lq_bf16, lq_fp8):
+        lq.reset()
+    return errors
+
+
 def _output_frames(upscaler: Upscaler, clip: Path, geometry: Geometry) -> torch.Tensor:
     frames = list(upscaler.upscale_frames(clip, geometry, upscaler.settings.variant("tiny"),
                                           timer=StageTimer(upscaler.device)))
@@ -273,12 +295,14 @@ def measure_errors(weights: str, device: str, in_size: tuple[int, int], out_size
     h, w = geometry.model_height // 8, geometry.model_width // 8
     noise = [torch.randn(1, 16, f, h, w, generator=g).to(dit_bf16.device, dit_bf16.dtype) for f in (6, 2, 2)]
     per_layer = layer_errors(dit_bf16, dit_fp8, lambda d: stream(d, noise, sparsity))
+    lq_errors = lq_feature_errors(bf16._components.lq_proj, fp8._components.lq_proj, geometry.model_size)
     want, got = stream(dit_bf16, noise, sparsity), stream(dit_fp8, noise, sparsity, fp8.fp8_attention_active)
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     return {
         "weights": bf16.weights_label, "fp8_layers": list(groups), "fp8_fast_accum": fast_accum,
         "kv_cache": "fp8", "fp8_attention": fp8.fp8_attention_active, "model_size": list(geometry.model_size),
         "per_layer_rel_error": per_layer,
+        "lq_features_rel_error": lq_errors,
         "latents": [{"step": i, "psnr_db": _psnr_range(b, a), "rel_error": round(_rel(b, a), 5),
                      "prediction_psnr_db": _psnr_range(n - b, n - a), "prediction_rel_error": round(_rel(n - b, n - a), 5)}
                     for i, (a, b, n) in enumerate(zip(want, got, noise))],
@@ -334,6 +358,7 @@ def summary(result: dict[str, Any]) -> str:
     if error:
         for group, e in error["per_layer_rel_error"].items():
             lines.append(f"  rel error {group:9} mean {e['mean']:.4f} max {e['max']:.4f}")
+        lines.append("  LQ features rel error per call " + ", ".join(f"{v:.4f}" for v in error["lq_features_rel_error"]))
         lines.append("  latents PSNR " + ", ".join(f"step {s['step']}: {s['psnr_db']:.2f} dB" for s in error["latents"])
                      + "; model prediction (noise - latents) PSNR "
                      + ", ".join(f"{s['prediction_psnr_db']:.2f} dB" for s in error["latents"]))

@@ -6,7 +6,7 @@ import json
 import tomllib
 
 from scripts.measure_fp8 import group_costs, main, steady_tokens, throughput_rows
-from upscaler.models.fp8 import FP8_LAYER_GROUPS
+from upscaler.models.fp8 import DIT_FP8_GROUPS
 
 
 def test_steady_tokens_are_the_dit_tokens_of_a_steady_step() -> None:
@@ -23,7 +23,7 @@ def test_group_costs_add_what_fp8_needs_to_feed_each_product() -> None:
         "layer norm fp8": {"modulated": 0.35, "affine": 0.32},
     }
     costs = group_costs(shape)
-    assert set(costs) == set(FP8_LAYER_GROUPS)
+    assert set(costs) == set(DIT_FP8_GROUPS)
     assert costs["self_qkv"] == {"bf16_ms": 3.0, "fp8_ms": 1.55}
     assert costs["self_o"] == {"bf16_ms": 1.0, "fp8_ms": 0.7}
     assert costs["cross_q"] == {"bf16_ms": 1.0, "fp8_ms": 0.52}
@@ -59,21 +59,23 @@ def test_measured_layers_are_the_groups_the_gemm_section_found_faster(tmp_path) 
 
 
 def test_smoke_run_writes_every_figure(tmp_path, capsys) -> None:
-    assert main([str(tmp_path), "--smoke", "--fp8-layers", "self_qkv,self_o,ffn_down"]) == 0
+    assert main([str(tmp_path), "--smoke", "--fp8-layers", "self_qkv,self_o,ffn_down,lq_conv2"]) == 0
     result = json.loads((tmp_path / "fp8_measure.json").read_text())
     assert result["gemm"]["scaled_mm"] is False and result["gemm"]["decided_at"] == "toy"
     toy = result["gemm"]["shapes"]["toy"]
     assert toy["q/k/v/o"]["bf16_linear_ms"] > 0 and toy["q/k/v/o"]["product_vs_emulated_rel_error"] == 0.0
-    assert set(result["gemm"]["groups"]["toy"]) == set(FP8_LAYER_GROUPS)
+    assert set(result["gemm"]["groups"]["toy"]) == set(DIT_FP8_GROUPS)
     error = result["error"]
     assert set(error["per_layer_rel_error"]) == {"self_qkv", "self_o", "ffn_down"}
     assert all(0.0 < e["mean"] <= e["max"] < 0.1 for e in error["per_layer_rel_error"].values())
     assert len(error["per_layer_rel_error"]["self_qkv"]["per_block"]) == 2  # the small preset's blocks
     assert [s["step"] for s in error["latents"]] == [0, 1, 2]
+    assert len(error["lq_features_rel_error"]) == 3 and all(0 < e < 0.1 for e in error["lq_features_rel_error"])
     assert all(20.0 < s["psnr_db"] < 100.0 and s["rel_error"] > 0 for s in error["latents"])
     assert error["output"]["frames"] == 29 and error["output"]["psnr_rgb_db"] > 20.0
     assert "e2e" not in result  # GPU only
     out = capsys.readouterr().out
+    assert "LQ features rel error per call" in out
     assert "FP8 faster:" in out and "output PSNR (bf16 vs fp8, FP8 cache, fp8 attention off)" in out
     assert error["kv_cache"] == "fp8" and error["fp8_attention"] is False  # off the GPU: the dequantised cache
 

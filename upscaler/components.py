@@ -17,6 +17,7 @@ from torch import nn
 from upscaler.models.config import ModelPreset, load_preset
 from upscaler.models.dit import WanDiT
 from upscaler.models.fp8 import convert_dit_linears
+from upscaler.models.lq_proj_fp8 import convert_lq_convs
 from upscaler.settings import UpscalerSettings
 from upscaler.weights import (
     WeightFiles,
@@ -76,4 +77,6 @@ def load_components(settings: UpscalerSettings, device: torch.device, dtype: tor
     if settings.precision == "fp8":
         convert_dit_linears(dit, settings.fp8_layers, fast_accum=settings.fp8_fast_accum)
     lq_proj = load_lq_proj(files, preset, device, dtype)
+    if settings.precision == "fp8":
+        convert_lq_convs(lq_proj, settings.fp8_layers)
     return Components(files=files, preset=preset, settings=settings, device=device, dtype=dtype, dit=dit, lq_proj=lq_proj)

@@ -15,7 +15,9 @@ COLOR_FIXES = ("wavelet", "adain", "none")
 KV_CACHE_DTYPES = ("model", "fp8", "fp8-qk")
 PRECISIONS = ("bf16", "fp8")
 
-FP8_LAYER_GROUPS = ("self_qkv", "self_o", "cross_q", "cross_o", "ffn_up", "ffn_down")  # the DiT linears fp8 can convert
+DIT_FP8_GROUPS = ("self_qkv", "self_o", "cross_q", "cross_o", "ffn_up", "ffn_down")  # the DiT linears fp8 can convert
+LQ_FP8_GROUPS = ("lq_conv1", "lq_conv2")  # the LQ projection's two convs
+FP8_LAYER_GROUPS = DIT_FP8_GROUPS + LQ_FP8_GROUPS
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class UpscalerSettings:
     model_preset: str = "wan2.1-1.3b"
     kv_cache_dtype: str = "model"
     precision: str = "bf16"
-    fp8_layers: tuple[str, ...] = FP8_LAYER_GROUPS
+    fp8_layers: tuple[str, ...] = DIT_FP8_GROUPS
     fp8_fast_accum: bool = True
     """FP8 products accumulate without the periodic fp32 promotion (``use_fast_accum``): 18-26% less time per
     product on an H100, no error beyond FP8's own measured (scripts/measure_fp8.py, docs/benchmarks.md)."""

@@ -6,7 +6,7 @@ Triton's front end, its GPU passes and ptxas run on the CPU, so a kernel that th
 but the compiler rejects (e.g. an early ``return`` inside a ``constexpr`` branch) fails here, in CI.
 Every Triton kernel compiles for sm_90 (H100/H200), sm_89 (RTX 4090, L40) and sm_80 (A100) within the
 block's shared memory there, the attention kernel on the load paths each one takes (FP8 keys from sm_89,
-refused on sm_80), the FP8 linears' quantising kernels from sm_89; the warp-specialised Gluon kernel for sm_90 without register spills, where this
+refused on sm_80), the FP8 linears' quantising kernels and the LQ projection's FP8 conv from sm_89; the warp-specialised Gluon kernel for sm_90 without register spills, where this
 Triton can express it (:data:`kernels.triton_compat.GLUON`). Prints one line per kernel variant; exits
 non-zero if any fails.
 """
@@ -27,6 +27,8 @@ from kernels import triton_compat
 from kernels.channel_norm import _bias_norm_silu_kernel
 from kernels.frame_pairs import _stack_with_previous_kernel
 from kernels.layer_norm import LAUNCH_OPTIONS as LAYER_NORM_LAUNCH
+from kernels.fp8_conv import DEFAULT_TILE as CONV_TILE
+from kernels.fp8_conv import _conv3x3_fp8_kernel
 from kernels.fp8_quant import _quantise_rows_kernel, launch_config
 from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kernel
 from kernels.norm_rope import _norm_rope_kernel
@@ -210,8 +212,9 @@ def _other_kernels(arch: int) -> list[bool]:
                  {"RELU": True, "BLOCK_X": 32, "BLOCK_C": 128}, num_stages=1),
         _compile("MemBlock frame pairs", _stack_with_previous_kernel, arch,
                  {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128}, num_stages=1),
-        _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16"}, (),
-                 {"HAS_CONTEXT": True, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1),
+        _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16",
+                                                           "INV_SCALE": "*fp32"}, (),
+                 {"HAS_CONTEXT": True, "QUANTISE": False, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1),
         _compile("LQ conv epilogue (bias + channel norm + SiLU)", _bias_norm_silu_kernel, arch,
                  {"X": "*bf16", "BIAS": "*bf16", "GAMMA": "*bf16"}, ("gain", "eps"),
                  {"HAS_BIAS": True, "BLOCK_C": 4096}, num_warps=8, num_stages=1),
@@ -236,8 +239,20 @@ FP8_MIN_ARCH = 89  # e4m3 (fp8e4nv) exists from sm_89: the FP8 linears' kernels 
 
 
 def _fp8_kernels(arch: int) -> list[bool]:
-    """The FP8 linears' quantising kernels (precision = "fp8"), at the DiT's widths (1536, FFN 8960)."""
-    results = []
+    """The FP8 linears' quantising kernels (precision = "fp8"), at the DiT's widths (1536, FFN 8960), and the
+    LQ projection's e4m3 tap stacking and FP8 conv (its default tile: TMA boxes and wgmma on sm_90)."""
+    tile = CONV_TILE
+    results = [
+        _compile("LQ time taps to e4m3", _time_taps_kernel, arch,
+                 {"X": "*bf16", "CTX": "*bf16", "OUT": "*fp8e4nv", "INV_SCALE": "*fp32"}, (),
+                 {"HAS_CONTEXT": True, "QUANTISE": True, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1),
+        _compile("LQ FP8 conv (implicit GEMM)", _conv3x3_fp8_kernel, arch,
+                 {"x_desc": f"tensordesc<fp8e4nv[{tile.block_m}, {tile.block_k}]>",
+                  "w_desc": f"tensordesc<fp8e4nv[{tile.block_n}, {tile.block_k}]>", "OUT": "*bf16", "SCALE": "*fp32",
+                  "BIAS": "*bf16"}, (),
+                 {"HAS_BIAS": True, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k,
+                  "GROUP_M": tile.group_m}, num_warps=tile.warps, num_stages=tile.stages),
+    ]
     for gelu, dim in ((False, 1536), (True, 8960)):
         config = launch_config(dim)
         warps = config.pop("num_warps")

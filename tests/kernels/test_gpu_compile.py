@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OTHER_KERNELS = ("compact rows", "sub-pixel interleave", "MemBlock frame pairs", "LQ time taps",
                  "LQ conv epilogue (bias + channel norm + SiLU)", "q/k RMSNorm + RoPE",
                  "residual add + layer norm (modulated)", "residual add + layer norm (affine)")
-FP8_KERNELS = ("row quantise to e4m3", "row quantise to e4m3 + GELU", "residual add + layer norm to e4m3 (modulated)",
+FP8_KERNELS = ("LQ time taps to e4m3", "LQ FP8 conv (implicit GEMM)", "row quantise to e4m3",
+               "row quantise to e4m3 + GELU", "residual add + layer norm to e4m3 (modulated)",
                "residual add + layer norm to e4m3 (affine)")  # sm_89 and sm_90 only (no e4m3 before)
 
 

@@ -7,7 +7,7 @@ import torch
 
 from kernels.time_taps import stack_time_taps
 from upscaler.models.config import LQProjConfig
-from upscaler.models.lq_proj import CausalConv
+from upscaler.models.lq_proj import stacked_taps
 
 
 def reference(x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -35,14 +35,23 @@ def test_kernel_matches_the_padded_windows(b, c, t, h, w, channels_last, with_co
     assert torch.equal(got.permute(0, 2, 3, 1), reference(x, context))
 
 
+@pytest.mark.parametrize("quantise", [False, True])
 @pytest.mark.parametrize("with_context", [False, True])
-@torch.no_grad()
-def test_causal_conv_stacks_the_same_input_on_both_paths(with_context) -> None:
-    conv = CausalConv(LQProjConfig().in_dim * 4, 6)
+def test_pytorch_and_kernel_paths_stack_the_same_input(with_context, quantise) -> None:
+    """``stacked_taps`` (the PyTorch path on the CPU) and the kernel agree bit for bit, also when both
+    quantise to e4m3 with per-channel inverse scales (values past e4m3's range saturate to 448)."""
+    c = LQProjConfig().in_dim * 4
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, conv.in_channels, 4, 3, 5, generator=g)
-    context = torch.randn(2, conv.in_channels, 2, 3, 5, generator=g) if with_context else None
-    assert torch.equal(conv._stacked_input(x, context), stack_time_taps(x, context))
+    x = torch.randn(2, c, 4, 3, 5, generator=g) * 3
+    context = torch.randn(2, c, 2, 3, 5, generator=g) if with_context else None
+    inverse = torch.rand(c, generator=g) * 200 + 1 if quantise else None
+    got, want = stack_time_taps(x, context, inverse), stacked_taps(x, context, inverse)
+    assert got.dtype == want.dtype == (torch.float8_e4m3fn if quantise else torch.float32)
+    assert torch.equal(got.view(torch.uint8) if quantise else got, want.view(torch.uint8) if quantise else want)
+    if quantise:
+        assert got.float().abs().max() == 448  # some values saturated
+        want_values = (reference(x, context).float() * inverse.repeat(4)).clamp(-448, 448).to(torch.float8_e4m3fn)
+        assert torch.equal(got.permute(0, 2, 3, 1).view(torch.uint8), want_values.view(torch.uint8))
 
 
 def test_kernel_rejects_bad_shapes() -> None:
@@ -51,3 +60,5 @@ def test_kernel_rejects_bad_shapes() -> None:
         stack_time_taps(x, torch.zeros(1, 4, 2, 3, 3)[:, :, :0])
     with pytest.raises(ValueError, match="context must be"):
         stack_time_taps(torch.zeros(1, 4, 2, 3, 3), torch.zeros(1, 4, 2, 3, 4))
+    with pytest.raises(ValueError, match="inverse_scale must be"):
+        stack_time_taps(torch.zeros(1, 4, 2, 3, 3), None, torch.ones(3))

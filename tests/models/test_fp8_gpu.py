@@ -58,3 +58,30 @@ def test_fp8_dit_uses_scaled_mm_and_stays_within_budget(caplog, fast_accum: bool
         pred_want, pred_got = (noise - want).float(), (noise - got).float()
         rel = ((pred_got - pred_want).norm() / pred_want.norm()).item()
         assert rel < 0.08, (step, rel)
+
+
+@pytest.mark.skipif(not FP8_GPU, reason="no e4m3 before compute capability 8.9")
+@torch.no_grad()
+@pytest.mark.parametrize("with_context", [False, True])
+def test_lq_fp8_conv_kernel_equals_the_emulated_conv(with_context: bool) -> None:
+    """The LQ projection's second conv at the real channel counts on a small frame: the e4m3 stacking and the
+    implicit-GEMM kernel give the emulated result (fp32 sums in another order, one bf16 rounding), and stay
+    within FP8's error of the bf16 conv."""
+    from upscaler.models.config import LQProjConfig
+    from upscaler.models.lq_proj import CausalLQProj
+    from upscaler.models.lq_proj_fp8 import FP8CausalConv
+
+    torch.manual_seed(0)
+    lq = CausalLQProj(LQProjConfig()).eval().to("cuda", torch.bfloat16)
+    lq.norm1.gamma.copy_(1 + 0.3 * torch.randn_like(lq.norm1.gamma))
+    kernel = FP8CausalConv(lq.conv2, lq.norm1.gamma, use_kernel=True)
+    emulated = FP8CausalConv(lq.conv2, lq.norm1.gamma, use_kernel=False)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    shape = (1, lq.conv2.in_channels, 2, 20, 36)
+    x = torch.nn.functional.silu(torch.randn(shape, generator=g) * 2).to("cuda", torch.bfloat16)
+    context = torch.randn(shape, generator=g).to("cuda", torch.bfloat16) if with_context else None
+    got, want, exact = kernel(x, context), emulated(x, context), lq.conv2(x, context)
+    assert got.shape == want.shape == exact.shape and got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+    assert float((got.float() - want.float()).norm() / want.float().norm()) < 5e-3
+    assert float((got.float() - exact.float()).norm() / exact.float().norm()) < 0.06

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscaler.settings import FP8_LAYER_GROUPS
+from upscaler.settings import DIT_FP8_GROUPS, FP8_LAYER_GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,10 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
     quantised now, the model-dtype weights released; ``fast_accum``: products without fp32 promotion)
     and tell each block which of its inputs to quantise; logs once which product path runs. Returns the
     groups converted."""
-    chosen = frozenset(groups)
-    unknown = chosen - set(FP8_LAYER_GROUPS)
+    unknown = set(groups) - set(FP8_LAYER_GROUPS)
     if unknown:
         raise ValueError(f"unknown FP8 layer groups {sorted(unknown)}; choose from {FP8_LAYER_GROUPS}")
+    chosen = frozenset(groups) & set(DIT_FP8_GROUPS)
     device = next(dit.parameters()).device
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < SCALED_MM_MIN_CAPABILITY:
         # our quantising kernels store e4m3, which Triton compiles only from sm_89 on
@@ -165,7 +165,7 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
         use_scaled_mm = False
     converted = 0
     for block in dit.blocks:
-        for group in FP8_LAYER_GROUPS:
+        for group in DIT_FP8_GROUPS:
             if group not in chosen:
                 continue
             for parent, name in _targets(block, group):

@@ -42,6 +42,31 @@ class ChannelRMSNorm(nn.Module):
         return F.normalize(x, dim=1) * self.scale * self.gamma
 
 
+def stacked_taps(x: torch.Tensor, context: torch.Tensor | None, inverse_scale: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """The padded input frames' time taps stacked along channels: ``(B * T', 4C, h + 2, w + 2)``
+    channels-last, in one Triton pass on CUDA (:mod:`kernels.time_taps`). With ``inverse_scale`` (fp32,
+    ``C`` values): quantised to e4m3, ``clamp(x * inverse_scale[c], -448, 448)``, for the FP8 conv."""
+    if x.is_cuda:
+        from kernels.time_taps import stack_time_taps
+
+        return stack_time_taps(x, context, inverse_scale)
+    if context is None:
+        x = F.pad(x, (1, 1, 1, 1, TIME_CONTEXT, 0), mode="replicate")
+    else:
+        x = F.pad(torch.cat([context, x], dim=2), (1, 1, 1, 1, 0, 0), mode="replicate")
+    b, c, _, h, w = x.shape
+    windows = x.unfold(2, CONV_KERNEL[0], CONV_STRIDE[0])  # (B, C, T', h, w, taps)
+    frames = windows.shape[2]
+    stacked = windows.permute(0, 2, 3, 4, 5, 1).reshape(b * frames, h, w, -1)  # taps, then channels
+    if inverse_scale is not None:
+        from kernels.fp8_quant import E4M3_MAX
+
+        inverse = inverse_scale.float().repeat(CONV_KERNEL[0])
+        stacked = (stacked.float() * inverse).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return stacked.permute(0, 3, 1, 2)
+
+
 def _stack_taps(weight: torch.Tensor) -> torch.Tensor:
     """``(Cout, Cin, taps, kh, kw)`` -> ``(Cout, taps*Cin, kh, kw)`` channels-last, tap-major channels."""
     cout, cin, taps, kh, kw = weight.shape
@@ -71,29 +96,12 @@ class CausalConv(nn.Conv3d):
     def conv_frames(self, x: torch.Tensor, context: torch.Tensor | None, with_bias: bool = True) -> torch.Tensor:
         """The conv's output frames ``(B * T', Cout, h, w)`` (channels-last for channels-last input), with
         or without the bias."""
-        stacked = self._stacked_input(x, context)
-        return F.conv2d(stacked, self.stacked_weight(self.weight), self.bias if with_bias else None)
+        return F.conv2d(stacked_taps(x, context), self.stacked_weight(self.weight), self.bias if with_bias else None)
 
     @staticmethod
     def as_frames(out: torch.Tensor, batch: int) -> torch.Tensor:
         """``(B * T', C, h, w)`` -> the 3D conv's ``(B, C, T', h, w)`` (a view)."""
         return out.unflatten(0, (batch, -1)).transpose(1, 2)
-
-    def _stacked_input(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """The padded input frames' time taps stacked along channels: ``(B * T', 4C, h + 2, w + 2)``
-        channels-last, in one Triton pass on CUDA (:mod:`kernels.time_taps`)."""
-        if x.is_cuda:
-            from kernels.time_taps import stack_time_taps
-
-            return stack_time_taps(x, context)
-        if context is None:
-            x = F.pad(x, (1, 1, 1, 1, TIME_CONTEXT, 0), mode="replicate")
-        else:
-            x = F.pad(torch.cat([context, x], dim=2), (1, 1, 1, 1, 0, 0), mode="replicate")
-        b, c, _, h, w = x.shape
-        windows = x.unfold(2, self.kernel_size[0], self.stride[0])  # (B, C, T', h, w, taps)
-        frames = windows.shape[2]
-        return windows.permute(0, 2, 3, 4, 5, 1).reshape(b * frames, h, w, -1).permute(0, 3, 1, 2)
 
 
 class _LQProj(nn.Module):
@@ -109,6 +117,11 @@ class _LQProj(nn.Module):
         self.linear_layers = nn.ModuleList([nn.Linear(cfg.hidden_dim2, cfg.out_dim) for _ in range(cfg.layer_num)])
         self._contexts: list[torch.Tensor | None] = [None, None]
         self._calls = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The model dtype (the convs' weights may be e4m3 in FP8 mode; the norms' gains never are)."""
+        return self.norm1.gamma.dtype
 
     def reset(self) -> None:
         """Forget the stream (start of a new clip)."""
@@ -158,7 +171,7 @@ class _LQProj(nn.Module):
         if frames.shape[2] != expected:
             raise ValueError(f"LQ projection call {self._calls} takes {expected} frame(s), got {frames.shape[2]}")
         self._calls += 1
-        frames = frames.to(self.conv1.weight.dtype)
+        frames = frames.to(self.dtype)
         x = self._unshuffle(self._pad_first(frames) if first else frames)
         x = self._layer(0, x, self._stream_context(0, x))
         context = self._stream_context(1, x)
@@ -171,7 +184,7 @@ class _LQProj(nn.Module):
         equal to concatenating the outputs of :meth:`stream` over the clip."""
         if (video.shape[2] - 1) % FRAMES_PER_CALL:
             raise ValueError(f"one-shot LQ projection takes 1 + 4n frames, got {video.shape[2]}")
-        x = self._unshuffle(self._pad_first(video.to(self.conv1.weight.dtype)))
+        x = self._unshuffle(self._pad_first(video.to(self.dtype)))
         return self._project(self._one_shot(x))
 
 
