@@ -31,10 +31,11 @@ TAPS = 9
 @dataclass(frozen=True)
 class ConvTile:
     """One program's tile and launch options; ``group_m`` row tiles that read the same weight tiles run
-    together (L2 reuse)."""
+    together (L2 reuse). The default measured fastest of six at both LQ convs' 4K and 1080p shapes on an
+    H100 (``scripts/bench_lq_conv.py``, docs/benchmarks.md)."""
 
-    block_m: int = 128
-    block_n: int = 256
+    block_m: int = 256
+    block_n: int = 128
     block_k: int = 128
     group_m: int = 8
     warps: int = 8

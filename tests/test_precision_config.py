@@ -11,12 +11,12 @@ from miner.config import load_miner_config
 from scripts.bench import build_parser as bench_parser
 from upscaler.cli import build_parser as upscale_parser
 from upscaler.planner import Measurement, ThroughputTable, WorkerCapacity, _precision_rows, max_content_length
-from upscaler.settings import DIT_FP8_GROUPS, load_settings
+from upscaler.settings import FP8_LAYER_GROUPS, load_settings
 
 
 def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
     settings = load_settings(weights="random-small", device="cpu")
-    assert settings.precision == "bf16" and settings.fp8_layers == DIT_FP8_GROUPS and settings.fp8_fast_accum
+    assert settings.precision == "bf16" and settings.fp8_layers == FP8_LAYER_GROUPS and settings.fp8_fast_accum
     assert load_settings(weights="random-small", device="cpu", precision="fp8").precision == "fp8"
     with pytest.raises(ValueError, match="precision must be one of"):
         load_settings(weights="random-small", device="cpu", precision="fp4")

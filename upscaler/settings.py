@@ -98,7 +98,7 @@ class UpscalerSettings:
     model_preset: str = "wan2.1-1.3b"
     kv_cache_dtype: str = "model"
     precision: str = "bf16"
-    fp8_layers: tuple[str, ...] = DIT_FP8_GROUPS
+    fp8_layers: tuple[str, ...] = FP8_LAYER_GROUPS
     fp8_fast_accum: bool = True
     """FP8 products accumulate without the periodic fp32 promotion (``use_fast_accum``): 18-26% less time per
     product on an H100, no error beyond FP8's own measured (scripts/measure_fp8.py, docs/benchmarks.md)."""

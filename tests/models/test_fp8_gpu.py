@@ -65,8 +65,9 @@ def test_fp8_dit_uses_scaled_mm_and_stays_within_budget(caplog, fast_accum: bool
 @pytest.mark.parametrize("with_context", [False, True])
 def test_lq_fp8_conv_kernel_equals_the_emulated_conv(with_context: bool) -> None:
     """The LQ projection's second conv at the real channel counts on a small frame: the e4m3 stacking and the
-    implicit-GEMM kernel give the emulated result (fp32 sums in another order, one bf16 rounding), and stay
-    within FP8's error of the bf16 conv."""
+    implicit-GEMM kernel give the emulated result up to the tensor cores' accumulation (no periodic fp32
+    promotion over the 73,728-long reduction: 0.8% on an H200) and one bf16 rounding, and stay within FP8's
+    error of the bf16 conv."""
     from upscaler.models.config import LQProjConfig
     from upscaler.models.lq_proj import CausalLQProj
     from upscaler.models.lq_proj_fp8 import FP8CausalConv
@@ -78,10 +79,14 @@ def test_lq_fp8_conv_kernel_equals_the_emulated_conv(with_context: bool) -> None
     emulated = FP8CausalConv(lq.conv2, lq.norm1.gamma, use_kernel=False)
     g = torch.Generator(device="cpu").manual_seed(1)
     shape = (1, lq.conv2.in_channels, 2, 20, 36)
-    x = torch.nn.functional.silu(torch.randn(shape, generator=g) * 2).to("cuda", torch.bfloat16)
-    context = torch.randn(shape, generator=g).to("cuda", torch.bfloat16) if with_context else None
+
+    def first_layer_output() -> torch.Tensor:  # what the second conv reads: silu(norm1(...)), within the bound
+        return torch.nn.functional.silu(lq.norm1(torch.randn(shape, generator=g).to("cuda", torch.bfloat16) * 3))
+
+    x = first_layer_output()
+    context = first_layer_output() if with_context else None
     got, want, exact = kernel(x, context), emulated(x, context), lq.conv2(x, context)
     assert got.shape == want.shape == exact.shape and got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * float(want.abs().max()))
-    assert float((got.float() - want.float()).norm() / want.float().norm()) < 5e-3
+    assert float((got.float() - want.float()).norm() / want.float().norm()) < 1.2e-2
     assert float((got.float() - exact.float()).norm() / exact.float().norm()) < 0.06
