@@ -9,7 +9,8 @@ tensor cores (compute capability >= 8.9); everywhere else (the CPU, older GPUs) 
 emulated: quantise, dequantise, fp32 matrix product; so quality checks and tests run anywhere.
 
 Layer groups (``fp8_layers``): ``self_qkv`` (self-attention q/k/v), ``self_o``, ``cross_q``, ``cross_o``,
-``ffn_up``, ``ffn_down``. The cross-attention's k/v run once per prompt and stay in the model dtype.
+``ffn_up``, ``ffn_down``. The cross-attention's k/v run once per prompt and stay in the model dtype. The
+list may also name the LQ projection's convs (``lq_conv1``, ``lq_conv2``): :mod:`upscaler.models.lq_proj_fp8`.
 """
 
 from __future__ import annotations
