@@ -5,32 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from upscaler.models.config import LQProjConfig
+from tests.models.lq_helpers import CFG, lq_clip, lq_model, stream_lq
 from upscaler.models.lq_proj import BufferLQProj, CausalLQProj
 
-CFG = LQProjConfig(hidden_dim1=16, hidden_dim2=24, out_dim=32, layer_num=2)
 CLASSES = (BufferLQProj, CausalLQProj)
-
-
-def _model(cls):
-    torch.manual_seed(0)
-    model = cls(CFG).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)  # non-trivial norm gains
-    return model
-
-
-def _clip(frames: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(1, 3, frames, 32, 48, generator=g) * 2 - 1
-
-
-def _stream(model, clip):
-    model.reset()
-    outputs = [model.stream(clip[:, :, :1])]
-    outputs += [model.stream(clip[:, :, s:s + 4]) for s in range(1, clip.shape[2], 4)]
-    return outputs
 
 
 def test_keys_are_the_official_ones():
@@ -46,9 +24,9 @@ def test_keys_are_the_official_ones():
 @pytest.mark.parametrize("cls", CLASSES)
 @torch.no_grad()
 def test_stream_equals_one_shot(cls):
-    model = _model(cls)
-    clip = _clip(13)
-    outputs = _stream(model, clip)
+    model = lq_model(cls)
+    clip = lq_clip(13)
+    outputs = stream_lq(model, clip)
     assert outputs[0] is None
     for out in outputs[1:]:
         assert len(out) == 2 and out[0].shape == (1, 2 * 3, 32)
@@ -60,33 +38,33 @@ def test_stream_equals_one_shot(cls):
 
 @torch.no_grad()
 def test_v1_calls_are_independent_and_v11_calls_are_causal():
-    clip = _clip(9)
+    clip = lq_clip(9)
     changed = clip.clone()
-    changed[:, :, 1:5] = _clip(4, seed=7)
+    changed[:, :, 1:5] = lq_clip(4, seed=7)
     for cls, independent in ((BufferLQProj, True), (CausalLQProj, False)):
-        model = _model(cls)
-        last = _stream(model, clip)[-1][0]
-        last_changed = _stream(model, changed)[-1][0]
+        model = lq_model(cls)
+        last = stream_lq(model, clip)[-1][0]
+        last_changed = stream_lq(model, changed)[-1][0]
         assert torch.allclose(last, last_changed) == independent, cls.__name__
 
 
 def test_frame_counts_are_checked():
-    model = _model(CausalLQProj)
+    model = lq_model(CausalLQProj)
     with pytest.raises(ValueError, match="takes 1 frame"):
-        model.stream(_clip(4))
+        model.stream(lq_clip(4))
     model.reset()
-    assert model.stream(_clip(1)) is None
+    assert model.stream(lq_clip(1)) is None
     with pytest.raises(ValueError, match="takes 4 frame"):
-        model.stream(_clip(2))
+        model.stream(lq_clip(2))
     with pytest.raises(ValueError, match="1 \\+ 4n"):
-        model(_clip(6))
+        model(lq_clip(6))
 
 
 @pytest.mark.parametrize("with_context", [False, True])
 @torch.no_grad()
 def test_causal_conv_equals_the_padded_conv3d(with_context):
     """The stacked-taps 2D conv computes the reference's replicate-padded Conv3d."""
-    conv = _model(CausalLQProj).conv1
+    conv = lq_model(CausalLQProj).conv1
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, conv.in_channels, 4, 5, 7, generator=g)
     context = torch.randn(2, conv.in_channels, 2, 5, 7, generator=g) if with_context else None

@@ -9,28 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upscaler.models.config import LQProjConfig
+from tests.models.lq_helpers import CFG, lq_clip, lq_model, stream_lq
 from upscaler.models.lq_proj import BufferLQProj, CausalLQProj, stacked_taps
 from upscaler.models.lq_proj_fp8 import (FRAME_BOUND, FP8CausalConv, convert_lq_convs, quantise_conv_weight,
                                          stacked_input_scales)
 
-CFG = LQProjConfig(hidden_dim1=16, hidden_dim2=24, out_dim=32, layer_num=2)
-
-
-def _model(cls):
-    torch.manual_seed(0)
-    model = cls(CFG).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)  # non-trivial norm gains
-    return model
-
-
-def _stream(model, clip):
-    model.reset()
-    outputs = [model.stream(clip[:, :, :1])]
-    outputs += [model.stream(clip[:, :, s:s + 4]) for s in range(1, clip.shape[2], 4)]
-    return [torch.cat(o) for o in outputs[1:]]
+def _features(model, clip):
+    """Each streamed call's features (the projection's layers stacked), skipping the priming call."""
+    return [torch.cat(o) for o in stream_lq(model, clip)[1:]]
 
 
 def test_second_conv_scales_hold_the_largest_normalised_input() -> None:
@@ -61,7 +47,7 @@ def test_weight_folds_the_input_scales_tap_major() -> None:
 @pytest.mark.parametrize("with_context", [False, True])
 @torch.no_grad()
 def test_emulated_conv_is_the_dequantised_conv(with_context) -> None:
-    model = _model(CausalLQProj)
+    model = lq_model(CausalLQProj)
     conv = FP8CausalConv(model.conv2, model.norm1.gamma, use_kernel=False)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, CFG.hidden_dim1, 2, 3, 5, generator=g)
@@ -79,19 +65,19 @@ def test_emulated_conv_is_the_dequantised_conv(with_context) -> None:
 @pytest.mark.parametrize("cls", [BufferLQProj, CausalLQProj])
 @torch.no_grad()
 def test_converted_projection_stays_close(cls) -> None:
-    model = _model(cls)
+    model = lq_model(cls)
     fp8 = copy.deepcopy(model)
     assert convert_lq_convs(fp8, ("lq_conv1", "lq_conv2", "ffn_up")) == {"lq_conv1", "lq_conv2"}
     assert isinstance(fp8.conv1, FP8CausalConv) and isinstance(fp8.conv2, FP8CausalConv)
     assert fp8.dtype == model.dtype == torch.float32
-    clip = torch.rand(1, 3, 9, 32, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    for want, got in zip(_stream(model, clip), _stream(fp8, clip)):
+    clip = lq_clip(9)
+    for want, got in zip(_features(model, clip), _features(fp8, clip)):
         assert got.shape == want.shape and got.dtype == want.dtype
         assert 0 < float((got - want).norm() / want.norm()) < 0.08
 
 
 def test_only_the_named_convs_convert() -> None:
-    model = _model(CausalLQProj)
+    model = lq_model(CausalLQProj)
     assert convert_lq_convs(model, ("self_qkv",)) == frozenset()
     assert convert_lq_convs(model, ("lq_conv2",)) == {"lq_conv2"}
     assert not isinstance(model.conv1, FP8CausalConv) and isinstance(model.conv2, FP8CausalConv)
