@@ -9,8 +9,11 @@ tile is a plain TMA box, nothing is gathered or copied. Rows ``p`` whose ``x`` i
 per padded row, 0.8% at 4K) are computed and not stored.
 
 Weights ``(N, 9 * C)`` e4m3, tap-major along the reduction (``k = (3 * dy + dx) * C + c``), one fp32
-scale per output channel; products accumulate in fp32 (FP8 tensor cores on sm_90 / sm_89). The output is
-``(F, N, h, w)`` channels-last in bf16, scaled per output channel, optionally with a bias.
+scale per output channel; the FP8 tensor cores (sm_90, sm_89) accumulate as they do, without a periodic
+fp32 promotion: over the second LQ conv's 73,728-long reduction that is 0.8% relative from exact fp32
+sums on an H200, against FP8's own 3.8% from the bf16 conv. The output is ``(F, N, h, w)`` channels-last
+(bf16 by default), scaled per output channel, optionally with a bias. On an H100 at 4K the two LQ convs
+take 5.30 and 11.93 ms against cuDNN's bf16 9.64 and 30.82 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
