@@ -146,6 +146,12 @@ def quantise_rows_torch(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.T
     return (xf * (full / amax)).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), amax / full
 
 
+def quantise_static_torch(x: torch.Tensor, inverse_scale: torch.Tensor) -> torch.Tensor:
+    """e4m3 ``clamp(x * inverse_scale, -448, 448)`` with a precomputed inverse scale broadcast over ``x`` (the
+    static per-channel scales of the LQ projection's FP8 convs; what :mod:`kernels.time_taps` writes on CUDA)."""
+    return (x.float() * inverse_scale.float()).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+
+
 def quantise_rows(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q, scale)`` of the rows of ``x`` ``(..., D)`` in one Triton pass (as :func:`quantise_rows_torch`)."""
     dim = x.shape[-1]

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from triton.testing import do_bench  # noqa: E402
 
 from kernels.fp8_conv import ConvTile, conv3x3_fp8  # noqa: E402
+from kernels.fp8_quant import quantise_static_torch  # noqa: E402
 from upscaler.models.lq_proj_fp8 import quantise_conv_weight, stacked_input_scales  # noqa: E402
 
 TAPS = 4  # time taps stacked along the input channels
@@ -73,7 +74,7 @@ def main() -> None:
                "cudnn_bf16_ms": bf16_ms, "cudnn_bf16_tflops": flops / bf16_ms / 1e9, "fp8": []}
         gamma = None if case.endswith("conv1") else torch.ones(channels // TAPS)
         in_scale = stacked_input_scales(TAPS, channels // TAPS, gamma, "cuda")
-        xq = (x.float() / in_scale.view(1, -1, 1, 1)).clamp(-448, 448).to(torch.float8_e4m3fn)
+        xq = quantise_static_torch(x, (1.0 / in_scale).view(1, -1, 1, 1))  # as the stacking pass does
         wq, w_scale = quantise_conv_weight(weight, in_scale)
         print(f"{case}: cuDNN bf16 {bf16_ms:.3f} ms ({row['cudnn_bf16_tflops']:.0f} TFLOP/s)", flush=True)
         for tile in TILES:

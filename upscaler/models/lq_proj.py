@@ -60,10 +60,9 @@ def stacked_taps(x: torch.Tensor, context: torch.Tensor | None, inverse_scale: t
     frames = windows.shape[2]
     stacked = windows.permute(0, 2, 3, 4, 5, 1).reshape(b * frames, h, w, -1)  # taps, then channels
     if inverse_scale is not None:
-        from kernels.fp8_quant import E4M3_MAX
+        from kernels.fp8_quant import quantise_static_torch
 
-        inverse = inverse_scale.float().repeat(CONV_KERNEL[0])
-        stacked = (stacked.float() * inverse).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        stacked = quantise_static_torch(stacked, inverse_scale.repeat(CONV_KERNEL[0]))
     return stacked.permute(0, 3, 1, 2)
 
 
