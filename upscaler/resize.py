@@ -2,8 +2,8 @@
 
 Input side: bicubic resize to the model's working size (``F.interpolate``, ``align_corners=False``,
 no antialiasing, as the reference pipeline), done on the GPU when ``device`` is CUDA. Output side:
-clamp, scale and permute on the GPU, then a single asynchronous copy to pinned host memory, waited
-for one step later (:func:`frames_to_host`).
+clamp, scale, round and permute in one pass on the GPU (:mod:`kernels.pixels`), then a single
+asynchronous copy to pinned host memory, waited for one step later (:func:`frames_to_host`).
 """
 
 from __future__ import annotations
@@ -77,8 +77,11 @@ def start_uint8_copy(x: torch.Tensor) -> HostFrames:
     copied to pinned host memory without blocking the host (CUDA)."""
     if x.ndim != 5 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"expected (1, 3, T, H, W), got shape {tuple(x.shape)}")
-    frames = x[0].float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
-    return start_host_copy(frames.permute(1, 2, 3, 0).contiguous())
+    if x.is_cuda:
+        from kernels.pixels import pixels
+    else:
+        from kernels.pixels import pixels_torch as pixels
+    return start_host_copy(pixels(x[0]))
 
 
 def start_host_copy(frames: torch.Tensor) -> HostFrames:

@@ -32,6 +32,8 @@ from kernels.fp8_conv import _conv3x3_fp8_kernel
 from kernels.fp8_quant import _quantise_rows_kernel, launch_config
 from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kernel
 from kernels.norm_rope import _norm_rope_kernel
+from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
+from kernels.pixels import _pixels_kernel
 from kernels.subpixel import _interleave_kernel
 from kernels.time_taps import _time_taps_kernel
 from kernels.triton_sparse import _compact_rows_kernel, _sparse_attn_fwd
@@ -218,6 +220,9 @@ def _other_kernels(arch: int) -> list[bool]:
         _compile("LQ conv epilogue (bias + channel norm + SiLU)", _bias_norm_silu_kernel, arch,
                  {"X": "*bf16", "BIAS": "*bf16", "GAMMA": "*bf16"}, ("gain", "eps"),
                  {"HAS_BIAS": True, "BLOCK_C": 4096}, num_warps=8, num_stages=1),
+        _compile("frames to uint8 pixels", _pixels_kernel, arch, {"X": "*bf16", "OUT": "*u8"}, (),
+                 {"BLOCK_W": 256}, num_warps=PIXELS_LAUNCH["num_warps"], num_stages=1,
+                 fp_fusion=PIXELS_LAUNCH["enable_fp_fusion"]),
         _compile("q/k RMSNorm + RoPE", _norm_rope_kernel, arch,
                  {"X": "*bf16", "WEIGHT": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16"}, ("eps",),
                  {"HEADS": 12, "HEAD_DIM": 128, "HEADS_P2": 16, "BLOCK_R": 2}, num_stages=1),
