@@ -203,6 +203,17 @@ def _psnr_range(got: torch.Tensor, want: torch.Tensor) -> float:
     return 100.0 if mse == 0 else round(10 * math.log10(peak * peak / mse), 3)
 
 
+def _fp8_twin(block: nn.Module, name: str) -> Callable[[Any], torch.Tensor] | None:
+    """The FP8 product standing for linear ``name`` of ``block`` (its slice of the stacked q/k/v product),
+    or None where that linear stayed in the model dtype."""
+    stacked = block.self_attn.qkv
+    if name in ("self_attn.q", "self_attn.k", "self_attn.v") and isinstance(stacked, FP8Linear):
+        part = "qkv".index(name[-1])
+        return lambda x: stacked(x).chunk(3, dim=-1)[part]
+    twin = block.get_submodule(name)
+    return twin if isinstance(twin, FP8Linear) else None
+
+
 def layer_errors(dit_bf16: WanDiT, dit_fp8: WanDiT, run: Callable[[WanDiT], Any]) -> dict[str, Any]:
     """Relative error of each FP8 linear of ``dit_fp8`` against its bf16 twin in ``dit_bf16``, on the
     inputs the bf16 DiT gives it while ``run`` streams; per group: per block, mean and max."""
@@ -215,8 +226,8 @@ def layer_errors(dit_bf16: WanDiT, dit_fp8: WanDiT, run: Callable[[WanDiT], Any]
     for index, (plain, fp8) in enumerate(zip(dit_bf16.blocks, dit_fp8.blocks)):
         for group, names in paths.items():
             for name in names:
-                twin = fp8.get_submodule(name)
-                if not isinstance(twin, FP8Linear):
+                twin = _fp8_twin(fp8, name)
+                if twin is None:
                     continue
 
                 def hook(module, args, output, twin=twin, group=group, index=index):

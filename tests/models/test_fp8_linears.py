@@ -13,7 +13,8 @@ from torch import nn
 from kernels.fp8_quant import E4M3, quantise_rows_torch
 from upscaler.models.config import SparsityParams, load_preset
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import FP8_LAYER_GROUPS, FP8Linear, QuantisedRows, convert_dit_linears, emulated_scaled_mm
+from upscaler.models.fp8 import (FP8_LAYER_GROUPS, FP8Linear, QuantisedRows, convert_dit_linears, emulated_scaled_mm,
+                                 stacked_linear)
 
 CFG = load_preset("small").dit
 SPARSE = SparsityParams(sparse_ratio=0.1, kv_ratio=3, local_range=3)
@@ -70,6 +71,32 @@ def test_only_the_chosen_groups_convert_and_the_path_is_logged(dit, caplog) -> N
     fast = copy.deepcopy(dit)
     convert_dit_linears(fast, ["ffn_up"], fast_accum=True)
     assert all(block.ffn[0].fast_accum and not block.ffn[0].use_scaled_mm for block in fast.blocks)
+
+
+@torch.no_grad()
+def test_q_k_v_become_one_product_equal_to_the_three(dit) -> None:
+    """The stacked product's weight rows, their scales and its output slices are the separate layers'."""
+    model = copy.deepcopy(dit)
+    attn = model.blocks[0].self_attn
+    separate = [FP8Linear(linear, use_scaled_mm=False) for linear in (attn.q, attn.k, attn.v)]
+    convert_dit_linears(model, ["self_qkv"])
+    for block in model.blocks:
+        assert isinstance(block.self_attn.qkv, FP8Linear)
+        assert block.self_attn.q is None and block.self_attn.k is None and block.self_attn.v is None
+        assert block.self_attn.qkv.weight.shape == (3 * CFG.dim, CFG.dim)
+    assert torch.equal(attn.qkv.weight.view(torch.uint8), torch.cat([s.weight for s in separate]).view(torch.uint8))
+    assert torch.equal(attn.qkv.weight_scale, torch.cat([s.weight_scale for s in separate], dim=1))
+    rows = QuantisedRows(*quantise_rows_torch(torch.randn(2, 7, CFG.dim, generator=torch.Generator().manual_seed(3))))
+    for got, layer in zip(attn._project(rows), separate):
+        assert got.shape == (2, 7, CFG.dim)
+        torch.testing.assert_close(got, layer(rows), rtol=1e-6, atol=1e-6)
+
+
+def test_stacked_linear_refuses_different_inputs_and_keeps_a_single_one() -> None:
+    one = nn.Linear(8, 4)
+    assert stacked_linear([one]) is one
+    with pytest.raises(ValueError, match="input widths"):
+        stacked_linear([one, nn.Linear(6, 4)])
 
 
 @torch.no_grad()

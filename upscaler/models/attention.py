@@ -85,13 +85,25 @@ class _Projections(nn.Module):
 class SelfAttention(_Projections):
     """Self-attention with qk RMSNorm, 3D RoPE and the LCSA block-sparse mask (keys q/k/v/o/norm_q/norm_k)."""
 
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__(dim, num_heads, eps)
+        # q, k and v as one product of their stacked weights ((B, L, dim) -> (B, L, 3 * dim)), where
+        # upscaler.models.fp8.convert_dit_linears sets it (and drops q, k and v).
+        self.qkv: nn.Module | None = None
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv is None:
+            return self.q(x), self.k(x), self.v(x)
+        return self.qkv(x).split(self.num_heads * self.head_dim, dim=-1)  # views of one (B, L, 3 * dim) product
+
     def forward(self, x: torch.Tensor, block: int, step: LCSAStep) -> torch.Tensor:
         """``x`` ``(B, L, dim)`` in window order; writes this step's K/V into the cache."""
         b, length, dim = x.shape
         heads = (b, length, self.num_heads, self.head_dim)
-        q = _norm_rope(self.q(x), self.norm_q.weight, self.norm_q.eps, self.num_heads, step.cos, step.sin)
-        k = _norm_rope(self.k(x), self.norm_k.weight, self.norm_k.eps, self.num_heads, step.cos, step.sin)
-        v = self.v(x).view(heads).transpose(1, 2)
+        q, k, v = self._project(x)
+        q = _norm_rope(q, self.norm_q.weight, self.norm_q.eps, self.num_heads, step.cos, step.sin)
+        k = _norm_rope(k, self.norm_k.weight, self.norm_k.eps, self.num_heads, step.cos, step.sin)
+        v = v.view(heads).transpose(1, 2)
         cached = step.cache.store(block, k, v)
         mask = kernels.lcsa_block_mask(q, cached.keys, local_range=step.local_range, topk=step.topk, grid=step.grid,
                                        k_pooled=cached.pooled_keys)

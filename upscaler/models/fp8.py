@@ -8,9 +8,10 @@ outputs before ``o``). The product runs as ``torch._scaled_mm`` with rowwise sca
 tensor cores (compute capability >= 8.9); everywhere else (the CPU, older GPUs) the same roundings are
 emulated: quantise, dequantise, fp32 matrix product; so quality checks and tests run anywhere.
 
-Layer groups (``fp8_layers``): ``self_qkv`` (self-attention q/k/v), ``self_o``, ``cross_q``, ``cross_o``,
-``ffn_up``, ``ffn_down``. The cross-attention's k/v run once per prompt and stay in the model dtype. The
-list may also name the LQ projection's convs (``lq_conv1``, ``lq_conv2``): :mod:`upscaler.models.lq_proj_fp8`.
+Layer groups (``fp8_layers``): ``self_qkv`` (self-attention q/k/v, one product of their stacked weights),
+``self_o``, ``cross_q``, ``cross_o``, ``ffn_up``, ``ffn_down``. The cross-attention's k/v run once per prompt
+and stay in the model dtype. The list may also name the LQ projection's convs (``lq_conv1``, ``lq_conv2``):
+:mod:`upscaler.models.lq_proj_fp8`.
 """
 
 from __future__ import annotations
@@ -132,16 +133,33 @@ def feed_forward_fp8(up: nn.Module, down: nn.Module, x: torch.Tensor | Quantised
     return down(F.gelu(hidden, approximate="tanh"))
 
 
-def _targets(block: nn.Module, group: str) -> list[tuple[nn.Module, str]]:
-    """(parent, attribute) of each ``nn.Linear`` of ``group`` in one DiT block."""
+def _targets(block: nn.Module, group: str) -> list[tuple[nn.Module, tuple[str, ...], str]]:
+    """(parent, source linears, target attribute) of each FP8 product of ``group`` in one DiT block: the
+    self-attention's q, k and v become one product of their stacked weights (``qkv``)."""
     return {
-        "self_qkv": [(block.self_attn, "q"), (block.self_attn, "k"), (block.self_attn, "v")],
-        "self_o": [(block.self_attn, "o")],
-        "cross_q": [(block.cross_attn, "q")],
-        "cross_o": [(block.cross_attn, "o")],
-        "ffn_up": [(block.ffn, "0")],
-        "ffn_down": [(block.ffn, "2")],
+        "self_qkv": [(block.self_attn, ("q", "k", "v"), "qkv")],
+        "self_o": [(block.self_attn, ("o",), "o")],
+        "cross_q": [(block.cross_attn, ("q",), "q")],
+        "cross_o": [(block.cross_attn, ("o",), "o")],
+        "ffn_up": [(block.ffn, ("0",), "0")],
+        "ffn_down": [(block.ffn, ("2",), "2")],
     }[group]
+
+
+def stacked_linear(linears: list[nn.Linear]) -> nn.Linear:
+    """One ``nn.Linear`` whose output is the outputs of ``linears`` (same input width) side by side; a single
+    linear is returned as it is. Rowwise weight scales make its FP8 product equal to the separate ones."""
+    if len(linears) == 1:
+        return linears[0]
+    first = linears[0]
+    if any(linear.in_features != first.in_features for linear in linears):
+        raise ValueError(f"cannot stack linears of input widths {[linear.in_features for linear in linears]}")
+    stacked = nn.Linear(first.in_features, sum(linear.out_features for linear in linears),
+                        bias=first.bias is not None, device="meta")
+    stacked.weight = nn.Parameter(torch.cat([linear.weight.detach() for linear in linears]), requires_grad=False)
+    if first.bias is not None:
+        stacked.bias = nn.Parameter(torch.cat([linear.bias.detach() for linear in linears]), requires_grad=False)
+    return stacked
 
 
 def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bool = False) -> frozenset[str]:
@@ -169,10 +187,12 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
         for group in DIT_FP8_GROUPS:
             if group not in chosen:
                 continue
-            for parent, name in _targets(block, group):
-                setattr(parent, name, FP8Linear(getattr(parent, name), use_scaled_mm=use_scaled_mm,
-                                                fast_accum=fast_accum))
-                converted += 1
+            for parent, sources, target in _targets(block, group):
+                linear = stacked_linear([getattr(parent, name) for name in sources])
+                for name in sources:
+                    setattr(parent, name, None)  # the model-dtype weights go
+                setattr(parent, target, FP8Linear(linear, use_scaled_mm=use_scaled_mm, fast_accum=fast_accum))
+                converted += len(sources)
         block.fp8_inputs = chosen
     if use_scaled_mm:
         log.info("dit fp8 linears=%d groups=%s path=torch._scaled_mm (rowwise scales, FP8 tensor cores) "
