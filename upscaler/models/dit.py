@@ -84,17 +84,22 @@ class DiTBlock(nn.Module):
         cross_kv: tuple[torch.Tensor, torch.Tensor],
         index: int,
         step: LCSAStep,
-    ) -> torch.Tensor:
+        pending: "GatedUpdate | None" = None,
+    ) -> tuple[torch.Tensor, "GatedUpdate"]:
+        """``(x, update)``: the block's output is ``update.applied(x)``, left to the caller so that the next
+        block's first layer norm can add it in its own pass; ``pending`` is the previous block's update,
+        added here that way."""
         eps = self.norm1.eps
         fp8 = self.fp8_inputs
-        _, attn_in = _add_norm(x, mod.scale_msa, mod.shift_msa, eps, fp8="self_qkv" in fp8)
+        previous = {} if pending is None else {"update": pending.update, "gate": pending.gate}
+        x, attn_in = _add_norm(x, mod.scale_msa, mod.shift_msa, eps, fp8="self_qkv" in fp8, **previous)
         attn = self.self_attn(attn_in, index, step)
         norm3 = self.norm3
         x, cross_in = _add_norm(x, norm3.weight, norm3.bias, norm3.eps, update=attn, gate=mod.gate_msa, affine=True,
                                 fp8="cross_q" in fp8)
         x, ffn_in = _add_norm(x, mod.scale_mlp, mod.shift_mlp, eps, update=self.cross_attn(cross_in, cross_kv),
                               fp8="ffn_up" in fp8)
-        return _gated_add(x, mod.gate_mlp, feed_forward(self.ffn, ffn_in))
+        return x, GatedUpdate(feed_forward(self.ffn, ffn_in), mod.gate_mlp)
 
 
 def feed_forward(ffn: nn.Sequential, x: torch.Tensor | QuantisedRows) -> torch.Tensor:
@@ -144,6 +149,17 @@ def _norm_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, ep
 @fusable
 def _gated_add(x: torch.Tensor, gate: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     return x + gate * update
+
+
+@dataclass(frozen=True)
+class GatedUpdate:
+    """A residual update ``x + gate * update`` not added yet (a block's FFN output and its gate)."""
+
+    update: torch.Tensor
+    gate: torch.Tensor
+
+    def applied(self, x: torch.Tensor) -> torch.Tensor:
+        return _gated_add(x, self.gate, self.update)
 
 
 @dataclass(frozen=True)
@@ -284,10 +300,14 @@ class WanDiT(nn.Module):
         )
         features = list(lq_features or ())
         prepared = self._prepared
+        pending = None  # the previous block's FFN update, added by the next block's first layer norm
         for index, block in enumerate(self.blocks):
             if index < len(features):
+                if pending is not None:
+                    x, pending = pending.applied(x), None
                 x = x + raster_to_windows(features[index].to(x.dtype), grid, cfg.window)
-            x = block(x, prepared.modulation[index], prepared.cross_kv[index], index, lcsa)
+            x, pending = block(x, prepared.modulation[index], prepared.cross_kv[index], index, lcsa, pending)
+        x = pending.applied(x)
         cache.end_step()
         x = self.head(x, prepared.head_shift, prepared.head_scale)
         pred = unpatchify_windows(x, grid, cfg.window, cfg.patch_size, cfg.out_dim)
