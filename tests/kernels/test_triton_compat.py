@@ -77,7 +77,8 @@ def test_every_kernel_launch_states_its_fp_fusion():
         for call in _launches(ast.parse(path.read_text())):
             spread = [ast.unparse(k.value) for k in call.keywords if k.arg is None]
             explicit = any(k.arg == "enable_fp_fusion" for k in call.keywords)
-            via_options = "meta" in spread and "enable_fp_fusion" in getattr(module, "LAUNCH_OPTIONS", {})
+            options = getattr(module, "LAUNCH_OPTIONS", {})
+            via_options = bool({"meta", "LAUNCH_OPTIONS"} & set(spread)) and "enable_fp_fusion" in options
             if not (explicit or via_options or any(s.endswith("FP_FUSION") for s in spread)):
                 unstated.append(f"{path.name}:{call.lineno}")
     assert not unstated, f"kernel launches without enable_fp_fusion: {unstated}"
