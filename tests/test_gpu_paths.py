@@ -129,14 +129,14 @@ def test_gpu_memory_does_not_grow_from_clip_to_clip(upscaler, tmp_path):
 def test_lq_projection_stream_on_cuda_matches_float64(version):
     """The CUDA LQ projection (time taps stacked by the Triton kernel, cuDNN 2D convs, bf16) against the
     same weights streamed in float64 on the CPU with the PyTorch padding path."""
-    from tests.models.test_lq_proj import _clip, _model, _stream
+    from tests.models.lq_helpers import lq_clip, lq_model, stream_lq
     from upscaler.models.lq_proj import LQ_PROJ_CLASSES
 
-    model = _model(LQ_PROJ_CLASSES[version])
-    clip = _clip(13)
+    model = lq_model(LQ_PROJ_CLASSES[version])
+    clip = lq_clip(13)
     with torch.no_grad():
-        reference = _stream(model.double(), clip.double())
-        got = _stream(model.to("cuda", torch.bfloat16), clip.cuda())
+        reference = stream_lq(model.double(), clip.double())
+        got = stream_lq(model.to("cuda", torch.bfloat16), clip.cuda())
     assert reference[0] is None and got[0] is None
     for want_layers, got_layers in zip(reference[1:], got[1:]):
         for want, out in zip(want_layers, got_layers):
