@@ -26,7 +26,8 @@ GELU_SHORTCUT = tl.constexpr(0.5)  # a row whose largest input reaches this has 
 
 
 MAX_BLOCK_D = 2048  # columns a program holds at once: wider rows are read in chunks, twice (amax, then quantise)
-ELEMENTS_PER_PROGRAM = 8192  # rows per program = this over the block width (narrow rows: several per program)
+ELEMENTS_PER_PROGRAM = 2048  # rows per program = this over the block width (narrow rows: several per program)
+CHUNKED_ROWS_PER_PROGRAM = 2  # wider rows: two per program, so the second read of a row finds it in cache
 
 
 @triton.jit
@@ -122,11 +123,18 @@ def _quantise_rows_kernel(X, Q, SCALE, ROWS, DIM, stride_xr, GELU: tl.constexpr,
 
 def launch_config(dim: int) -> dict[str, int]:
     """The row quantiser's tile for rows of ``dim`` values: ``BLOCK_D`` columns (the row, or chunks of
-    :data:`MAX_BLOCK_D`), ``CHUNKS``, ``BLOCK_R`` rows per program and the warps."""
+    :data:`MAX_BLOCK_D`), ``CHUNKS``, ``BLOCK_R`` rows per program and the warps.
+
+    Measured on an H100 over 65280 rows (docs/benchmarks.md, 2026-12-07 evening): the FFN's 8960-wide
+    rows with the GELU 0.88 ms at 2 rows x 2048 columns, 8 warps (1.07 with 4 rows; 0.90-1.27 for the
+    other seven tiles tried, one 16384-wide read of the row included); the 1536-wide rows 0.127 ms at one
+    row per program, 4 warps (0.149 with 4 rows, 8 warps)."""
     block_d = min(triton.next_power_of_2(dim), MAX_BLOCK_D)
+    chunks = triton.cdiv(dim, block_d)
+    if chunks > 1:
+        return {"BLOCK_R": CHUNKED_ROWS_PER_PROGRAM, "BLOCK_D": block_d, "CHUNKS": chunks, "num_warps": 8}
     block_r = max(1, ELEMENTS_PER_PROGRAM // block_d)
-    return {"BLOCK_R": block_r, "BLOCK_D": block_d, "CHUNKS": triton.cdiv(dim, block_d),
-            "num_warps": max(4, min(8, block_r * block_d // 1024))}
+    return {"BLOCK_R": block_r, "BLOCK_D": block_d, "CHUNKS": 1, "num_warps": max(4, min(8, block_r * block_d // 1024))}
 
 
 def gelu_tanh_torch(x: torch.Tensor) -> torch.Tensor:

@@ -62,11 +62,11 @@ def test_gelu_maxima_from_the_raw_rows_or_through_the_gelu() -> None:
 
 
 def test_launch_tiles_cover_the_dit_widths() -> None:
-    """The DiT's 1536-wide rows in one block, four rows a program; the FFN's 8960 in five chunks of 2048."""
+    """The DiT's 1536-wide rows in one block, one row a program; the FFN's 8960 in five chunks of 2048, two rows a program."""
     from kernels.fp8_quant import launch_config
-    assert launch_config(1536) == {"BLOCK_R": 4, "BLOCK_D": 2048, "CHUNKS": 1, "num_warps": 8}
-    assert launch_config(8960) == {"BLOCK_R": 4, "BLOCK_D": 2048, "CHUNKS": 5, "num_warps": 8}
-    assert launch_config(48) == {"BLOCK_R": 128, "BLOCK_D": 64, "CHUNKS": 1, "num_warps": 8}
+    assert launch_config(1536) == {"BLOCK_R": 1, "BLOCK_D": 2048, "CHUNKS": 1, "num_warps": 4}
+    assert launch_config(8960) == {"BLOCK_R": 2, "BLOCK_D": 2048, "CHUNKS": 5, "num_warps": 8}
+    assert launch_config(48) == {"BLOCK_R": 32, "BLOCK_D": 64, "CHUNKS": 1, "num_warps": 4}
 
 
 def test_kernel_gelu_is_the_tanh_gelu() -> None:
