@@ -4,8 +4,7 @@
 low band is five successive 3x3 Gaussian blurs with dilation 1, 2, 4, 8, 16 (replicate padding).
 ``adain``: per frame and channel, give the content the style's mean and standard deviation.
 Both match FlashVSR's colour corrector and clamp to [-1, 1]. Every operation is per frame, so the
-result does not depend on how a clip is cut into chunks. On CUDA the wavelet fix runs as five Triton
-passes (:mod:`kernels.wavelet`), bit-equal to the eager chain here.
+result does not depend on how a clip is cut into chunks.
 """
 
 from __future__ import annotations
@@ -93,10 +92,6 @@ class ColorFix:
         if frames.shape != style.shape:
             raise ValueError(f"frames {tuple(frames.shape)} and style {tuple(style.shape)} differ in shape")
         if self.method == "wavelet":
-            if frames.is_cuda:
-                from kernels.wavelet import wavelet_fix_clamped  # five passes over the strided views
-
-                return wavelet_fix_clamped(frames, style, self.levels)
             # Contiguous inputs: the compiled chain guards on strides, and the style is a view into
             # the LQ window whose strides change with the window's length (a recompile per step).
             return _wavelet_fix_clamped(frames.contiguous(), style.contiguous(), self.levels)

@@ -36,7 +36,6 @@ from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
 from kernels.pixels import _pixels_kernel
 from kernels.subpixel import _interleave_kernel
 from kernels.time_taps import _time_taps_kernel
-from kernels.wavelet import _wavelet_level_kernel
 from kernels.triton_sparse import _compact_rows_kernel, _sparse_attn_fwd
 
 
@@ -228,11 +227,6 @@ def _other_kernels(arch: int) -> list[bool]:
                  {"X": "*bf16", "WEIGHT": "*bf16", "COS": "*fp32", "SIN": "*fp32", "OUT": "*bf16"}, ("eps",),
                  {"HEADS": 12, "HEAD_DIM": 128, "HEADS_P2": 16, "BLOCK_R": 2}, num_stages=1),
     ]
-    for level, first, last in (("first", True, False), ("middle", False, False), ("last", False, True)):
-        results.append(_compile(f"wavelet colour fix ({level} level)", _wavelet_level_kernel, arch,
-                                {"SRC": "*bf16" if first else "*fp32", "STYLE": "*bf16", "CONTENT": "*bf16",
-                                 "DST": "*bf16" if last else "*fp32"}, (),
-                                {"FIRST": first, "LAST": last, "BLOCK_H": 4, "BLOCK_W": 256}, num_stages=1))
     for affine in (False, True):
         results.append(_compile(f"residual add + layer norm ({'affine' if affine else 'modulated'})",
                                 _add_layer_norm_kernel, arch,

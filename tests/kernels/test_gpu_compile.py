@@ -14,8 +14,6 @@ from kernels import triton_compat
 ROOT = Path(__file__).resolve().parents[2]
 OTHER_KERNELS = ("compact rows", "sub-pixel interleave", "MemBlock frame pairs", "LQ time taps",
                  "LQ conv epilogue (bias + channel norm + SiLU)", "frames to uint8 pixels", "q/k RMSNorm + RoPE",
-                 "wavelet colour fix (first level)", "wavelet colour fix (middle level)",
-                 "wavelet colour fix (last level)",
                  "residual add + layer norm (modulated)", "residual add + layer norm (affine)")
 FP8_KERNELS = ("LQ time taps to e4m3", "LQ FP8 conv (implicit GEMM)", "row quantise to e4m3",
                "row quantise to e4m3 + GELU", "residual add + layer norm to e4m3 (modulated)",

@@ -1,7 +1,7 @@
 """Optional ``torch.compile`` of memory-bound element-wise chains: on the GPU the DiT's last gated
-residual add, the FP8 K/V cache's quantisation and dequantisation and the cross-attention's q RMSNorm;
-the DiT's layer norms, q/k norm + RoPE and the wavelet colour fix only where their Triton kernels
-(:mod:`kernels.layer_norm`, :mod:`kernels.norm_rope`, :mod:`kernels.wavelet`) do not run.
+residual add, the FP8 K/V cache's quantisation and dequantisation, the cross-attention's q RMSNorm and
+the wavelet colour fix; the DiT's layer norms and q/k norm + RoPE only where their Triton kernels
+(:mod:`kernels.layer_norm`, :mod:`kernels.norm_rope`) do not run.
 
 At 4K a DiT block spends more time in element-wise passes over its 65k x 1536 activations than in its
 matrix products; compiling these small pure functions fuses each chain into one kernel. Off by
