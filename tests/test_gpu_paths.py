@@ -175,6 +175,13 @@ def test_lq_conv_epilogue_kernel_is_closer_to_float64_than_the_eager_chain(chann
     assert err_kernel.max() <= err_eager.max() and err_kernel.mean() <= err_eager.mean()
 
 
+def test_pixels_kernel_equals_the_pytorch_chain_on_cropped_bf16_frames():
+    from kernels.pixels import pixels, pixels_torch
+
+    frames = (torch.randn(3, 4, 272, 480) * 0.7).to("cuda", torch.bfloat16)[:, :, :270, :475]
+    assert torch.equal(pixels(frames), pixels_torch(frames))
+
+
 def test_norm_rope_kernel_matches_the_pytorch_chain_at_the_real_width():
     """The Triton q/k RMSNorm + RoPE against the eager PyTorch chain, bf16, 12 heads of 128."""
     from upscaler.models.attention import _norm_rope, _norm_rope_torch
