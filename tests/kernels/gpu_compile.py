@@ -31,6 +31,8 @@ from kernels.fp8_conv import DEFAULT_TILE as CONV_TILE
 from kernels.fp8_conv import _conv3x3_fp8_kernel
 from kernels.fp8_quant import _quantise_rows_kernel, launch_config
 from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kernel
+from kernels.narrow_conv import DEFAULT_TILE as NARROW_TILE
+from kernels.narrow_conv import PADDED_OUTPUTS, _narrow_conv_kernel
 from kernels.norm_rope import _norm_rope_kernel
 from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
 from kernels.pixels import _pixels_kernel
@@ -212,6 +214,10 @@ def _other_kernels(arch: int) -> list[bool]:
                  {"CHUNK": 1024}, num_stages=1),
         _compile("sub-pixel interleave", _interleave_kernel, arch, {"Y": "*bf16", "OUT": "*bf16"}, (),
                  {"RELU": True, "BLOCK_X": 32, "BLOCK_C": 128}, num_stages=1),
+        _compile("decoder output conv (3x3 to 3 channels)", _narrow_conv_kernel, arch,
+                 {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
+                 {"C": 128, "HAS_BIAS": True, "ROWS": NARROW_TILE.rows, "BLOCK_X": NARROW_TILE.block_x,
+                  "OUT_P": PADDED_OUTPUTS}, num_warps=NARROW_TILE.num_warps, num_stages=NARROW_TILE.num_stages),
         _compile("MemBlock frame pairs", _stack_with_previous_kernel, arch,
                  {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128}, num_stages=1),
         _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16",
