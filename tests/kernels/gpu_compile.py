@@ -37,6 +37,8 @@ from kernels.norm_rope import _norm_rope_kernel
 from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
 from kernels.pixels import _pixels_kernel
 from kernels.subpixel import _interleave_kernel
+from kernels.subpixel_conv import DEFAULT_TILE as SUBPIXEL_TILE
+from kernels.subpixel_conv import _subpixel_conv_kernel
 from kernels.time_taps import _time_taps_kernel
 from kernels.triton_sparse import _compact_rows_kernel, _sparse_attn_fwd
 
@@ -218,6 +220,11 @@ def _other_kernels(arch: int) -> list[bool]:
                  {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
                  {"C": 128, "HAS_BIAS": True, "ROWS": NARROW_TILE.rows, "BLOCK_X": NARROW_TILE.block_x,
                   "OUT_P": PADDED_OUTPUTS}, num_warps=NARROW_TILE.num_warps, num_stages=NARROW_TILE.num_stages),
+        _compile("sub-pixel conv (3x3 of the 2x upsampled image)", _subpixel_conv_kernel, arch,
+                 {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
+                 {"HAS_BIAS": False, "RELU": True, "ROWS": SUBPIXEL_TILE.rows, "BLOCK_J": SUBPIXEL_TILE.block_j,
+                  "BLOCK_N": SUBPIXEL_TILE.block_n, "BLOCK_K": SUBPIXEL_TILE.block_k},
+                 num_warps=SUBPIXEL_TILE.num_warps, num_stages=SUBPIXEL_TILE.num_stages),
         _compile("MemBlock frame pairs", _stack_with_previous_kernel, arch,
                  {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128}, num_stages=1),
         _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16",

@@ -46,6 +46,7 @@ class UpsampledConv(nn.Conv2d):
         super().__init__(n_in, n_out, 3, padding=1, bias=bias)
         self._phase_weight = DerivedWeight(self, self._layout_weight)
         self._phase_bias = DerivedWeight(self, lambda b: b.repeat(4))
+        self._phase_taps = DerivedWeight(self, _pack_phase_taps)
 
     @staticmethod
     def _layout_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -55,9 +56,21 @@ class UpsampledConv(nn.Conv2d):
     def forward(self, x: torch.Tensor, relu: bool = False,  # type: ignore[override]
                 out: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of the nearest 2x upsampling of ``x (N, C_in, H, W)``, then a ReLU when ``relu``;
-        written into ``out`` (any strides) when given."""
+        written into ``out`` (any strides) when given. Half-precision channels-last CUDA frames going to a
+        channels-last output take :mod:`kernels.subpixel_conv` (one kernel, no phase output)."""
         from kernels.subpixel import interleave_phases
+        from kernels.subpixel_conv import subpixel_conv, supported
 
+        if (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and (out is None or out.stride(1) == 1)
+                and supported(x, taps := self._phase_taps(self.weight))):
+            return subpixel_conv(x, taps, self.bias, relu=relu, out=out)
         bias = None if self.bias is None else self._phase_bias(self.bias)
         phases = F.conv2d(x, self._phase_weight(self.weight), bias, padding=1)
         return interleave_phases(phases, x.shape[-2], x.shape[-1], relu=relu, out=out)
+
+
+def _pack_phase_taps(weight: torch.Tensor) -> torch.Tensor:
+    """The phase taps as :mod:`kernels.subpixel_conv` reads them (imported here: Triton serves the GPU path only)."""
+    from kernels.subpixel_conv import pack_phase_taps
+
+    return pack_phase_taps(phase_weight(weight))
