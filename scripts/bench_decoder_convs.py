@@ -5,7 +5,9 @@ candidate tile, with each result's relative error against an fp32 conv (TF32 off
   8 against :mod:`kernels.narrow_conv`;
 - the conv of each 2x upsampled stage (3x3 on the nearest-upsampled image) at 4K: cuDNN's 2x2 conv to
   four phases plus the Triton interleave (:mod:`upscaler.models.upsampled_conv`) against
-  :mod:`kernels.subpixel_conv`, which writes the upsampled output itself.
+  :mod:`kernels.subpixel_conv`, which writes the upsampled output itself;
+- a MemBlock's first conv (3x3 over each frame and the one before it, bias, ReLU) at each stage at 4K: the
+  stacked copy (:mod:`kernels.frame_pairs`) plus cuDNN's fused conv against :mod:`kernels.pair_conv`.
 
 Inputs are ReLU outputs, as in the decoder. Prints a table; ``--out`` gets JSON.
 
@@ -29,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from triton.testing import do_bench  # noqa: E402
 
 from kernels.narrow_conv import DEFAULT_TILE as NARROW_DEFAULT  # noqa: E402
+from kernels.frame_pairs import stack_with_previous  # noqa: E402
 from kernels.narrow_conv import NarrowTile, narrow_conv, pack_taps  # noqa: E402
+from kernels.pair_conv import DEFAULT_TILE as PAIR_DEFAULT  # noqa: E402
+from kernels.pair_conv import PairTile, pack_pair_taps, pair_conv  # noqa: E402
 from kernels.subpixel import interleave_phases_triton  # noqa: E402
 from kernels.subpixel_conv import DEFAULT_TILE as SUBPIXEL_DEFAULT  # noqa: E402
 from kernels.subpixel_conv import SubpixelTile, pack_phase_taps, subpixel_conv  # noqa: E402
@@ -44,12 +49,22 @@ SUBPIXEL_CASES = {
     "upsample2-4k": (4, 256, 128, 544, 960, False),
     "upsample1-4k": (4, 512, 256, 272, 480, False),
 }
+PAIR_CASES = {  # frames per call as the decoder's groups at 4K; input channels = 2 x the frames' channels
+    "pair2-4k": (2, 256, 128, 1088, 1920, True),
+    "pair1-4k": (2, 512, 256, 544, 960, True),
+    "pair0-4k": (2, 1024, 512, 272, 480, True),
+}
 NARROW_TILES = [NARROW_DEFAULT] + [
     NarrowTile(*t) for t in [(1, 64, 4, 1), (1, 256, 8, 1), (1, 128, 4, 3), (2, 64, 4, 1), (2, 128, 8, 1), (4, 64, 8, 1)]
 ]
 SUBPIXEL_TILES = [SUBPIXEL_DEFAULT] + [
     SubpixelTile(*t) for t in [(1, 128, 128, 64, 4, 3), (1, 128, 128, 32, 4, 4), (1, 64, 128, 64, 4, 3),
                                (2, 64, 128, 64, 8, 3), (1, 128, 256, 64, 8, 3), (1, 256, 128, 64, 8, 3)]
+]
+
+PAIR_TILES = [PAIR_DEFAULT] + [
+    PairTile(*t) for t in [(1, 128, 128, 64, 4, 3), (1, 128, 128, 32, 4, 4), (2, 64, 128, 64, 8, 3),
+                           (1, 128, 256, 64, 8, 3), (1, 256, 128, 64, 8, 3)]
 ]
 
 
@@ -86,7 +101,7 @@ def _inputs(frames: int, c_in: int, c_out: int, h: int, w: int, gen: torch.Gener
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cases = {**NARROW_CASES, **SUBPIXEL_CASES}
+    cases = {**NARROW_CASES, **SUBPIXEL_CASES, **PAIR_CASES}
     parser.add_argument("--cases", default=",".join(cases), help="comma-separated names from: " + ", ".join(cases))
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
@@ -104,6 +119,22 @@ def main() -> None:
             reference = F.conv2d(x.float(), weight.float(), bias.float(), padding=1)
             rows.append(_sweep(name, frames, lambda: F.conv2d(x, padded_w, padded_b, padding=1)[:, :c_out], reference,
                                NARROW_TILES, lambda tile: narrow_conv(x, packed, bias, c_out, tile=tile)))
+        elif name in PAIR_CASES:
+            frames_x = x[:, : c_in // 2].contiguous(memory_format=torch.channels_last)
+            past = x[:1, c_in // 2 :].contiguous(memory_format=torch.channels_last)
+            bias = (torch.randn(c_out, generator=gen, device="cuda") * 0.1).to(torch.bfloat16)
+            w_cl = weight.contiguous(memory_format=torch.channels_last)
+            packed = pack_pair_taps(weight)
+            stacked = stack_with_previous(frames_x, past, 1)
+            reference = F.conv2d(stacked.float(), weight.float(), bias.float(), padding=1).relu_()
+            del stacked
+
+            def before() -> torch.Tensor:
+                pairs = stack_with_previous(frames_x, past, 1)
+                return torch.ops.aten.cudnn_convolution_relu(pairs, w_cl, bias, [1, 1], [1, 1], [1, 1], 1)
+
+            rows.append(_sweep(name, frames, before, reference, PAIR_TILES,
+                               lambda tile: pair_conv(frames_x, past, 1, packed, bias, tile=tile)))
         else:
             phases = phase_weight(weight).contiguous(memory_format=torch.channels_last)
             packed = pack_phase_taps(phase_weight(weight))

@@ -34,6 +34,8 @@ from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kerne
 from kernels.narrow_conv import DEFAULT_TILE as NARROW_TILE
 from kernels.narrow_conv import PADDED_OUTPUTS, _narrow_conv_kernel
 from kernels.norm_rope import _norm_rope_kernel
+from kernels.pair_conv import DEFAULT_TILE as PAIR_TILE
+from kernels.pair_conv import _pair_conv_kernel
 from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
 from kernels.pixels import _pixels_kernel
 from kernels.subpixel import _interleave_kernel
@@ -70,11 +72,15 @@ def _contracted_bf16_fmas(ptx: str) -> int:
 
 def _compile(label: str, fn, arch: int, pointers: dict[str, str], floats: tuple[str, ...], consts: dict,
              num_warps: int = 4, num_stages: int = 2, *, fp_fusion: bool = True,
-             no_bf16_fma: bool = False) -> bool:
+             no_bf16_fma: bool = False, divisible: tuple[str, ...] = ()) -> bool:
     """Compile one variant with the kernel's launch options; with ``no_bf16_fma`` its PTX must hold no
     bf16 fused multiply-add contracting a product and a sum, which would skip a rounding the kernel
-    keeps on purpose."""
-    src = ASTSource(fn=fn, signature=_signature(fn, pointers, floats, consts), constexprs=consts)
+    keeps on purpose. Pointers and the integer arguments named in ``divisible`` are marked divisible by
+    16, as a launch specialises them at the shapes the kernel serves (its loads pipeline only then, so the
+    shared-memory check sees the real footprint)."""
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in divisible}
+    attrs.update({(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if divisible and name in pointers})
+    src = ASTSource(fn=fn, signature=_signature(fn, pointers, floats, consts), constexprs=consts, attrs=attrs)
     try:
         kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                 options={"num_warps": num_warps, "num_stages": num_stages,
@@ -224,7 +230,13 @@ def _other_kernels(arch: int) -> list[bool]:
                  {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
                  {"HAS_BIAS": False, "RELU": True, "ROWS": SUBPIXEL_TILE.rows, "BLOCK_J": SUBPIXEL_TILE.block_j,
                   "BLOCK_N": SUBPIXEL_TILE.block_n, "BLOCK_K": SUBPIXEL_TILE.block_k},
-                 num_warps=SUBPIXEL_TILE.num_warps, num_stages=SUBPIXEL_TILE.num_stages),
+                 num_warps=SUBPIXEL_TILE.num_warps, num_stages=SUBPIXEL_TILE.num_stages,
+                 divisible=("C", "N", "stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh", "stride_ow")),
+        _compile("MemBlock pair conv (3x3 over each frame and the one before)", _pair_conv_kernel, arch,
+                 {"X": "*bf16", "PAST": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
+                 {"HAS_BIAS": True, "ROWS": PAIR_TILE.rows, "BLOCK_X": PAIR_TILE.block_x,
+                  "BLOCK_N": PAIR_TILE.block_n, "BLOCK_K": PAIR_TILE.block_k},
+                 num_warps=PAIR_TILE.num_warps, num_stages=PAIR_TILE.num_stages, divisible=("C", "N")),
         _compile("MemBlock frame pairs", _stack_with_previous_kernel, arch,
                  {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128}, num_stages=1),
         _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16",
