@@ -177,8 +177,7 @@ def test_lq_conv_epilogue_kernel_is_closer_to_float64_than_the_eager_chain(chann
 
 def test_narrow_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
     """The decoder's output conv (128 channels to 3) on ReLU'd bf16 frames, a crop of wider frames
-    written into the planes of a video: against float64, as close as cuDNN's bf16 conv (both round an
-    fp32 sum once; the sums' order differs, so a tie may round the other way: 5% on the mean, 2x on the max)."""
+    written into the planes of a video."""
     import torch.nn.functional as F
 
     from kernels.narrow_conv import narrow_conv, pack_taps
@@ -191,11 +190,55 @@ def test_narrow_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
     video = torch.zeros(3, 3, 70, 261, dtype=torch.bfloat16, device="cuda")
     narrow_conv(x, pack_taps(weight), bias, 3, out=video.transpose(0, 1))
     want = F.conv2d(x.double().cpu(), weight.double().cpu(), bias.double().cpu(), padding=1)
-    err_kernel = (video.transpose(0, 1).double().cpu() - want).abs()
-    err_cudnn = (F.conv2d(x, weight, bias, padding=1).double().cpu() - want).abs()
-    print(f"narrow conv vs float64: max {err_kernel.max():.2e} mean {err_kernel.mean():.2e}; "
+    _no_worse_than_cudnn(video.transpose(0, 1), F.conv2d(x, weight, bias, padding=1), want, "narrow conv")
+
+
+def _no_worse_than_cudnn(got: torch.Tensor, cudnn: torch.Tensor, want: torch.Tensor, label: str) -> None:
+    """Both round an fp32 sum once to bf16 in a different order, so a tie may round the other way: the
+    kernel's error against float64 within 5% of cuDNN's on the mean and 2x on the max."""
+    err_kernel, err_cudnn = (got.double().cpu() - want).abs(), (cudnn.double().cpu() - want).abs()
+    print(f"{label} vs float64: max {err_kernel.max():.2e} mean {err_kernel.mean():.2e}; "
           f"cuDNN bf16: max {err_cudnn.max():.2e} mean {err_cudnn.mean():.2e}")
     assert err_kernel.mean() <= 1.05 * err_cudnn.mean() and err_kernel.max() <= 2 * err_cudnn.max()
+
+
+def test_pair_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
+    """A MemBlock's first conv at the last stage's width (2 x 128 channels in, 128 out, bias, ReLU), two
+    entries of three frames each pairing with their own past frame."""
+    import torch.nn.functional as F
+
+    from kernels.frame_pairs import stack_with_previous
+    from kernels.pair_conv import pack_pair_taps, pair_conv
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    x = torch.randn(6, 128, 40, 150, generator=g, device="cuda").relu_().to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    past = torch.randn(2, 128, 40, 150, generator=g, device="cuda").relu_().to(torch.bfloat16)
+    past = past.contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(128, 256, 3, 3, generator=g, device="cuda") / 48).to(torch.bfloat16)
+    bias = torch.randn(128, generator=g, device="cuda").to(torch.bfloat16)
+    stacked = stack_with_previous(x, past, 2)
+    want = F.conv2d(stacked.double().cpu(), weight.double().cpu(), bias.double().cpu(), padding=1).relu()
+    cudnn = F.conv2d(stacked, weight.contiguous(memory_format=torch.channels_last), bias, padding=1).relu()
+    _no_worse_than_cudnn(pair_conv(x, past, 2, pack_pair_taps(weight), bias), cudnn, want, "pair conv")
+
+
+def test_subpixel_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
+    """The last stage's upsampled conv (128 channels to 128, ReLU) on a crop of wider frames."""
+    import torch.nn.functional as F
+
+    from kernels.subpixel_conv import pack_phase_taps, subpixel_conv
+    from upscaler.models.upsampled_conv import phase_weight
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn(2, 128, 40, 160, generator=g, device="cuda").relu_().to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)[..., :150]
+    weight = (torch.randn(128, 128, 3, 3, generator=g, device="cuda") / 34).to(torch.bfloat16)
+    upsampled = F.interpolate(x, scale_factor=2)
+    want = F.conv2d(upsampled.double().cpu(), weight.double().cpu(), None, padding=1).relu()
+    cudnn = F.conv2d(upsampled.contiguous(memory_format=torch.channels_last), weight, None, padding=1).relu()
+    got = subpixel_conv(x, pack_phase_taps(phase_weight(weight)), None, relu=True)
+    _no_worse_than_cudnn(got, cudnn, want, "sub-pixel conv")
 
 
 def test_pixels_kernel_equals_the_pytorch_chain_on_cropped_bf16_frames():

@@ -81,11 +81,21 @@ class MemBlock(nn.Module):
             _conv3x3(n_out, n_out),
         )
         self.skip = nn.Conv2d(n_in, n_out, 1, bias=False) if n_in != n_out else nn.Identity()
+        self._pair_taps = DerivedWeight(self, _pack_pair_taps)
 
     def forward(self, x: torch.Tensor, past: torch.Tensor, batch: int) -> torch.Tensor:
         """``x``: ``(batch*T, C, H, W)`` frames in batch-major order; ``past``: ``(batch, C, H, W)``,
-        the input of the frame before the first one."""
-        out = conv_relu(_stack_with_previous(x, past, batch), self.conv[0])
+        the input of the frame before the first one. On CUDA the first conv reads both frames in place
+        (:mod:`kernels.pair_conv`); elsewhere it runs on the stacked pairs."""
+        from kernels.frame_pairs import canonical_channels_last
+        from kernels.pair_conv import pair_conv, supported
+
+        first = self.conv[0]
+        if (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and canonical_channels_last(past)
+                and supported(x, taps := self._pair_taps(first.weight))):
+            out = pair_conv(x, past, batch, taps, first.bias)
+        else:
+            out = conv_relu(_stack_with_previous(x, past, batch), first)
         out = conv_relu(out, self.conv[2])
         return conv_add_relu(out, self.conv[4], self.skip(x))
 
@@ -169,6 +179,13 @@ class OutputConv(nn.Conv2d):
             return narrow_conv(x, self._packed_taps(self.weight), self.bias, self.out_channels)
         out = F.conv2d(x, self._padded_weight(self.weight), self._padded_bias(self.bias), padding=1)
         return out[:, : self.out_channels]
+
+
+def _pack_pair_taps(weight: torch.Tensor) -> torch.Tensor:
+    """The first conv's taps as :mod:`kernels.pair_conv` reads them (imported here: Triton serves the GPU path only)."""
+    from kernels.pair_conv import pack_pair_taps
+
+    return pack_pair_taps(weight)
 
 
 def _pack_taps(weight: torch.Tensor) -> torch.Tensor:
