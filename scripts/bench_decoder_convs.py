@@ -55,16 +55,14 @@ PAIR_CASES = {  # frames per call as the decoder's groups at 4K; input channels 
     "pair0-4k": (2, 1024, 512, 272, 480, True),
 }
 NARROW_TILES = [NARROW_DEFAULT] + [
-    NarrowTile(*t) for t in [(1, 64, 4, 1), (1, 256, 8, 1), (1, 128, 4, 3), (2, 64, 4, 1), (2, 128, 8, 1), (4, 64, 8, 1)]
+    NarrowTile(*t) for t in [(1, 64, 4, 1), (1, 256, 8, 1), (2, 64, 4, 1)]
 ]
 SUBPIXEL_TILES = [SUBPIXEL_DEFAULT] + [
-    SubpixelTile(*t) for t in [(1, 128, 128, 64, 4, 3), (1, 128, 128, 32, 4, 4), (1, 64, 128, 64, 4, 3),
-                               (2, 64, 128, 64, 8, 3), (1, 128, 256, 64, 8, 3), (1, 256, 128, 64, 8, 3)]
+    SubpixelTile(*t) for t in [(1, 128, 128, 64, 4, 3), (1, 128, 256, 64, 8, 3), (1, 256, 128, 64, 8, 3)]
 ]
 
 PAIR_TILES = [PAIR_DEFAULT] + [
-    PairTile(*t) for t in [(1, 128, 128, 64, 4, 3), (1, 128, 128, 32, 4, 4), (2, 64, 128, 64, 8, 3),
-                           (1, 128, 256, 64, 8, 3), (1, 256, 128, 64, 8, 3)]
+    PairTile(*t) for t in [(1, 128, 128, 64, 4, 3), (1, 128, 256, 64, 8, 3), (1, 256, 128, 64, 8, 3)]
 ]
 
 
