@@ -6,7 +6,8 @@ pixels: the phase output is written and read back once more at full resolution (
 stage, 2.1 GB each way per 4K frame). Here one program computes one phase ``(a, b)`` of ``ROWS x BLOCK_J``
 low-resolution pixels for ``BLOCK_N`` output channels, an implicit GEMM over the phase's four taps (its
 shifted input tiles mostly come from the caches), and stores the result, with bias and ReLU, straight at
-output pixels ``(2i + a, 2j + b)``.
+output pixels ``(2i + a, 2j + b)``. On an H100 at the last stage's 4K shape (1088x1920x128 -> 2176x3840x128,
+ReLU) it takes 2.57 ms per frame against 3.25 for the phase conv and the interleave (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -175,24 +175,6 @@ def test_lq_conv_epilogue_kernel_is_closer_to_float64_than_the_eager_chain(chann
     assert err_kernel.max() <= err_eager.max() and err_kernel.mean() <= err_eager.mean()
 
 
-def test_narrow_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
-    """The decoder's output conv (128 channels to 3) on ReLU'd bf16 frames, a crop of wider frames
-    written into the planes of a video."""
-    import torch.nn.functional as F
-
-    from kernels.narrow_conv import narrow_conv, pack_taps
-
-    g = torch.Generator(device="cuda").manual_seed(3)
-    x = torch.randn(3, 128, 70, 300, generator=g, device="cuda").relu_().to(torch.bfloat16)
-    x = x.contiguous(memory_format=torch.channels_last)[..., :261]
-    weight = (torch.randn(3, 128, 3, 3, generator=g, device="cuda") / 34).to(torch.bfloat16)
-    bias = torch.randn(3, generator=g, device="cuda").to(torch.bfloat16)
-    video = torch.zeros(3, 3, 70, 261, dtype=torch.bfloat16, device="cuda")
-    narrow_conv(x, pack_taps(weight), bias, 3, out=video.transpose(0, 1))
-    want = F.conv2d(x.double().cpu(), weight.double().cpu(), bias.double().cpu(), padding=1)
-    _no_worse_than_cudnn(video.transpose(0, 1), F.conv2d(x, weight, bias, padding=1), want, "narrow conv")
-
-
 def _no_worse_than_cudnn(got: torch.Tensor, cudnn: torch.Tensor, want: torch.Tensor, label: str) -> None:
     """Both round an fp32 sum once to bf16 in a different order, so a tie may round the other way: the
     kernel's error against float64 within 5% of cuDNN's on the mean and 2x on the max."""
@@ -200,27 +182,6 @@ def _no_worse_than_cudnn(got: torch.Tensor, cudnn: torch.Tensor, want: torch.Ten
     print(f"{label} vs float64: max {err_kernel.max():.2e} mean {err_kernel.mean():.2e}; "
           f"cuDNN bf16: max {err_cudnn.max():.2e} mean {err_cudnn.mean():.2e}")
     assert err_kernel.mean() <= 1.05 * err_cudnn.mean() and err_kernel.max() <= 2 * err_cudnn.max()
-
-
-def test_pair_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
-    """A MemBlock's first conv at the last stage's width (2 x 128 channels in, 128 out, bias, ReLU), two
-    entries of three frames each pairing with their own past frame."""
-    import torch.nn.functional as F
-
-    from kernels.frame_pairs import stack_with_previous
-    from kernels.pair_conv import pack_pair_taps, pair_conv
-
-    g = torch.Generator(device="cuda").manual_seed(4)
-    x = torch.randn(6, 128, 40, 150, generator=g, device="cuda").relu_().to(torch.bfloat16)
-    x = x.contiguous(memory_format=torch.channels_last)
-    past = torch.randn(2, 128, 40, 150, generator=g, device="cuda").relu_().to(torch.bfloat16)
-    past = past.contiguous(memory_format=torch.channels_last)
-    weight = (torch.randn(128, 256, 3, 3, generator=g, device="cuda") / 48).to(torch.bfloat16)
-    bias = torch.randn(128, generator=g, device="cuda").to(torch.bfloat16)
-    stacked = stack_with_previous(x, past, 2)
-    want = F.conv2d(stacked.double().cpu(), weight.double().cpu(), bias.double().cpu(), padding=1).relu()
-    cudnn = F.conv2d(stacked, weight.contiguous(memory_format=torch.channels_last), bias, padding=1).relu()
-    _no_worse_than_cudnn(pair_conv(x, past, 2, pack_pair_taps(weight), bias), cudnn, want, "pair conv")
 
 
 def test_subpixel_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():

@@ -31,11 +31,7 @@ from kernels.fp8_conv import DEFAULT_TILE as CONV_TILE
 from kernels.fp8_conv import _conv3x3_fp8_kernel
 from kernels.fp8_quant import _quantise_rows_kernel, launch_config
 from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kernel
-from kernels.narrow_conv import DEFAULT_TILE as NARROW_TILE
-from kernels.narrow_conv import PADDED_OUTPUTS, _narrow_conv_kernel
 from kernels.norm_rope import _norm_rope_kernel
-from kernels.pair_conv import DEFAULT_TILE as PAIR_TILE
-from kernels.pair_conv import _pair_conv_kernel
 from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
 from kernels.pixels import _pixels_kernel
 from kernels.subpixel import _interleave_kernel
@@ -222,21 +218,12 @@ def _other_kernels(arch: int) -> list[bool]:
                  {"CHUNK": 1024}, num_stages=1),
         _compile("sub-pixel interleave", _interleave_kernel, arch, {"Y": "*bf16", "OUT": "*bf16"}, (),
                  {"RELU": True, "BLOCK_X": 32, "BLOCK_C": 128}, num_stages=1),
-        _compile("decoder output conv (3x3 to 3 channels)", _narrow_conv_kernel, arch,
-                 {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
-                 {"C": 128, "HAS_BIAS": True, "ROWS": NARROW_TILE.rows, "BLOCK_X": NARROW_TILE.block_x,
-                  "OUT_P": PADDED_OUTPUTS}, num_warps=NARROW_TILE.num_warps, num_stages=NARROW_TILE.num_stages),
         _compile("sub-pixel conv (3x3 of the 2x upsampled image)", _subpixel_conv_kernel, arch,
                  {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
                  {"HAS_BIAS": False, "RELU": True, "ROWS": SUBPIXEL_TILE.rows, "BLOCK_J": SUBPIXEL_TILE.block_j,
                   "BLOCK_N": SUBPIXEL_TILE.block_n, "BLOCK_K": SUBPIXEL_TILE.block_k},
                  num_warps=SUBPIXEL_TILE.num_warps, num_stages=SUBPIXEL_TILE.num_stages,
                  divisible=("C", "N", "stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh", "stride_ow")),
-        _compile("MemBlock pair conv (3x3 over each frame and the one before)", _pair_conv_kernel, arch,
-                 {"X": "*bf16", "PAST": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
-                 {"HAS_BIAS": True, "ROWS": PAIR_TILE.rows, "BLOCK_X": PAIR_TILE.block_x,
-                  "BLOCK_N": PAIR_TILE.block_n, "BLOCK_K": PAIR_TILE.block_k},
-                 num_warps=PAIR_TILE.num_warps, num_stages=PAIR_TILE.num_stages, divisible=("C", "N")),
         _compile("MemBlock frame pairs", _stack_with_previous_kernel, arch,
                  {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128}, num_stages=1),
         _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16",

@@ -81,21 +81,11 @@ class MemBlock(nn.Module):
             _conv3x3(n_out, n_out),
         )
         self.skip = nn.Conv2d(n_in, n_out, 1, bias=False) if n_in != n_out else nn.Identity()
-        self._pair_taps = DerivedWeight(self, _pack_pair_taps)
 
     def forward(self, x: torch.Tensor, past: torch.Tensor, batch: int) -> torch.Tensor:
         """``x``: ``(batch*T, C, H, W)`` frames in batch-major order; ``past``: ``(batch, C, H, W)``,
-        the input of the frame before the first one. On CUDA the first conv reads both frames in place
-        (:mod:`kernels.pair_conv`); elsewhere it runs on the stacked pairs."""
-        from kernels.frame_pairs import canonical_channels_last
-        from kernels.pair_conv import pair_conv, supported
-
-        first = self.conv[0]
-        if (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and canonical_channels_last(past)
-                and supported(x, taps := self._pair_taps(first.weight))):
-            out = pair_conv(x, past, batch, taps, first.bias)
-        else:
-            out = conv_relu(_stack_with_previous(x, past, batch), first)
+        the input of the frame before the first one."""
+        out = conv_relu(_stack_with_previous(x, past, batch), self.conv[0])
         out = conv_relu(out, self.conv[2])
         return conv_add_relu(out, self.conv[4], self.skip(x))
 
@@ -150,14 +140,11 @@ def _grow(x: torch.Tensor, grow: TGrow) -> torch.Tensor:
 
 
 class OutputConv(nn.Conv2d):
-    """The last 3x3 conv (to 3 image channels).
+    """The last 3x3 conv (to 3 image channels), run with its output channels zero-padded to 8.
 
-    cuDNN tiles output channels in blocks of 64 or more and has no channels-last kernel for 3 output
-    channels (it converted the 128-channel full-resolution input to NCHW and back on every call). Half
-    precision channels-last CUDA frames go through :mod:`kernels.narrow_conv` (2.58 -> ~0.9 ms per 4K
-    frame on an H100, see docs/benchmarks.md); other channels-last input through cuDNN with the output
-    channels zero-padded to 8; NCHW input through the plain conv. The re-laid-out weights are cached
-    and rebuilt when the weight changes."""
+    cuDNN has no channels-last kernel for 3 output channels: it converted the 128-channel
+    full-resolution input to NCHW and back on every call (on an H100 at 4K, more time than the
+    conv itself). The padded weight is cached and rebuilt when the weight changes."""
 
     PADDED_CHANNELS = 8
 
@@ -168,31 +155,12 @@ class OutputConv(nn.Conv2d):
             self, lambda w: F.pad(w, (0, 0, 0, 0, 0, 0, 0, pad)).contiguous(memory_format=torch.channels_last)
         )
         self._padded_bias = DerivedWeight(self, lambda b: F.pad(b, (0, pad)))
-        self._packed_taps = DerivedWeight(self, _pack_taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        from kernels.narrow_conv import narrow_conv, supported
-
         if not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
-        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and supported(x):
-            return narrow_conv(x, self._packed_taps(self.weight), self.bias, self.out_channels)
         out = F.conv2d(x, self._padded_weight(self.weight), self._padded_bias(self.bias), padding=1)
         return out[:, : self.out_channels]
-
-
-def _pack_pair_taps(weight: torch.Tensor) -> torch.Tensor:
-    """The first conv's taps as :mod:`kernels.pair_conv` reads them (imported here: Triton serves the GPU path only)."""
-    from kernels.pair_conv import pack_pair_taps
-
-    return pack_pair_taps(weight)
-
-
-def _pack_taps(weight: torch.Tensor) -> torch.Tensor:
-    """The taps as :mod:`kernels.narrow_conv` reads them (imported here: Triton serves the GPU path only)."""
-    from kernels.narrow_conv import pack_taps
-
-    return pack_taps(weight)
 
 
 @dataclass(frozen=True)
