@@ -10,7 +10,6 @@ for the first conv; the channel-normalised SiLU output for the second). Prints a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from triton.testing import do_bench  # noqa: E402
 
 from kernels.fp8_conv import ConvTile, conv3x3_fp8  # noqa: E402
 from kernels.fp8_quant import quantise_static_torch  # noqa: E402
+from scripts import kernel_report  # noqa: E402
 from upscaler.models.lq_proj_fp8 import quantise_conv_weight, stacked_input_scales  # noqa: E402
 
 TAPS = 4  # time taps stacked along the input channels
@@ -90,11 +90,7 @@ def main() -> None:
             print(f"  {tile}: {ms:.3f} ms ({flops / ms / 1e9:.0f} TFLOP/s, {bf16_ms / ms:.2f}x) "
                   f"rel. error {error:.2e}", flush=True)
         rows.append(row)
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "triton": __import__("triton").__version__, "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    kernel_report.save(args.out, rows)
 
 
 if __name__ == "__main__":

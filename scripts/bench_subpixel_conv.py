@@ -10,7 +10,6 @@ for each candidate tile, with each result's relative error against an fp32 conv 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from triton.testing import do_bench  # noqa: E402
 
 from kernels.subpixel import interleave_phases_triton  # noqa: E402
 from kernels.subpixel_conv import DEFAULT_TILE, SubpixelTile, pack_phase_taps, subpixel_conv  # noqa: E402
+from scripts import kernel_report  # noqa: E402
 from upscaler.models.upsampled_conv import phase_weight  # noqa: E402
 
 # name: (frames, input channels, output channels, input rows, input columns, ReLU after)
@@ -80,11 +80,7 @@ def main() -> None:
         rows.append(row)
         del x, reference
         torch.cuda.empty_cache()
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "triton": __import__("triton").__version__, "rows": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    kernel_report.save(args.out, rows)
 
 
 if __name__ == "__main__":
