@@ -96,11 +96,30 @@ def pack_phase_taps(phase_weight: torch.Tensor) -> torch.Tensor:
     return phase_weight.reshape(PHASES, n4 // PHASES, c, PHASE_TAPS).permute(0, 3, 2, 1).contiguous()
 
 
-def supported(x: torch.Tensor, packed: torch.Tensor, tile: SubpixelTile = DEFAULT_TILE) -> bool:
-    """Whether :func:`subpixel_conv` takes ``x (F, C, H, W)``: channels-last storage, ``C`` a multiple of the
-    tile's ``block_k``, taps packed for ``C`` input channels."""
-    return (x.dim() == 4 and x.stride(1) == 1 and x.shape[1] % tile.block_k == 0 and packed.dim() == 4
-            and packed.shape[2] == x.shape[1])
+INT32_SPAN = 2**31
+"""Offsets within one frame (input or output) are 32-bit: an 8K output frame of 128 channels is not."""
+
+
+def _frame_span(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """Elements one frame of a ``(F, C, H, W)`` tensor spans in memory."""
+    return 1 + sum((size - 1) * stride for size, stride in zip(shape[1:], strides[1:]))
+
+
+def supported(x: torch.Tensor, packed: torch.Tensor, out: torch.Tensor | None = None,
+              tile: SubpixelTile = DEFAULT_TILE) -> bool:
+    """Whether :func:`subpixel_conv` takes ``x (F, C, H, W)`` (and ``out``, channels-last when None):
+    channels-last storage, ``C`` a multiple of the tile's ``block_k``, taps packed for ``C`` input channels,
+    input and output frames within 32-bit offsets."""
+    if not (x.dim() == 4 and x.stride(1) == 1 and x.shape[1] % tile.block_k == 0 and packed.dim() == 4
+            and packed.shape[2] == x.shape[1]):
+        return False
+    frames, _, h, w = x.shape
+    if out is None:
+        n = packed.shape[3]
+        out_shape, out_strides = (frames, n, 2 * h, 2 * w), (4 * h * w * n, 1, 2 * w * n, n)
+    else:
+        out_shape, out_strides = tuple(out.shape), out.stride()
+    return max(_frame_span(tuple(x.shape), x.stride()), _frame_span(out_shape, out_strides)) < INT32_SPAN
 
 
 def subpixel_conv(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
@@ -109,10 +128,10 @@ def subpixel_conv(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     ReLU when ``relu``, from its phase taps (:func:`pack_phase_taps`) and ``bias (N,)``; channels-last, or
     written into ``out`` (any strides). Accumulates in fp32 and rounds once to ``x``'s dtype."""
     frames, c, h, w = x.shape
-    if not supported(x, packed, tile):
-        raise ValueError(f"subpixel_conv needs channels-last frames with channels a multiple of {tile.block_k} "
-                         f"and taps packed for them; got {tuple(x.shape)} strides {x.stride()}, taps "
-                         f"{tuple(packed.shape)}")
+    if not supported(x, packed, out, tile):
+        raise ValueError(f"subpixel_conv needs channels-last frames with channels a multiple of {tile.block_k}, "
+                         f"taps packed for them and frames within 32-bit offsets; got {tuple(x.shape)} strides "
+                         f"{x.stride()}, taps {tuple(packed.shape)}")
     n = packed.shape[3]
     if tuple(packed.shape) != (PHASES, PHASE_TAPS, c, n) or packed.dtype != x.dtype or not packed.is_contiguous():
         raise ValueError(f"packed taps must be contiguous {x.dtype} {(PHASES, PHASE_TAPS, c, n)}, "

@@ -48,10 +48,21 @@ def test_writes_into_the_frames_of_a_video_without_bias() -> None:
 def test_refuses_what_it_cannot_run() -> None:
     x, weight, bias = _case(1, 16, 16, 2, 2, torch.float32, seed=0)
     packed = pack_phase_taps(phase_weight(weight))
-    assert supported(x, packed, SMALL_TILE) and not supported(x.contiguous(), packed, SMALL_TILE)
+    assert supported(x, packed, tile=SMALL_TILE) and not supported(x.contiguous(), packed, tile=SMALL_TILE)
     with pytest.raises(ValueError, match="channels-last"):
         subpixel_conv(x.contiguous(), packed, bias, tile=SMALL_TILE)
     with pytest.raises(ValueError, match="phase-major"):
         pack_phase_taps(weight)
     with pytest.raises(ValueError, match="bias must be"):
         subpixel_conv(x, packed, bias[:3], tile=SMALL_TILE)
+
+
+def test_frames_past_32_bit_offsets_are_not_supported() -> None:
+    """An 8K output frame of 128 channels spans more than 2^31 elements: the PyTorch path serves it."""
+    packed = torch.zeros(4, 4, 128, 128, device="meta")
+
+    def channels_last_frame(h: int, w: int) -> torch.Tensor:
+        return torch.empty_strided((1, 128, h, w), (h * w * 128, 1, w * 128, 128), device="meta")
+
+    assert supported(channels_last_frame(1088, 1920), packed)  # 4K out: 2176 x 3840 x 128 < 2^31
+    assert not supported(channels_last_frame(2176, 3840), packed)  # 8K out

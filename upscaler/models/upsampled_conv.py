@@ -58,12 +58,13 @@ class UpsampledConv(nn.Conv2d):
                 out: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of the nearest 2x upsampling of ``x (N, C_in, H, W)``, then a ReLU when ``relu``;
         written into ``out`` (any strides) when given. Half-precision channels-last CUDA frames going to a
-        channels-last output take :mod:`kernels.subpixel_conv` (one kernel, no phase output)."""
+        channels-last output take :mod:`kernels.subpixel_conv` (one kernel, no phase output) where its
+        32-bit offsets reach (up to 4K output frames of 128 channels)."""
         from kernels.subpixel import interleave_phases
         from kernels.subpixel_conv import subpixel_conv, supported
 
         if (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and (out is None or out.stride(1) == 1)
-                and supported(x, taps := self._phase_taps(self.weight))):
+                and supported(x, taps := self._phase_taps(self.weight), out)):
             return subpixel_conv(x, taps, self.bias, relu=relu, out=out)
         bias = None if self.bias is None else self._phase_bias(self.bias)
         phases = F.conv2d(x, self._phase_weight(self.weight), bias, padding=1)
