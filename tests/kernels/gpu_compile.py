@@ -74,8 +74,8 @@ def _compile(label: str, fn, arch: int, pointers: dict[str, str], floats: tuple[
     keeps on purpose. Pointers and the integer arguments named in ``divisible`` are marked divisible by
     16, as a launch specialises them at the shapes the kernel serves (its loads pipeline only then, so the
     shared-memory check sees the real footprint)."""
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name in divisible}
-    attrs.update({(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if divisible and name in pointers})
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if name in divisible or (divisible and name in pointers)}
     src = ASTSource(fn=fn, signature=_signature(fn, pointers, floats, consts), constexprs=consts, attrs=attrs)
     try:
         kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),

@@ -8,14 +8,15 @@ of ``x`` whose taps are sums of the 3x3 taps:
     phase a = 0: x row i-1 <- w row 0,        x row i   <- w rows 1 + 2
     phase a = 1: x row i   <- w rows 0 + 1,   x row i+1 <- w row 2
 
-On CUDA, :mod:`kernels.subpixel_conv` computes each phase's 2x2 taps and stores the result at the
-upsampled pixels itself. Elsewhere all four phases run as one 2x2 conv with ``4 * C_out`` output channels
-and padding 1 (output phase ``(a, b)`` of pixel ``(i, j)`` lands at ``(i + a, j + b)``), then
-:mod:`kernels.subpixel` interleaves them. That is 16 multiply-adds per input pixel and output channel instead of 36 (2.25x fewer), no
+All four phases run as one 2x2 conv with ``4 * C_out`` output channels and padding 1 (output phase
+``(a, b)`` of pixel ``(i, j)`` lands at ``(i + a, j + b)``), then :mod:`kernels.subpixel` interleaves
+them. That is 16 multiply-adds per input pixel and output channel instead of 36 (2.25x fewer), no
 upsampled copy of the input, and a wide (4 * C_out) GEMM: on an H200, for 8 frames of 1920x1088x128 ->
 3840x2176x128 bf16, the conv took 15.0 ms where the upsample copy and 3x3 conv took 54.9 ms (PyTorch's
-strided copy as the interleave took 24 ms more, hence the Triton kernel). Exact up to rounding:
-the combined taps are summed in fp32 (fp64 for float64 weights) and stored in the weight's dtype.
+strided copy as the interleave took 24 ms more, hence the Triton kernel). On CUDA,
+:mod:`kernels.subpixel_conv` runs the same phase taps in one kernel that stores each phase at its
+upsampled pixels (no phase output, no interleave pass). Exact up to rounding: the combined taps are
+summed in fp32 (fp64 for float64 weights) and stored in the weight's dtype.
 """
 
 from __future__ import annotations
