@@ -198,6 +198,28 @@ def test_subpixel_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width(
     assert err_kernel.mean() <= 1.05 * err_cudnn.mean() and err_kernel.max() <= 2 * err_cudnn.max()
 
 
+def test_output_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
+    """The decoder's last conv (128 channels to 3, bias) on a crop of wider frames, through the module: the
+    kernel's error against float64 within 5% of cuDNN's (padded to 8 channels) on the mean, 2x on the max."""
+    import torch.nn.functional as F
+
+    from upscaler.models.tcdecoder import OutputConv
+
+    g = torch.Generator(device="cuda").manual_seed(6)
+    x = torch.randn(3, 128, 70, 400, generator=g, device="cuda").relu_().to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)[..., 1:390]
+    conv = OutputConv(128, 3).to("cuda", torch.bfloat16)
+    want = F.conv2d(x.double().cpu(), conv.weight.double().cpu(), conv.bias.double().cpu(), padding=1)
+    got = conv(x)
+    cudnn = F.conv2d(x.contiguous(memory_format=torch.channels_last), conv._padded_weight(conv.weight),
+                     conv._padded_bias(conv.bias), padding=1)[:, :3]
+    err_kernel, err_cudnn = (got.double().cpu() - want).abs(), (cudnn.double().cpu() - want).abs()
+    print(f"output conv vs float64: max {err_kernel.max():.2e} mean {err_kernel.mean():.2e}; "
+          f"cuDNN bf16: max {err_cudnn.max():.2e} mean {err_cudnn.mean():.2e}")
+    assert got.shape == (3, 3, 70, 389) and got.is_contiguous()
+    assert err_kernel.mean() <= 1.05 * err_cudnn.mean() and err_kernel.max() <= 2 * err_cudnn.max()
+
+
 def test_pixels_kernel_equals_the_pytorch_chain_on_cropped_bf16_frames():
     from kernels.pixels import pixels, pixels_torch
 

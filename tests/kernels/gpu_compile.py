@@ -34,6 +34,9 @@ from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kerne
 from kernels.norm_rope import _norm_rope_kernel
 from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
 from kernels.pixels import _pixels_kernel
+from kernels.output_conv import DEFAULT_TILE as OUTPUT_CONV_TILE
+from kernels.output_conv import GROUP as OUTPUT_GROUP
+from kernels.output_conv import _output_conv_kernel
 from kernels.subpixel import _interleave_kernel
 from kernels.subpixel_conv import DEFAULT_TILE as SUBPIXEL_TILE
 from kernels.subpixel_conv import _subpixel_conv_kernel
@@ -224,6 +227,13 @@ def _other_kernels(arch: int) -> list[bool]:
                   "BLOCK_N": SUBPIXEL_TILE.block_n, "BLOCK_K": SUBPIXEL_TILE.block_k},
                  num_warps=SUBPIXEL_TILE.num_warps, num_stages=SUBPIXEL_TILE.num_stages,
                  divisible=("C", "N", "stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh", "stride_ow")),
+        _compile("decoder output conv (3x3 to the image channels)", _output_conv_kernel, arch,
+                 {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
+                 {"C": 128, "GROUP": OUTPUT_GROUP, "HAS_BIAS": True, "ROWS": OUTPUT_CONV_TILE.rows,
+                  "BLOCK_W": OUTPUT_CONV_TILE.block_w, "GATHER": OUTPUT_CONV_TILE.gather,
+                  "PREFETCH": OUTPUT_CONV_TILE.gather and OUTPUT_CONV_TILE.prefetch},
+                 num_warps=OUTPUT_CONV_TILE.num_warps, num_stages=OUTPUT_CONV_TILE.num_stages,
+                 divisible=("stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh")),
         _compile("MemBlock frame pairs", _stack_with_previous_kernel, arch,
                  {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128}, num_stages=1),
         _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16",

@@ -13,7 +13,7 @@ from kernels import triton_compat
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER_KERNELS = ("compact rows", "sub-pixel interleave", "sub-pixel conv (3x3 of the 2x upsampled image)",
-                 "MemBlock frame pairs", "LQ time taps",
+                 "decoder output conv (3x3 to the image channels)", "MemBlock frame pairs", "LQ time taps",
                  "LQ conv epilogue (bias + channel norm + SiLU)", "frames to uint8 pixels", "q/k RMSNorm + RoPE",
                  "residual add + layer norm (modulated)", "residual add + layer norm (affine)")
 FP8_KERNELS = ("LQ time taps to e4m3", "LQ FP8 conv (implicit GEMM)", "row quantise to e4m3",

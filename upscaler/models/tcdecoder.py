@@ -140,11 +140,11 @@ def _grow(x: torch.Tensor, grow: TGrow) -> torch.Tensor:
 
 
 class OutputConv(nn.Conv2d):
-    """The last 3x3 conv (to 3 image channels), run with its output channels zero-padded to 8.
-
-    cuDNN has no channels-last kernel for 3 output channels: it converted the 128-channel
-    full-resolution input to NCHW and back on every call (on an H100 at 4K, more time than the
-    conv itself). The padded weight is cached and rebuilt when the weight changes."""
+    """The last 3x3 conv (to 3 image channels). Half-precision channels-last CUDA frames take
+    :mod:`kernels.output_conv` (one streaming read of the input); other channels-last frames run with the
+    output channels zero-padded to 8: cuDNN has no channels-last kernel for 3 output channels and
+    converted the 128-channel full-resolution input to NCHW and back on every call. The derived weights
+    are cached and rebuilt when the weight changes."""
 
     PADDED_CHANNELS = 8
 
@@ -155,12 +155,24 @@ class OutputConv(nn.Conv2d):
             self, lambda w: F.pad(w, (0, 0, 0, 0, 0, 0, 0, pad)).contiguous(memory_format=torch.channels_last)
         )
         self._padded_bias = DerivedWeight(self, lambda b: F.pad(b, (0, pad)))
+        self._output_taps = DerivedWeight(self, _pack_output_taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        from kernels.output_conv import output_conv, supported
+
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and supported(x):
+            return output_conv(x, self._output_taps(self.weight), self.bias, self.out_channels)
         if not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
         out = F.conv2d(x, self._padded_weight(self.weight), self._padded_bias(self.bias), padding=1)
         return out[:, : self.out_channels]
+
+
+def _pack_output_taps(weight: torch.Tensor) -> torch.Tensor:
+    """The taps as :mod:`kernels.output_conv` reads them (imported here: Triton serves the GPU path only)."""
+    from kernels.output_conv import pack_output_taps
+
+    return pack_output_taps(weight)
 
 
 @dataclass(frozen=True)
