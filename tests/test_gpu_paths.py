@@ -175,12 +175,15 @@ def test_lq_conv_epilogue_kernel_is_closer_to_float64_than_the_eager_chain(chann
     assert err_kernel.max() <= err_eager.max() and err_kernel.mean() <= err_eager.mean()
 
 
-def test_subpixel_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
-    """The last stage's upsampled conv (128 channels to 128, ReLU) on a crop of wider frames. Both round an
-    fp32 sum once to bf16 in a different order, so a tie may round the other way: the kernel's error
-    against float64 within 5% of cuDNN's on the mean and 2x on the max."""
+def test_subpixel_conv_kernel_is_as_close_to_float64_as_the_phase_conv_at_the_real_width():
+    """The last stage's upsampled conv (128 channels to 128, ReLU) on a crop of wider frames, against the
+    path it replaces (cuDNN's 2x2 phase conv + interleave): both multiply by the same bf16 phase taps (sums
+    of 3x3 taps, rounded once, which cuDNN's 3x3 conv of the upsampled image does not), accumulate in fp32
+    and round once, in a different order, so a tie may round the other way: the kernel's error against
+    float64 within 5% of the phase conv's on the mean and 2x on the max."""
     import torch.nn.functional as F
 
+    from kernels.subpixel import interleave_phases
     from kernels.subpixel_conv import pack_phase_taps, subpixel_conv
     from upscaler.models.upsampled_conv import phase_weight
 
@@ -188,19 +191,21 @@ def test_subpixel_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width(
     x = torch.randn(2, 128, 40, 160, generator=g, device="cuda").relu_().to(torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last)[..., :150]
     weight = (torch.randn(128, 128, 3, 3, generator=g, device="cuda") / 34).to(torch.bfloat16)
-    upsampled = F.interpolate(x, scale_factor=2)
-    want = F.conv2d(upsampled.double().cpu(), weight.double().cpu(), None, padding=1).relu()
-    cudnn = F.conv2d(upsampled.contiguous(memory_format=torch.channels_last), weight, None, padding=1).relu()
-    got = subpixel_conv(x, pack_phase_taps(phase_weight(weight)), None, relu=True)
-    err_kernel, err_cudnn = (got.double().cpu() - want).abs(), (cudnn.double().cpu() - want).abs()
+    want = F.conv2d(F.interpolate(x, scale_factor=2).double().cpu(), weight.double().cpu(), None, padding=1).relu()
+    phases = phase_weight(weight)
+    before = interleave_phases(F.conv2d(x, phases.contiguous(memory_format=torch.channels_last), None, padding=1),
+                               40, 150, relu=True)
+    got = subpixel_conv(x, pack_phase_taps(phases), None, relu=True)
+    err_kernel, err_before = (got.double().cpu() - want).abs(), (before.double().cpu() - want).abs()
     print(f"sub-pixel conv vs float64: max {err_kernel.max():.2e} mean {err_kernel.mean():.2e}; "
-          f"cuDNN bf16: max {err_cudnn.max():.2e} mean {err_cudnn.mean():.2e}")
-    assert err_kernel.mean() <= 1.05 * err_cudnn.mean() and err_kernel.max() <= 2 * err_cudnn.max()
+          f"phase conv + interleave: max {err_before.max():.2e} mean {err_before.mean():.2e}")
+    assert err_kernel.mean() <= 1.05 * err_before.mean() and err_kernel.max() <= 2 * err_before.max()
 
 
 def test_output_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
     """The decoder's last conv (128 channels to 3, bias) on a crop of wider frames, through the module: the
-    kernel's error against float64 within 5% of cuDNN's (padded to 8 channels) on the mean, 2x on the max."""
+    kernel's error against float64 within 5% of cuDNN's (padded to 8 channels) on the mean, 2x on the max
+    (on an H100 the kernel rounded correctly where cuDNN did not in a third of the pixels)."""
     import torch.nn.functional as F
 
     from upscaler.models.tcdecoder import OutputConv
