@@ -23,13 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.frame_offsets import frame_fits_int32
 from kernels.triton_compat import FP_FUSION
 
 GROUP = 4
 """Output channels per kernel-row group of a product (at most this many output channels)."""
 PRODUCT_WIDTH = 16
 """Columns of each tap product: three kernel-row groups and a group of zeros (the narrowest ``tl.dot``)."""
-INT32_SPAN = 2**31
 
 
 @dataclass(frozen=True)
@@ -125,17 +125,12 @@ def pack_output_taps(weight: torch.Tensor) -> torch.Tensor:
     return packed.reshape(3, channels, PRODUCT_WIDTH)
 
 
-def _frame_span(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
-    """Elements one frame of a ``(F, C, H, W)`` tensor spans in memory."""
-    return 1 + sum((size - 1) * stride for size, stride in zip(shape[1:], strides[1:]))
-
-
 def supported(x: torch.Tensor) -> bool:
     """Whether :func:`output_conv` takes ``x (F, C, H, W)``: channels-last storage, ``C`` a power of two
     from 16 to 256, and a frame within 32-bit offsets (up to 4K at 128 channels)."""
     c = x.shape[1] if x.dim() == 4 else 0
     return (x.dim() == 4 and x.stride(1) == 1 and 16 <= c <= 256 and c & (c - 1) == 0
-            and _frame_span(tuple(x.shape), x.stride()) < INT32_SPAN)
+            and frame_fits_int32(tuple(x.shape), x.stride()))
 
 
 def output_conv(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, outputs: int,
@@ -152,13 +147,15 @@ def output_conv(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
         raise ValueError(f"packed taps must be contiguous {x.dtype} {(3, c, PRODUCT_WIDTH)}, "
                          f"got {packed.dtype} {tuple(packed.shape)}")
     if not 1 <= outputs <= GROUP or (bias is not None and tuple(bias.shape) != (outputs,)):
-        raise ValueError(f"{outputs} outputs (1 to {GROUP}) with a bias of {None if bias is None else tuple(bias.shape)}")
+        got = None if bias is None else tuple(bias.shape)
+        raise ValueError(f"{outputs} outputs (1 to {GROUP}) with a bias of {got}")
     shape = (frames, outputs, h, w)
     if out is None:
         out = torch.empty(shape, dtype=x.dtype, device=x.device)
     elif tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
-        raise ValueError(f"out must be {x.dtype} {shape} on {x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
-    if _frame_span(shape, out.stride()) >= INT32_SPAN:
+        raise ValueError(f"out must be {x.dtype} {shape} on {x.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    if not frame_fits_int32(shape, out.stride()):
         raise ValueError(f"out frames of {shape[1:]} with strides {out.stride()} pass 32-bit offsets")
     if out.numel():
         grid = (triton.cdiv(w, tile.block_w - 2), triton.cdiv(h, tile.rows), frames)

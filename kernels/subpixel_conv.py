@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.frame_offsets import frame_fits_int32
 from kernels.triton_compat import FP_FUSION
 
 PHASES = 4
@@ -96,15 +97,6 @@ def pack_phase_taps(phase_weight: torch.Tensor) -> torch.Tensor:
     return phase_weight.reshape(PHASES, n4 // PHASES, c, PHASE_TAPS).permute(0, 3, 2, 1).contiguous()
 
 
-INT32_SPAN = 2**31
-"""Offsets within one frame (input or output) are 32-bit: an 8K output frame of 128 channels is not."""
-
-
-def _frame_span(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
-    """Elements one frame of a ``(F, C, H, W)`` tensor spans in memory."""
-    return 1 + sum((size - 1) * stride for size, stride in zip(shape[1:], strides[1:]))
-
-
 def supported(x: torch.Tensor, packed: torch.Tensor, out: torch.Tensor | None = None,
               tile: SubpixelTile = DEFAULT_TILE) -> bool:
     """Whether :func:`subpixel_conv` takes ``x (F, C, H, W)`` (and ``out``, channels-last when None):
@@ -119,7 +111,7 @@ def supported(x: torch.Tensor, packed: torch.Tensor, out: torch.Tensor | None = 
         out_shape, out_strides = (frames, n, 2 * h, 2 * w), (4 * h * w * n, 1, 2 * w * n, n)
     else:
         out_shape, out_strides = tuple(out.shape), out.stride()
-    return max(_frame_span(tuple(x.shape), x.stride()), _frame_span(out_shape, out_strides)) < INT32_SPAN
+    return frame_fits_int32(tuple(x.shape), x.stride()) and frame_fits_int32(out_shape, out_strides)
 
 
 def subpixel_conv(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,

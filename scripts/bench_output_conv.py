@@ -8,9 +8,7 @@ conv (TF32 off). Inputs are ReLU outputs, as in the decoder. Prints a table; ``-
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,23 +27,16 @@ TILES = [DEFAULT_TILE] + [OutputConvTile(*t) for t in [(32, 64, 4, 1), (16, 64, 
 PADDED = 8
 
 
-def _relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((got.float() - reference).norm() / reference.norm())
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names from: " + ", ".join(CASES))
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
-    args = parser.parse_args()
+    args = kernel_report.arguments(__doc__, CASES)
     torch.backends.cudnn.allow_tf32 = False
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = []
     for name in args.cases.split(","):
         frames, channels, h, w = CASES[name]
-        x = torch.randn((frames, channels, h, w), generator=gen, device="cuda").relu_()
-        x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        weight = (torch.randn((3, channels, 3, 3), generator=gen, device="cuda") / (9 * channels) ** 0.5).to(torch.bfloat16)
+        x = kernel_report.relu_frames(gen, frames, channels, h, w)
+        weight = torch.randn((3, channels, 3, 3), generator=gen, device="cuda") / (9 * channels) ** 0.5
+        weight = weight.to(torch.bfloat16)
         bias = torch.randn(3, generator=gen, device="cuda").to(torch.bfloat16)
         padded = F.pad(weight, (0, 0, 0, 0, 0, 0, 0, PADDED - 3)).contiguous(memory_format=torch.channels_last)
         padded_bias = F.pad(bias, (0, PADDED - 3))
@@ -57,19 +48,11 @@ def main() -> None:
 
         before_ms = do_bench(before, warmup=10, rep=100) / frames
         row = {"case": name, "frames": frames, "before_ms_per_frame": before_ms,
-               "before_rel_error": _relative_error(before(), reference), "kernel": []}
+               "before_rel_error": kernel_report.relative_error(before(), reference)}
         print(f"{name}: cuDNN padded to {PADDED} {before_ms:.3f} ms/frame (rel. error {row['before_rel_error']:.2e})",
               flush=True)
-        for tile in TILES:
-            try:
-                error = _relative_error(output_conv(x, packed, bias, 3, tile=tile), reference)
-                ms = do_bench(lambda: output_conv(x, packed, bias, 3, tile=tile), warmup=10, rep=100) / frames
-            except Exception as exc:  # a tile that does not fit registers or shared memory on this GPU
-                print(f"  {tile}: failed {str(exc).splitlines()[0][:120]}", flush=True)
-                row["kernel"].append({"tile": asdict(tile), "error": str(exc).splitlines()[0][:300]})
-                continue
-            row["kernel"].append({"tile": asdict(tile), "ms_per_frame": ms, "rel_error": error})
-            print(f"  {tile}: {ms:.3f} ms/frame ({before_ms / ms:.2f}x) rel. error {error:.2e}", flush=True)
+        row["kernel"] = kernel_report.time_tiles(lambda tile: output_conv(x, packed, bias, 3, tile=tile), TILES,
+                                                 reference, frames, before_ms)
         rows.append(row)
         del x, reference
         torch.cuda.empty_cache()

@@ -9,9 +9,7 @@ for each candidate tile, with each result's relative error against an fp32 conv 
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -37,22 +35,14 @@ TILES = [DEFAULT_TILE] + [
 ]
 
 
-def _relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((got.float() - reference).norm() / reference.norm())
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated names from: " + ", ".join(CASES))
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
-    args = parser.parse_args()
+    args = kernel_report.arguments(__doc__, CASES)
     torch.backends.cudnn.allow_tf32 = False
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = []
     for name in args.cases.split(","):
         frames, c_in, c_out, h, w, relu = CASES[name]
-        x = torch.randn((frames, c_in, h, w), generator=gen, device="cuda").relu_()
-        x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        x = kernel_report.relu_frames(gen, frames, c_in, h, w)
         weight = (torch.randn((c_out, c_in, 3, 3), generator=gen, device="cuda") / (9 * c_in) ** 0.5).to(torch.bfloat16)
         phases = phase_weight(weight).contiguous(memory_format=torch.channels_last)
         packed = pack_phase_taps(phase_weight(weight))
@@ -65,18 +55,10 @@ def main() -> None:
 
         before_ms = do_bench(before, warmup=10, rep=100) / frames
         row = {"case": name, "frames": frames, "before_ms_per_frame": before_ms,
-               "before_rel_error": _relative_error(before(), reference), "kernel": []}
+               "before_rel_error": kernel_report.relative_error(before(), reference)}
         print(f"{name}: before {before_ms:.3f} ms/frame (rel. error {row['before_rel_error']:.2e})", flush=True)
-        for tile in TILES:
-            try:
-                error = _relative_error(subpixel_conv(x, packed, None, relu=relu, tile=tile), reference)
-                ms = do_bench(lambda: subpixel_conv(x, packed, None, relu=relu, tile=tile), warmup=10, rep=100) / frames
-            except Exception as exc:  # a tile that does not fit registers or shared memory on this GPU
-                print(f"  {tile}: failed {str(exc).splitlines()[0][:120]}", flush=True)
-                row["kernel"].append({"tile": asdict(tile), "error": str(exc).splitlines()[0][:300]})
-                continue
-            row["kernel"].append({"tile": asdict(tile), "ms_per_frame": ms, "rel_error": error})
-            print(f"  {tile}: {ms:.3f} ms/frame ({before_ms / ms:.2f}x) rel. error {error:.2e}", flush=True)
+        row["kernel"] = kernel_report.time_tiles(lambda tile: subpixel_conv(x, packed, None, relu=relu, tile=tile),
+                                                 TILES, reference, frames, before_ms)
         rows.append(row)
         del x, reference
         torch.cuda.empty_cache()
