@@ -52,10 +52,12 @@ from upscaler.video.synthetic import write_test_clip
 log = logging.getLogger("flashvsr-bench")
 
 WARMUP_FRAMES = 29  # the first step (21 frames) and one steady step (8)
-STAGES = ("lq_proj", "dit", "decoder", "color_fix", "to_uint8", "encode", "encode_wait", "tile_store", "tile_store_wait", "tile_read_wait",
-          "tile_blend")
+STAGES = ("lq_proj", "dit", "decoder", "color_fix", "to_uint8", "encode", "encode_wait", "decode_wait", "tile_store",
+          "tile_store_wait", "tile_read_wait", "tile_blend")
 """GPU stages (CUDA events), then host-side: ``encode`` is the encoder thread's busy time (overlapped
-with the GPU), ``encode_wait`` the time the GPU loop was blocked on a full encoder queue; for tiled runs
+with the GPU), ``encode_wait`` the time the GPU loop was blocked on a full encoder queue, ``decode_wait``
+the time it waited for decoded input frames (untiled runs: a GPU stage that includes such waits, the
+LQ projection's, is longer by up to that much); for tiled runs
 ``tile_store`` the store thread's file writing (overlapped), ``tile_store_wait`` the time the GPU loop
 waited for it, ``tile_read_wait`` and ``tile_blend`` the blend's wait for its reads and its GPU time."""
 

@@ -49,7 +49,8 @@ def test_odd_size_file_keeps_geometry_fps_and_audio(upscaler, tmp_path):
     assert (info.width, info.height, info.frames) == (134, 74, 13)
     assert info.fps == Fraction(30000, 1001) and info.has_audio and info.codec == "hevc"
     assert report.frames == 13 and report.out_size == (134, 74)
-    assert {"lq_proj", "dit", "decoder", "color_fix", "encode", "total"} <= set(report.seconds)
+    assert {"lq_proj", "dit", "decoder", "color_fix", "encode", "decode_wait", "total"} <= set(report.seconds)
+    assert 0.0 <= report.seconds["decode_wait"] <= report.seconds["total"]
 
 
 def test_explicit_target_size(upscaler, tmp_path):

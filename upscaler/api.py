@@ -201,7 +201,10 @@ class Upscaler:
         )
         chunks = engine.run(LQFrames(batches), geometry.out_size, geometry.model_size, timer=timer,
                             should_cancel=should_cancel)
-        yield from frames_to_host(chunks, timer)
+        try:
+            yield from frames_to_host(chunks, timer)
+        finally:
+            timer.add_wall("decode_wait", reader.wait_s)
 
     def upscale_file(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from tests import media
 from tests.video.conftest import decoded_frames, psnr
 from upscaler.errors import InputVideoError
 from upscaler.video import FrameReader
+from upscaler.video.channel import Channel
 
 
 def test_reads_every_frame_as_rgb(ntsc_audio_clip: Path) -> None:
@@ -75,3 +77,25 @@ def test_size_change_mid_stream_is_an_input_error(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputVideoError, match="not found"):
         next(iter(FrameReader(tmp_path / "nope.mp4")))
+
+
+def test_a_frame_decoded_ahead_costs_the_consumer_no_wait(odd_clip: Path) -> None:
+    """``wait_s`` counts the time the consumer blocked on an empty queue, not the time it spent itself."""
+    reader = FrameReader(odd_clip, prefetch=1)
+    frames = iter(reader)
+    next(frames)
+    waited_before = reader.wait_s
+    time.sleep(0.3)  # the decode thread refills the one-frame queue meanwhile: no wait for the next frame
+    next(frames)
+    assert reader.wait_s - waited_before < 0.1
+    reader.close()
+
+
+def test_a_channel_counts_the_consumer_wait() -> None:
+    channel: Channel[int] = Channel(1)
+    threading.Timer(0.25, lambda: channel.put(7)).start()
+    assert channel.get() == 7
+    assert 0.2 <= channel.wait_s < 2.0
+    channel.put(8)
+    waited = channel.wait_s
+    assert channel.get() == 8 and channel.wait_s == waited  # a queued item costs no wait

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -21,11 +22,13 @@ class Channel(Generic[T]):
 
     Either side may :meth:`abort`, which unblocks the other side (a blocked ``put`` returns False and
     a blocked ``get`` raises :class:`ChannelAborted`), so neither thread can hang on a dead partner.
+    ``wait_s`` adds up the seconds the consumer spent blocked in :meth:`get` (the producer fell behind).
     """
 
     def __init__(self, maxsize: int) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, maxsize))
         self._aborted = threading.Event()
+        self.wait_s = 0.0
 
     @property
     def aborted(self) -> bool:
@@ -59,19 +62,29 @@ class Channel(Generic[T]):
 
     def get(self) -> T:
         """The next item; raises StopIteration at the end, the producer's error, or ChannelAborted."""
-        while True:
-            if self._aborted.is_set():
-                raise ChannelAborted()
-            try:
-                item = self._queue.get(timeout=_POLL_S)
-                break
-            except queue.Empty:
-                continue
+        if self._aborted.is_set():
+            raise ChannelAborted()
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            began = time.perf_counter()
+            item = self._wait()
+            self.wait_s += time.perf_counter() - began
         if item is _END:
             raise StopIteration
         if isinstance(item, BaseException):
             raise item
         return item  # type: ignore[return-value]
+
+    def _wait(self) -> object:
+        """Block for the next queued object, polling for an abort."""
+        while True:
+            if self._aborted.is_set():
+                raise ChannelAborted()
+            try:
+                return self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
 
     def __iter__(self) -> Iterator[T]:
         while True:

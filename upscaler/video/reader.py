@@ -87,6 +87,11 @@ class FrameReader:
             raise InputVideoError(f"{self.path.name} has no decodable video frames")
         log.debug("decoded %d frames from %s", self.frames_read, self.path.name)
 
+    @property
+    def wait_s(self) -> float:
+        """Seconds the consumer has waited for a decoded frame (decoding fell behind)."""
+        return self._channel.wait_s
+
     def close(self) -> None:
         """Stop the decoding thread and release the file."""
         self._channel.abort()
