@@ -49,8 +49,10 @@ DEFAULT_TILE = OutputConvTile()
 
 @triton.jit
 def _load_row(XF, row, H, cols, WIDTH, stride_xh, stride_xw, ks):
-    """``(len(cols), C)``: pixels ``cols`` of input row ``row``, zero outside the image."""
-    keep = (row >= 0) & (row < H) & (cols >= 0) & (cols < WIDTH)
+    """``(len(cols), C)``: pixels ``cols`` of input row ``row``, zero outside the image. (A row outside it
+    empties the column range: the mask stays one block comparison, which every interpreter keeps boolean.)"""
+    width = tl.where((row >= 0) & (row < H), WIDTH, 0)
+    keep = (cols >= 0) & (cols < width)
     return tl.load(XF + row * stride_xh + (cols * stride_xw)[:, None] + ks[None, :], mask=keep[:, None], other=0.0)
 
 
@@ -99,9 +101,9 @@ def _output_conv_kernel(
         bias = tl.load(BIAS + channels, mask=channels < OUTPUTS, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros((GROUP,), dtype=tl.float32)
-    out_cols = x0 + local
-    store_mask = ((local < OUT_W) & (out_cols < WIDTH))[:, None] & (channels < OUTPUTS)[None, :]
-    dst = OUT + frame * stride_on + (out_cols * stride_ow)[:, None] + (channels * stride_oc)[None, :]
+    out_cols = tl.minimum(OUT_W, WIDTH - x0)  # this program's output columns
+    channel_ok = (channels < OUTPUTS)[None, :]
+    dst = OUT + frame * stride_on + ((x0 + local) * stride_ow)[:, None] + (channels * stride_oc)[None, :]
     for r in range(ROWS):
         y = y0 + r
         x_row = x_next
@@ -109,7 +111,8 @@ def _output_conv_kernel(
         below = _gathered_sums(x_row, w0, w1, w2)
         by_row = tl.where(group == 0, above, tl.where(group == 1, here, below))
         pixels = tl.sum(tl.reshape(by_row, (BLOCK_W, 4, GROUP)), axis=1) + bias[None, :]
-        tl.store(dst + y * stride_oh, pixels.to(OUT.dtype.element_ty), mask=store_mask & (y < H))
+        store = (local < tl.where(y < H, out_cols, 0))[:, None] & channel_ok
+        tl.store(dst + y * stride_oh, pixels.to(OUT.dtype.element_ty), mask=store)
         above = here
         here = below
 
