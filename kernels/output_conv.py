@@ -101,7 +101,7 @@ def _output_conv_kernel(
         bias = tl.load(BIAS + channels, mask=channels < OUTPUTS, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros((GROUP,), dtype=tl.float32)
-    out_cols = tl.minimum(OUT_W, WIDTH - x0)  # this program's output columns
+    out_count = tl.minimum(OUT_W, WIDTH - x0)  # this program's output columns
     channel_ok = (channels < OUTPUTS)[None, :]
     dst = OUT + frame * stride_on + ((x0 + local) * stride_ow)[:, None] + (channels * stride_oc)[None, :]
     for r in range(ROWS):
@@ -111,7 +111,7 @@ def _output_conv_kernel(
         below = _gathered_sums(x_row, w0, w1, w2)
         by_row = tl.where(group == 0, above, tl.where(group == 1, here, below))
         pixels = tl.sum(tl.reshape(by_row, (BLOCK_W, 4, GROUP)), axis=1) + bias[None, :]
-        store = (local < tl.where(y < H, out_cols, 0))[:, None] & channel_ok
+        store = (local < tl.where(y < H, out_count, 0))[:, None] & channel_ok
         tl.store(dst + y * stride_oh, pixels.to(OUT.dtype.element_ty), mask=store)
         above = here
         here = below

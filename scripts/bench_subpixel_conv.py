@@ -44,8 +44,9 @@ def main() -> None:
         frames, c_in, c_out, h, w, relu = CASES[name]
         x = kernel_report.relu_frames(gen, frames, c_in, h, w)
         weight = (torch.randn((c_out, c_in, 3, 3), generator=gen, device="cuda") / (9 * c_in) ** 0.5).to(torch.bfloat16)
-        phases = phase_weight(weight).contiguous(memory_format=torch.channels_last)
-        packed = pack_phase_taps(phase_weight(weight))
+        phases = phase_weight(weight)
+        packed = pack_phase_taps(phases)
+        phases = phases.contiguous(memory_format=torch.channels_last)
         reference = F.conv2d(F.interpolate(x.float(), scale_factor=2), weight.float(), None, padding=1)
         if relu:
             reference = reference.relu_()

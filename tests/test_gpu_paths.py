@@ -178,9 +178,7 @@ def test_lq_conv_epilogue_kernel_is_closer_to_float64_than_the_eager_chain(chann
 def test_subpixel_conv_kernel_is_as_close_to_float64_as_the_phase_conv_at_the_real_width():
     """The last stage's upsampled conv (128 channels to 128, ReLU) on a crop of wider frames, against the
     path it replaces (cuDNN's 2x2 phase conv + interleave): both multiply by the same bf16 phase taps (sums
-    of 3x3 taps, rounded once, which cuDNN's 3x3 conv of the upsampled image does not), accumulate in fp32
-    and round once, in a different order, so a tie may round the other way: the kernel's error against
-    float64 within 5% of the phase conv's on the mean and 2x on the max."""
+    of 3x3 taps, rounded once, which cuDNN's 3x3 conv of the upsampled image does not)."""
     import torch.nn.functional as F
 
     from kernels.subpixel import interleave_phases
@@ -196,16 +194,13 @@ def test_subpixel_conv_kernel_is_as_close_to_float64_as_the_phase_conv_at_the_re
     before = interleave_phases(F.conv2d(x, phases.contiguous(memory_format=torch.channels_last), None, padding=1),
                                40, 150, relu=True)
     got = subpixel_conv(x, pack_phase_taps(phases), None, relu=True)
-    err_kernel, err_before = (got.double().cpu() - want).abs(), (before.double().cpu() - want).abs()
-    print(f"sub-pixel conv vs float64: max {err_kernel.max():.2e} mean {err_kernel.mean():.2e}; "
-          f"phase conv + interleave: max {err_before.max():.2e} mean {err_before.mean():.2e}")
-    assert err_kernel.mean() <= 1.05 * err_before.mean() and err_kernel.max() <= 2 * err_before.max()
+    _as_close_to_float64(got, before, want, "sub-pixel conv", "phase conv + interleave")
 
 
 def test_output_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
-    """The decoder's last conv (128 channels to 3, bias) on a crop of wider frames, through the module: the
-    kernel's error against float64 within 5% of cuDNN's (padded to 8 channels) on the mean, 2x on the max
-    (on an H100 the kernel rounded correctly where cuDNN did not in a third of the pixels)."""
+    """The decoder's last conv (128 channels to 3, bias) on a crop of wider frames, through the module,
+    against cuDNN padded to 8 channels (on an H100 the kernel rounded correctly where cuDNN did not in a
+    third of the pixels)."""
     import torch.nn.functional as F
 
     from upscaler.models.tcdecoder import OutputConv
@@ -218,11 +213,18 @@ def test_output_conv_kernel_is_as_close_to_float64_as_cudnn_at_the_real_width():
     got = conv(x)
     cudnn = F.conv2d(x.contiguous(memory_format=torch.channels_last), conv._padded_weight(conv.weight),
                      conv._padded_bias(conv.bias), padding=1)[:, :3]
-    err_kernel, err_cudnn = (got.double().cpu() - want).abs(), (cudnn.double().cpu() - want).abs()
-    print(f"output conv vs float64: max {err_kernel.max():.2e} mean {err_kernel.mean():.2e}; "
-          f"cuDNN bf16: max {err_cudnn.max():.2e} mean {err_cudnn.mean():.2e}")
     assert got.shape == (3, 3, 70, 389) and got.is_contiguous()
-    assert err_kernel.mean() <= 1.05 * err_cudnn.mean() and err_kernel.max() <= 2 * err_cudnn.max()
+    _as_close_to_float64(got, cudnn, want, "output conv", "cuDNN bf16")
+
+
+def _as_close_to_float64(got: torch.Tensor, baseline: torch.Tensor, want: torch.Tensor, label: str,
+                         baseline_label: str) -> None:
+    """A conv kernel's error against float64 ``want`` within 5% of ``baseline``'s on the mean and 2x on
+    the max (both round an fp32 sum once, in a different order, so a tie may round the other way)."""
+    err_kernel, err_baseline = (got.double().cpu() - want).abs(), (baseline.double().cpu() - want).abs()
+    print(f"{label} vs float64: max {err_kernel.max():.2e} mean {err_kernel.mean():.2e}; "
+          f"{baseline_label}: max {err_baseline.max():.2e} mean {err_baseline.mean():.2e}")
+    assert err_kernel.mean() <= 1.05 * err_baseline.mean() and err_kernel.max() <= 2 * err_baseline.max()
 
 
 def test_pixels_kernel_equals_the_pytorch_chain_on_cropped_bf16_frames():

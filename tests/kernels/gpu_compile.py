@@ -32,11 +32,11 @@ from kernels.fp8_conv import _conv3x3_fp8_kernel
 from kernels.fp8_quant import _quantise_rows_kernel, launch_config
 from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kernel
 from kernels.norm_rope import _norm_rope_kernel
-from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
-from kernels.pixels import _pixels_kernel
 from kernels.output_conv import DEFAULT_TILE as OUTPUT_CONV_TILE
 from kernels.output_conv import GROUP as OUTPUT_GROUP
 from kernels.output_conv import _output_conv_kernel
+from kernels.pixels import LAUNCH_OPTIONS as PIXELS_LAUNCH
+from kernels.pixels import _pixels_kernel
 from kernels.subpixel import _interleave_kernel
 from kernels.subpixel_conv import DEFAULT_TILE as SUBPIXEL_TILE
 from kernels.subpixel_conv import _subpixel_conv_kernel
