@@ -90,3 +90,39 @@ def test_lq_fp8_conv_kernel_equals_the_emulated_conv(with_context: bool) -> None
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * float(want.abs().max()))
     assert float((got.float() - want.float()).norm() / want.float().norm()) < 1.2e-2
     assert float((got.float() - exact.float()).norm() / exact.float().norm()) < 0.06
+
+
+@pytest.mark.skipif(not FP8_GPU, reason="no e4m3 before compute capability 8.9")
+@torch.no_grad()
+def test_decoder_full_resolution_kernels_equal_the_emulated_stage() -> None:
+    """The TCDecoder's full-resolution stage at its real channel count on a small frame: the three FP8 kernels
+    (sub-pixel conv to e4m3, implicit GEMM with ReLU to e4m3, output conv from e4m3) give the emulated stage's
+    result and running maxima up to accumulation order and one bf16 rounding, and stay within FP8's error of
+    the bf16 stage."""
+    from torch import nn
+
+    from upscaler.models.tcdecoder import OutputConv
+    from upscaler.models.tcdecoder_fp8 import FP8FullResolutionStage
+    from upscaler.models.upsampled_conv import UpsampledConv
+
+    torch.manual_seed(0)
+    layers = (UpsampledConv(128, 128, bias=False), nn.Conv2d(128, 128, 3, padding=1, bias=False), OutputConv(128, 3))
+    for layer in layers:
+        nn.init.normal_(layer.weight, std=(2 / (9 * 128)) ** 0.5)
+    layers = tuple(layer.to("cuda", torch.bfloat16) for layer in layers)
+    kernel = FP8FullResolutionStage(*layers, use_kernels=True)
+    emulated = FP8FullResolutionStage(*layers, use_kernels=False)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randn(3, 128, 40, 72, generator=g).relu().to("cuda", torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    amax: dict[str, torch.Tensor] = {}
+    exact = kernel(x, amax)  # the measuring call: bf16
+    emulated_amax = {k: v.clone() for k, v in amax.items()}
+    assert kernel._kernels_take(x)
+    got, want = kernel(x, amax), emulated(x, emulated_amax)
+    assert got.shape == want.shape == exact.shape == (3, 3, 80, 144) and got.dtype == torch.bfloat16
+    spread = (want.float() - want.float().mean()).norm()
+    assert float((got.float() - want.float()).norm() / spread) < 1e-2
+    assert float((got.float() - exact.float()).norm() / (exact.float() - exact.float().mean()).norm()) < 0.05
+    for name in amax:
+        torch.testing.assert_close(amax[name], emulated_amax[name], rtol=2e-2, atol=0)
