@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,6 +18,7 @@ from tests import media
 from tests.video.conftest import decoded_frames, psnr
 from upscaler.errors import EncodeError
 from upscaler.video import FrameReader, FrameWriter, probe
+from upscaler.video.config import video_config
 from upscaler.video.encoders import choose_encoder, nvenc_opens
 
 
@@ -78,6 +83,30 @@ def test_hevc_output(tmp_path: Path) -> None:
     info = probe(out)
     assert (info.codec, info.frames, info.fps) == ("hevc", 6, Fraction(25))
     assert _streams(out)["video"]["tag"] == "hvc1"
+
+
+def _thread_nice(thread: str) -> int:
+    """The nice value of thread ``thread`` of this process (field 19 of its ``stat``, after the name)."""
+    stat = Path(f"/proc/self/task/{thread}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_encoder_and_its_codec_threads_run_below_the_process(tmp_path: Path) -> None:
+    """The encoder thread lowers its priority before the codec opens, so x265's worker pool inherits it; the
+    caller's thread keeps the process's."""
+    before = set(os.listdir("/proc/self/task"))
+    process_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    with FrameWriter(tmp_path / "out.mp4", 128, 96, 25, codec="hevc", threads=4) as writer:
+        writer.write(_pattern(8, 128, 96))
+        deadline = time.monotonic() + 10
+        while writer.frames_written == 0 and time.monotonic() < deadline:  # the codec is open once a frame is in
+            time.sleep(0.01)
+        started = set(os.listdir("/proc/self/task")) - before
+        nice = {thread: _thread_nice(thread) for thread in started if os.path.exists(f"/proc/self/task/{thread}")}
+    assert len(nice) >= 2  # the encoder thread and the codec's workers (x265 lowers a few of them further)
+    assert min(nice.values()) == process_nice + video_config().writer.nice
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == process_nice
 
 
 def test_aac_audio_is_copied(tmp_path: Path, ntsc_audio_clip: Path) -> None:

@@ -22,6 +22,7 @@ class WriterConfig:
     prefer_nvenc: bool
     nvenc_preset: str
     threads: int
+    nice: int
     queue_frames: int
     pix_fmt: str
     odd_size_pix_fmt: str

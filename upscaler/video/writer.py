@@ -20,6 +20,7 @@ from upscaler.video.audio import AudioPass
 from upscaler.video.channel import Channel, ChannelAborted
 from upscaler.video.config import video_config
 from upscaler.video.encoders import choose_encoder, encoder_options
+from upscaler.video.priority import lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class FrameWriter:
             self._container.close()
             self._tmp.unlink(missing_ok=True)
             raise
+        self._nice = wcfg.nice
         self._channel: Channel[np.ndarray] = Channel(wcfg.queue_frames if queue_frames is None else queue_frames)
         self._thread = threading.Thread(target=self._encode_loop, name=f"encode-{self.path.name}", daemon=True)
         self._thread.start()
@@ -124,6 +126,7 @@ class FrameWriter:
     # -- encoder thread ---------------------------------------------------------------------
     def _encode_loop(self) -> None:
         try:
+            lower_thread_priority(self._nice)  # before the codec opens: its worker threads inherit it
             for index, array in enumerate(self._channel):
                 began = time.perf_counter()
                 frame = av.VideoFrame.from_ndarray(array, format="rgb24")
