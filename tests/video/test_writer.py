@@ -100,7 +100,7 @@ def test_encoder_and_its_codec_threads_run_below_the_process(tmp_path: Path) -> 
     with FrameWriter(tmp_path / "out.mp4", 128, 96, 25, codec="hevc", threads=4) as writer:
         writer.write(_pattern(8, 128, 96))
         deadline = time.monotonic() + 10
-        while writer.frames_written == 0 and time.monotonic() < deadline:  # the codec is open once a frame is in
+        while writer.encode_seconds == 0 and time.monotonic() < deadline:  # the codec is open once a frame is encoded
             time.sleep(0.01)
         started = set(os.listdir("/proc/self/task")) - before
         nice = {thread: _thread_nice(thread) for thread in started if os.path.exists(f"/proc/self/task/{thread}")}

@@ -28,6 +28,10 @@ class WriterConfig:
     odd_size_pix_fmt: str
     faststart: bool
 
+    def __post_init__(self) -> None:
+        if isinstance(self.nice, bool) or not isinstance(self.nice, int) or not 0 <= self.nice <= 19:
+            raise ValueError(f"configs/video.toml [writer] nice must be a whole number from 0 to 19, got {self.nice!r}")
+
 
 @dataclass(frozen=True)
 class AudioConfig:
