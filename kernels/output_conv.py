@@ -63,7 +63,10 @@ def _gathered_sums(x, w0, w1, w2):
     """``(BLOCK_W, 16)``: the loaded row ``x`` times the taps of all three kernel columns, summed at the
     output column each serves: tile column ``o`` gets kernel column ``dx`` of input column ``o + dx``
     (the last two tile columns are not outputs)."""
-    x = x.to(w0.dtype)  # an e4m3 input is exact in the taps' half precision
+    # An e4m3 input is exact in the taps' half precision; it widens through fp32, as sm_89 has no direct
+    # conversion from the fp16 Triton widens e4m3 to, to bf16 (ptxas refuses it there).
+    if x.dtype != w0.dtype:
+        x = x.to(tl.float32).to(w0.dtype)
     at = tl.arange(0, x.shape[0])[:, None] + tl.zeros((1, w0.shape[1]), dtype=tl.int32)
     last = x.shape[0] - 1
     sums = tl.dot(x, w0)
