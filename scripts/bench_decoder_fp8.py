@@ -32,8 +32,7 @@ from upscaler.models.upsampled_conv import UpsampledConv  # noqa: E402
 
 # name: (frames, channels, input rows, input columns); the output is twice as high and wide
 CASES = {"stage-4k": (2, 128, 1088, 1920), "stage-1080p": (4, 128, 544, 960)}
-TILES = [DEFAULT_TILE] + [ConvTile(*t) for t in [(128, 128, 128, 8, 4, 4), (128, 128, 128, 8, 8, 4),
-                                                 (256, 128, 64, 8, 8, 4), (128, 128, 64, 8, 4, 5)]]
+TILES = [DEFAULT_TILE] + [ConvTile(*t) for t in [(128, 128, 128, 8, 4, 4), (256, 128, 64, 8, 8, 4)]]
 
 
 def _layers(channels: int) -> tuple[UpsampledConv, nn.Conv2d, OutputConv]:
