@@ -96,9 +96,10 @@ def test_lq_fp8_conv_kernel_equals_the_emulated_conv(with_context: bool) -> None
 @torch.no_grad()
 def test_decoder_full_resolution_kernels_equal_the_emulated_stage() -> None:
     """The TCDecoder's full-resolution stage at its real channel count on a small frame: the three FP8 kernels
-    (sub-pixel conv to e4m3, implicit GEMM with ReLU to e4m3, output conv from e4m3) give the emulated stage's
-    result and running maxima up to accumulation order and one bf16 rounding, and stay within FP8's error of
-    the bf16 stage."""
+    (sub-pixel conv to e4m3, implicit GEMM with ReLU to e4m3, output conv from e4m3) stay within FP8's error of
+    the bf16 stage, as the emulated stage does, and record the same running maxima. The two differ by about
+    FP8's error themselves (3.6% on an H100): the kernel quantises the sub-pixel conv's fp32 sums, the emulation
+    their bf16 rounding, which moves about one value in 30 across an e4m3 rounding boundary (a 6-12% step)."""
     from torch import nn
 
     from upscaler.models.tcdecoder import OutputConv
@@ -121,8 +122,10 @@ def test_decoder_full_resolution_kernels_equal_the_emulated_stage() -> None:
     assert kernel._kernels_take(x)
     got, want = kernel(x, amax), emulated(x, emulated_amax)
     assert got.shape == want.shape == exact.shape == (3, 3, 80, 144) and got.dtype == torch.bfloat16
-    spread = (want.float() - want.float().mean()).norm()
-    assert float((got.float() - want.float()).norm() / spread) < 1e-2
-    assert float((got.float() - exact.float()).norm() / (exact.float() - exact.float().mean()).norm()) < 0.05
+    spread = (exact.float() - exact.float().mean()).norm()
+    kernel_error = float((got.float() - exact.float()).norm() / spread)
+    emulated_error = float((want.float() - exact.float()).norm() / spread)
+    assert 0 < kernel_error < 0.06 and 0 < emulated_error < 0.06 and kernel_error < 1.5 * emulated_error
+    assert float((got.float() - want.float()).norm() / spread) < 0.06
     for name in amax:
         torch.testing.assert_close(amax[name], emulated_amax[name], rtol=2e-2, atol=0)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.fp8_conv import ConvTile
 from kernels.fp8_quant import AMAX_FLOOR, E4M3, E4M3_MAX, ChannelQuantisation, quantise_static_torch
 from upscaler.models.conv_fusion import conv_relu
 from upscaler.models.lq_proj_fp8 import emulated_conv3x3_fp8, quantise_conv_weight
@@ -37,6 +38,8 @@ HEADROOM = 4.0
 QUIET_CHANNEL_FLOOR = 2.0**-6
 """A channel's range is at least this fraction of the widest channel's (one all but silent so far still has room)."""
 CONV_INPUT, OUTPUT_INPUT = "full_res_conv_input", "output_conv_input"
+CONV_TILE = ConvTile(block_m=128, block_n=128, block_k=128, group_m=8, warps=4, stages=3)
+"""The FP8 conv's tile at this stage's shape (128 to 128 channels, a 1,152-long reduction): two programs per SM."""
 FP8_MIN_CAPABILITY = (8, 9)
 
 
@@ -96,7 +99,7 @@ class FP8FullResolutionStage:
         conv_out = torch.empty((frames, self.conv.out_channels, 2 * h, 2 * w), dtype=E4M3, device="meta",
                                memory_format=torch.channels_last)
         return (x.dtype in (torch.float16, torch.bfloat16) and self.upsampled.takes_kernel(x, padded[:, :, 1:-1, 1:-1])
-                and fp8_conv.supported(padded, weight) and output_conv.supported(conv_out))
+                and fp8_conv.supported(padded, weight, CONV_TILE) and output_conv.supported(conv_out))
 
     def _kernels(self, x: torch.Tensor, amax: dict[str, torch.Tensor]) -> torch.Tensor:
         from kernels.fp8_conv import conv3x3_fp8
@@ -112,7 +115,7 @@ class FP8FullResolutionStage:
                        quantise=ChannelQuantisation(conv_inverse, amax[CONV_INPUT]))
         weight, weight_scale = quantise_conv_weight(self.conv.weight, conv_scale)
         output_scale, output_inverse = channel_scales(amax[OUTPUT_INPUT])
-        h_q = conv3x3_fp8(padded, weight, weight_scale, self.conv.bias, relu=True,
+        h_q = conv3x3_fp8(padded, weight, weight_scale, self.conv.bias, relu=True, tile=CONV_TILE,
                           quantise=ChannelQuantisation(output_inverse, amax[OUTPUT_INPUT]))
         taps = pack_output_taps(self._folded_output_weight(output_scale))
         return output_conv(h_q, taps, self.output.bias, self.output.out_channels)
