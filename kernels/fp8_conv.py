@@ -1,5 +1,4 @@
-"""A 3x3 convolution as one FP8 matrix product over shifted rows (implicit GEMM): the LQ projection's convs
-and the TCDecoder's full-resolution conv.
+"""A 3x3 convolution as one FP8 matrix product over shifted rows (implicit GEMM), for the LQ projection.
 
 The input is already padded and channels-last, ``(F, h + 2, w + 2, C)`` e4m3 (the LQ projection's
 :func:`kernels.time_taps.stack_time_taps` writes it so). Flatten each frame's padded pixels into rows of
@@ -13,9 +12,7 @@ Weights ``(N, 9 * C)`` e4m3, tap-major along the reduction (``k = (3 * dy + dx) 
 scale per output channel; the FP8 tensor cores (sm_90, sm_89) accumulate as they do, without a periodic
 fp32 promotion: over the second LQ conv's 73,728-long reduction that is 0.8% relative from exact fp32
 sums on an H200, against FP8's own 3.8% from the bf16 conv. The output is ``(F, N, h, w)`` channels-last
-(bf16 by default), scaled per output channel, optionally with a bias and a ReLU, or e4m3 with static
-per-channel scales for the next FP8 conv (the TCDecoder's full-resolution stage,
-:mod:`upscaler.models.tcdecoder_fp8`). On an H100 at 4K the two LQ convs
+(bf16 by default), scaled per output channel, optionally with a bias. On an H100 at 4K the two LQ convs
 take 5.30 and 11.93 ms against cuDNN's bf16 9.64 and 30.82 (docs/benchmarks.md).
 """
 
@@ -28,9 +25,9 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels.fp8_quant import E4M3, ChannelQuantisation, channel_quantisation_arguments, quantise_channels_tile
 from kernels.triton_compat import FP_FUSION
 
+E4M3 = torch.float8_e4m3fn
 TAPS = 9
 
 
@@ -53,12 +50,11 @@ DEFAULT_TILE = ConvTile()
 
 @triton.jit
 def _conv3x3_fp8_kernel(
-    x_desc, w_desc, OUT, SCALE, BIAS, INV_SCALE, AMAX, FRAME_ROWS, PADDED_W, H, W, N, C,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, QUANTISE: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    x_desc, w_desc, OUT, SCALE, BIAS, FRAME_ROWS, PADDED_W, H, W, N, C,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
-    """Program = one frame's ``BLOCK_M`` output rows (padded-width raster) x ``BLOCK_N`` output channels.
-    ``QUANTISE``: e4m3 output (:func:`kernels.fp8_quant.quantise_channels_tile`), after the ReLU."""
+    """Program = one frame's ``BLOCK_M`` output rows (padded-width raster) x ``BLOCK_N`` output channels."""
     frame = tl.program_id(1)
     row_tiles = tl.cdiv(H * PADDED_W, BLOCK_M)
     col_tiles = tl.cdiv(N, BLOCK_N)
@@ -85,14 +81,10 @@ def _conv3x3_fp8_kernel(
     out = acc * tl.load(SCALE + cols, mask=col_ok, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(BIAS + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    if RELU:
-        out = tl.maximum(out, 0.0)
     p = p0 + tl.arange(0, BLOCK_M)
     y = p // PADDED_W
     x = p % PADDED_W
     row_ok = (y < H) & (x < W)
-    if QUANTISE:
-        out = quantise_channels_tile(out, row_ok, INV_SCALE, AMAX, cols, col_ok)
     pixel = (frame * H + y).to(tl.int64) * W + x
     tl.store(OUT + pixel[:, None] * N + cols[None, :], out.to(OUT.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
@@ -107,11 +99,9 @@ def supported(x: torch.Tensor, weight: torch.Tensor, tile: ConvTile = DEFAULT_TI
 
 
 def conv3x3_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None,
-                out_dtype: torch.dtype = torch.bfloat16, tile: ConvTile = DEFAULT_TILE, relu: bool = False,
-                quantise: ChannelQuantisation | None = None) -> torch.Tensor:
+                out_dtype: torch.dtype = torch.bfloat16, tile: ConvTile = DEFAULT_TILE) -> torch.Tensor:
     """``(F, N, h, w)`` channels-last: the valid 3x3 conv of the padded e4m3 input ``x (F, C, h + 2, w + 2)``
-    (channels-last) with ``weight (N, 9 * C)`` e4m3 (tap-major), times ``scale (N,)`` fp32, plus ``bias``,
-    through a ReLU when ``relu``; in ``out_dtype``, or e4m3 with ``quantise``'s per-channel scales."""
+    (channels-last) with ``weight (N, 9 * C)`` e4m3 (tap-major), times ``scale (N,)`` fp32, plus ``bias``."""
     if not supported(x, weight, tile):
         raise ValueError(f"conv3x3_fp8 takes channels-last e4m3 input with channels a multiple of {tile.block_k} and an "
                          f"e4m3 (N, 9 * C) weight; got {x.dtype} {tuple(x.shape)} strides {x.stride()}, "
@@ -122,13 +112,11 @@ def conv3x3_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias
     rows = x.permute(0, 2, 3, 1).reshape(frames * hp * wp, c)
     x_desc = TensorDescriptor.from_tensor(rows, [tile.block_m, tile.block_k])
     w_desc = TensorDescriptor.from_tensor(weight, [tile.block_n, tile.block_k])
-    scales = channel_quantisation_arguments(quantise, n, x.device, placeholder=scale)
-    out = torch.empty((frames, n, h, w), dtype=E4M3 if quantise is not None else out_dtype, device=x.device,
-                      memory_format=torch.channels_last)
+    out = torch.empty((frames, n, h, w), dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
     grid = (triton.cdiv(h * wp, tile.block_m) * triton.cdiv(n, tile.block_n), frames)
     _conv3x3_fp8_kernel[grid](
-        x_desc, w_desc, out, scale, bias if bias is not None else scale, *scales, hp * wp, wp, h, w, n, c,
-        HAS_BIAS=bias is not None, RELU=relu, QUANTISE=quantise is not None, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
+        x_desc, w_desc, out, scale, bias if bias is not None else scale, hp * wp, wp, h, w, n, c,
+        HAS_BIAS=bias is not None, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k,
         GROUP_M=tile.group_m, num_warps=tile.warps, num_stages=tile.stages, **FP_FUSION,
     )
     return out

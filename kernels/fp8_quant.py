@@ -8,14 +8,9 @@ multiplied by the row's reciprocal (one fp32 product, no per-value division), so
 :func:`quantise_rows_torch` agree bit for bit. :func:`quantise_rows_tile` is the ``@triton.jit`` helper the producing kernels call in their
 epilogue (the layer norm in :mod:`kernels.layer_norm`); :func:`quantise_rows` is the stand-alone pass
 (the attention output before ``o``, and the FFN's GELU fused in, before the down projection).
-:func:`quantise_channels_tile` is the other epilogue helper: static per-channel scales chosen before the
-kernel runs, with the channels' maxima recorded as it runs (the TCDecoder's full-resolution convs,
-:mod:`upscaler.models.tcdecoder_fp8`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -50,41 +45,6 @@ def quantise_rows_tile(y):
     scale, reciprocal = _row_scales(tl.max(tl.abs(y), 1))
     q = y * reciprocal[:, None]
     return tl.minimum(tl.maximum(q, -448.0), 448.0), scale
-
-
-@dataclass(frozen=True)
-class ChannelQuantisation:
-    """A producing kernel's e4m3 output with static per-channel scales: each value times ``inverse_scale``
-    (``(N,)`` fp32) saturated to e4m3's range; the largest magnitude of each channel before scaling is
-    max-ed into ``amax`` (``(N,)`` fp32, in place: the running maxima the next call's scales come from)."""
-
-    inverse_scale: torch.Tensor
-    amax: torch.Tensor
-
-
-def channel_quantisation_arguments(quantise: ChannelQuantisation | None, channels: int, device: torch.device,
-                                   placeholder: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel's ``(INV_SCALE, AMAX)`` pointers: ``quantise``'s, checked (fp32 ``(channels,)`` contiguous on
-    ``device``), or ``placeholder`` twice when there is none (the kernel's ``QUANTISE`` is then off)."""
-    if quantise is None:
-        return placeholder, placeholder
-    for name in ("inverse_scale", "amax"):
-        value = getattr(quantise, name)
-        if (tuple(value.shape) != (channels,) or value.dtype != torch.float32 or value.device != device
-                or not value.is_contiguous()):
-            raise ValueError(f"{name} must be contiguous fp32 ({channels},) on {device}, "
-                             f"got {value.dtype} {tuple(value.shape)} on {value.device}")
-    return quantise.inverse_scale, quantise.amax
-
-
-@triton.jit
-def quantise_channels_tile(y, valid, INV_SCALE, AMAX, cols, col_ok):
-    """e4m3-range fp32 values of an fp32 ``(R, N)`` tile scaled per column (channel ``cols``) by ``INV_SCALE``,
-    saturated; the largest ``|y|`` of each column over the ``valid`` rows is atomically max-ed into ``AMAX``."""
-    magnitude = tl.where(valid[:, None] & col_ok[None, :], tl.abs(y), 0.0)
-    tl.atomic_max(AMAX + cols, tl.max(magnitude, 0), mask=col_ok, sem="relaxed")  # read after the kernel only
-    inverse = tl.load(INV_SCALE + cols, mask=col_ok, other=0.0)
-    return tl.minimum(tl.maximum(y * inverse[None, :], -448.0), 448.0)
 
 
 @triton.jit

@@ -10,9 +10,8 @@ kernel rows ``dy`` times the output channels); the column shifts happen on the s
 the products of the last three rows kept in registers: output row ``y`` sums kernel row 0 of input row
 ``y - 1``, row 1 of ``y`` and row 2 of ``y + 1``. A program covers ``ROWS`` output rows (reading two
 more) and ``BLOCK_W - 2`` output columns (reading one more on each side), loading each row one row
-ahead of its products; the few real channels go straight into output planes of any strides. An e4m3
-input (``precision = "fp8"``, its per-channel scales folded into the taps) is widened to the taps' dtype
-as it is loaded. On an H100 at 4K: 0.78-0.81 ms per frame against cuDNN's 2.70, and correctly rounded where cuDNN's bf16 output is
+ahead of its products; the few real channels go straight into output planes of any strides. On an H100
+at 4K: 0.78-0.81 ms per frame against cuDNN's 2.70, and correctly rounded where cuDNN's bf16 output is
 not in about a third of the pixels (docs/benchmarks.md).
 """
 
@@ -24,7 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.fp8_quant import E4M3
 from kernels.frame_offsets import frame_fits_int32
 from kernels.triton_compat import FP_FUSION
 
@@ -63,10 +61,6 @@ def _gathered_sums(x, w0, w1, w2):
     """``(BLOCK_W, 16)``: the loaded row ``x`` times the taps of all three kernel columns, summed at the
     output column each serves: tile column ``o`` gets kernel column ``dx`` of input column ``o + dx``
     (the last two tile columns are not outputs)."""
-    # An e4m3 input is exact in the taps' half precision; it widens through fp32, as sm_89 has no direct
-    # conversion from the fp16 Triton widens e4m3 to, to bf16 (ptxas refuses it there).
-    if x.dtype != w0.dtype:
-        x = x.to(tl.float32).to(w0.dtype)
     at = tl.arange(0, x.shape[0])[:, None] + tl.zeros((1, w0.shape[1]), dtype=tl.int32)
     last = x.shape[0] - 1
     sums = tl.dot(x, w0)
@@ -147,24 +141,22 @@ def output_conv(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None
     """The 3x3 conv (padding 1) of ``x (F, C, H, W)`` (see :func:`supported`) with the taps of
     :func:`pack_output_taps` and ``bias (outputs,)``: ``(F, outputs, H, W)``, contiguous, or written into
     ``out`` (any strides within 32-bit offsets per frame). Accumulates in fp32 and rounds once to ``x``'s
-    dtype; an e4m3 ``x`` takes taps (and gives output) in half or single precision."""
+    dtype."""
     frames, c, h, w = x.shape
     if not supported(x):
         raise ValueError(f"output_conv needs channels-last frames of 16-256 (power of two) channels within "
                          f"32-bit offsets, got {tuple(x.shape)} with strides {x.stride()}")
-    taps_dtype = packed.dtype if x.dtype == E4M3 else x.dtype
-    if (tuple(packed.shape) != (3, c, PRODUCT_WIDTH) or packed.dtype != taps_dtype or not packed.is_contiguous()
-            or taps_dtype not in (torch.float16, torch.bfloat16, torch.float32)):
-        raise ValueError(f"packed taps must be contiguous {taps_dtype} {(3, c, PRODUCT_WIDTH)} (half or single "
-                         f"precision), got {packed.dtype} {tuple(packed.shape)}")
+    if tuple(packed.shape) != (3, c, PRODUCT_WIDTH) or packed.dtype != x.dtype or not packed.is_contiguous():
+        raise ValueError(f"packed taps must be contiguous {x.dtype} {(3, c, PRODUCT_WIDTH)}, "
+                         f"got {packed.dtype} {tuple(packed.shape)}")
     if not 1 <= outputs <= GROUP or (bias is not None and tuple(bias.shape) != (outputs,)):
         got = None if bias is None else tuple(bias.shape)
         raise ValueError(f"{outputs} outputs (1 to {GROUP}) with a bias of {got}")
     shape = (frames, outputs, h, w)
     if out is None:
-        out = torch.empty(shape, dtype=taps_dtype, device=x.device)
-    elif tuple(out.shape) != shape or out.dtype != taps_dtype or out.device != x.device:
-        raise ValueError(f"out must be {taps_dtype} {shape} on {x.device}, "
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    elif tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out must be {x.dtype} {shape} on {x.device}, "
                          f"got {out.dtype} {tuple(out.shape)} on {out.device}")
     if not frame_fits_int32(shape, out.stride()):
         raise ValueError(f"out frames of {shape[1:]} with strides {out.stride()} pass 32-bit offsets")

@@ -18,7 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.fp8_quant import E4M3, ChannelQuantisation, channel_quantisation_arguments, quantise_channels_tile
 from kernels.frame_offsets import frame_fits_int32
 from kernels.triton_compat import FP_FUSION
 
@@ -45,15 +44,14 @@ DEFAULT_TILE = SubpixelTile()
 
 @triton.jit
 def _subpixel_conv_kernel(
-    X, W, BIAS, OUT, INV_SCALE, AMAX, H, WIDTH, C, N,
+    X, W, BIAS, OUT, H, WIDTH, C, N,
     stride_xn, stride_xh, stride_xw, stride_on, stride_oc, stride_oh, stride_ow,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, QUANTISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_J: tl.constexpr,
+    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, ROWS: tl.constexpr, BLOCK_J: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Program ``pid(0)`` = (pixel tile, phase, channel tile) with the phase and channel tile varying
     fastest (the programs that read the same input tile run together); ``pid(1)`` = frame. ``W`` holds the
-    phase taps as ``(4 phases, 4 taps, C, N)``; ``C`` must be a multiple of ``BLOCK_K``. ``QUANTISE``: e4m3
-    output (:func:`kernels.fp8_quant.quantise_channels_tile`)."""
+    phase taps as ``(4 phases, 4 taps, C, N)``; ``C`` must be a multiple of ``BLOCK_K``."""
     n_tiles = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
     phase = (pid // n_tiles) % 4
@@ -85,12 +83,9 @@ def _subpixel_conv_kernel(
         acc += tl.load(BIAS + ns, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if RELU:
         acc = tl.maximum(acc, 0.0)
-    pixel_ok = (i < H) & (j < WIDTH)
-    if QUANTISE:
-        acc = quantise_channels_tile(acc, pixel_ok, INV_SCALE, AMAX, ns, n_ok)
     dst = (OUT + frame * stride_on + ((2 * i + a) * stride_oh + (2 * j + b) * stride_ow)[:, None]
            + (ns * stride_oc)[None, :])
-    tl.store(dst, acc.to(OUT.dtype.element_ty), mask=pixel_ok[:, None] & n_ok[None, :])
+    tl.store(dst, acc.to(OUT.dtype.element_ty), mask=((i < H) & (j < WIDTH))[:, None] & n_ok[None, :])
 
 
 def pack_phase_taps(phase_weight: torch.Tensor) -> torch.Tensor:
@@ -120,12 +115,10 @@ def supported(x: torch.Tensor, packed: torch.Tensor, out: torch.Tensor | None = 
 
 
 def subpixel_conv(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, relu: bool = False,
-                  out: torch.Tensor | None = None, tile: SubpixelTile = DEFAULT_TILE,
-                  quantise: ChannelQuantisation | None = None) -> torch.Tensor:
+                  out: torch.Tensor | None = None, tile: SubpixelTile = DEFAULT_TILE) -> torch.Tensor:
     """``(F, N, 2H, 2W)``: the 3x3 conv (padding 1) of the nearest 2x upsampling of ``x (F, C, H, W)``, then a
     ReLU when ``relu``, from its phase taps (:func:`pack_phase_taps`) and ``bias (N,)``; channels-last, or
-    written into ``out`` (any strides). Accumulates in fp32 and rounds once to ``x``'s dtype, or with
-    ``quantise`` to e4m3 with its per-channel scales (recording the channels' maxima)."""
+    written into ``out`` (any strides). Accumulates in fp32 and rounds once to ``x``'s dtype."""
     frames, c, h, w = x.shape
     if not supported(x, packed, out, tile):
         raise ValueError(f"subpixel_conv needs channels-last frames with channels a multiple of {tile.block_k}, "
@@ -138,19 +131,17 @@ def subpixel_conv(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"bias must be ({n},), got {tuple(bias.shape)}")
     shape = (frames, n, 2 * h, 2 * w)
-    out_dtype = x.dtype if quantise is None else E4M3
     if out is None:
-        out = torch.empty(shape, dtype=out_dtype, device=x.device, memory_format=torch.channels_last)
-    elif tuple(out.shape) != shape or out.dtype != out_dtype or out.device != x.device:
-        raise ValueError(f"out must be {out_dtype} {shape} on {x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
-    scales = channel_quantisation_arguments(quantise, n, x.device, placeholder=packed)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    elif tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out must be {x.dtype} {shape} on {x.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
     if out.numel():
         tiles = triton.cdiv(h, tile.rows) * triton.cdiv(w, tile.block_j)
         grid = (tiles * PHASES * triton.cdiv(n, tile.block_n), frames)
         _subpixel_conv_kernel[grid](
-            x, packed, packed if bias is None else bias, out, *scales, h, w, c, n,
+            x, packed, packed if bias is None else bias, out, h, w, c, n,
             x.stride(0), x.stride(2), x.stride(3), *out.stride(),
-            HAS_BIAS=bias is not None, RELU=relu, QUANTISE=quantise is not None, ROWS=tile.rows,
-            BLOCK_J=tile.block_j, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages, **FP_FUSION,
+            HAS_BIAS=bias is not None, RELU=relu, ROWS=tile.rows, BLOCK_J=tile.block_j, BLOCK_N=tile.block_n,
+            BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages, **FP_FUSION,
         )
     return out

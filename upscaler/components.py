@@ -18,7 +18,6 @@ from upscaler.models.config import ModelPreset, load_preset
 from upscaler.models.dit import WanDiT
 from upscaler.models.fp8 import convert_dit_linears
 from upscaler.models.lq_proj_fp8 import convert_lq_convs
-from upscaler.models.tcdecoder_fp8 import convert_decoder_full_resolution
 from upscaler.settings import UpscalerSettings
 from upscaler.weights import (
     WeightFiles,
@@ -62,10 +61,7 @@ class Components:
                     vae_path=self.settings.vae_path, preset=self.preset.name,
                 )
             began = time.perf_counter()
-            decoder = load_decoder(files, kind, self.preset, self.device, self.dtype)
-            if self.settings.precision == "fp8" and "decoder_full_res" in self.settings.fp8_layers:
-                convert_decoder_full_resolution(decoder)
-            self._decoders[kind] = decoder
+            self._decoders[kind] = load_decoder(files, kind, self.preset, self.device, self.dtype)
             log.info("decoder loaded kind=%s seconds=%.1f", kind, time.perf_counter() - began)
         return self._decoders[kind]
 

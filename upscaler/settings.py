@@ -17,8 +17,7 @@ PRECISIONS = ("bf16", "fp8")
 
 DIT_FP8_GROUPS = ("self_qkv", "self_o", "cross_q", "cross_o", "ffn_up", "ffn_down")  # the DiT linears fp8 can convert
 LQ_FP8_GROUPS = ("lq_conv1", "lq_conv2")  # the LQ projection's two convs
-DECODER_FP8_GROUPS = ("decoder_full_res",)  # the TCDecoder's full-resolution stage (upscaler.models.tcdecoder_fp8)
-FP8_LAYER_GROUPS = DIT_FP8_GROUPS + LQ_FP8_GROUPS + DECODER_FP8_GROUPS
+FP8_LAYER_GROUPS = DIT_FP8_GROUPS + LQ_FP8_GROUPS
 
 
 @dataclass(frozen=True)

@@ -221,8 +221,18 @@ def _other_kernels(arch: int) -> list[bool]:
                  {"CHUNK": 1024}, num_stages=1),
         _compile("sub-pixel interleave", _interleave_kernel, arch, {"Y": "*bf16", "OUT": "*bf16"}, (),
                  {"RELU": True, "BLOCK_X": 32, "BLOCK_C": 128}, num_stages=1),
-        _compile_subpixel_conv(arch, quantise=False),
-        _compile_output_conv(arch, "*bf16"),
+        _compile("sub-pixel conv (3x3 of the 2x upsampled image)", _subpixel_conv_kernel, arch,
+                 {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
+                 {"HAS_BIAS": False, "RELU": True, "ROWS": SUBPIXEL_TILE.rows, "BLOCK_J": SUBPIXEL_TILE.block_j,
+                  "BLOCK_N": SUBPIXEL_TILE.block_n, "BLOCK_K": SUBPIXEL_TILE.block_k},
+                 num_warps=SUBPIXEL_TILE.num_warps, num_stages=SUBPIXEL_TILE.num_stages,
+                 divisible=("C", "N", "stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh", "stride_ow")),
+        _compile("decoder output conv (3x3 to the image channels)", _output_conv_kernel, arch,
+                 {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
+                 {"C": 128, "GROUP": OUTPUT_GROUP, "HAS_BIAS": True, "ROWS": OUTPUT_CONV_TILE.rows,
+                  "BLOCK_W": OUTPUT_CONV_TILE.block_w},
+                 num_warps=OUTPUT_CONV_TILE.num_warps, num_stages=OUTPUT_CONV_TILE.num_stages,
+                 divisible=("stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh")),
         _compile("MemBlock frame pairs", _stack_with_previous_kernel, arch,
                  {"X": "*bf16", "PAST": "*bf16", "OUT": "*bf16"}, (), {"BLOCK_P": 32, "BLOCK_C": 128}, num_stages=1),
         _compile("LQ time taps", _time_taps_kernel, arch, {"X": "*bf16", "CTX": "*bf16", "OUT": "*bf16",
@@ -254,47 +264,21 @@ def _other_kernels(arch: int) -> list[bool]:
 FP8_MIN_ARCH = 89  # e4m3 (fp8e4nv) exists from sm_89: the FP8 linears' kernels run there and above
 
 
-def _compile_subpixel_conv(arch: int, quantise: bool) -> bool:
-    return _compile(f"sub-pixel conv (3x3 of the 2x upsampled image){' to e4m3' if quantise else ''}",
-                    _subpixel_conv_kernel, arch,
-                    {"X": "*bf16", "W": "*bf16", "BIAS": "*bf16", "OUT": "*fp8e4nv" if quantise else "*bf16",
-                     "INV_SCALE": "*fp32", "AMAX": "*fp32"}, (),
-                    {"HAS_BIAS": False, "RELU": True, "QUANTISE": quantise, "ROWS": SUBPIXEL_TILE.rows,
-                     "BLOCK_J": SUBPIXEL_TILE.block_j, "BLOCK_N": SUBPIXEL_TILE.block_n, "BLOCK_K": SUBPIXEL_TILE.block_k},
-                    num_warps=SUBPIXEL_TILE.num_warps, num_stages=SUBPIXEL_TILE.num_stages,
-                    divisible=("C", "N", "stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh", "stride_ow"))
-
-
-def _compile_output_conv(arch: int, input_type: str) -> bool:
-    return _compile(f"decoder output conv (3x3 to the image channels){' from e4m3' if 'fp8' in input_type else ''}",
-                    _output_conv_kernel, arch, {"X": input_type, "W": "*bf16", "BIAS": "*bf16", "OUT": "*bf16"}, (),
-                    {"C": 128, "GROUP": OUTPUT_GROUP, "HAS_BIAS": True, "ROWS": OUTPUT_CONV_TILE.rows,
-                     "BLOCK_W": OUTPUT_CONV_TILE.block_w},
-                    num_warps=OUTPUT_CONV_TILE.num_warps, num_stages=OUTPUT_CONV_TILE.num_stages,
-                    divisible=("stride_xn", "stride_xh", "stride_xw", "stride_on", "stride_oh"))
-
-
 def _fp8_kernels(arch: int) -> list[bool]:
-    """The FP8 linears' quantising kernels (precision = "fp8"), at the DiT's widths (1536, FFN 8960), the
-    LQ projection's e4m3 tap stacking and FP8 conv (its default tile: TMA boxes and wgmma on sm_90), and the
-    decoder's full-resolution stage in FP8 (sub-pixel conv to e4m3, FP8 conv with ReLU to e4m3, output conv
-    from e4m3)."""
+    """The FP8 linears' quantising kernels (precision = "fp8"), at the DiT's widths (1536, FFN 8960), and the
+    LQ projection's e4m3 tap stacking and FP8 conv (its default tile: TMA boxes and wgmma on sm_90)."""
     tile = CONV_TILE
     results = [
         _compile("LQ time taps to e4m3", _time_taps_kernel, arch,
                  {"X": "*bf16", "CTX": "*bf16", "OUT": "*fp8e4nv", "INV_SCALE": "*fp32"}, (),
                  {"HAS_CONTEXT": True, "QUANTISE": True, "BLOCK_X": 32, "BLOCK_C": 64}, num_stages=1),
+        _compile("LQ FP8 conv (implicit GEMM)", _conv3x3_fp8_kernel, arch,
+                 {"x_desc": f"tensordesc<fp8e4nv[{tile.block_m}, {tile.block_k}]>",
+                  "w_desc": f"tensordesc<fp8e4nv[{tile.block_n}, {tile.block_k}]>", "OUT": "*bf16", "SCALE": "*fp32",
+                  "BIAS": "*bf16"}, (),
+                 {"HAS_BIAS": True, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k,
+                  "GROUP_M": tile.group_m}, num_warps=tile.warps, num_stages=tile.stages),
     ]
-    for decoder in (False, True):  # the LQ projection's (bias, bf16 out), the decoder's (ReLU, e4m3 out)
-        results.append(_compile(f"{'decoder' if decoder else 'LQ'} FP8 conv (implicit GEMM)", _conv3x3_fp8_kernel, arch,
-                                {"x_desc": f"tensordesc<fp8e4nv[{tile.block_m}, {tile.block_k}]>",
-                                 "w_desc": f"tensordesc<fp8e4nv[{tile.block_n}, {tile.block_k}]>",
-                                 "OUT": "*fp8e4nv" if decoder else "*bf16", "SCALE": "*fp32", "BIAS": "*bf16",
-                                 "INV_SCALE": "*fp32", "AMAX": "*fp32"}, (),
-                                {"HAS_BIAS": not decoder, "RELU": decoder, "QUANTISE": decoder, "BLOCK_M": tile.block_m,
-                                 "BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "GROUP_M": tile.group_m},
-                                num_warps=tile.warps, num_stages=tile.stages))
-    results += [_compile_subpixel_conv(arch, quantise=True), _compile_output_conv(arch, "*fp8e4nv")]
     for gelu, dim in ((False, 1536), (True, 8960)):
         config = launch_config(dim)
         warps = config.pop("num_warps")

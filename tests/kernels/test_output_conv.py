@@ -34,21 +34,6 @@ def test_matches_the_conv(frames, c, outputs, h, w, dtype, tile) -> None:
     torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("taps_dtype", [torch.float32, torch.float16])
-def test_e4m3_input_is_widened_to_the_taps_dtype(taps_dtype) -> None:
-    """An e4m3 input (the FP8 decoder's) gives the conv of its exact values, in the taps' dtype."""
-    x, weight, bias = _case(2, 32, 3, 5, 9, torch.float32, seed=4)
-    x = (x * 100).to(torch.float8_e4m3fn)
-    weight, bias = (weight / 100).to(taps_dtype), bias.to(taps_dtype)
-    expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
-    got = output_conv(x, pack_output_taps(weight), bias, 3, tile=SMALL)
-    assert got.dtype == taps_dtype
-    tol = 1e-5 if taps_dtype == torch.float32 else 3e-3
-    torch.testing.assert_close(got.double(), expected, rtol=tol, atol=tol)
-    with pytest.raises(ValueError, match="half or single"):
-        output_conv(x, pack_output_taps(weight.double()), None, 3, tile=SMALL)
-
-
 def test_writes_into_the_frames_of_a_video_without_bias() -> None:
     """``(3, T, H, W)`` planes, as the decoder's output is laid out, from a cropped channels-last input."""
     x, weight, _ = _case(2, 16, 3, 6, 12, torch.float32, seed=1)

@@ -84,19 +84,12 @@ class FP8CausalConv(nn.Module):
         return self._emulated(stacked, bias)
 
     def _emulated(self, stacked: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        out = emulated_conv3x3_fp8(stacked, self.weight, self.weight_scale, bias)
+        """The kernel's result from the same e4m3 values, in fp32 (fp32 conv, then the scale and the bias)."""
+        weight = self.weight.float().view(self.out_channels, 3, 3, -1).permute(0, 3, 1, 2)
+        out = F.conv2d(stacked.float(), weight) * self.weight_scale.view(1, -1, 1, 1)
+        if bias is not None:
+            out = out + bias.float().view(1, -1, 1, 1)
         return out.to(self.out_dtype).contiguous(memory_format=torch.channels_last)
-
-
-def emulated_conv3x3_fp8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
-                         ) -> torch.Tensor:
-    """:func:`kernels.fp8_conv.conv3x3_fp8`'s result from the same e4m3 values, in fp32: the valid conv of the
-    padded ``x (F, C, h + 2, w + 2)`` with the tap-major ``weight (N, 9 * C)``, times ``scale``, plus ``bias``."""
-    taps = weight.float().view(weight.shape[0], 3, 3, -1).permute(0, 3, 1, 2)
-    out = F.conv2d(x.float(), taps) * scale.view(1, -1, 1, 1)
-    if bias is not None:
-        out = out + bias.float().view(1, -1, 1, 1)
-    return out
 
 
 def convert_lq_convs(lq_proj: nn.Module, groups: Iterable[str]) -> frozenset[str]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +46,6 @@ from upscaler.models.frame_groups import (
     zeros_as,
 )
 from upscaler.models.upsampled_conv import UpsampledConv
-
-if TYPE_CHECKING:
-    from upscaler.models.tcdecoder_fp8 import FP8FullResolutionStage
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +191,6 @@ class TCDecoderState:
     started: bool = False
     past: dict[int, torch.Tensor] = field(default_factory=dict)
     """Input of the last frame seen by each MemBlock (by layer index)."""
-    channel_amax: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Running per-channel maxima of the e4m3 activations (FP8 full-resolution stage only), by name."""
 
 
 class TCDecoder(nn.Module):
@@ -226,8 +220,6 @@ class TCDecoder(nn.Module):
         ]
         self.decoder = nn.Sequential(*layers)
         self._stages = self._plan_stages()
-        self.fp8_full_resolution: FP8FullResolutionStage | None = None
-        """Set by :func:`upscaler.models.tcdecoder_fp8.convert_decoder_full_resolution`: runs the last stage."""
         self.frames_to_trim = TIME_SCALE - 1
         # A stage's activations are per input frame (its TGrow runs last, at the low resolution).
         self._stage_shapes = [StageShape(1, 1, max(c[0], cfg.cond_channels + cfg.latent_channels))]
@@ -257,13 +249,6 @@ class TCDecoder(nn.Module):
             else:
                 steps.append(Step(index))
         return steps
-
-    def full_resolution_layers(self) -> tuple[UpsampledConv, nn.Conv2d, OutputConv]:
-        """The last stage's three convs (entries 22, 24, 26), each but the last with its ReLU fused."""
-        steps = self._stages[-1]
-        if [(step.index, step.relu) for step in steps] != [(22, True), (24, True), (26, False)]:
-            raise ValueError(f"unexpected last decoder stage {steps}")
-        return self.decoder[22], self.decoder[24], self.decoder[26]
 
     def new_state(self, *, frames_per_pass: int = DEFAULT_FRAMES_PER_PASS) -> TCDecoderState:
         """A fresh stream; ``frames_per_pass`` bounds the output frames one full-resolution pass
@@ -318,8 +303,6 @@ class TCDecoder(nn.Module):
         """The decoder layers of ``steps`` (in order) on ``x (B, T, C, H, W)``; returns ``(B, T', C', H', W')``."""
         batch = x.shape[0]
         h = in_preferred_format(x.flatten(0, 1))
-        if self.fp8_full_resolution is not None and steps is self._stages[-1]:
-            return self.fp8_full_resolution(h, state.channel_amax).unflatten(0, (batch, -1))
         for step in steps:
             layer = self.decoder[step.index]
             if isinstance(layer, TGrow):

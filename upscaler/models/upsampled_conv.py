@@ -21,16 +21,11 @@ summed in fp32 (fp64 for float64 weights) and stored in the weight's dtype.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from upscaler.models.derived_weight import DerivedWeight
-
-if TYPE_CHECKING:
-    from kernels.fp8_quant import ChannelQuantisation
 
 # _TAP_SUMS[a, p, r] = 1 where 3x3 kernel row r contributes to 2x2 tap p of output phase a.
 _TAP_SUMS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
@@ -60,28 +55,18 @@ class UpsampledConv(nn.Conv2d):
         fmt = torch.channels_last if weight.is_cuda else torch.contiguous_format
         return phase_weight(weight).contiguous(memory_format=fmt)
 
-    def takes_kernel(self, x: torch.Tensor, out: torch.Tensor | None = None) -> bool:
-        """Whether ``x`` (to ``out``) takes :mod:`kernels.subpixel_conv`: half-precision channels-last frames
-        going to a channels-last output where its 32-bit offsets reach (up to 4K output frames of 128
-        channels). ``x`` may be on the meta device (a check before allocating)."""
-        from kernels.subpixel_conv import supported
-
-        return (x.dtype in (torch.float16, torch.bfloat16) and (out is None or out.stride(1) == 1)
-                and self.weight.is_cuda and supported(x, self._phase_taps(self.weight), out))
-
     def forward(self, x: torch.Tensor, relu: bool = False,  # type: ignore[override]
-                out: torch.Tensor | None = None, quantise: ChannelQuantisation | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of the nearest 2x upsampling of ``x (N, C_in, H, W)``, then a ReLU when ``relu``;
-        written into ``out`` (any strides) when given. CUDA frames that :meth:`takes_kernel` run as one
-        kernel (no phase output); only they may ask for an e4m3 output (``quantise``)."""
+        written into ``out`` (any strides) when given. Half-precision channels-last CUDA frames going to a
+        channels-last output take :mod:`kernels.subpixel_conv` (one kernel, no phase output) where its
+        32-bit offsets reach (up to 4K output frames of 128 channels)."""
         from kernels.subpixel import interleave_phases
-        from kernels.subpixel_conv import subpixel_conv
+        from kernels.subpixel_conv import subpixel_conv, supported
 
-        if x.is_cuda and self.takes_kernel(x, out):
-            return subpixel_conv(x, self._phase_taps(self.weight), self.bias, relu=relu, out=out, quantise=quantise)
-        if quantise is not None:
-            raise ValueError(f"an e4m3 output needs the sub-pixel conv kernel, which does not take {x.dtype} "
-                             f"{tuple(x.shape)} with strides {x.stride()} on {x.device}")
+        if (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and (out is None or out.stride(1) == 1)
+                and supported(x, taps := self._phase_taps(self.weight), out)):
+            return subpixel_conv(x, taps, self.bias, relu=relu, out=out)
         bias = None if self.bias is None else self._phase_bias(self.bias)
         phases = F.conv2d(x, self._phase_weight(self.weight), bias, padding=1)
         return interleave_phases(phases, x.shape[-2], x.shape[-1], relu=relu, out=out)
