@@ -17,15 +17,13 @@ import threading
 log = logging.getLogger(__name__)
 
 
-def lower_thread_priority(steps: int) -> bool:
-    """Raise the calling thread's nice value by ``steps`` (0: leave it); True when done. Linux only (elsewhere
-    the nice value belongs to the process); a refusal is logged and ignored."""
+def lower_thread_priority(steps: int) -> None:
+    """Raise the calling thread's nice value by ``steps`` (0: leave it). Linux only (elsewhere the nice value
+    belongs to the process); a refusal is logged and ignored."""
     if steps <= 0 or sys.platform != "linux":
-        return False
+        return
     thread = threading.get_native_id()
     try:
         os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + steps)
     except OSError as exc:
         log.warning("could not lower the encoder thread's priority (nice +%d): %s; it runs at the process's", steps, exc)
-        return False
-    return True
