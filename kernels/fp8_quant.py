@@ -21,6 +21,7 @@ from kernels.triton_compat import FP_FUSION
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
 AMAX_FLOOR = 1e-12  # an all-zero row gets a tiny scale and quantises to zeros
+BLOCK = 128  # values per scale along a row in block scaling (cuBLAS's 1x128 and 128x128 on sm_90)
 GELU_TANH_C = 0.7978845608028654  # sqrt(2 / pi)
 GELU_SHORTCUT = tl.constexpr(0.5)  # a row whose largest input reaches this has GELU(that input) as its largest |GELU|
 
@@ -48,7 +49,8 @@ def quantise_rows_tile(y):
 
 
 @triton.jit
-def _gelu_tanh(x):
+def gelu_tanh_tile(x):
+    """The tanh GELU of an fp32 tile (as :func:`gelu_tanh_torch`)."""
     inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
     return 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))  # tanh(z) = 2 sigmoid(2z) - 1
 
@@ -59,7 +61,7 @@ def _load_chunk(src, at, row_ok, DIM, GELU: tl.constexpr):
     keep = row_ok[:, None] & (at < DIM)[None, :]
     x = tl.load(src + at[None, :], mask=keep, other=0.0).to(tl.float32)
     if GELU:
-        x = _gelu_tanh(x)
+        x = gelu_tanh_tile(x)
     return x, keep
 
 
@@ -80,7 +82,7 @@ def _chunked_amax(src, cols, row_ok, DIM, GELU: tl.constexpr, BLOCK_R: tl.conste
             x, _ = _load_chunk(src, chunk * BLOCK_D + cols, row_ok, DIM, False)
             x_max = tl.maximum(x_max, tl.max(x, 1))
         shortcut = (x_max >= GELU_SHORTCUT) | ~row_ok
-        amax = tl.where(shortcut, _gelu_tanh(x_max), 0.0)
+        amax = tl.where(shortcut, gelu_tanh_tile(x_max), 0.0)
         if tl.min(shortcut.to(tl.int32), 0) == 0:
             full = tl.zeros([BLOCK_R], dtype=tl.float32)
             for chunk in range(CHUNKS):
@@ -152,6 +154,26 @@ def quantise_rows_torch(x: torch.Tensor, *, gelu: bool = False) -> tuple[torch.T
     # rounding more), which put 58% of the scales an ulp off the kernels' and flipped 0.08% of the values.
     full = torch.full_like(amax, E4M3_MAX)
     return (xf * (full / amax)).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), amax / full
+
+
+def quantise_blocks_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q (M, N) e4m3, scales (M, N / BLOCK) fp32 with stride (1, M))``: each row's blocks of :data:`BLOCK`
+    columns quantised as :func:`quantise_rows_torch` quantises a row (the 1x128 block scaling cuBLAS reads
+    on sm_90, scales block-column-major)."""
+    rows, n = x.shape
+    q, scale = quantise_rows_torch(x.reshape(rows, n // BLOCK, BLOCK))
+    return q.reshape(rows, n), scale.reshape(rows, n // BLOCK).t().contiguous().t()
+
+
+def quantise_tiles_torch(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q (N, K) e4m3, scales (N / BLOCK, K / BLOCK) fp32)``: each ``BLOCK x BLOCK`` tile of a weight quantised
+    with one scale, its largest magnitude over 448 (the 128x128 block scaling cuBLAS reads on sm_90)."""
+    n, k = w.shape
+    tiles = w.float().reshape(n // BLOCK, BLOCK, k // BLOCK, BLOCK).transpose(1, 2)
+    amax = tiles.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(AMAX_FLOOR)
+    full = torch.full_like(amax, E4M3_MAX)
+    q = (tiles * (full / amax)).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return q.transpose(1, 2).reshape(n, k), (amax / full).reshape(n // BLOCK, k // BLOCK)
 
 
 def quantise_static_torch(x: torch.Tensor, inverse_scale: torch.Tensor) -> torch.Tensor:

@@ -48,9 +48,8 @@ from upscaler.geometry import Geometry
 import upscaler.models.dit as dit_module
 from upscaler.models.config import SparsityParams
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import (DIT_FP8_GROUPS, FP8_LAYER_GROUPS, FP8Linear, QuantisedRows, emulated_scaled_mm, quantise,
-                                  scaled_mm_supported)
-from upscaler.settings import load_settings
+from upscaler.models.fp8 import DIT_FP8_GROUPS, FP8Linear, QuantisedRows, emulated_scaled_mm, quantise, scaled_mm_supported
+from upscaler.settings import DEFAULT_FP8_LAYERS, load_settings
 from upscaler.timing import StageTimer
 from upscaler.video.synthetic import write_test_clip
 
@@ -388,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="directory for fp8_measure.json (and bench.json)")
     p.add_argument("--frames", type=int, default=300, help="frames per end-to-end case")
     p.add_argument("--sections", default="gemm,error,e2e", help="comma-separated subset of gemm,error,e2e")
-    p.add_argument("--fp8-layers", default=",".join(FP8_LAYER_GROUPS),
+    p.add_argument("--fp8-layers", default=",".join(DEFAULT_FP8_LAYERS),
                    help="groups converted in error and e2e, or 'measured': the groups the gemm section found faster")
     p.add_argument("--fast-accum", action=argparse.BooleanOptionalAction,
                    help="FP8 products with use_fast_accum in the group costs, error and e2e, or without "

@@ -11,12 +11,12 @@ from miner.config import load_miner_config
 from scripts.bench import build_parser as bench_parser
 from upscaler.cli import build_parser as upscale_parser
 from upscaler.planner import Measurement, ThroughputTable, WorkerCapacity, _precision_rows, max_content_length
-from upscaler.settings import FP8_LAYER_GROUPS, load_settings
+from upscaler.settings import DEFAULT_FP8_LAYERS, load_settings
 
 
 def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
     settings = load_settings(weights="random-small", device="cpu")
-    assert settings.precision == "bf16" and settings.fp8_layers == FP8_LAYER_GROUPS and settings.fp8_fast_accum
+    assert settings.precision == "bf16" and settings.fp8_layers == DEFAULT_FP8_LAYERS and settings.fp8_fast_accum
     assert load_settings(weights="random-small", device="cpu", precision="fp8").precision == "fp8"
     with pytest.raises(ValueError, match="precision must be one of"):
         load_settings(weights="random-small", device="cpu", precision="fp4")
@@ -26,6 +26,10 @@ def test_settings_default_to_bf16_and_validate_fp8_options() -> None:
         load_settings(weights="random-small", device="cpu", fp8_attention=1)
     with pytest.raises(ValueError, match="fp8_layers: unknown"):
         load_settings(weights="random-small", device="cpu", fp8_layers=("self_qkv", "everything"))
+    with pytest.raises(ValueError, match="'ffn_fused' fuses the FFN's two FP8 products: add \"ffn_up\""):
+        load_settings(weights="random-small", device="cpu", fp8_layers=("ffn_down", "ffn_fused"))
+    assert "ffn_fused" in load_settings(weights="random-small", device="cpu",
+                                        fp8_layers=("ffn_up", "ffn_down", "ffn_fused")).fp8_layers
     for cap in (-1.0, math.nan, math.inf):  # the upscaler's own CLIs and TOML, not only the miner's table
         with pytest.raises(ValueError, match="max_vram_gib must be a finite number >= 0"):
             load_settings(weights="random-small", device="cpu", max_vram_gib=cap)

@@ -16,8 +16,14 @@ KV_CACHE_DTYPES = ("model", "fp8", "fp8-qk")
 PRECISIONS = ("bf16", "fp8")
 
 DIT_FP8_GROUPS = ("self_qkv", "self_o", "cross_q", "cross_o", "ffn_up", "ffn_down")  # the DiT linears fp8 can convert
+FFN_FUSED = "ffn_fused"
+"""With ``ffn_up`` and ``ffn_down``: the up projection's product writes the down projection's e4m3 input itself
+(GELU and 1x128 block scales in its epilogue, :mod:`kernels.fp8_ffn_up`), and the down projection multiplies
+with those block scales (128x128 weight tiles), instead of a bf16 hidden tensor and a quantising pass over it.
+Opt-in until measured faster on a GPU (docs/benchmarks.md)."""
 LQ_FP8_GROUPS = ("lq_conv1", "lq_conv2")  # the LQ projection's two convs
-FP8_LAYER_GROUPS = DIT_FP8_GROUPS + LQ_FP8_GROUPS
+FP8_LAYER_GROUPS = DIT_FP8_GROUPS + (FFN_FUSED,) + LQ_FP8_GROUPS
+DEFAULT_FP8_LAYERS = DIT_FP8_GROUPS + LQ_FP8_GROUPS
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,7 @@ class UpscalerSettings:
     model_preset: str = "wan2.1-1.3b"
     kv_cache_dtype: str = "model"
     precision: str = "bf16"
-    fp8_layers: tuple[str, ...] = FP8_LAYER_GROUPS
+    fp8_layers: tuple[str, ...] = DEFAULT_FP8_LAYERS
     fp8_fast_accum: bool = True
     """FP8 products accumulate without the periodic fp32 promotion (``use_fast_accum``): 18-26% less time per
     product on an H100, no error beyond FP8's own measured (scripts/measure_fp8.py, docs/benchmarks.md)."""
@@ -141,6 +147,9 @@ class UpscalerSettings:
         unknown_layers = set(self.fp8_layers) - set(FP8_LAYER_GROUPS)
         if unknown_layers:
             raise ValueError(f"fp8_layers: unknown {sorted(unknown_layers)}; choose from {FP8_LAYER_GROUPS}")
+        if FFN_FUSED in self.fp8_layers and not {"ffn_up", "ffn_down"} <= set(self.fp8_layers):
+            raise ValueError(f"fp8_layers: {FFN_FUSED!r} fuses the FFN's two FP8 products: add \"ffn_up\" and "
+                             f"\"ffn_down\" too, or remove it")
         for key in ("fp8_fast_accum", "fp8_attention"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")

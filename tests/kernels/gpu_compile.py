@@ -6,7 +6,8 @@ Triton's front end, its GPU passes and ptxas run on the CPU, so a kernel that th
 but the compiler rejects (e.g. an early ``return`` inside a ``constexpr`` branch) fails here, in CI.
 Every Triton kernel compiles for sm_90 (H100/H200), sm_89 (RTX 4090, L40) and sm_80 (A100) within the
 block's shared memory there, the attention kernel on the load paths each one takes (FP8 keys from sm_89,
-refused on sm_80), the FP8 linears' quantising kernels and the LQ projection's FP8 conv from sm_89; the warp-specialised Gluon kernel for sm_90 without register spills, where this
+refused on sm_80), the FP8 linears' quantising kernels, the FFN up projection's FP8 product and the LQ projection's FP8 conv
+from sm_89; the warp-specialised Gluon kernel for sm_90 without register spills, where this
 Triton can express it (:data:`kernels.triton_compat.GLUON`). Prints one line per kernel variant; exits
 non-zero if any fails.
 """
@@ -29,6 +30,9 @@ from kernels.frame_pairs import _stack_with_previous_kernel
 from kernels.layer_norm import LAUNCH_OPTIONS as LAYER_NORM_LAUNCH
 from kernels.fp8_conv import DEFAULT_TILE as CONV_TILE
 from kernels.fp8_conv import _conv3x3_fp8_kernel
+from kernels.fp8_ffn_up import DEFAULT_TILE as FFN_UP_TILE
+from kernels.fp8_ffn_up import _up_gelu_quantise_kernel
+from kernels.fp8_quant import BLOCK as FP8_BLOCK
 from kernels.fp8_quant import _quantise_rows_kernel, launch_config
 from kernels.layer_norm import _add_layer_norm_fp8_kernel, _add_layer_norm_kernel
 from kernels.norm_rope import _norm_rope_kernel
@@ -265,8 +269,9 @@ FP8_MIN_ARCH = 89  # e4m3 (fp8e4nv) exists from sm_89: the FP8 linears' kernels 
 
 
 def _fp8_kernels(arch: int) -> list[bool]:
-    """The FP8 linears' quantising kernels (precision = "fp8"), at the DiT's widths (1536, FFN 8960), and the
-    LQ projection's e4m3 tap stacking and FP8 conv (its default tile: TMA boxes and wgmma on sm_90)."""
+    """The FP8 linears' quantising kernels (precision = "fp8"), at the DiT's widths (1536, FFN 8960), the FFN up
+    projection's FP8 product with its quantising epilogue, and the LQ projection's e4m3 tap stacking and FP8
+    conv (their default tiles: TMA boxes and wgmma on sm_90)."""
     tile = CONV_TILE
     results = [
         _compile("LQ time taps to e4m3", _time_taps_kernel, arch,
@@ -278,6 +283,12 @@ def _fp8_kernels(arch: int) -> list[bool]:
                   "BIAS": "*bf16"}, (),
                  {"HAS_BIAS": True, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k,
                   "GROUP_M": tile.group_m}, num_warps=tile.warps, num_stages=tile.stages),
+        _compile("FFN up FP8 product + GELU + 1x128 e4m3", _up_gelu_quantise_kernel, arch,
+                 {"a_desc": f"tensordesc<fp8e4nv[{FFN_UP_TILE.block_m}, {FFN_UP_TILE.block_k}]>",
+                  "w_desc": f"tensordesc<fp8e4nv[{FP8_BLOCK}, {FFN_UP_TILE.block_k}]>", "A_SCALE": "*fp32",
+                  "W_SCALE": "*fp32", "BIAS": "*bf16", "Q": "*fp8e4nv", "Q_SCALE": "*fp32"}, (),
+                 {"BLOCK_M": FFN_UP_TILE.block_m, "BLOCK_N": FP8_BLOCK, "BLOCK_K": FFN_UP_TILE.block_k,
+                  "GROUP_M": FFN_UP_TILE.group_m}, num_warps=FFN_UP_TILE.warps, num_stages=FFN_UP_TILE.stages),
     ]
     for gelu, dim in ((False, 1536), (True, 8960)):
         config = launch_config(dim)

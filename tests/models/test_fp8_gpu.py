@@ -1,6 +1,7 @@
 """GPU-only guards of the FP8 linears (skipped on CPU-only machines such as CI; ``pytest -q -m gpu``):
 the fused quantising kernels equal the reference on the GPU, ``torch._scaled_mm`` runs where the GPU has
-FP8 tensor cores, and an FP8 DiT streams within the error budget of the bf16 one."""
+FP8 tensor cores (with block scales on sm_90: ``ffn_fused``), and an FP8 DiT streams within the error budget
+of the bf16 one."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ import logging
 import pytest
 import torch
 
+from kernels.fp8_ffn_up import up_gelu_quantise, up_gelu_quantise_torch
 from kernels.fp8_quant import quantise_rows, quantise_rows_torch
 from kernels.layer_norm import add_layer_norm
 from upscaler.models.config import SparsityParams, load_preset
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import FP8_LAYER_GROUPS, convert_dit_linears, scaled_mm_supported
+from upscaler.models.fp8 import (FP8_LAYER_GROUPS, FP8BlockLinear, FP8Linear, QuantisedBlocks, QuantisedRows,
+                                 block_scaled_mm_layout, convert_dit_linears, scaled_mm_supported)
+from upscaler.settings import DEFAULT_FP8_LAYERS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 FP8_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 CFG = load_preset("small").dit
 
 
@@ -38,15 +43,40 @@ def test_fused_quantisation_equals_the_reference_on_the_gpu() -> None:
     assert (q.float() != q_ref.float()).float().mean().item() < 0.01
 
 
+@pytest.mark.skipif(not SM90, reason="cuBLAS's block scaling runs on sm_90")
 @torch.no_grad()
+def test_ffn_fused_kernel_and_block_scaled_product_equal_their_references() -> None:
+    """At the real widths: the up projection's kernel gives the reference's scales and, but for an fp32 sum
+    order crossing an e4m3 rounding boundary, its values; cuBLAS's block-scaled product gives the emulated one."""
+    layout = block_scaled_mm_layout(torch.device("cuda"))
+    assert layout is not None
+    g = torch.Generator(device="cpu").manual_seed(2)
+    up, down = torch.nn.Linear(1536, 8960), torch.nn.Linear(8960, 1536)
+    up, down = up.to("cuda", torch.bfloat16), down.to("cuda", torch.bfloat16)
+    up8 = FP8Linear(up, use_scaled_mm=True)
+    down_blocks = FP8BlockLinear(down, use_scaled_mm=True, scale_stride_multiple=layout)
+    x = QuantisedRows(*quantise_rows_torch(torch.randn(300, 1536, generator=g).to("cuda", torch.bfloat16)))
+    args = (x.data, x.scale.reshape(-1), up8.weight, up8.weight_scale, up8.bias)
+    (q, scale), (q_ref, scale_ref) = up_gelu_quantise(*args), up_gelu_quantise_torch(*args)
+    assert scale.stride() == (1, 300)
+    torch.testing.assert_close(scale, scale_ref, rtol=1e-4, atol=0)
+    assert (q.float() != q_ref.float()).float().mean().item() < 0.01
+    blocks = QuantisedBlocks(q, scale)
+    got = down_blocks(blocks)
+    emulated = FP8BlockLinear(down, use_scaled_mm=False)(blocks)
+    assert ((got.float() - emulated.float()).norm() / emulated.float().norm()).item() < 1e-2
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("groups", [DEFAULT_FP8_LAYERS, FP8_LAYER_GROUPS], ids=["default", "with-ffn-fused"])
 @pytest.mark.parametrize("fast_accum", [False, True], ids=["fp32-promotion", "fast-accum"])
-def test_fp8_dit_uses_scaled_mm_and_stays_within_budget(caplog, fast_accum: bool) -> None:
+def test_fp8_dit_uses_scaled_mm_and_stays_within_budget(caplog, fast_accum: bool, groups: tuple[str, ...]) -> None:
     torch.manual_seed(0)
     dit = WanDiT(CFG).eval().to("cuda", torch.bfloat16)
     dit.prepare(torch.randn(1, CFG.text_len, CFG.text_dim))
     fp8 = copy.deepcopy(dit)
     with caplog.at_level(logging.INFO, logger="upscaler.models.fp8"):
-        convert_dit_linears(fp8, FP8_LAYER_GROUPS, fast_accum=fast_accum)
+        convert_dit_linears(fp8, groups, fast_accum=fast_accum)
     assert ("path=torch._scaled_mm" in caplog.text) == (FP8_GPU and scaled_mm_supported(torch.device("cuda")))
     sparsity = SparsityParams(sparse_ratio=0.1, kv_ratio=3, local_range=3)
     g = torch.Generator(device="cpu").manual_seed(1)

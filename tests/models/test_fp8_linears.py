@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from kernels.fp8_quant import E4M3, quantise_rows_torch
+from kernels.fp8_quant import E4M3, quantise_blocks_torch, quantise_rows_torch, quantise_tiles_torch
 from upscaler.models.config import SparsityParams, load_preset
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import (FP8_LAYER_GROUPS, FP8Linear, QuantisedRows, convert_dit_linears, emulated_scaled_mm,
+from upscaler.models.fp8 import (FP8_LAYER_GROUPS, FP8BlockLinear, FP8Linear, QuantisedBlocks, QuantisedRows,
+                                 convert_dit_linears, emulated_block_scaled_mm, emulated_scaled_mm, feed_forward_fp8,
                                  stacked_linear)
 
 CFG = load_preset("small").dit
@@ -109,3 +110,67 @@ def test_fp8_dit_streams_close_to_the_full_precision_dit(dit, groups) -> None:
     for g, w in zip(got, want):
         rel = ((g - w).norm() / w.norm()).item()
         assert 0.0 < rel < 0.05, (groups, rel)
+
+
+def test_tile_quantisation_puts_each_tile_maximum_on_448() -> None:
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(256, 384, generator=g) * torch.logspace(-3, 1, 384)  # columns of very different magnitudes
+    q, scale = quantise_tiles_torch(w)
+    assert q.dtype == E4M3 and q.shape == w.shape and scale.shape == (2, 3)
+    tiles = q.float().reshape(2, 128, 3, 128).abs().amax(dim=(1, 3))
+    assert bool((tiles == 448.0).all())
+    dequantised = q.float() * scale.repeat_interleave(128, 0).repeat_interleave(128, 1)
+    rel = ((dequantised - w).norm() / w.norm()).item()
+    assert 0.0 < rel < 0.05, rel
+
+
+def test_block_scaled_product_is_the_dequantised_product() -> None:
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(9, 256, generator=g), torch.randn(128, 256, generator=g), torch.randn(128, generator=g)
+    (qa, sa), (qw, sw) = quantise_blocks_torch(x), quantise_tiles_torch(w)
+    assert sa.shape == (9, 2) and sa.stride() == (1, 9)
+    got = emulated_block_scaled_mm(qa, sa, qw, sw, b, torch.float32)
+    a_full = torch.cat([qa[:, :128].float() * sa[:, :1], qa[:, 128:].float() * sa[:, 1:]], dim=1)
+    w_full = torch.cat([qw[:, :128].float() * sw[0, 0], qw[:, 128:].float() * sw[0, 1]], dim=1)
+    torch.testing.assert_close(got, a_full @ w_full.t() + b, rtol=1e-5, atol=1e-5)
+    exact = x @ w.t() + b
+    assert 0.0 < ((got - exact).norm() / exact.norm()).item() < 0.06
+
+
+@torch.no_grad()
+def test_ffn_fused_writes_the_hidden_in_blocks_and_stays_close_to_the_rowwise_ffn(dit, caplog) -> None:
+    rowwise, fused = copy.deepcopy(dit), copy.deepcopy(dit)
+    convert_dit_linears(rowwise, ["ffn_up", "ffn_down"])
+    with caplog.at_level(logging.INFO, logger="upscaler.models.fp8"):
+        assert convert_dit_linears(fused, ["ffn_up", "ffn_down", "ffn_fused"]) == {"ffn_up", "ffn_down", "ffn_fused"}
+    assert "path=emulated" in caplog.text
+    up, down = fused.blocks[0].ffn[0], fused.blocks[0].ffn[2]
+    assert isinstance(up, FP8Linear) and isinstance(down, FP8BlockLinear)
+    assert down.weight.dtype == E4M3 and down.weight_scale.shape == (CFG.dim // 128, CFG.ffn_dim // 128)
+    x = QuantisedRows(*quantise_rows_torch(torch.randn(2, 7, CFG.dim, generator=torch.Generator().manual_seed(6))))
+    hidden = up.gelu_blocks(x)
+    assert isinstance(hidden, QuantisedBlocks) and hidden.data.shape == (2, 7, CFG.ffn_dim)
+    assert hidden.scale.shape == (14, CFG.ffn_dim // 128) and hidden.scale.stride() == (1, 14)
+    got = feed_forward_fp8(up, down, x)
+    want = feed_forward_fp8(rowwise.blocks[0].ffn[0], rowwise.blocks[0].ffn[2], x)
+    exact = dit.blocks[0].ffn(x.data.float() * x.scale)
+    assert got.shape == want.shape == (2, 7, CFG.dim)
+    rel_fused, rel_rowwise = (((y - exact).norm() / exact.norm()).item() for y in (got, want))
+    assert 0.0 < rel_fused < 0.06 and rel_fused < 1.5 * rel_rowwise, (rel_fused, rel_rowwise)
+
+
+def test_block_linear_stores_tile_scales_at_the_stride_pytorch_takes() -> None:
+    """Some PyTorch releases take the 128x128 tile scales' rows packed, some padded to 16 bytes: both layouts
+    hold the same scales and give the same product."""
+    torch.manual_seed(7)
+    linear = nn.Linear(384, 256)  # 3 tiles along K: a padded row holds 4
+    packed, padded = (FP8BlockLinear(linear, use_scaled_mm=False, scale_stride_multiple=m) for m in (1, 4))
+    assert packed.weight_scale.shape == (2, 3) and padded.weight_scale.shape == (2, 4)
+    assert torch.equal(packed.tile_scales(), padded.tile_scales()) and padded.tile_scales().stride() == (4, 1)
+    x = QuantisedBlocks(*quantise_blocks_torch(torch.randn(5, 384)))
+    assert torch.equal(packed(x), padded(x))
+
+
+def test_ffn_fused_needs_both_ffn_groups(dit) -> None:
+    with pytest.raises(ValueError, match="'ffn_fused' fuses the FFN's two FP8 products"):
+        convert_dit_linears(copy.deepcopy(dit), ["ffn_down", "ffn_fused"])

@@ -10,8 +10,12 @@ emulated: quantise, dequantise, fp32 matrix product; so quality checks and tests
 
 Layer groups (``fp8_layers``): ``self_qkv`` (self-attention q/k/v, one product of their stacked weights),
 ``self_o``, ``cross_q``, ``cross_o``, ``ffn_up``, ``ffn_down``. The cross-attention's k/v run once per prompt
-and stay in the model dtype. The list may also name the LQ projection's convs (``lq_conv1``, ``lq_conv2``):
-:mod:`upscaler.models.lq_proj_fp8`.
+and stay in the model dtype. ``ffn_fused`` (with both FFN groups, opt-in) has the up projection's product
+write the down projection's input in e4m3 with one scale per 128 values of a row
+(:mod:`kernels.fp8_ffn_up`), and the down projection multiply with those block scales and 128x128 weight
+tiles (``torch._scaled_mm``'s block scaling, cuBLAS on sm_90): the 8960-wide hidden activations are written
+once, in e4m3, and not read again by a quantising pass. The list may also name the LQ projection's convs
+(``lq_conv1``, ``lq_conv2``): :mod:`upscaler.models.lq_proj_fp8`.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from upscaler.settings import DIT_FP8_GROUPS, FP8_LAYER_GROUPS
+from upscaler.settings import DIT_FP8_GROUPS, FFN_FUSED, FP8_LAYER_GROUPS
 
 log = logging.getLogger(__name__)
 
 SCALED_MM_MIN_CAPABILITY = (8, 9)
+BLOCK_SCALED_MM_CAPABILITY = (9, 0)  # cuBLAS's 1x128 / 128x128 block scaling runs on sm_90 only
+SCALE_STRIDE_MULTIPLES = (1, 4)  # row strides of weight-tile scales that PyTorch releases take (packed; 16 bytes)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,15 @@ class QuantisedRows:
     @property
     def shape(self) -> torch.Size:
         return self.data.shape
+
+
+@dataclass(frozen=True)
+class QuantisedBlocks:
+    """Activations quantised in blocks of 128 along each row: ``data`` e4m3 ``(..., K)``, ``scale`` fp32
+    ``(rows, K / 128)`` over the flattened rows, stride ``(1, rows)`` (the layout cuBLAS reads)."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
 
 
 def scaled_mm_supported(device: torch.device) -> bool:
@@ -71,6 +86,45 @@ def scaled_mm_supported(device: torch.device) -> bool:
                     "FP8 linears are emulated", error)
         return False
     return True
+
+
+def block_scaled_mm_layout(device: torch.device) -> int | None:
+    """The multiple (1 or 4) that ``torch._scaled_mm`` wants the row stride of 128x128 weight-tile scales
+    rounded up to (PyTorch releases differ: some take them packed, some padded to 16 bytes), or None where it
+    does not multiply with 1x128 activation blocks, 128x128 weight tiles and a bias (it needs cuBLAS 12.9+ on
+    sm_90 and PyTorch 2.9+); checked on one small product per layout against the emulated one."""
+    if device.type != "cuda":
+        return None
+    from kernels.fp8_quant import quantise_blocks_torch
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x, weight = (torch.randn(shape, generator=g).to(device, torch.bfloat16) for shape in ((64, 384), (128, 384)))
+    bias = torch.randn(128, generator=g).to(device, torch.bfloat16)
+    a, a_scale = quantise_blocks_torch(x)
+    refusals = []
+    for multiple in SCALE_STRIDE_MULTIPLES:  # 3 tiles along K: packed and padded strides differ
+        layer = FP8BlockLinear(_linear_of(weight, bias), use_scaled_mm=True, scale_stride_multiple=multiple)
+        try:
+            got = layer(QuantisedBlocks(a, a_scale))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            refusals.append(str(exc).splitlines()[0])
+            continue
+        want = emulated_block_scaled_mm(a, a_scale, layer.weight, layer.tile_scales(), bias, torch.bfloat16)
+        error = float((got.float() - want.float()).norm() / want.float().norm())
+        if error <= 1e-2:
+            return multiple
+        refusals.append(f"tile scales at a row stride of a multiple of {multiple}: relative error {error:.3g} "
+                        "against the emulated product")
+    log.warning("torch._scaled_mm with block scales does not run here (%s); fp8_layers %r is off, the FFN runs as "
+                "two rowwise products: use PyTorch 2.9+ built with CUDA 12.9+ on an sm_90 GPU",
+                "; ".join(refusals), FFN_FUSED)
+    return None
+
+
+def _linear_of(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+    linear.weight, linear.bias = nn.Parameter(weight, requires_grad=False), nn.Parameter(bias, requires_grad=False)
+    return linear
 
 
 def quantise(x: torch.Tensor, *, gelu: bool = False) -> QuantisedRows:
@@ -114,6 +168,54 @@ class FP8Linear(nn.Module):
             out = emulated_scaled_mm(a, a_scale, self.weight, self.weight_scale, self.bias, self.out_dtype)
         return out.unflatten(0, lead)
 
+    def gelu_blocks(self, x: torch.Tensor | QuantisedRows) -> QuantisedBlocks:
+        """``gelu_tanh(self(x))`` quantised in 1x128 blocks by the product's own epilogue
+        (:mod:`kernels.fp8_ffn_up`) where the tensor-core path runs, else with the same roundings in PyTorch."""
+        rows = x if isinstance(x, QuantisedRows) else quantise(x)
+        a = rows.data.reshape(-1, self.in_features)
+        if self.use_scaled_mm:
+            from kernels.fp8_ffn_up import up_gelu_quantise as up_gelu
+        else:
+            from kernels.fp8_ffn_up import up_gelu_quantise_torch as up_gelu
+        data, scale = up_gelu(a, rows.scale.reshape(-1), self.weight, self.weight_scale, self.bias)
+        return QuantisedBlocks(data.unflatten(0, rows.data.shape[:-1]), scale)
+
+
+class FP8BlockLinear(nn.Module):
+    """An ``nn.Linear`` whose product runs in FP8 with block scales: its weight in 128x128 tiles, each with one
+    scale, its input :class:`QuantisedBlocks`; returns the bias dtype (the model dtype). The tile scales'
+    rows are stored at the stride ``torch._scaled_mm`` takes here (:func:`block_scaled_mm_layout`)."""
+
+    def __init__(self, linear: nn.Linear, *, use_scaled_mm: bool, scale_stride_multiple: int = 1) -> None:
+        super().__init__()
+        from kernels.fp8_quant import quantise_tiles_torch
+
+        weight, tile_scales = quantise_tiles_torch(linear.weight.detach())
+        tiles_n, tiles_k = tile_scales.shape
+        stored = tile_scales.new_zeros(tiles_n, -(-tiles_k // scale_stride_multiple) * scale_stride_multiple)
+        stored[:, :tiles_k] = tile_scales
+        self.register_buffer("weight", weight)  # (N, K) e4m3
+        self.register_buffer("weight_scale", stored)  # (N / 128, K / 128 rounded up to the multiple) fp32
+        self.register_buffer("bias", linear.bias.detach() if linear.bias is not None else None)
+        self.out_dtype = linear.weight.dtype
+        self.use_scaled_mm = use_scaled_mm
+
+    def tile_scales(self) -> torch.Tensor:
+        """The ``(N / 128, K / 128)`` tile scales (a view of the stored ones)."""
+        from kernels.fp8_quant import BLOCK
+
+        return self.weight_scale[:, :self.weight.shape[1] // BLOCK]
+
+    def forward(self, x: QuantisedBlocks) -> torch.Tensor:
+        lead = x.data.shape[:-1]
+        a = x.data.reshape(-1, self.weight.shape[1])
+        if self.use_scaled_mm:
+            out = torch._scaled_mm(a, self.weight.t(), scale_a=x.scale, scale_b=self.tile_scales().t(),
+                                   bias=self.bias, out_dtype=self.out_dtype)
+        else:
+            out = emulated_block_scaled_mm(a, x.scale, self.weight, self.tile_scales(), self.bias, self.out_dtype)
+        return out.unflatten(0, lead)
+
 
 def emulated_scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                        bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
@@ -124,9 +226,26 @@ def emulated_scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Ten
     return out.to(out_dtype)
 
 
+def emulated_block_scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                             bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """``torch._scaled_mm``'s block-scaled result computed in fp32: ``a`` dequantised with its 1x128 block scales
+    ``(M, K / 128)``, ``weight`` with its 128x128 tile scales ``(N / 128, K / 128)``, multiplied, plus ``bias``."""
+    from kernels.fp8_quant import BLOCK
+
+    a_full = (a.float().unflatten(1, (-1, BLOCK)) * a_scale.float()[:, :, None]).flatten(1)
+    w_full = weight.float() * weight_scale.float().repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)
+    out = a_full @ w_full.t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
 def feed_forward_fp8(up: nn.Module, down: nn.Module, x: torch.Tensor | QuantisedRows) -> torch.Tensor:
     """``down(gelu_tanh(up(x)))`` where ``up`` and/or ``down`` is an :class:`FP8Linear`: the GELU runs in
-    the quantising pass of the down projection's input when ``down`` is FP8."""
+    the quantising pass of the down projection's input when ``down`` is FP8, or in the up projection's own
+    epilogue when ``down`` takes block scales (``ffn_fused``)."""
+    if isinstance(down, FP8BlockLinear):
+        return down(up.gelu_blocks(x))
     hidden = up(x)
     if isinstance(down, FP8Linear):
         return down(quantise(hidden, gelu=True))
@@ -170,7 +289,9 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
     unknown = set(groups) - set(FP8_LAYER_GROUPS)
     if unknown:
         raise ValueError(f"unknown FP8 layer groups {sorted(unknown)}; choose from {FP8_LAYER_GROUPS}")
-    chosen = frozenset(groups) & set(DIT_FP8_GROUPS)
+    chosen = frozenset(groups) & {*DIT_FP8_GROUPS, FFN_FUSED}
+    if FFN_FUSED in chosen and not {"ffn_up", "ffn_down"} <= chosen:
+        raise ValueError(f"FP8 layer group {FFN_FUSED!r} fuses the FFN's two FP8 products: add 'ffn_up' and 'ffn_down'")
     device = next(dit.parameters()).device
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < SCALED_MM_MIN_CAPABILITY:
         # our quantising kernels store e4m3, which Triton compiles only from sm_89 on
@@ -182,6 +303,9 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
         log.warning("FP8 products with rowwise scales write bf16, the model runs in %s: FP8 linears are emulated "
                     "(not faster); set dtype = \"bf16\" with precision = \"fp8\"", str(dit.dtype).removeprefix("torch."))
         use_scaled_mm = False
+    scale_stride_multiple = _ffn_fused_layout(dit, use_scaled_mm, device) if FFN_FUSED in chosen else None
+    if scale_stride_multiple is None:
+        chosen -= {FFN_FUSED}
     converted = 0
     for block in dit.blocks:
         for group in DIT_FP8_GROUPS:
@@ -191,17 +315,43 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
                 linear = stacked_linear([getattr(parent, name) for name in sources])
                 for name in sources:
                     setattr(parent, name, None)  # the model-dtype weights go
-                setattr(parent, target, FP8Linear(linear, use_scaled_mm=use_scaled_mm, fast_accum=fast_accum))
+                if group == "ffn_down" and FFN_FUSED in chosen:
+                    setattr(parent, target, FP8BlockLinear(linear, use_scaled_mm=use_scaled_mm,
+                                                           scale_stride_multiple=scale_stride_multiple))
+                else:
+                    setattr(parent, target, FP8Linear(linear, use_scaled_mm=use_scaled_mm, fast_accum=fast_accum))
                 converted += len(sources)
         block.fp8_inputs = chosen
     if use_scaled_mm:
-        log.info("dit fp8 linears=%d groups=%s path=torch._scaled_mm (rowwise scales, FP8 tensor cores) "
-                 "fast_accum=%s", converted, ",".join(sorted(chosen)), fast_accum)
+        fused = (" ffn up writes e4m3 in 1x128 blocks, ffn down block-scaled (128x128 weight tiles)"
+                 if FFN_FUSED in chosen else "")
+        log.info("dit fp8 linears=%d groups=%s path=torch._scaled_mm (rowwise scales, FP8 tensor cores)%s "
+                 "fast_accum=%s", converted, ",".join(sorted(chosen)), fused, fast_accum)
     else:
         log.info("dit fp8 linears=%d groups=%s path=emulated (quantise, dequantise, fp32 product: no FP8 tensor "
                  "cores on %s) - same roundings, not faster", converted, ",".join(sorted(chosen)),
                  _device_name(device))
     return chosen
+
+
+def _ffn_fused_layout(dit: nn.Module, use_scaled_mm: bool, device: torch.device) -> int | None:
+    """The weight-tile scales' stride multiple ``ffn_fused`` runs with here, or None where it cannot run: both
+    FFN widths must be multiples of 128 (the blocks), and the tensor-core path needs an sm_90 GPU whose
+    ``torch._scaled_mm`` takes block scales; says why not in the log."""
+    from kernels.fp8_quant import BLOCK
+
+    ffn_dim, dim = dit.blocks[0].ffn[0].weight.shape
+    if dim % BLOCK or ffn_dim % BLOCK:
+        log.warning("fp8_layers %r needs FFN widths that are multiples of %d, this model has %d and %d: it is off",
+                    FFN_FUSED, BLOCK, dim, ffn_dim)
+        return None
+    if not use_scaled_mm:
+        return 1  # emulated with the same roundings
+    if torch.cuda.get_device_capability(device) != BLOCK_SCALED_MM_CAPABILITY:
+        log.warning("fp8_layers %r needs cuBLAS's block scaling, which runs on sm_90 GPUs (H100, H200) only; %s "
+                    "runs the FFN as two rowwise products", FFN_FUSED, _device_name(device))
+        return None
+    return block_scaled_mm_layout(device)
 
 
 def _device_name(device: torch.device) -> str:
