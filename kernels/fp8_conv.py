@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from kernels.tile_order import grouped_tile
 from kernels.triton_compat import FP_FUSION
 
 E4M3 = torch.float8_e4m3fn
@@ -59,11 +60,7 @@ def _conv3x3_fp8_kernel(
     row_tiles = tl.cdiv(H * PADDED_W, BLOCK_M)
     col_tiles = tl.cdiv(N, BLOCK_N)
     pid = tl.program_id(0)
-    group = pid // (GROUP_M * col_tiles)
-    first_row_tile = group * GROUP_M
-    rows_in_group = tl.minimum(row_tiles - first_row_tile, GROUP_M)
-    row_tile = first_row_tile + (pid % (GROUP_M * col_tiles)) % rows_in_group
-    col_tile = (pid % (GROUP_M * col_tiles)) // rows_in_group
+    row_tile, col_tile = grouped_tile(pid, row_tiles, col_tiles, GROUP_M)
     p0 = row_tile * BLOCK_M
     n0 = col_tile * BLOCK_N
     base = frame * FRAME_ROWS + p0

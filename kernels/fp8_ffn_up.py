@@ -23,6 +23,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.fp8_quant import BLOCK, E4M3, gelu_tanh_tile, gelu_tanh_torch, quantise_blocks_torch, quantise_rows_tile
+from kernels.tile_order import grouped_tile
 from kernels.triton_compat import FP_FUSION
 
 
@@ -53,11 +54,7 @@ def _up_gelu_quantise_kernel(
     pid = tl.program_id(0)
     row_tiles = tl.cdiv(M, BLOCK_M)
     col_tiles = tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * col_tiles)
-    first_row_tile = group * GROUP_M
-    rows_in_group = tl.minimum(row_tiles - first_row_tile, GROUP_M)
-    row_tile = first_row_tile + (pid % (GROUP_M * col_tiles)) % rows_in_group
-    col_tile = (pid % (GROUP_M * col_tiles)) // rows_in_group
+    row_tile, col_tile = grouped_tile(pid, row_tiles, col_tiles, GROUP_M)
     m0 = row_tile * BLOCK_M
     n0 = col_tile * BLOCK_N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
