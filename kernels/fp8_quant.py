@@ -169,11 +169,9 @@ def quantise_tiles_torch(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q (N, K) e4m3, scales (N / BLOCK, K / BLOCK) fp32)``: each ``BLOCK x BLOCK`` tile of a weight quantised
     with one scale, its largest magnitude over 448 (the 128x128 block scaling cuBLAS reads on sm_90)."""
     n, k = w.shape
-    tiles = w.float().reshape(n // BLOCK, BLOCK, k // BLOCK, BLOCK).transpose(1, 2)
-    amax = tiles.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(AMAX_FLOOR)
-    full = torch.full_like(amax, E4M3_MAX)
-    q = (tiles * (full / amax)).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
-    return q.transpose(1, 2).reshape(n, k), (amax / full).reshape(n // BLOCK, k // BLOCK)
+    tiles = w.reshape(n // BLOCK, BLOCK, k // BLOCK, BLOCK).transpose(1, 2)
+    q, scale = quantise_rows_torch(tiles.reshape(n // BLOCK, k // BLOCK, BLOCK * BLOCK))  # a tile as one "row"
+    return q.reshape(tiles.shape).transpose(1, 2).reshape(n, k), scale.reshape(n // BLOCK, k // BLOCK)
 
 
 def quantise_static_torch(x: torch.Tensor, inverse_scale: torch.Tensor) -> torch.Tensor:
