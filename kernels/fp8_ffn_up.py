@@ -30,8 +30,11 @@ from kernels.triton_compat import FP_FUSION
 @dataclass(frozen=True)
 class GemmTile:
     """One program's rows and reduction step (its columns are one block of 128), and launch options;
-    ``group_m`` row tiles that read the same weight tiles run together (L2 reuse). Not yet measured on a
-    GPU: the default is the LQ projection's FP8 conv tile (:class:`kernels.fp8_conv.ConvTile`) with half
+    ``group_m`` row tiles that read the same weight tiles run together (L2 reuse). ``programs_per_sm`` 0
+    launches one program per output tile; n > 0 a persistent grid of n programs per SM, each looping over
+    tiles in one flattened loop, so the next tile's loads can be in flight during this one's epilogue (the
+    reduction is only 12 steps of 128 here, the GELU and quantisation epilogue long). Not yet measured on
+    a GPU: the default is the LQ projection's FP8 conv tile (:class:`kernels.fp8_conv.ConvTile`) with half
     its rows, since each program's reduction here (the 1536 model dim) is 48x shorter."""
 
     block_m: int = 128
@@ -39,22 +42,19 @@ class GemmTile:
     group_m: int = 8
     warps: int = 8
     stages: int = 4
+    programs_per_sm: int = 0
 
 
 DEFAULT_TILE = GemmTile()
+INTERPRETER_SMS = 4  # the persistent grid's "SMs" when the Triton interpreter runs the kernel on CPU tensors
 
 
 @triton.jit
-def _up_gelu_quantise_kernel(
-    a_desc, w_desc, A_SCALE, W_SCALE, BIAS, Q, Q_SCALE, M, N, K,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):
-    """Program = ``BLOCK_M`` rows x one block of ``BLOCK_N`` columns (``N`` is a multiple of it): the product
-    over ``K``, then scales, bias, GELU and the block's e4m3 quantisation in fp32."""
-    pid = tl.program_id(0)
-    row_tiles = tl.cdiv(M, BLOCK_M)
-    col_tiles = tl.cdiv(N, BLOCK_N)
-    row_tile, col_tile = grouped_tile(pid, row_tiles, col_tiles, GROUP_M)
+def _output_tile(a_desc, w_desc, A_SCALE, W_SCALE, BIAS, Q, Q_SCALE, M, N, K, tile,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """Output tile ``tile``: ``BLOCK_M`` rows x one block of ``BLOCK_N`` columns (``N`` is a multiple of it),
+    the product over ``K``, then scales, bias, GELU and the block's e4m3 quantisation in fp32."""
+    row_tile, col_tile = grouped_tile(tile, tl.cdiv(M, BLOCK_M), N // BLOCK_N, GROUP_M)
     m0 = row_tile * BLOCK_M
     n0 = col_tile * BLOCK_N
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -70,6 +70,23 @@ def _up_gelu_quantise_kernel(
     q, scale = quantise_rows_tile(gelu_tanh_tile(h))
     tl.store(Q + rows.to(tl.int64)[:, None] * N + cols[None, :], q.to(Q.dtype.element_ty), mask=row_ok[:, None])
     tl.store(Q_SCALE + col_tile.to(tl.int64) * M + rows, scale, mask=row_ok)
+
+
+@triton.jit
+def _up_gelu_quantise_kernel(
+    a_desc, w_desc, A_SCALE, W_SCALE, BIAS, Q, Q_SCALE, M, N, K,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+):
+    """One output tile per program, or (``PERSISTENT``) every ``num_programs``-th tile from this program's."""
+    if PERSISTENT:
+        tiles = tl.cdiv(M, BLOCK_M) * (N // BLOCK_N)
+        for tile in tl.range(tl.program_id(0), tiles, tl.num_programs(0), flatten=True):
+            _output_tile(a_desc, w_desc, A_SCALE, W_SCALE, BIAS, Q, Q_SCALE, M, N, K, tile,
+                         BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+    else:
+        _output_tile(a_desc, w_desc, A_SCALE, W_SCALE, BIAS, Q, Q_SCALE, M, N, K, tl.program_id(0),
+                     BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
 def supported(a: torch.Tensor, weight: torch.Tensor, tile: GemmTile = DEFAULT_TILE) -> bool:
@@ -94,11 +111,14 @@ def up_gelu_quantise(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tenso
     w_desc = TensorDescriptor.from_tensor(weight, [BLOCK, tile.block_k])
     q = torch.empty((rows, n), dtype=E4M3, device=a.device)
     q_scale = torch.empty((n // BLOCK, rows), dtype=torch.float32, device=a.device)
-    grid = (triton.cdiv(rows, tile.block_m) * (n // BLOCK),)
-    _up_gelu_quantise_kernel[grid](
+    tiles = triton.cdiv(rows, tile.block_m) * (n // BLOCK)
+    if tile.programs_per_sm:
+        sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else INTERPRETER_SMS
+        tiles = min(tiles, sms * tile.programs_per_sm)
+    _up_gelu_quantise_kernel[(tiles,)](
         a_desc, w_desc, a_scale.reshape(-1), weight_scale.reshape(-1), bias, q, q_scale, rows, n, k,
         BLOCK_M=tile.block_m, BLOCK_N=BLOCK, BLOCK_K=tile.block_k, GROUP_M=tile.group_m,
-        num_warps=tile.warps, num_stages=tile.stages, **FP_FUSION,
+        PERSISTENT=tile.programs_per_sm > 0, num_warps=tile.warps, num_stages=tile.stages, **FP_FUSION,
     )
     return q, q_scale.t()
 

@@ -39,6 +39,10 @@ TILES = [
     GemmTile(128, 64, 8, 4, 6),
     GemmTile(64, 128, 8, 4, 4),
     GemmTile(128, 128, 16, 8, 4),
+    GemmTile(128, 128, 8, 8, 4, programs_per_sm=1),   # persistent: the next tile's loads during the epilogue
+    GemmTile(128, 128, 8, 8, 3, programs_per_sm=1),
+    GemmTile(128, 128, 8, 4, 3, programs_per_sm=2),
+    GemmTile(256, 128, 8, 8, 3, programs_per_sm=1),
 ]
 
 

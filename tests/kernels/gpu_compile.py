@@ -283,13 +283,17 @@ def _fp8_kernels(arch: int) -> list[bool]:
                   "BIAS": "*bf16"}, (),
                  {"HAS_BIAS": True, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k,
                   "GROUP_M": tile.group_m}, num_warps=tile.warps, num_stages=tile.stages),
-        _compile("FFN up FP8 product + GELU + 1x128 e4m3", _up_gelu_quantise_kernel, arch,
-                 {"a_desc": f"tensordesc<fp8e4nv[{FFN_UP_TILE.block_m}, {FFN_UP_TILE.block_k}]>",
-                  "w_desc": f"tensordesc<fp8e4nv[{FP8_BLOCK}, {FFN_UP_TILE.block_k}]>", "A_SCALE": "*fp32",
-                  "W_SCALE": "*fp32", "BIAS": "*bf16", "Q": "*fp8e4nv", "Q_SCALE": "*fp32"}, (),
-                 {"BLOCK_M": FFN_UP_TILE.block_m, "BLOCK_N": FP8_BLOCK, "BLOCK_K": FFN_UP_TILE.block_k,
-                  "GROUP_M": FFN_UP_TILE.group_m}, num_warps=FFN_UP_TILE.warps, num_stages=FFN_UP_TILE.stages),
     ]
+    for persistent in (False, True):
+        tile = FFN_UP_TILE
+        results.append(_compile(f"FFN up FP8 product + GELU + 1x128 e4m3{' (persistent)' if persistent else ''}",
+                                _up_gelu_quantise_kernel, arch,
+                                {"a_desc": f"tensordesc<fp8e4nv[{tile.block_m}, {tile.block_k}]>",
+                                 "w_desc": f"tensordesc<fp8e4nv[{FP8_BLOCK}, {tile.block_k}]>", "A_SCALE": "*fp32",
+                                 "W_SCALE": "*fp32", "BIAS": "*bf16", "Q": "*fp8e4nv", "Q_SCALE": "*fp32"}, (),
+                                {"BLOCK_M": tile.block_m, "BLOCK_N": FP8_BLOCK, "BLOCK_K": tile.block_k,
+                                 "GROUP_M": tile.group_m, "PERSISTENT": persistent},
+                                num_warps=tile.warps, num_stages=tile.stages))
     for gelu, dim in ((False, 1536), (True, 8960)):
         config = launch_config(dim)
         warps = config.pop("num_warps")

@@ -10,6 +10,7 @@ from kernels.fp8_ffn_up import GemmTile, supported, up_gelu_quantise, up_gelu_qu
 from kernels.fp8_quant import BLOCK, E4M3, E4M3_MAX, gelu_tanh_torch, quantise_rows_torch
 
 SMALL = GemmTile(block_m=32, block_k=32, group_m=2, warps=4, stages=2)
+PERSISTENT = GemmTile(block_m=32, block_k=32, group_m=2, warps=4, stages=2, programs_per_sm=1)  # 4 programs here
 
 
 def _operands(rows: int, k: int, n: int, seed: int):
@@ -26,6 +27,7 @@ def _dequantised(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("rows,k,n,tile", [
     (70, 64, 256, SMALL),           # a row tail, two column blocks, several reduction steps
+    (70, 64, 384, PERSISTENT),      # 9 tiles over 4 programs: each loops over two or three
     (5, 128, 128, GemmTile()),      # the default tile: one row tile, one block, one reduction step
 ])
 def test_kernel_matches_a_float64_reference(rows, k, n, tile) -> None:

@@ -17,6 +17,7 @@ OTHER_KERNELS = ("compact rows", "sub-pixel interleave", "sub-pixel conv (3x3 of
                  "LQ conv epilogue (bias + channel norm + SiLU)", "frames to uint8 pixels", "q/k RMSNorm + RoPE",
                  "residual add + layer norm (modulated)", "residual add + layer norm (affine)")
 FP8_KERNELS = ("LQ time taps to e4m3", "LQ FP8 conv (implicit GEMM)", "FFN up FP8 product + GELU + 1x128 e4m3",
+               "FFN up FP8 product + GELU + 1x128 e4m3 (persistent)",
                "row quantise to e4m3",
                "row quantise to e4m3 + GELU", "residual add + layer norm to e4m3 (modulated)",
                "residual add + layer norm to e4m3 (affine)")  # sm_89 and sm_90 only (no e4m3 before)
