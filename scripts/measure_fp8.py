@@ -9,8 +9,10 @@ keeps what finished):
 1. ``gemm``: per DiT linear shape at the token counts of a steady 1080p and 4K step, bf16 ``F.linear``
    against ``torch._scaled_mm`` with rowwise scales (and with ``use_fast_accum``), the stand-alone
    quantising pass, the GELU variants, and the layer norm's bf16 and FP8 variants; from these, the
-   per-block time of each layer group (``fp8_layers``) on each path, and the groups FP8 makes faster.
-   It also checks ``_scaled_mm`` against the emulated product (the scale layout).
+   per-block time of each layer group (``fp8_layers``) on each path, and the groups FP8 makes faster;
+   where ``ffn_fused`` runs (sm_90; emulated on the CPU), the whole FFN on the rowwise and the fused path,
+   and ``ffn_fused`` among those groups when it is the faster one. It also checks ``_scaled_mm`` against
+   the emulated product (the scale layout).
 2. ``e2e``: ``flashvsr-bench`` with the miner's settings (compiled element-wise chains, FP8 K/V cache,
    HEVC ultrafast), Tiny SD24K then SD2HD, ``--precision bf16 --precision fp8``: frames/s end to end
    and peak memory (its JSON: ``OUT/bench.json``; each row is also printed as it ends).
@@ -48,8 +50,9 @@ from upscaler.geometry import Geometry
 import upscaler.models.dit as dit_module
 from upscaler.models.config import SparsityParams
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import DIT_FP8_GROUPS, FP8Linear, QuantisedRows, emulated_scaled_mm, quantise, scaled_mm_supported
-from upscaler.settings import DEFAULT_FP8_LAYERS, load_settings
+from upscaler.models.fp8 import (DIT_FP8_GROUPS, FP8BlockLinear, FP8Linear, QuantisedRows, emulated_scaled_mm,
+                                 feed_forward_fp8, ffn_fused_layout, quantise, scaled_mm_supported)
+from upscaler.settings import DEFAULT_FP8_LAYERS, FFN_FUSED, load_settings
 from upscaler.timing import StageTimer
 from upscaler.video.synthetic import write_test_clip
 
@@ -117,8 +120,9 @@ def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: i
     (its FP8 products with ``use_fast_accum`` when ``fast_accum``)."""
     clock = Clock(device, repeats)
     shapes = {"q/k/v/o": (dim, dim), "qkv fused": (dim, 3 * dim), "ffn up": (dim, ffn_dim), "ffn down": (ffn_dim, dim)}
-    out: dict[str, Any] = {"shapes": {}, "groups": {}, "scaled_mm": None}
+    out: dict[str, Any] = {"shapes": {}, "groups": {}, "ffn_fused": {}, "scaled_mm": None}
     use_scaled_mm = scaled_mm_supported(device)  # probed: a build without rowwise kernels is emulated, not fatal
+    layout = ffn_fused_layout(dim, ffn_dim, use_scaled_mm, device)  # None: the log says why ffn_fused cannot run
     for label, tokens in token_counts.items():
         per_shape: dict[str, Any] = {}
         for name, (k, n) in shapes.items():
@@ -157,11 +161,35 @@ def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: i
             per_shape["layer norm fp8"] = _layer_norm_ms(clock, norm_in, fp8=True)
         out["shapes"][label] = {"tokens": tokens, **per_shape}
         out["groups"][label] = group_costs(per_shape, fast_accum and use_scaled_mm)
+        if layout is not None:
+            out["ffn_fused"][label] = ffn_paths(clock, device, dtype, dim, ffn_dim, tokens, use_scaled_mm,
+                                                fast_accum, layout)
     out["scaled_mm"] = use_scaled_mm
     largest = max(token_counts, key=token_counts.get)
-    out["fp8_faster_groups"] = [g for g, c in out["groups"][largest].items() if c["fp8_ms"] < c["bf16_ms"]]
+    faster = [g for g, c in out["groups"][largest].items() if c["fp8_ms"] < c["bf16_ms"]]
+    fused = out["ffn_fused"].get(largest)
+    if fused and fused["fused_ms"] < fused["rowwise_ms"] and {"ffn_up", "ffn_down"} <= set(faster):
+        faster.append(FFN_FUSED)
+    out["fp8_faster_groups"] = faster
     out["decided_at"] = largest
     return out
+
+
+def ffn_paths(clock: Clock, device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: int, tokens: int,
+              use_scaled_mm: bool, fast_accum: bool, layout: int) -> dict[str, float]:
+    """The whole FFN from the layer norm's e4m3 rows on the two FP8 paths: rowwise (two products and the GELU
+    and quantising pass between them) and ``ffn_fused`` (the up projection's kernel writing 1x128 blocks,
+    the block-scaled down projection); and the relative error between their outputs."""
+    torch.manual_seed(0)
+    up, down = nn.Linear(dim, ffn_dim, device=device, dtype=dtype), nn.Linear(ffn_dim, dim, device=device, dtype=dtype)
+    up8 = FP8Linear(up, use_scaled_mm=use_scaled_mm, fast_accum=fast_accum)
+    down8 = FP8Linear(down, use_scaled_mm=use_scaled_mm, fast_accum=fast_accum)
+    down_blocks = FP8BlockLinear(down, use_scaled_mm=use_scaled_mm, scale_stride_multiple=layout)
+    rows = quantise(torch.randn(tokens, dim, device=device, dtype=dtype))
+    return {"rowwise_ms": clock(lambda: feed_forward_fp8(up8, down8, rows)),
+            "fused_ms": clock(lambda: feed_forward_fp8(up8, down_blocks, rows)),
+            "fused_vs_rowwise_rel_error": _rel(feed_forward_fp8(up8, down_blocks, rows),
+                                               feed_forward_fp8(up8, down8, rows))}
 
 
 def group_costs(shape: dict[str, Any], fast_accum: bool = False) -> dict[str, dict[str, float]]:
@@ -362,6 +390,10 @@ def summary(result: dict[str, Any]) -> str:
                 lines.append(f"  {name:15} " + ", ".join(f"{k} {v:.3f} ms" for k, v in e.items()))
         for group, cost in gemm["groups"][label].items():
             lines.append(f"  {group:9} bf16 {cost['bf16_ms']:8.3f}  fp8 {cost['fp8_ms']:8.3f}")
+        fused = gemm["ffn_fused"].get(label)
+        if fused:
+            lines.append(f"  FFN in FP8: rowwise {fused['rowwise_ms']:.3f} ms, ffn_fused {fused['fused_ms']:.3f} ms "
+                         f"(outputs differ by {fused['fused_vs_rowwise_rel_error']:.2e})")
         lines.append(f"  FP8 faster: {', '.join(gemm['fp8_faster_groups']) or 'none'}  "
                      f"-> fp8_layers = {json.dumps(gemm['fp8_faster_groups'])}")
     error = result.get("error")

@@ -65,6 +65,8 @@ def test_smoke_run_writes_every_figure(tmp_path, capsys) -> None:
     toy = result["gemm"]["shapes"]["toy"]
     assert toy["q/k/v/o"]["bf16_linear_ms"] > 0 and toy["q/k/v/o"]["product_vs_emulated_rel_error"] == 0.0
     assert set(result["gemm"]["groups"]["toy"]) == set(DIT_FP8_GROUPS)
+    fused = result["gemm"]["ffn_fused"]["toy"]  # emulated off the GPU, as the other groups' products
+    assert fused["rowwise_ms"] > 0 and fused["fused_ms"] > 0 and 0 < fused["fused_vs_rowwise_rel_error"] < 0.1
     error = result["error"]
     assert set(error["per_layer_rel_error"]) == {"self_qkv", "self_o", "ffn_down"}
     assert all(0.0 < e["mean"] <= e["max"] < 0.1 for e in error["per_layer_rel_error"].values())
@@ -76,7 +78,7 @@ def test_smoke_run_writes_every_figure(tmp_path, capsys) -> None:
     assert "e2e" not in result  # GPU only
     out = capsys.readouterr().out
     assert "LQ features rel error per call" in out
-    assert "FP8 faster:" in out and "output PSNR (bf16 vs fp8, FP8 cache, fp8 attention off)" in out
+    assert "FFN in FP8: rowwise" in out and "FP8 faster:" in out and "output PSNR (bf16 vs fp8, FP8 cache, fp8 attention off)" in out
     assert error["kv_cache"] == "fp8" and error["fp8_attention"] is False  # off the GPU: the dequantised cache
 
 

@@ -303,7 +303,8 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
         log.warning("FP8 products with rowwise scales write bf16, the model runs in %s: FP8 linears are emulated "
                     "(not faster); set dtype = \"bf16\" with precision = \"fp8\"", str(dit.dtype).removeprefix("torch."))
         use_scaled_mm = False
-    scale_stride_multiple = _ffn_fused_layout(dit, use_scaled_mm, device) if FFN_FUSED in chosen else None
+    ffn_dim, dim = dit.blocks[0].ffn[0].weight.shape
+    scale_stride_multiple = ffn_fused_layout(dim, ffn_dim, use_scaled_mm, device) if FFN_FUSED in chosen else None
     if scale_stride_multiple is None:
         chosen -= {FFN_FUSED}
     converted = 0
@@ -334,13 +335,13 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
     return chosen
 
 
-def _ffn_fused_layout(dit: nn.Module, use_scaled_mm: bool, device: torch.device) -> int | None:
-    """The weight-tile scales' stride multiple ``ffn_fused`` runs with here, or None where it cannot run: both
-    FFN widths must be multiples of 128 (the blocks), and the tensor-core path needs an sm_90 GPU whose
-    ``torch._scaled_mm`` takes block scales; says why not in the log."""
+def ffn_fused_layout(dim: int, ffn_dim: int, use_scaled_mm: bool, device: torch.device) -> int | None:
+    """The weight-tile scales' stride multiple ``ffn_fused`` runs with here (FP8 linears on the tensor-core
+    path or emulated, ``use_scaled_mm``), or None where it cannot run: both FFN widths must be multiples of
+    128 (the blocks), and the tensor-core path needs an sm_90 GPU whose ``torch._scaled_mm`` takes block
+    scales; says why not in the log."""
     from kernels.fp8_quant import BLOCK
 
-    ffn_dim, dim = dit.blocks[0].ffn[0].weight.shape
     if dim % BLOCK or ffn_dim % BLOCK:
         log.warning("fp8_layers %r needs FFN widths that are multiples of %d, this model has %d and %d: it is off",
                     FFN_FUSED, BLOCK, dim, ffn_dim)
