@@ -46,8 +46,9 @@ def test_fused_quantisation_equals_the_reference_on_the_gpu() -> None:
 @pytest.mark.skipif(not SM90, reason="cuBLAS's block scaling runs on sm_90")
 @torch.no_grad()
 def test_ffn_fused_kernel_and_block_scaled_product_equal_their_references() -> None:
-    """At the real widths: the up projection's kernel gives the reference's scales and, but for an fp32 sum
-    order crossing an e4m3 rounding boundary, its values; cuBLAS's block-scaled product gives the emulated one."""
+    """At the real widths: the up projection's kernel gives the reference's block scales and values but for
+    the FP8 tensor cores' accumulation (no fp32 promotion; its small differences move a value across an
+    e4m3 rounding boundary now and then); cuBLAS's block-scaled product gives the emulated one."""
     layout = block_scaled_mm_layout(torch.device("cuda"))
     assert layout is not None
     g = torch.Generator(device="cpu").manual_seed(2)
@@ -59,8 +60,11 @@ def test_ffn_fused_kernel_and_block_scaled_product_equal_their_references() -> N
     args = (x.data, x.scale.reshape(-1), up8.weight, up8.weight_scale, up8.bias)
     (q, scale), (q_ref, scale_ref) = up_gelu_quantise(*args), up_gelu_quantise_torch(*args)
     assert scale.stride() == (1, 300)
-    torch.testing.assert_close(scale, scale_ref, rtol=1e-4, atol=0)
-    assert (q.float() != q_ref.float()).float().mean().item() < 0.01
+    torch.testing.assert_close(scale, scale_ref, rtol=5e-3, atol=0)
+    assert (q.float() != q_ref.float()).float().mean().item() < 0.05
+    dequantised, reference = ((v.float().unflatten(1, (-1, 128)) * s[:, :, None]).flatten(1)
+                              for v, s in ((q, scale), (q_ref, scale_ref)))
+    assert ((dequantised - reference).norm() / reference.norm()).item() < 2e-2
     blocks = QuantisedBlocks(q, scale)
     got = down_blocks(blocks)
     emulated = FP8BlockLinear(down, use_scaled_mm=False)(blocks)
