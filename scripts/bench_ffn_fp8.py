@@ -2,8 +2,8 @@
 count: bf16 (cuBLAS with the GELU in its epilogue), today's FP8 path (two rowwise ``torch._scaled_mm`` and
 the GELU + row quantising pass between them) and ``fp8_layers`` ``ffn_fused`` (the up projection's FP8
 kernel writing e4m3 in 1x128 blocks, :mod:`kernels.fp8_ffn_up`, for each candidate tile, then the
-block-scaled down projection), each part timed alone and the whole FFN; relative errors against the fp32
-FFN. Both FP8 paths start from the same e4m3 rows (the layer norm writes them). Prints a table; ``--out``
+block-scaled down projection with 128x128 weight tiles; also timed with the other weight recipe cuBLAS
+takes, 1x128 blocks), each part timed alone and the whole FFN; relative errors against the fp32 FFN. Both FP8 paths start from the same e4m3 rows (the layer norm writes them). Prints a table; ``--out``
 gets JSON.
 
     PYTHONUNBUFFERED=1 python scripts/bench_ffn_fp8.py --out $OUT/ffn_fp8.json
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from triton.testing import do_bench  # noqa: E402
 
 from kernels.fp8_ffn_up import DEFAULT_TILE, GemmTile, up_gelu_quantise  # noqa: E402
-from kernels.fp8_quant import quantise_rows, quantise_rows_torch  # noqa: E402
+from kernels.fp8_quant import quantise_blocks_torch, quantise_rows, quantise_rows_torch  # noqa: E402
 from scripts import kernel_report  # noqa: E402
 from upscaler.models.fp8 import (FP8BlockLinear, FP8Linear, QuantisedBlocks, QuantisedRows,  # noqa: E402
                                  block_scaled_mm_layout, feed_forward_fp8)
@@ -92,11 +92,24 @@ def main() -> None:
                                                                    reference),
                          "up_tiles": []}}
         rowwise, fused = row["rowwise"], row["fused"]
+        # the other weight recipe cuBLAS takes on sm_90: one scale per output channel and 128 inputs (1x128)
+        w_blocks, w_block_scale = quantise_blocks_torch(down.weight)
+
+        def down_1x128_weight() -> torch.Tensor:
+            return torch._scaled_mm(blocks.data, w_blocks.t(), scale_a=blocks.scale, scale_b=w_block_scale.t(),
+                                    bias=down.bias, out_dtype=torch.bfloat16)
+
+        try:
+            fused["down_1x128_weight_rel_error"] = kernel_report.relative_error(down_1x128_weight(), reference)
+            fused["down_1x128_weight_ms"] = _ms(down_1x128_weight)
+        except RuntimeError as exc:
+            fused["down_1x128_weight_ms"] = str(exc).splitlines()[0][:300]
         print(f"{case} ({tokens} tokens): bf16 FFN {row['bf16_ms']:.3f} ms (rel. error {row['bf16_rel_error']:.2e}); "
               f"rowwise FP8 {rowwise['ffn_ms']:.3f} = up {rowwise['up_ms']:.3f} + GELU/quantise "
               f"{rowwise['gelu_quantise_ms']:.3f} + down {rowwise['down_ms']:.3f} (rel. error "
               f"{rowwise['rel_error']:.2e}); ffn_fused {fused['ffn_ms']:.3f} with the default tile, block-scaled down "
-              f"{fused['down_ms']:.3f} (rel. error {fused['rel_error']:.2e})", flush=True)
+              f"{fused['down_ms']:.3f} (with 1x128 weight blocks: {fused['down_1x128_weight_ms']}) (rel. error "
+              f"{fused['rel_error']:.2e})", flush=True)
         a, a_scale = x_rows.data, x_rows.scale.reshape(-1)
         for tile in TILES:
             try:
