@@ -111,11 +111,11 @@ def up_gelu_quantise(a: torch.Tensor, a_scale: torch.Tensor, weight: torch.Tenso
     w_desc = TensorDescriptor.from_tensor(weight, [BLOCK, tile.block_k])
     q = torch.empty((rows, n), dtype=E4M3, device=a.device)
     q_scale = torch.empty((n // BLOCK, rows), dtype=torch.float32, device=a.device)
-    tiles = triton.cdiv(rows, tile.block_m) * (n // BLOCK)
+    programs = triton.cdiv(rows, tile.block_m) * (n // BLOCK)  # one per output tile
     if tile.programs_per_sm:
         sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else INTERPRETER_SMS
-        tiles = min(tiles, sms * tile.programs_per_sm)
-    _up_gelu_quantise_kernel[(tiles,)](
+        programs = min(programs, sms * tile.programs_per_sm)
+    _up_gelu_quantise_kernel[(programs,)](
         a_desc, w_desc, a_scale.reshape(-1), weight_scale.reshape(-1), bias, q, q_scale, rows, n, k,
         BLOCK_M=tile.block_m, BLOCK_N=BLOCK, BLOCK_K=tile.block_k, GROUP_M=tile.group_m,
         PERSISTENT=tile.programs_per_sm > 0, num_warps=tile.warps, num_stages=tile.stages, **FP_FUSION,
