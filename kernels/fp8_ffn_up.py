@@ -2,11 +2,11 @@
 
 ``gelu_tanh(a @ w^T * a_scale * w_scale + bias)``, quantised in blocks of one row by 128 columns
 (:data:`kernels.fp8_quant.BLOCK`), each block with its own fp32 scale (its largest magnitude over 448, as
-:func:`kernels.fp8_quant.quantise_rows_tile` does for a whole row). A row's scale would need all its 8960 columns, which span 70 output tiles; a block's
-needs only its own tile, so the product, the bias, the GELU and the quantisation are one kernel and the
-8960-wide hidden activations are written once, in e4m3, instead of written in bf16 and read again by a
-quantising pass. The down projection then multiplies with those block scales (``torch._scaled_mm``'s 1x128
-block scaling on sm_90, :mod:`upscaler.models.fp8`).
+:func:`kernels.fp8_quant.quantise_rows_tile` does for a whole row). A row's scale would need all its 8960
+columns, which span 70 output tiles; a block's needs only its own tile, so the product, the bias, the GELU and
+the quantisation are one kernel and the 8960-wide hidden activations are written once, in e4m3, instead of
+written in bf16 and read again by a quantising pass. The down projection then multiplies with those block
+scales (``torch._scaled_mm``'s 1x128 block scaling on sm_90, :mod:`upscaler.models.fp8`).
 
 Inputs: ``a (M, K)`` e4m3 with one fp32 scale per row (the layer norm's e4m3 output), ``w (N, K)`` e4m3 with
 one fp32 scale per output channel, a bias ``(N,)``. Outputs: ``q (M, N)`` e4m3 and the block scales

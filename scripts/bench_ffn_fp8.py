@@ -1,10 +1,10 @@
-"""Benchmark the DiT's FFN (1536 -> 8960, tanh GELU, 8960 -> 1536) on a CUDA GPU at one block step's token
-count: bf16 (cuBLAS with the GELU in its epilogue), today's FP8 path (two rowwise ``torch._scaled_mm`` and
-the GELU + row quantising pass between them) and ``fp8_layers`` ``ffn_fused`` (the up projection's FP8
-kernel writing e4m3 in 1x128 blocks, :mod:`kernels.fp8_ffn_up`, for each candidate tile, then the
-block-scaled down projection with 128x128 weight tiles; also timed with the other weight recipe cuBLAS
-takes, 1x128 blocks), each part timed alone and the whole FFN; relative errors against the fp32 FFN. Both FP8 paths start from the same e4m3 rows (the layer norm writes them). Prints a table; ``--out``
-gets JSON.
+"""Benchmark the DiT's FFN (1536 -> 8960, tanh GELU, 8960 -> 1536) on a CUDA GPU at one block step's token count:
+bf16 (cuBLAS with the GELU in its epilogue), today's FP8 path (two rowwise ``torch._scaled_mm`` and the GELU +
+row quantising pass between them) and ``fp8_layers`` ``ffn_fused`` (the up projection's FP8 kernel writing e4m3
+in 1x128 blocks, :mod:`kernels.fp8_ffn_up`, for each candidate tile, then the block-scaled down projection with
+128x128 weight tiles; also timed with the other weight recipe cuBLAS takes, 1x128 blocks), each part timed
+alone and the whole FFN; relative errors against the fp32 FFN. Both FP8 paths start from the same e4m3 rows
+(the layer norm writes them). Prints a table; ``--out`` gets JSON.
 
     PYTHONUNBUFFERED=1 python scripts/bench_ffn_fp8.py --out $OUT/ffn_fp8.json
 """
@@ -60,11 +60,13 @@ def main() -> None:
     up, down = nn.Linear(DIM, FFN_DIM, device="cuda"), nn.Linear(FFN_DIM, DIM, device="cuda")
     with torch.no_grad():
         for layer in (up, down):
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen, device="cuda") * layer.in_features ** -0.5)
+            weight = torch.randn(layer.weight.shape, generator=gen, device="cuda")
+            layer.weight.copy_(weight * layer.in_features ** -0.5)
             layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen, device="cuda") * 0.1)
     up, down = up.to(torch.bfloat16), down.to(torch.bfloat16)
-    up8, down8 = FP8Linear(up, use_scaled_mm=True, fast_accum=True), FP8Linear(down, use_scaled_mm=True, fast_accum=True)
-    down_blocks = FP8BlockLinear(down, use_scaled_mm=True, scale_stride_multiple=layout)
+    up8 = FP8Linear(up, use_scaled_mm=True, fast_accum=True)
+    down8 = FP8Linear(down, use_scaled_mm=True, fast_accum=True)
+    down_blocks = FP8BlockLinear(down, use_scaled_mm=True, layout=layout)
     rows = []
     for case in args.cases.split(","):
         tokens = CASES[case]

@@ -50,8 +50,8 @@ from upscaler.geometry import Geometry
 import upscaler.models.dit as dit_module
 from upscaler.models.config import SparsityParams
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import (DIT_FP8_GROUPS, FP8BlockLinear, FP8Linear, QuantisedRows, emulated_scaled_mm,
-                                 feed_forward_fp8, ffn_fused_layout, quantise, scaled_mm_supported)
+from upscaler.models.fp8 import (DIT_FP8_GROUPS, BlockScaledLayout, FP8BlockLinear, FP8Linear, QuantisedRows,
+                                 emulated_scaled_mm, feed_forward_fp8, ffn_fused_layout, quantise, scaled_mm_supported)
 from upscaler.settings import DEFAULT_FP8_LAYERS, FFN_FUSED, load_settings
 from upscaler.timing import StageTimer
 from upscaler.video.synthetic import write_test_clip
@@ -176,7 +176,7 @@ def measure_gemms(device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: i
 
 
 def ffn_paths(clock: Clock, device: torch.device, dtype: torch.dtype, dim: int, ffn_dim: int, tokens: int,
-              use_scaled_mm: bool, fast_accum: bool, layout: int) -> dict[str, float]:
+              use_scaled_mm: bool, fast_accum: bool, layout: BlockScaledLayout) -> dict[str, float]:
     """The whole FFN from the layer norm's e4m3 rows on the two FP8 paths: rowwise (two products and the GELU
     and quantising pass between them) and ``ffn_fused`` (the up projection's kernel writing 1x128 blocks,
     the block-scaled down projection); and the relative error between their outputs."""
@@ -184,7 +184,7 @@ def ffn_paths(clock: Clock, device: torch.device, dtype: torch.dtype, dim: int, 
     up, down = nn.Linear(dim, ffn_dim, device=device, dtype=dtype), nn.Linear(ffn_dim, dim, device=device, dtype=dtype)
     up8 = FP8Linear(up, use_scaled_mm=use_scaled_mm, fast_accum=fast_accum)
     down8 = FP8Linear(down, use_scaled_mm=use_scaled_mm, fast_accum=fast_accum)
-    down_blocks = FP8BlockLinear(down, use_scaled_mm=use_scaled_mm, scale_stride_multiple=layout)
+    down_blocks = FP8BlockLinear(down, use_scaled_mm=use_scaled_mm, layout=layout)
     rows = quantise(torch.randn(tokens, dim, device=device, dtype=dtype))
     return {"rowwise_ms": clock(lambda: feed_forward_fp8(up8, down8, rows)),
             "fused_ms": clock(lambda: feed_forward_fp8(up8, down_blocks, rows)),

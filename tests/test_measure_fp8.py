@@ -78,7 +78,8 @@ def test_smoke_run_writes_every_figure(tmp_path, capsys) -> None:
     assert "e2e" not in result  # GPU only
     out = capsys.readouterr().out
     assert "LQ features rel error per call" in out
-    assert "FFN in FP8: rowwise" in out and "FP8 faster:" in out and "output PSNR (bf16 vs fp8, FP8 cache, fp8 attention off)" in out
+    assert "FFN in FP8: rowwise" in out and "FP8 faster:" in out
+    assert "output PSNR (bf16 vs fp8, FP8 cache, fp8 attention off)" in out
     assert error["kv_cache"] == "fp8" and error["fp8_attention"] is False  # off the GPU: the dequantised cache
 
 

@@ -4,12 +4,12 @@
 
 Triton's front end, its GPU passes and ptxas run on the CPU, so a kernel that the interpreter accepts
 but the compiler rejects (e.g. an early ``return`` inside a ``constexpr`` branch) fails here, in CI.
-Every Triton kernel compiles for sm_90 (H100/H200), sm_89 (RTX 4090, L40) and sm_80 (A100) within the
-block's shared memory there, the attention kernel on the load paths each one takes (FP8 keys from sm_89,
-refused on sm_80), the FP8 linears' quantising kernels, the FFN up projection's FP8 product and the LQ projection's FP8 conv
-from sm_89; the warp-specialised Gluon kernel for sm_90 without register spills, where this
-Triton can express it (:data:`kernels.triton_compat.GLUON`). Prints one line per kernel variant; exits
-non-zero if any fails.
+Every Triton kernel compiles for sm_90 (H100/H200), sm_89 (RTX 4090, L40) and sm_80 (A100) within the block's
+shared memory there, the attention kernel on the load paths each one takes (FP8 keys from sm_89, refused on
+sm_80), the FP8 linears' quantising kernels, the FFN up projection's FP8 product and the LQ projection's FP8
+conv from sm_89; the warp-specialised Gluon kernel for sm_90 without register spills, where this Triton can
+express it (:data:`kernels.triton_compat.GLUON`). Prints one line per kernel variant; exits non-zero if any
+fails.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_ffn_fused_kernel_and_block_scaled_product_equal_their_references() -> N
     up, down = torch.nn.Linear(1536, 8960), torch.nn.Linear(8960, 1536)
     up, down = up.to("cuda", torch.bfloat16), down.to("cuda", torch.bfloat16)
     up8 = FP8Linear(up, use_scaled_mm=True)
-    down_blocks = FP8BlockLinear(down, use_scaled_mm=True, scale_stride_multiple=layout)
+    down_blocks = FP8BlockLinear(down, use_scaled_mm=True, layout=layout)
     x = QuantisedRows(*quantise_rows_torch(torch.randn(300, 1536, generator=g).to("cuda", torch.bfloat16)))
     args = (x.data, x.scale.reshape(-1), up8.weight, up8.weight_scale, up8.bias)
     (q, scale), (q_ref, scale_ref) = up_gelu_quantise(*args), up_gelu_quantise_torch(*args)

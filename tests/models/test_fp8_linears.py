@@ -13,9 +13,9 @@ from torch import nn
 from kernels.fp8_quant import E4M3, quantise_blocks_torch, quantise_rows_torch, quantise_tiles_torch
 from upscaler.models.config import SparsityParams, load_preset
 from upscaler.models.dit import WanDiT
-from upscaler.models.fp8 import (FP8_LAYER_GROUPS, FP8BlockLinear, FP8Linear, QuantisedBlocks, QuantisedRows,
-                                 convert_dit_linears, emulated_block_scaled_mm, emulated_scaled_mm, feed_forward_fp8,
-                                 stacked_linear)
+from upscaler.models.fp8 import (FP8_LAYER_GROUPS, BlockScaledLayout, FP8BlockLinear, FP8Linear, QuantisedBlocks,
+                                 QuantisedRows, convert_dit_linears, emulated_block_scaled_mm, emulated_scaled_mm,
+                                 feed_forward_fp8, stacked_linear)
 
 CFG = load_preset("small").dit
 SPARSE = SparsityParams(sparse_ratio=0.1, kv_ratio=3, local_range=3)
@@ -164,7 +164,7 @@ def test_block_linear_stores_tile_scales_at_the_stride_pytorch_takes() -> None:
     hold the same scales and give the same product."""
     torch.manual_seed(7)
     linear = nn.Linear(384, 256)  # 3 tiles along K: a padded row holds 4
-    packed, padded = (FP8BlockLinear(linear, use_scaled_mm=False, scale_stride_multiple=m) for m in (1, 4))
+    packed, padded = (FP8BlockLinear(linear, use_scaled_mm=False, layout=BlockScaledLayout(m)) for m in (1, 4))
     assert packed.weight_scale.shape == (2, 3) and padded.weight_scale.shape == (2, 4)
     assert torch.equal(packed.tile_scales(), padded.tile_scales()) and padded.tile_scales().stride() == (4, 1)
     x = QuantisedBlocks(*quantise_blocks_torch(torch.randn(5, 384)))

@@ -50,6 +50,16 @@ class QuantisedRows:
 
 
 @dataclass(frozen=True)
+class BlockScaledLayout:
+    """How this PyTorch and cuBLAS take a block-scaled product (:func:`block_scaled_mm_layout`): the multiple
+    the 128x128 weight-tile scales' row stride is rounded up to, and whether the bias runs in the product's
+    epilogue (else one add after it)."""
+
+    scale_stride_multiple: int = 1
+    bias_in_product: bool = True
+
+
+@dataclass(frozen=True)
 class QuantisedBlocks:
     """Activations quantised in blocks of 128 along each row: ``data`` e4m3 ``(..., K)``, ``scale`` fp32
     ``(rows, K / 128)`` over the flattened rows, stride ``(1, rows)`` (the layout cuBLAS reads)."""
@@ -88,11 +98,12 @@ def scaled_mm_supported(device: torch.device) -> bool:
     return True
 
 
-def block_scaled_mm_layout(device: torch.device) -> int | None:
-    """The multiple (1 or 4) that ``torch._scaled_mm`` wants the row stride of 128x128 weight-tile scales
-    rounded up to (PyTorch releases differ: some take them packed, some padded to 16 bytes), or None where it
-    does not multiply with 1x128 activation blocks, 128x128 weight tiles and a bias (it needs cuBLAS 12.9+ on
-    sm_90 and PyTorch 2.9+); checked on one small product per layout against the emulated one."""
+def block_scaled_mm_layout(device: torch.device) -> BlockScaledLayout | None:
+    """How ``torch._scaled_mm`` multiplies with 1x128 activation blocks and 128x128 weight tiles on ``device``
+    (it needs cuBLAS 12.9+ on sm_90 and PyTorch 2.9+), or None where it does not. PyTorch releases differ in
+    the row stride they take for the tile scales (packed, or padded to 16 bytes), and a cuBLAS may refuse the
+    bias epilogue with block scales: each layout is tried on one small product, with the bias in the product
+    first, and checked against the emulated one."""
     if device.type != "cuda":
         return None
     from kernels.fp8_quant import quantise_blocks_torch
@@ -103,18 +114,19 @@ def block_scaled_mm_layout(device: torch.device) -> int | None:
     a, a_scale = quantise_blocks_torch(x)
     refusals = []
     for multiple in SCALE_STRIDE_MULTIPLES:  # 3 tiles along K: packed and padded strides differ
-        layer = FP8BlockLinear(_linear_of(weight, bias), use_scaled_mm=True, scale_stride_multiple=multiple)
-        try:
-            got = layer(QuantisedBlocks(a, a_scale))
-        except (RuntimeError, TypeError, ValueError) as exc:
-            refusals.append(str(exc).splitlines()[0])
-            continue
-        want = emulated_block_scaled_mm(a, a_scale, layer.weight, layer.tile_scales(), bias, torch.bfloat16)
-        error = float((got.float() - want.float()).norm() / want.float().norm())
-        if error <= 1e-2:
-            return multiple
-        refusals.append(f"tile scales at a row stride of a multiple of {multiple}: relative error {error:.3g} "
-                        "against the emulated product")
+        for bias_in_product in (True, False):
+            layout = BlockScaledLayout(multiple, bias_in_product)
+            layer = FP8BlockLinear(_linear_of(weight, bias), use_scaled_mm=True, layout=layout)
+            try:
+                got = layer(QuantisedBlocks(a, a_scale))
+            except (RuntimeError, TypeError, ValueError) as exc:
+                refusals.append(f"{layout}: {str(exc).splitlines()[0]}")
+                continue
+            want = emulated_block_scaled_mm(a, a_scale, layer.weight, layer.tile_scales(), bias, torch.bfloat16)
+            error = float((got.float() - want.float()).norm() / want.float().norm())
+            if error <= 1e-2:
+                return layout
+            refusals.append(f"{layout}: relative error {error:.3g} against the emulated product")
     log.warning("torch._scaled_mm with block scales does not run here (%s); fp8_layers %r is off, the FFN runs as "
                 "two rowwise products: use PyTorch 2.9+ built with CUDA 12.9+ on an sm_90 GPU",
                 "; ".join(refusals), FFN_FUSED)
@@ -184,21 +196,25 @@ class FP8Linear(nn.Module):
 class FP8BlockLinear(nn.Module):
     """An ``nn.Linear`` whose product runs in FP8 with block scales: its weight in 128x128 tiles, each with one
     scale, its input :class:`QuantisedBlocks`; returns the bias dtype (the model dtype). The tile scales'
-    rows are stored at the stride ``torch._scaled_mm`` takes here (:func:`block_scaled_mm_layout`)."""
+    rows and the bias go to ``torch._scaled_mm`` as it takes them here (``layout``,
+    :func:`block_scaled_mm_layout`)."""
 
-    def __init__(self, linear: nn.Linear, *, use_scaled_mm: bool, scale_stride_multiple: int = 1) -> None:
+    def __init__(self, linear: nn.Linear, *, use_scaled_mm: bool,
+                 layout: BlockScaledLayout = BlockScaledLayout()) -> None:
         super().__init__()
         from kernels.fp8_quant import quantise_tiles_torch
 
         weight, tile_scales = quantise_tiles_torch(linear.weight.detach())
         tiles_n, tiles_k = tile_scales.shape
-        stored = tile_scales.new_zeros(tiles_n, -(-tiles_k // scale_stride_multiple) * scale_stride_multiple)
+        multiple = layout.scale_stride_multiple
+        stored = tile_scales.new_zeros(tiles_n, -(-tiles_k // multiple) * multiple)
         stored[:, :tiles_k] = tile_scales
         self.register_buffer("weight", weight)  # (N, K) e4m3
         self.register_buffer("weight_scale", stored)  # (N / 128, K / 128 rounded up to the multiple) fp32
         self.register_buffer("bias", linear.bias.detach() if linear.bias is not None else None)
         self.out_dtype = linear.weight.dtype
         self.use_scaled_mm = use_scaled_mm
+        self.layout = layout
 
     def tile_scales(self) -> torch.Tensor:
         """The ``(N / 128, K / 128)`` tile scales (a view of the stored ones)."""
@@ -210,8 +226,11 @@ class FP8BlockLinear(nn.Module):
         lead = x.data.shape[:-1]
         a = x.data.reshape(-1, self.weight.shape[1])
         if self.use_scaled_mm:
+            in_product = self.layout.bias_in_product
             out = torch._scaled_mm(a, self.weight.t(), scale_a=x.scale, scale_b=self.tile_scales().t(),
-                                   bias=self.bias, out_dtype=self.out_dtype)
+                                   bias=self.bias if in_product else None, out_dtype=self.out_dtype)
+            if not in_product and self.bias is not None:
+                out += self.bias
         else:
             out = emulated_block_scaled_mm(a, x.scale, self.weight, self.tile_scales(), self.bias, self.out_dtype)
         return out.unflatten(0, lead)
@@ -304,8 +323,8 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
                     "(not faster); set dtype = \"bf16\" with precision = \"fp8\"", str(dit.dtype).removeprefix("torch."))
         use_scaled_mm = False
     ffn_dim, dim = dit.blocks[0].ffn[0].weight.shape
-    scale_stride_multiple = ffn_fused_layout(dim, ffn_dim, use_scaled_mm, device) if FFN_FUSED in chosen else None
-    if scale_stride_multiple is None:
+    block_layout = ffn_fused_layout(dim, ffn_dim, use_scaled_mm, device) if FFN_FUSED in chosen else None
+    if block_layout is None:
         chosen -= {FFN_FUSED}
     converted = 0
     for block in dit.blocks:
@@ -317,14 +336,13 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
                 for name in sources:
                     setattr(parent, name, None)  # the model-dtype weights go
                 if group == "ffn_down" and FFN_FUSED in chosen:
-                    setattr(parent, target, FP8BlockLinear(linear, use_scaled_mm=use_scaled_mm,
-                                                           scale_stride_multiple=scale_stride_multiple))
+                    setattr(parent, target, FP8BlockLinear(linear, use_scaled_mm=use_scaled_mm, layout=block_layout))
                 else:
                     setattr(parent, target, FP8Linear(linear, use_scaled_mm=use_scaled_mm, fast_accum=fast_accum))
                 converted += len(sources)
         block.fp8_inputs = chosen
     if use_scaled_mm:
-        fused = (" ffn up writes e4m3 in 1x128 blocks, ffn down block-scaled (128x128 weight tiles)"
+        fused = (f" ffn up writes e4m3 in 1x128 blocks, ffn down block-scaled (128x128 weight tiles, {block_layout})"
                  if FFN_FUSED in chosen else "")
         log.info("dit fp8 linears=%d groups=%s path=torch._scaled_mm (rowwise scales, FP8 tensor cores)%s "
                  "fast_accum=%s", converted, ",".join(sorted(chosen)), fused, fast_accum)
@@ -335,9 +353,9 @@ def convert_dit_linears(dit: nn.Module, groups: Iterable[str], *, fast_accum: bo
     return chosen
 
 
-def ffn_fused_layout(dim: int, ffn_dim: int, use_scaled_mm: bool, device: torch.device) -> int | None:
-    """The weight-tile scales' stride multiple ``ffn_fused`` runs with here (FP8 linears on the tensor-core
-    path or emulated, ``use_scaled_mm``), or None where it cannot run: both FFN widths must be multiples of
+def ffn_fused_layout(dim: int, ffn_dim: int, use_scaled_mm: bool, device: torch.device) -> BlockScaledLayout | None:
+    """The block-scaled product's layout ``ffn_fused`` runs with here (FP8 linears on the tensor-core path or
+    emulated, ``use_scaled_mm``), or None where it cannot run: both FFN widths must be multiples of
     128 (the blocks), and the tensor-core path needs an sm_90 GPU whose ``torch._scaled_mm`` takes block
     scales; says why not in the log."""
     from kernels.fp8_quant import BLOCK
@@ -347,7 +365,7 @@ def ffn_fused_layout(dim: int, ffn_dim: int, use_scaled_mm: bool, device: torch.
                     FFN_FUSED, BLOCK, dim, ffn_dim)
         return None
     if not use_scaled_mm:
-        return 1  # emulated with the same roundings
+        return BlockScaledLayout()  # emulated with the same roundings
     if torch.cuda.get_device_capability(device) != BLOCK_SCALED_MM_CAPABILITY:
         log.warning("fp8_layers %r needs cuBLAS's block scaling, which runs on sm_90 GPUs (H100, H200) only; %s "
                     "runs the FFN as two rowwise products", FFN_FUSED, _device_name(device))
