@@ -215,12 +215,11 @@ class FP8BlockLinear(nn.Module):
         self.out_dtype = linear.weight.dtype
         self.use_scaled_mm = use_scaled_mm
         self.layout = layout
+        self.tiles_k = tiles_k
 
     def tile_scales(self) -> torch.Tensor:
         """The ``(N / 128, K / 128)`` tile scales (a view of the stored ones)."""
-        from kernels.fp8_quant import BLOCK
-
-        return self.weight_scale[:, :self.weight.shape[1] // BLOCK]
+        return self.weight_scale[:, :self.tiles_k]
 
     def forward(self, x: QuantisedBlocks) -> torch.Tensor:
         lead = x.data.shape[:-1]
