@@ -165,6 +165,11 @@ def quantise_blocks_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.reshape(rows, n), scale.reshape(rows, n // BLOCK).t().contiguous().t()
 
 
+def dequantise_blocks_torch(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp32 ``(M, N)`` values of :func:`quantise_blocks_torch`'s ``(q, scales)``."""
+    return (q.float().unflatten(1, (-1, BLOCK)) * scale.float()[:, :, None]).flatten(1)
+
+
 def quantise_tiles_torch(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(q (N, K) e4m3, scales (N / BLOCK, K / BLOCK) fp32)``: each ``BLOCK x BLOCK`` tile of a weight quantised
     with one scale, its largest magnitude over 448 (the 128x128 block scaling cuBLAS reads on sm_90)."""

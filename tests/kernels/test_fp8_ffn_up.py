@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernels.fp8_ffn_up import GemmTile, supported, up_gelu_quantise, up_gelu_quantise_torch
-from kernels.fp8_quant import BLOCK, E4M3, E4M3_MAX, gelu_tanh_torch, quantise_rows_torch
+from kernels.fp8_quant import BLOCK, E4M3, E4M3_MAX, dequantise_blocks_torch, gelu_tanh_torch, quantise_rows_torch
 
 SMALL = GemmTile(block_m=32, block_k=32, group_m=2, warps=4, stages=2)
 PERSISTENT = GemmTile(block_m=32, block_k=32, group_m=2, warps=4, stages=2, programs_per_sm=1)  # 4 programs here
@@ -19,10 +19,6 @@ def _operands(rows: int, k: int, n: int, seed: int):
     w, w_scale = quantise_rows_torch(torch.randn(n, k, generator=g) * k ** -0.5)
     bias = (torch.randn(n, generator=g) * 0.5).to(torch.bfloat16)
     return a, a_scale, w, w_scale.reshape(1, -1), bias
-
-
-def _dequantised(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (q.double().unflatten(1, (-1, BLOCK)) * scale.double()[:, :, None]).flatten(1)
 
 
 @pytest.mark.parametrize("rows,k,n,tile", [
@@ -40,7 +36,7 @@ def test_kernel_matches_a_float64_reference(rows, k, n, tile) -> None:
     block_max = want.abs().unflatten(1, (-1, BLOCK)).amax(-1)
     torch.testing.assert_close(scale.double(), block_max / E4M3_MAX, rtol=1e-5, atol=0)
     # each value within half an e4m3 step of its own magnitude, or of the block's smallest subnormal step
-    error = (_dequantised(q, scale) - want).abs()
+    error = (dequantise_blocks_torch(q, scale).double() - want).abs()
     bound = want.abs() * 2.0 ** -4 + (block_max / E4M3_MAX).repeat_interleave(BLOCK, 1) * 2.0 ** -10
     assert bool((error <= bound * 1.001).all()), float((error / bound).max())
     # every block's largest magnitude lands on e4m3's largest value

@@ -248,9 +248,9 @@ def emulated_block_scaled_mm(a: torch.Tensor, a_scale: torch.Tensor, weight: tor
                              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """``torch._scaled_mm``'s block-scaled result computed in fp32: ``a`` dequantised with its 1x128 block scales
     ``(M, K / 128)``, ``weight`` with its 128x128 tile scales ``(N / 128, K / 128)``, multiplied, plus ``bias``."""
-    from kernels.fp8_quant import BLOCK
+    from kernels.fp8_quant import BLOCK, dequantise_blocks_torch
 
-    a_full = (a.float().unflatten(1, (-1, BLOCK)) * a_scale.float()[:, :, None]).flatten(1)
+    a_full = dequantise_blocks_torch(a, a_scale)
     w_full = weight.float() * weight_scale.float().repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)
     out = a_full @ w_full.t()
     if bias is not None:
